@@ -1,0 +1,125 @@
+"""The embedding model and the Trainer's `run_fn`.
+
+The network is the TensorFlow Addons "TripletSemiHardLoss" tutorial's: Conv2D(64, 2) ->
+MaxPool -> Dropout(0.3) -> Conv2D(32, 2) -> MaxPool -> Dropout(0.3) -> Flatten -> Dense(256)
+-> L2-normalise. The exported SavedModel's `serving_default` takes serialized tf.Examples
+(the raw form ExampleGen writes) and returns `embedding`, with the Transform graph inside.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from triplet_tfx.components import batching, losses
+from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
+
+EMBEDDING_KEY = "embedding"
+SERVING_SIGNATURE = "serving_default"
+
+
+def build_model(image_shape, embedding_dim: int) -> keras.Model:
+    inputs = keras.Input(shape=tuple(image_shape), name=IMAGE_KEY)
+    x = keras.layers.Conv2D(64, 2, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Conv2D(32, 2, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(embedding_dim, activation=None)(x)
+    outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY)(x)
+    return keras.Model(inputs, outputs, name="triplet_embedding")
+
+
+def make_loss(train: TrainConfig) -> keras.losses.Loss:
+    if train.loss == "hard":
+        return losses.TripletHardLoss(margin=train.margin, soft=train.soft,
+                                      distance_metric=train.distance_metric)
+    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance_metric)
+
+
+def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    """Unbatched (image, label) pairs from Transform's gzipped tf.Example output, cached in memory."""
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {file_patterns}")
+    feature_spec = tft_output.transformed_feature_spec()
+    return (tf.data.TFRecordDataset(files, compression_type="GZIP")
+            .batch(1024)
+            .map(lambda records: tf.io.parse_example(records, feature_spec), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda f: (f[IMAGE_KEY], f[LABEL_KEY]))
+            .unbatch()
+            .cache())
+
+
+def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
+    if train.examples_per_class:
+        batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class,
+                                                  seed=train.seed)
+    else:
+        # The tutorial shuffles and batches; we shuffle the whole (cached) split every epoch.
+        batches = examples.shuffle(100_000, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
+    return batches.repeat().prefetch(tf.data.AUTOTUNE)
+
+
+def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
+    """Epochs and steps per epoch: full epochs, capped at max_steps in all."""
+    steps_per_epoch = max(1, math.ceil(num_examples / train.batch_size))
+    total = steps_per_epoch * train.epochs
+    if train.max_steps:
+        total = min(total, train.max_steps)
+    epochs = math.ceil(total / steps_per_epoch)
+    return {"epochs": epochs, "steps_per_epoch": math.ceil(total / epochs)}
+
+
+def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
+                         path: str) -> None:
+    """SavedModel: serialized raw tf.Example -> `embedding`, without optimizer state."""
+    # A fresh copy of the network holds the weights and nothing else (no Adam slots).
+    inference = build_model(config.data.image_shape, config.train.embedding_dim)
+    inference.set_weights(model.get_weights())
+    tft_layer = tft_output.transform_features_layer()
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL_KEY}
+
+    def serve(examples):
+        transformed = tft_layer(tf.io.parse_example(examples, raw_spec))
+        return {EMBEDDING_KEY: inference(transformed[IMAGE_KEY], training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(inference)
+    archive.track(tft_layer)
+    archive.add_endpoint(SERVING_SIGNATURE, serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    archive.write_out(path, verbose=False)
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (GenericExecutor)."""
+    config = PipelineConfig.from_dict(fn_args.custom_config["config"])
+    train = config.train
+    keras.utils.set_random_seed(train.seed)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    train_examples = read_transformed(fn_args.train_files, tft_output)
+    num_train = int(train_examples.reduce(0, lambda n, _: n + 1))  # also fills the cache
+    plan = step_plan(num_train, train)
+    logging.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
+                 num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
+    eval_batches = read_transformed(fn_args.eval_files, tft_output).batch(max(train.batch_size, 256))
+
+    model = build_model(config.data.image_shape, train.embedding_dim)
+    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=make_loss(train))
+    model.fit(
+        training_batches(train_examples, train),
+        validation_data=eval_batches,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
+        verbose=2,  # a line per epoch: readable in the pipeline's log
+        **plan,
+    )
+    export_serving_model(model, tft_output, config, fn_args.serving_model_dir)

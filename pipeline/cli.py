@@ -1,0 +1,164 @@
+"""`triplet-tfx`: the command line. Flags build the one PipelineConfig.
+
+  triplet-tfx run                     # the main job: full MNIST, the tutorial's settings
+  triplet-tfx run --max-examples 2000 --max-steps 100 --output-root /tmp/smoke
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+from triplet_tfx.pipeline.config import (ConfigError, DataConfig, EvalConfig, PipelineConfig,
+                                         TrainConfig)
+
+OUTPUT_MARKER = "triplet-tfx-output.json"
+
+
+class OutputRootError(RuntimeError):
+    pass
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    d, t, e, p = DataConfig(), TrainConfig(), EvalConfig(), PipelineConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=d.source, metavar="SOURCE",
+                      help="mnist (bundled, offline), tfds:<name> (a prepared TFDS data set), "
+                           "tfrecord:<dir> (<dir>/train/* and <dir>/eval/* of tf.Example TFRecords: "
+                           "bytes 'image' of raw uint8 pixels, int64 'label') or images:<dir> "
+                           "(one sub-folder per class). Default: %(default)s")
+    data.add_argument("--tfds-data-dir", default=d.tfds_data_dir, help="TFDS data dir of tfds: sources")
+    data.add_argument("--image-size", default="x".join(map(str, d.image_shape)), metavar="HxWxC",
+                      help="image height x width x channels (default %(default)s)")
+    data.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
+    data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
+                      help="keep only the first N examples of each split (smoke runs)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=t.epochs, help="default %(default)s")
+    train.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")
+    train.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam; default %(default)s")
+    train.add_argument("--loss", choices=("semihard", "hard"), default=t.loss, help="default %(default)s")
+    train.add_argument("--margin", type=float, default=t.margin, help="default %(default)s")
+    train.add_argument("--distance", choices=("L2", "squared-L2", "angular"), default=t.distance_metric,
+                       help="default %(default)s")
+    train.add_argument("--soft", action="store_true", help="soft-margin hard loss")
+    train.add_argument("--examples-per-class", type=int, default=t.examples_per_class, metavar="M",
+                       help="class-balanced batches of M examples per class (default: plain shuffled batches)")
+    train.add_argument("--max-steps", type=int, default=t.max_steps, help="cap on training steps (smoke runs)")
+    train.add_argument("--seed", type=int, default=t.seed, help="default %(default)s")
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--min-precision-at-1", type=float, default=e.min_precision_at_1,
+                    help="bless (and push) the model only if eval Precision@1 reaches this (default %(default)s)")
+    out = parser.add_argument_group("pipeline")
+    out.add_argument("--pipeline-name", default=p.pipeline_name, help="default %(default)s")
+    out.add_argument("--output-root", default=p.output_root,
+                     help="folder for pipeline artifacts, ML Metadata and pushed models (default %(default)s)")
+    out.add_argument("--model-name", default=p.model_name, help="default %(default)s")
+    out.add_argument("--serving-dir", default=p.serving_dir,
+                     help="push to <serving-dir>/<model-name>/<version>/ (default <output-root>/serving)")
+    out.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
+                     help="a Beam pipeline argument, repeatable (default: " + " ".join(p.beam_args) + ")")
+    out.add_argument("--no-cache", action="store_true", help="re-run every component")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    try:
+        height, width, channels = (int(v) for v in args.image_size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--image-size: expected HxWxC, e.g. 28x28x1, got {args.image_size!r}") from None
+    defaults = PipelineConfig()
+    return PipelineConfig(
+        pipeline_name=args.pipeline_name,
+        output_root=os.path.abspath(args.output_root),
+        model_name=args.model_name,
+        serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else None,
+        enable_cache=not args.no_cache,
+        beam_args=tuple(args.beam_arg) if args.beam_arg else defaults.beam_args,
+        data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
+                        image_width=width, channels=channels, num_classes=args.num_classes,
+                        max_examples_per_split=args.max_examples),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                          loss=args.loss, margin=args.margin, distance_metric=args.distance, soft=args.soft,
+                          examples_per_class=args.examples_per_class, max_steps=args.max_steps, seed=args.seed),
+        eval=EvalConfig(min_precision_at_1=args.min_precision_at_1),
+    ).validate()
+
+
+def claim_output_root(config: PipelineConfig) -> None:
+    """Refuses an output root that holds something else; marks it as this pipeline's."""
+    root = config.output_root
+    marker = os.path.join(root, OUTPUT_MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            owner = json.load(f).get("pipeline_name")
+        if owner != config.pipeline_name:
+            raise OutputRootError(
+                f"--output-root {root} holds the runs of pipeline {owner!r} ({marker}); "
+                f"use --pipeline-name {owner} to continue it, or another --output-root")
+        return
+    if os.path.isdir(root) and os.listdir(root):
+        raise OutputRootError(f"--output-root {root} is not empty and was not written by triplet-tfx "
+                              f"(no {OUTPUT_MARKER}); choose an empty or new folder")
+    os.makedirs(root, exist_ok=True)
+    with open(marker, "w") as f:
+        json.dump({"pipeline_name": config.pipeline_name}, f)
+
+
+def run_locally(config: PipelineConfig) -> "summary.RunSummary":
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
+    from tfx import v1 as tfx
+
+    from triplet_tfx.pipeline import summary
+    from triplet_tfx.pipeline.pipeline import create_pipeline
+
+    claim_output_root(config)
+    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+    return summary.latest_run(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
+                              description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
+                                          "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
+    _add_config_flags(run)
+    run.add_argument("--print-config", action="store_true", help="print the configuration as JSON and exit")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:
+        print(f"triplet-tfx: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    from triplet_tfx.components.data_sources import DataSourceError
+
+    try:
+        result = run_locally(config)
+    except (OutputRootError, DataSourceError) as err:
+        print(f"triplet-tfx: error: {err}", file=sys.stderr)
+        return 2
+    print("\n" + result.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

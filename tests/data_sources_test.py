@@ -1,0 +1,151 @@
+"""Data sources: MNIST conversion, tf.Example encoding, image folders, TFRecords, TFDS, bad input."""
+import gzip
+import os
+import pickle
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from triplet_tfx.components import data_sources, example_gen
+from triplet_tfx.pipeline.config import DataConfig
+
+
+@pytest.fixture(scope="module")
+def raw_pickle():
+    with gzip.open(data_sources.mnist_pickle_path(), "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data_sources.load_mnist()
+
+
+def test_mnist_has_the_original_split_sizes(mnist):
+    assert mnist["train"][0].shape == (60000, 28, 28, 1)
+    assert mnist["test"][0].shape == (10000, 28, 28, 1)
+    assert mnist["train"][0].dtype == np.uint8
+    # Well-known facts of MNIST: the first training digit is a 5, the first test digit a 7.
+    assert mnist["train"][1][0] == 5 and mnist["test"][1][0] == 7
+    assert np.bincount(mnist["test"][1]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("split,index", [("train", 0), ("train", 49999), ("train", 50000), ("train", 59999),
+                                         ("test", 0), ("test", 1234), ("test", 9999)])
+def test_mnist_pixels_are_exactly_the_uint8_originals(raw_pickle, mnist, split, index):
+    train, valid, test = raw_pickle
+    if split == "train":
+        pixels, label = (train[0][index], train[1][index]) if index < 50000 else \
+            (valid[0][index - 50000], valid[1][index - 50000])
+    else:
+        pixels, label = test[0][index], test[1][index]
+    expected = (pixels.astype(np.float64) * 256).astype(np.int64)  # floats are uint8/256 exactly
+    assert np.array_equal(pixels.astype(np.float64) * 256, expected)  # the premise: exact
+    image, got_label = mnist[split][0][index], mnist[split][1][index]
+    assert np.array_equal(image.reshape(-1).astype(np.int64), expected)
+    assert got_label == label
+
+
+def decode(serialized: bytes):
+    """(pixel bytes, label) of a serialized tf.Example (bytes differ with map order, content not)."""
+    example = tf.train.Example.FromString(serialized)
+    return (example.features.feature["image"].bytes_list.value[0],
+            example.features.feature["label"].int64_list.value[0])
+
+
+def test_make_example_round_trips():
+    image = np.arange(2 * 3 * 1, dtype=np.uint8).reshape(2, 3, 1)
+    assert decode(data_sources.make_example(image, 7)) == (bytes([0, 1, 2, 3, 4, 5]), 7)
+
+
+def test_check_example_names_the_problem():
+    with pytest.raises(data_sources.DataSourceError, match=r"x.png: image has shape \(27, 28, 1\)"):
+        data_sources.check_example(np.zeros((27, 28, 1), np.uint8), 1, (28, 28, 1), 10, "x.png")
+    with pytest.raises(data_sources.DataSourceError, match=r"rec 3: label 10 out of range \[0, 10\)"):
+        data_sources.check_example(np.zeros((28, 28, 1), np.uint8), 10, (28, 28, 1), 10, "rec 3")
+
+
+def _write_png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_reads_classes_in_sorted_order(tmp_path):
+    _write_png(str(tmp_path / "b" / "1.png"), np.full((28, 28), 200, np.uint8))
+    _write_png(str(tmp_path / "a" / "1.png"), np.full((28, 28), 100, np.uint8))
+    files = data_sources.image_dir_files(str(tmp_path))
+    assert [(os.path.basename(os.path.dirname(p)), label) for p, label in files] == [("a", 0), ("b", 1)]
+    image = data_sources.read_image(files[1][0], channels=1)
+    assert image.shape == (28, 28, 1) and image.max() == 200
+
+
+def test_image_of_wrong_size_names_the_file(tmp_path):
+    bad = str(tmp_path / "a" / "small.png")
+    _write_png(bad, np.zeros((20, 20), np.uint8))
+    with pytest.raises(data_sources.DataSourceError, match="small.png: image has shape"):
+        example_gen._image_file((bad, 0), DataConfig(source=f"images:{tmp_path}"))
+
+
+def test_missing_and_empty_folders_are_named(tmp_path):
+    with pytest.raises(data_sources.DataSourceError, match="nowhere: image folder not found"):
+        example_gen.check_source(DataConfig(source=f"images:{tmp_path / 'nowhere'}"))
+    (tmp_path / "train").mkdir()
+    with pytest.raises(data_sources.DataSourceError, match=r"train: no TFRecord files"):
+        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+    (tmp_path / "train" / "part.gz").write_bytes(b"")
+    with pytest.raises(data_sources.DataSourceError, match=r"eval: missing"):
+        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+
+
+def _write_tfrecords(path, examples, gzip_it=True):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options="GZIP" if gzip_it else None) as writer:
+        for example in examples:
+            writer.write(example)
+
+
+def test_tfrecord_file_is_read_and_checked(tmp_path):
+    examples = [data_sources.make_example(np.full((28, 28, 1), i, np.uint8), i) for i in range(3)]
+    path = str(tmp_path / "train" / "part.gz")
+    _write_tfrecords(path, examples)
+    assert [decode(e) for e in example_gen._tfrecord_file(path, DataConfig())] == [decode(e) for e in examples]
+
+
+def test_corrupt_tfrecord_names_the_file(tmp_path):
+    path = str(tmp_path / "train" / "broken.tfrecord")
+    _write_tfrecords(path, [data_sources.make_example(np.zeros((28, 28, 1), np.uint8), 1)], gzip_it=False)
+    with open(path, "r+b") as f:  # flip bytes inside the record: its CRC no longer matches
+        f.seek(20)
+        f.write(b"\xff\xff\xff\xff")
+    with pytest.raises(data_sources.DataSourceError, match="broken.tfrecord: unreadable TFRecord"):
+        list(example_gen._tfrecord_file(path, DataConfig()))
+
+
+def test_tfrecord_with_wrong_image_size_names_record_and_feature(tmp_path):
+    path = str(tmp_path / "train" / "part.gz")
+    _write_tfrecords(path, [data_sources.make_example(np.zeros((28, 28, 1), np.uint8), 1),
+                            data_sources.make_example(np.zeros((14, 14, 1), np.uint8), 1)])
+    with pytest.raises(data_sources.DataSourceError, match=r"part.gz record 1: feature 'image' has 196 bytes"):
+        list(example_gen._tfrecord_file(path, DataConfig()))
+
+
+def test_empty_split_fails_the_example_gen(tmp_path):
+    _write_tfrecords(str(tmp_path / "train" / "part.gz"), [])
+    data = DataConfig(source=f"tfrecord:{tmp_path}")
+    with pytest.raises(Exception, match="no examples \\(empty split\\)"):
+        with beam.Pipeline() as pipeline:
+            _ = pipeline | example_gen._SourceToExamples(
+                {example_gen.DATA_CONFIG_KEY: __import__("json").dumps(data.__dict__)}, "train")
+
+
+def test_unknown_tfds_name_is_named():
+    with pytest.raises(data_sources.DataSourceError, match="unknown TFDS data set 'no_such_dataset_xyz'"):
+        data_sources.tfds_builder("no_such_dataset_xyz", None)
+
+
+def test_unprepared_tfds_is_reported(tmp_path):
+    with pytest.raises(data_sources.DataSourceError, match="'mnist' is not prepared"):
+        data_sources.tfds_builder("mnist", str(tmp_path))
