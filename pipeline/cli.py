@@ -18,6 +18,7 @@ from triplet_tfx.pipeline.config import (ConfigError, DataConfig, EvalConfig, Pi
                                          TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
+logger = logging.getLogger(__name__)
 
 
 class OutputRootError(RuntimeError):
@@ -123,6 +124,27 @@ def run_locally(config: PipelineConfig) -> "summary.RunSummary":
     return summary.latest_run(config)
 
 
+class _ProgressFilter(logging.Filter):
+    """Keeps warnings, this project's own messages and TFX's component start/finish lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno >= logging.WARNING or record.name.startswith("triplet_tfx")
+                or (isinstance(record.msg, str) and record.msg.startswith("Component %s is ")))
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(_ProgressFilter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_handler().setLevel(logging.CRITICAL + 1)  # one handler: ours
+    logging.getLogger("absl").propagate = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
@@ -131,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
+    run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
     run.add_argument("--print-config", action="store_true", help="print the configuration as JSON and exit")
     return parser
 
@@ -145,10 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.print_config:
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
+    setup_logging(args.verbose)
+    logger.info("Beam arguments: %s", " ".join(config.beam_args))
     from triplet_tfx.components.data_sources import DataSourceError
 
     try:

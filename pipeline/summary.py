@@ -61,9 +61,8 @@ def latest_run(config: PipelineConfig) -> RunSummary:
     executions = store.get_executions_by_context(run.id)
     states: Dict[str, str] = {}
     for execution in sorted(executions, key=lambda e: e.id):
-        node = execution.custom_properties["__node_id__"].string_value if "__node_id__" in \
-            execution.custom_properties else store.get_execution_types_by_id([execution.type_id])[0].name
-        states[node] = _state_name(execution.last_known_state)
+        type_name = store.get_execution_types_by_id([execution.type_id])[0].name
+        states[type_name.rsplit(".", 1)[-1]] = _state_name(execution.last_known_state)
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}

@@ -1,0 +1,523 @@
+"""Evaluation report: 2-D embedding scatter, per-class Precision@1 chart, Markdown/HTML report
+and a plain-text metrics table for the terminal.
+
+Plots use matplotlib (Agg backend) when it is installed and fall back to a small Pillow
+renderer otherwise, so a report is always produced. The 2-D projection is UMAP (umap-learn)
+on a seeded subsample (default 3000 points), with PCA (scikit-learn) when umap-learn cannot
+be imported or fails; the title says which one was used.
+
+The metrics dicts are those of ``components.metrics.evaluate_embeddings``.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCATTER_FILENAME = "embedding_2d.png"
+PER_CLASS_FILENAME = "per_class_precision_at_1.png"
+MARKDOWN_FILENAME = "report.md"
+HTML_FILENAME = "report.html"
+
+# Colours of matplotlib's "tab10" then "tab20" (shared by both renderers).
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]  # fmt: skip
+
+# Row order of the metrics table; recall_at_<k> rows are inserted sorted by k.
+_HEAD_KEYS = ("precision_at_1",)
+_TAIL_KEYS = ("r_precision", "map_at_r", "nmi", "ami")
+_COUNT_KEYS = ("num_queries", "num_queries_skipped", "num_references", "num_classes")
+_LABELS = {
+    "precision_at_1": "Precision@1",
+    "r_precision": "R-Precision",
+    "map_at_r": "MAP@R",
+    "nmi": "NMI",
+    "ami": "AMI",
+    "num_queries": "queries",
+    "num_queries_skipped": "queries skipped",
+    "num_references": "references",
+    "num_classes": "classes",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Projection and plots
+# --------------------------------------------------------------------------------------------
+
+
+def _matplotlib():
+    """pyplot with the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+
+        return plt
+    except Exception:  # ImportError, or a broken installation
+        return None
+
+
+def subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded random subset of size min(n, max_points)."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+
+
+def project_2d(embeddings, method: str = "umap", seed: int = 0) -> Tuple[np.ndarray, str]:
+    """2-D projection of [N, D] embeddings; returns (xy [N, 2], method actually used:
+    "umap" or "pca"). UMAP falls back to PCA when umap-learn is missing or fails."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {x.shape}")
+    if method not in ("umap", "pca"):
+        raise ValueError(f"method must be 'umap' or 'pca', got {method!r}")
+    if method == "umap" and x.shape[0] >= 4:
+        try:
+            import umap  # umap-learn
+
+            reducer = umap.UMAP(
+                n_components=2,
+                n_neighbors=min(15, x.shape[0] - 1),
+                min_dist=0.1,
+                random_state=seed,
+            )
+            xy = np.asarray(reducer.fit_transform(x), dtype=np.float32)
+            if xy.shape == (x.shape[0], 2) and np.isfinite(xy).all():
+                return xy, "umap"
+            logger.warning("UMAP returned an unusable projection; using PCA")
+        except Exception as e:  # ImportError or any failure inside umap/numba
+            logger.warning("UMAP unavailable (%s: %s); using PCA", type(e).__name__, e)
+    return _pca_2d(x, seed), "pca"
+
+
+def _pca_2d(x: np.ndarray, seed: int) -> np.ndarray:
+    out = np.zeros((x.shape[0], 2), dtype=np.float32)
+    if x.shape[0] < 2:
+        return out
+    from sklearn.decomposition import PCA
+
+    n_comp = int(min(2, x.shape[1], x.shape[0]))
+    xy = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
+    out[:, :n_comp] = xy
+    return out
+
+
+def _class_order(labels: np.ndarray) -> List:
+    return list(np.unique(labels))
+
+
+def _label_str(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return str(v)
+
+
+def plot_embedding_2d(
+    embeddings,
+    labels,
+    path: str,
+    *,
+    method: str = "umap",
+    max_points: Optional[int] = 3000,
+    seed: int = 0,
+    title: Optional[str] = None,
+) -> Dict[str, object]:
+    """Scatter PNG of a 2-D projection coloured by class.
+
+    UMAP on 10k points is slow on few cores, so at most ``max_points`` points (seeded random
+    subset) are projected. Returns {"path", "method" ("umap" or "pca"), "num_points",
+    "renderer" ("matplotlib" or "pillow")}.
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    y = np.asarray(labels).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError("embeddings must be [N, D] with N labels")
+    keep = subsample(x.shape[0], max_points, seed)
+    x, y = x[keep], y[keep]
+    xy, used = project_2d(x, method=method, seed=seed)
+    name = "UMAP" if used == "umap" else "PCA"
+    if method == "umap" and used != "umap":
+        name = "PCA (UMAP unavailable)"
+    full_title = f"{title + ': ' if title else ''}{name} of {len(y)} embeddings"
+    classes = _class_order(y)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plt = _matplotlib()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
+        for i, c in enumerate(classes):
+            m = y == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.7, color=_PALETTE[i % len(_PALETTE)],
+                       label=_label_str(c))  # fmt: skip
+        ax.set_title(full_title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(classes) <= 30:
+            ax.legend(markerscale=3, fontsize=8, loc="best", title="class")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        plt.close(fig)
+        renderer = "matplotlib"
+    else:
+        _pillow_scatter(xy, y, classes, path, full_title)
+        renderer = "pillow"
+    return {"path": path, "method": used, "num_points": int(len(y)), "renderer": renderer}
+
+
+def plot_per_class_precision(
+    per_class: Mapping[str, Optional[float]],
+    path: str,
+    *,
+    baseline_per_class: Optional[Mapping[str, Optional[float]]] = None,
+    title: str = "Precision@1 per class",
+) -> Dict[str, object]:
+    """Bar chart PNG of per-class Precision@1 (candidate, and baseline side by side when
+    given). None values (class fully skipped) are drawn as 0 and marked "n/a" in the table.
+    Returns {"path", "renderer"}."""
+    classes = _sorted_class_keys(list(per_class) + list(baseline_per_class or {}))
+    cand = [_num(per_class.get(c)) for c in classes]
+    base = [_num(baseline_per_class.get(c)) for c in classes] if baseline_per_class else None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plt = _matplotlib()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 4.5), dpi=100)
+        pos = np.arange(len(classes))
+        width = 0.4 if base is not None else 0.8
+        ax.bar(pos - (width / 2 if base is not None else 0), cand, width, label="candidate",
+               color=_PALETTE[0])  # fmt: skip
+        if base is not None:
+            ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
+            ax.legend(loc="lower right")
+        ax.set_xticks(pos)
+        ax.set_xticklabels(classes)
+        ax.set_ylim(0, 1.0)
+        ax.set_ylabel("Precision@1")
+        ax.set_xlabel("class")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        plt.close(fig)
+        renderer = "matplotlib"
+    else:
+        _pillow_bars(classes, cand, base, path, title)
+        renderer = "pillow"
+    return {"path": path, "renderer": renderer}
+
+
+def _num(v) -> float:
+    return float(v) if v is not None else 0.0
+
+
+def _sorted_class_keys(keys: Sequence[str]) -> List[str]:
+    uniq = list(dict.fromkeys(keys))
+
+    def key(k):
+        try:
+            return (0, float(k), "")
+        except ValueError:
+            return (1, 0.0, k)
+
+    return sorted(uniq, key=key)
+
+
+# ----------------------------------------------------------------------------- Pillow fallback
+
+
+def _hex(c: str) -> Tuple[int, int, int]:
+    return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _pillow_scatter(xy, y, classes, path, title, size=800, margin=40):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size + 140, size + margin), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), title, fill="black")
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    pts = (xy - lo) / span * (size - 2 * margin) + margin
+    pts[:, 1] = size - pts[:, 1] + margin // 2  # y up
+    index = {c: i for i, c in enumerate(classes)}
+    for (px, py), c in zip(pts, y):
+        col = _hex(_PALETTE[index[c] % len(_PALETTE)])
+        d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
+    for i, c in enumerate(classes[:40]):
+        col = _hex(_PALETTE[i % len(_PALETTE)])
+        d.rectangle([size + 20, 40 + 16 * i, size + 30, 50 + 16 * i], fill=col)
+        d.text((size + 36, 38 + 16 * i), _label_str(c), fill="black")
+    img.save(path, format="PNG")
+
+
+def _pillow_bars(classes, cand, base, path, title, height=400, margin=50):
+    from PIL import Image, ImageDraw
+
+    slot = 48
+    width = margin * 2 + slot * max(1, len(classes))
+    img = Image.new("RGB", (max(width, 400), height + margin * 2), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), title + ("  (blue: candidate, grey: baseline)" if base else ""), fill="black")
+    y0 = height + margin
+    d.line([margin, y0, width - margin, y0], fill="black")
+    for t in (0.0, 0.5, 1.0):
+        yy = y0 - t * height
+        d.line([margin - 4, yy, margin, yy], fill="black")
+        d.text((8, yy - 6), f"{t:.1f}", fill="black")
+    for i, c in enumerate(classes):
+        x0 = margin + slot * i + 6
+        bars = [(cand[i], _PALETTE[0])] + ([(base[i], _PALETTE[7])] if base else [])
+        bw = (slot - 12) // len(bars)
+        for j, (v, col) in enumerate(bars):
+            top = y0 - max(0.0, min(1.0, v)) * height
+            d.rectangle([x0 + j * bw, top, x0 + (j + 1) * bw - 2, y0], fill=_hex(col))
+        d.text((x0, y0 + 6), str(c), fill="black")
+    img.save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and report
+# --------------------------------------------------------------------------------------------
+
+
+def _metric_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[str]:
+    keys = set(candidate) | set(baseline or {})
+    recall = sorted(
+        (k for k in keys if re.fullmatch(r"recall_at_\d+", k)), key=lambda k: int(k[10:])
+    )
+    ordered = [k for k in _HEAD_KEYS if k in keys] + recall
+    ordered += [k for k in _TAIL_KEYS if k in keys]
+    # Any other scalar metric, then the counts.
+    known = set(ordered) | set(_COUNT_KEYS)
+    for k in sorted(keys - known):
+        v = candidate.get(k, (baseline or {}).get(k))
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "max_r":
+            ordered.append(k)
+    ordered += [k for k in _COUNT_KEYS if k in keys]
+    return ordered
+
+
+def metric_label(key: str) -> str:
+    if key in _LABELS:
+        return _LABELS[key]
+    m = re.fullmatch(r"recall_at_(\d+)", key)
+    if m:
+        return f"Recall@{m.group(1)}"
+    return key
+
+
+def _fmt(v, count: bool) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if count else f"{float(v):.4f}"
+    return str(v)
+
+
+def _delta(c, b, count: bool) -> str:
+    if not isinstance(c, (int, float, np.number)) or not isinstance(b, (int, float, np.number)):
+        return "n/a"
+    d = float(c) - float(b)
+    return f"{int(d):+d}" if count else f"{d:+.4f}"
+
+
+def _table_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[List[str]]:
+    rows = []
+    for k in _metric_rows(candidate, baseline):
+        count = k in _COUNT_KEYS
+        row = [metric_label(k), _fmt(candidate.get(k), count)]
+        if baseline is not None:
+            row += [_fmt(baseline.get(k), count), _delta(candidate.get(k), baseline.get(k), count)]
+        rows.append(row)
+    return rows
+
+
+def _header(baseline) -> List[str]:
+    return ["metric", "candidate"] + (["baseline", "delta"] if baseline is not None else [])
+
+
+def format_metrics_table(candidate: Mapping, baseline: Optional[Mapping] = None) -> str:
+    """Plain-text table of the scalar metrics (candidate, and baseline + delta when given),
+    for the terminal."""
+    header = _header(baseline)
+    rows = _table_rows(candidate, baseline)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells):
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join([first] + rest).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+    proto = candidate.get("protocol")
+    if proto:
+        out.append(f"protocol: {proto}")
+    return "\n".join(out)
+
+
+def _per_class_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[List[str]]:
+    cp = candidate.get("per_class_precision_at_1") or {}
+    bp = (baseline or {}).get("per_class_precision_at_1") or {}
+    rows = []
+    for c in _sorted_class_keys(list(cp) + list(bp)):
+        row = [str(c), _fmt(cp.get(c), False)]
+        if baseline is not None:
+            row += [_fmt(bp.get(c), False), _delta(cp.get(c), bp.get(c), False)]
+        rows.append(row)
+    return rows
+
+
+def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _html_table(header: List[str], rows: List[List[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(
+    out_dir: str,
+    candidate_metrics: Mapping,
+    baseline_metrics: Optional[Mapping] = None,
+    *,
+    title: str = "Embedding evaluation",
+    figures: Optional[Mapping[str, str]] = None,
+    notes: Optional[Sequence[str]] = None,
+) -> Dict[str, str]:
+    """Write ``report.md`` and ``report.html`` into ``out_dir``: the metrics table (candidate,
+    and baseline + delta columns when ``baseline_metrics`` is given), the per-class
+    Precision@1 table and the figures.
+
+    Args:
+      figures: {caption: path}; paths inside ``out_dir`` are linked relatively. When None,
+        the standard figure files of this module found in ``out_dir`` are used.
+      notes: extra lines (e.g. model URIs) listed under the title.
+
+    Returns:
+      {"markdown": path, "html": path}.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    if figures is None:
+        figures = {}
+        for caption, fname in (
+            ("2-D projection of the embeddings", SCATTER_FILENAME),
+            ("Precision@1 per class", PER_CLASS_FILENAME),
+        ):
+            if os.path.isfile(os.path.join(out_dir, fname)):
+                figures[caption] = fname
+    rel = {}
+    for caption, p in figures.items():
+        ap = os.path.abspath(os.path.join(out_dir, p))
+        r = os.path.relpath(ap, os.path.abspath(out_dir))
+        rel[caption] = r if not r.startswith("..") else ap
+
+    header = _header(baseline_metrics)
+    rows = _table_rows(candidate_metrics, baseline_metrics)
+    pc_header = ["class", "candidate"] + (["baseline", "delta"] if baseline_metrics is not None else [])
+    pc_rows = _per_class_rows(candidate_metrics, baseline_metrics)
+    info = []
+    if candidate_metrics.get("protocol"):
+        info.append(f"Protocol: {candidate_metrics['protocol']}")
+    if baseline_metrics is not None and baseline_metrics.get("protocol") not in (
+        None,
+        candidate_metrics.get("protocol"),
+    ):
+        info.append(f"Baseline protocol: {baseline_metrics['protocol']}")
+    info += list(notes or [])
+
+    md = [f"# {title}", ""]
+    md += [f"- {line}" for line in info] + ([""] if info else [])
+    md += ["## Metrics", ""] + _md_table(header, rows) + [""]
+    if pc_rows:
+        md += ["## Precision@1 per class", ""] + _md_table(pc_header, pc_rows) + [""]
+    for caption, r in rel.items():
+        md += [f"![{caption}]({r})", ""]
+    paths = {"markdown": os.path.join(out_dir, MARKDOWN_FILENAME), "html": os.path.join(out_dir, HTML_FILENAME)}
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if info:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in info) + "</ul>")
+    parts += ["<h2>Metrics</h2>", _html_table(header, rows)]
+    if pc_rows:
+        parts += ["<h2>Precision@1 per class</h2>", _html_table(pc_header, pc_rows)]
+    for caption, r in rel.items():
+        parts.append(
+            f"<figure><img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parts.append("</body></html>")
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return paths
+
+
+def make_report(
+    out_dir: str,
+    embeddings,
+    labels,
+    candidate_metrics: Mapping,
+    baseline_metrics: Optional[Mapping] = None,
+    *,
+    title: str = "Embedding evaluation",
+    method: str = "umap",
+    max_points: int = 3000,
+    seed: int = 0,
+    notes: Optional[Sequence[str]] = None,
+) -> Dict[str, object]:
+    """Everything at once: the 2-D scatter and per-class chart PNGs, then ``write_report``.
+    Returns {"scatter", "per_class", "markdown", "html" (paths), "projection" ("umap"/"pca")}."""
+    scatter = plot_embedding_2d(
+        embeddings, labels, os.path.join(out_dir, SCATTER_FILENAME),
+        method=method, max_points=max_points, seed=seed,
+    )  # fmt: skip
+    bars = plot_per_class_precision(
+        candidate_metrics.get("per_class_precision_at_1") or {},
+        os.path.join(out_dir, PER_CLASS_FILENAME),
+        baseline_per_class=(baseline_metrics or {}).get("per_class_precision_at_1"),
+    )
+    figures = {
+        f"2-D projection of the embeddings ({scatter['method'].upper()})": SCATTER_FILENAME,
+        "Precision@1 per class": PER_CLASS_FILENAME,
+    }
+    paths = write_report(
+        out_dir, candidate_metrics, baseline_metrics, title=title, figures=figures, notes=notes
+    )
+    return {
+        "scatter": scatter["path"],
+        "per_class": bars["path"],
+        "markdown": paths["markdown"],
+        "html": paths["html"],
+        "projection": scatter["method"],
+    }

@@ -1,0 +1,67 @@
+"""The command line: flags, --help, and clear errors before anything runs."""
+import json
+
+import pytest
+
+from triplet_tfx.pipeline import cli, pipeline
+from triplet_tfx.pipeline.config import DataConfig, PipelineConfig
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data", "--output-root", "--epochs", "--batch-size", "--min-precision-at-1", "--beam-arg",
+                 "--no-cache"):
+        assert flag in out
+
+
+def test_defaults_are_the_tutorials(capsys):
+    assert cli.main(["run", "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["train"] == {**config["train"], "batch_size": 32, "epochs": 5, "learning_rate": 0.001,
+                                    "embedding_dim": 256, "loss": "semihard", "margin": 1.0}
+    assert config["data"]["source"] == "mnist" and config["data"]["max_examples_per_split"] is None
+    assert any("FnApiRunner" in arg for arg in config["beam_args"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "train.epochs (--epochs): must be positive"),
+    (["--data", "csv:/x"], "data.source (--data): unknown source 'csv:/x'"),
+    (["--image-size", "28x28"], "--image-size: expected HxWxC"),
+    (["--examples-per-class", "5"], "train.examples_per_class (--examples-per-class)"),
+])
+def test_bad_flags_are_named(argv, message, capsys, tmp_path):
+    assert cli.main(["run", "--output-root", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_named_before_running(tmp_path, capsys):
+    missing = tmp_path / "no-such-images"
+    assert cli.main(["run", "--output-root", str(tmp_path / "out"), "--data", f"images:{missing}"]) == 2
+    assert f"{missing}: image folder not found" in capsys.readouterr().err
+
+
+def test_foreign_output_root_is_refused(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("not ours")
+    assert cli.main(["run", "--output-root", str(tmp_path)]) == 2
+    assert "is not empty and was not written by triplet-tfx" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "not ours"
+
+
+def test_code_fingerprint_reaches_the_cached_components(tmp_path):
+    config = PipelineConfig(output_root=str(tmp_path))
+    built = pipeline.create_pipeline(config)
+    fingerprint = pipeline.code_fingerprint()
+    by_id = {c.id: c for c in built.components}
+    for component in ("Transform", "Trainer"):  # custom_config is stored as JSON
+        assert json.loads(by_id[component].exec_properties["custom_config"])["code_fingerprint"] == fingerprint
+    assert by_id["EmbeddingEvaluator"].exec_properties["code_fingerprint"] == fingerprint
+
+
+def test_data_fingerprint_follows_the_files(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"1")
+    first = pipeline.data_fingerprint(str(tmp_path))
+    (tmp_path / "a.png").write_bytes(b"12")
+    assert pipeline.data_fingerprint(str(tmp_path)) != first

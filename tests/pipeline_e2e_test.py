@@ -1,0 +1,90 @@
+"""End to end: the real pipeline under LocalDagRunner on 2,000 MNIST examples, 100 steps."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from triplet_tfx.components import data_sources
+from triplet_tfx.pipeline import cli
+from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+
+COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
+              "Trainer", "EmbeddingEvaluator", "Pusher"]
+
+
+def small_config(root, **eval_overrides) -> PipelineConfig:
+    return PipelineConfig(
+        output_root=str(root),
+        data=DataConfig(max_examples_per_split=2000),
+        train=TrainConfig(max_steps=100),
+        eval=EvalConfig(**{"min_precision_at_1": 0.5, **eval_overrides}))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    config = small_config(root)
+    return config, cli.run_locally(config)
+
+
+def pushed_versions(config):
+    return sorted(os.listdir(config.serving_model_dir)) if os.path.isdir(config.serving_model_dir) else []
+
+
+def test_every_component_executed(first_run):
+    _, summary = first_run
+    assert summary.executions == {name: "COMPLETE" for name in COMPONENTS}
+    assert summary.blessed is True
+    assert summary.metrics["num_queries"] == 2000
+    assert summary.metrics["precision_at_1"] >= 0.5
+
+
+def test_pushed_model_serves_unit_norm_embeddings(first_run):
+    config, summary = first_run
+    versions = pushed_versions(config)
+    assert len(versions) == 1 and summary.pushed_to == os.path.join(config.serving_model_dir, versions[0])
+    loaded = tf.saved_model.load(summary.pushed_to)
+    images, labels = data_sources.load_mnist()["test"]
+    examples = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(8)])
+    embeddings = loaded.signatures["serving_default"](examples=examples)["embedding"].numpy()
+    assert embeddings.shape == (8, 256)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    # Only the network's weights travel: no optimizer state (Adam slots, iteration counter).
+    names = [v.name for v in loaded.variables if "seed_generator" not in v.name]  # dropout's RNG state
+    assert sorted(n.split("/")[-1] for n in names) == ["bias:0"] * 3 + ["kernel:0"] * 3, names
+
+
+def test_projector_files_are_written(first_run):
+    _, summary = first_run
+    projector = os.path.join(summary.evaluation_dir, "projector")
+    vecs = np.loadtxt(os.path.join(projector, "vecs.tsv"), delimiter="\t")
+    assert vecs.shape == (2000, 256)
+    with open(os.path.join(projector, "meta.tsv")) as f:
+        assert len(f.read().splitlines()) == 2001  # a header, then one row per embedding
+
+
+def test_second_run_hits_the_cache(first_run):
+    config, _ = first_run
+    before = pushed_versions(config)
+    summary = cli.run_locally(config)
+    assert summary.executions == {name: "CACHED" for name in COMPONENTS}
+    assert pushed_versions(config) == before
+
+
+def test_impossible_threshold_pushes_nothing(first_run):
+    config, _ = first_run
+    before = pushed_versions(config)
+    summary = cli.run_locally(small_config(config.output_root, min_precision_at_1=0.9999))
+    assert summary.executions["Trainer"] == "CACHED"  # only the evaluator's parameters changed
+    assert summary.executions["EmbeddingEvaluator"] == "COMPLETE"
+    assert summary.blessed is False and "< threshold 0.9999" in summary.blessing_message
+    assert summary.pushed_to is None
+    assert pushed_versions(config) == before  # the earlier push is untouched
+
+
+def test_output_root_of_another_pipeline_is_refused(first_run, capsys):
+    config, _ = first_run
+    code = cli.main(["run", "--output-root", config.output_root, "--pipeline-name", "other"])
+    assert code == 2
+    assert f"--output-root {config.output_root} holds the runs of pipeline 'triplet-mnist'" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""components.report: plots decode as PNG, tables and reports carry the values."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from triplet_tfx.components import report as R
+
+
+def _metrics(p1, per_class, skipped=0):
+    return {
+        "protocol": "leave_one_out",
+        "num_queries": 100,
+        "num_references": 100,
+        "num_classes": len(per_class),
+        "num_queries_skipped": skipped,
+        "precision_at_1": p1,
+        "recall_at_1": p1,
+        "recall_at_10": 0.99,
+        "recall_at_5": 0.95,
+        "r_precision": 0.5,
+        "map_at_r": 0.25,
+        "max_r": None,
+        "nmi": 0.6,
+        "ami": None,
+        "per_class_precision_at_1": per_class,
+    }
+
+
+CAND = _metrics(0.9, {"0": 0.8, "1": 1.0, "10": 0.9, "2": None})
+BASE = _metrics(0.85, {"0": 0.7, "1": 1.0, "10": 0.95, "2": 0.5}, skipped=3)
+
+
+def _decode_png(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        return np.asarray(im)
+
+
+def _data(n=200, d=8, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n)
+    x = rng.normal(size=(classes, d))[y] * 3 + rng.normal(size=(n, d))
+    return x.astype(np.float32), y
+
+
+def test_format_metrics_table_candidate_only():
+    text = R.format_metrics_table(CAND)
+    lines = text.splitlines()
+    assert lines[0].split() == ["metric", "candidate"]
+    assert "baseline" not in text and "delta" not in text
+    assert "0.9000" in text and "0.2500" in text and "n/a" in text  # ami None
+    names = [line.split("  ")[0].strip() for line in lines[2:]]
+    # Precision@1 first, Recall@K sorted by K (not as strings), counts last.
+    assert names[:4] == ["Precision@1", "Recall@1", "Recall@5", "Recall@10"]
+    assert names.index("MAP@R") < names.index("queries")
+    assert "protocol: leave_one_out" in text
+
+
+def test_format_metrics_table_with_baseline_and_deltas():
+    text = R.format_metrics_table(CAND, BASE)
+    assert text.splitlines()[0].split() == ["metric", "candidate", "baseline", "delta"]
+    p1 = next(line for line in text.splitlines() if line.startswith("Precision@1"))
+    assert p1.split() == ["Precision@1", "0.9000", "0.8500", "+0.0500"]
+    skipped = next(line for line in text.splitlines() if line.startswith("queries skipped"))
+    assert skipped.split()[-3:] == ["0", "3", "-3"]
+
+
+def test_write_report_markdown_and_html(tmp_path):
+    paths = R.write_report(str(tmp_path), CAND, BASE, notes=["candidate: model/1"])
+    md = open(paths["markdown"]).read()
+    assert "| metric | candidate | baseline | delta |" in md
+    assert "| Precision@1 | 0.9000 | 0.8500 | +0.0500 |" in md
+    assert "| 10 | 0.9000 | 0.9500 | -0.0500 |" in md  # per-class table
+    assert "| 2 | n/a | 0.5000 | n/a |" in md
+    assert "candidate: model/1" in md
+    page = open(paths["html"]).read()
+    assert page.startswith("<!DOCTYPE html>") and "<td>+0.0500</td>" in page
+
+    paths = R.write_report(str(tmp_path / "solo"), CAND)
+    md = open(paths["markdown"]).read()
+    assert "| metric | candidate |" in md and "baseline" not in md and "delta" not in md
+    assert "| Precision@1 | 0.9000 |" in md
+
+
+def test_per_class_chart_png(tmp_path):
+    out = R.plot_per_class_precision(
+        CAND["per_class_precision_at_1"], str(tmp_path / "bars.png"),
+        baseline_per_class=BASE["per_class_precision_at_1"],
+    )  # fmt: skip
+    img = _decode_png(out["path"])
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert out["renderer"] in ("matplotlib", "pillow")
+    assert R._sorted_class_keys(["10", "2", "b", "1"]) == ["1", "2", "10", "b"]
+
+
+def test_scatter_pca_png(tmp_path):
+    x, y = _data()
+    out = R.plot_embedding_2d(x, y, str(tmp_path / "s.png"), method="pca", max_points=150)
+    assert out["method"] == "pca" and out["num_points"] == 150
+    img = _decode_png(out["path"])
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 4  # several colours drawn
+
+
+def test_scatter_falls_back_to_pca_when_umap_fails(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_umap(name, *args, **kwargs):
+        if name == "umap" or name.startswith("umap."):
+            raise ImportError("umap blocked by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_umap)
+    x, y = _data(n=60)
+    xy, used = R.project_2d(x, method="umap")
+    assert used == "pca" and xy.shape == (60, 2)
+    out = R.plot_embedding_2d(x, y, str(tmp_path / "s.png"), method="umap")
+    assert out["method"] == "pca"
+    _decode_png(out["path"])
+
+
+def test_umap_when_installed(tmp_path):
+    pytest.importorskip("umap")
+    x, y = _data(n=300)
+    out = R.plot_embedding_2d(x, y, str(tmp_path / "u.png"), method="umap", max_points=250)
+    assert out["method"] == "umap" and out["num_points"] == 250
+    _decode_png(out["path"])
+
+
+def test_make_report_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
+    x, y = _data(n=100)
+    out = R.make_report(str(tmp_path), x, y, CAND, BASE)
+    for key in ("scatter", "per_class", "markdown", "html"):
+        assert (tmp_path / out[key].split("/")[-1]).is_file()
+    _decode_png(out["scatter"])
+    _decode_png(out["per_class"])
+    md = open(out["markdown"]).read()
+    assert f"]({R.SCATTER_FILENAME})" in md and f"]({R.PER_CLASS_FILENAME})" in md
+    assert "(PCA)" in md
+    assert f"src='{R.PER_CLASS_FILENAME}'" in open(out["html"]).read()
+
+
+def test_subsample_is_seeded_and_sorted():
+    a = R.subsample(10000, 3000, seed=1)
+    assert len(a) == 3000 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, R.subsample(10000, 3000, seed=1))
+    np.testing.assert_array_equal(R.subsample(5, 3000), np.arange(5))
