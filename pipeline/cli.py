@@ -145,29 +145,7 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("absl").propagate = True
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
-                              description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
-                                          "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
-    _add_config_flags(run)
-    run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
-    run.add_argument("--print-config", action="store_true", help="print the configuration as JSON and exit")
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ConfigError as err:
-        print(f"triplet-tfx: error: {err}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(config), indent=2))
-        return 0
+def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
     from triplet_tfx.components.data_sources import DataSourceError
@@ -179,6 +157,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     print("\n" + result.format())
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
+                              description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
+                                          "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
+    _add_config_flags(run)
+    run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
+    run.set_defaults(handler=run_command)
+    for command in commands.choices.values():
+        command.add_argument("--print-config", action="store_true",
+                             help="print the configuration as JSON and exit")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Every command builds the one PipelineConfig from its flags, then calls its handler."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:
+        print(f"triplet-tfx: error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
+    return args.handler(args, config)
 
 
 if __name__ == "__main__":
