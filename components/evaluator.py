@@ -1,14 +1,20 @@
-"""EmbeddingEvaluator: judges the embedding space of a trained model, blesses or rejects it.
+"""EmbeddingEvaluator: judges a model's embedding space, against a blessed baseline if there is one.
 
-A thin TFX component around `metrics` (the math) and `projector` (the Embedding Projector
-files). It embeds the eval split through the exported serving signature, exactly as a
-client of TF Serving would, so the metric is that of the model that gets pushed.
+A thin TFX component around `metrics` (the math), `projector` (Embedding Projector files)
+and `report` (plots and the report). It embeds the eval split through the exported serving
+signature, exactly as a client of TF Serving would, so the metrics are those of the model
+that gets pushed. TFX's own Evaluator (TFMA) judges classifiers, not embedding spaces.
+
+Outputs, in the ModelEvaluation folder:
+  metrics.json            candidate metrics (and `baseline` metrics when compared)
+  report.md, report.html  metrics table, candidate vs baseline; embedding_2d.png; per_class_precision.png
+  projector/              vecs.tsv, meta.tsv, sprite.png, projector_config.pbtxt
+  events.out.tfevents.*   the metrics as TensorBoard scalars (`tensorboard --logdir <folder>`)
 """
-
 import json
 import logging
 import os
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -19,10 +25,10 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
-from triplet_tfx.components import metrics, projector
+from triplet_tfx.components import metrics, projector, report
 from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.model import EMBEDDING_KEY, SERVING_SIGNATURE
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.pipeline.config import EvalConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -36,25 +42,62 @@ def read_split(examples: Examples, split: str) -> list:
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def embed(serving_model_dir: str, serialized: list, image_shape) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embeddings, labels, uint8 images) of serialized raw tf.Examples, via the serving signature."""
-    serve = tf.saved_model.load(serving_model_dir).signatures[SERVING_SIGNATURE]
+def parse_examples(serialized: list, image_shape) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels, uint8 images) of serialized raw tf.Examples."""
     spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
-    embeddings, labels, images = [], [], []
+    labels, images = [], []
     for start in range(0, len(serialized), _BATCH):
-        batch = tf.constant(serialized[start:start + _BATCH])
-        embeddings.append(serve(examples=batch)[EMBEDDING_KEY].numpy())
-        parsed = tf.io.parse_example(batch, spec)
+        parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
         labels.append(parsed[LABEL_KEY].numpy())
         images.append(tf.reshape(tf.io.decode_raw(parsed[IMAGE_KEY], tf.uint8), [-1, *image_shape]).numpy())
-    return np.concatenate(embeddings), np.concatenate(labels), np.concatenate(images)
+    return np.concatenate(labels), np.concatenate(images)
 
 
-def blessing_decision(candidate: Dict[str, float], min_precision_at_1: float) -> Tuple[bool, str]:
-    p1 = candidate["precision_at_1"]
-    if p1 >= min_precision_at_1:
-        return True, f"precision_at_1 {p1:.4f} >= threshold {min_precision_at_1:.4f}"
-    return False, f"precision_at_1 {p1:.4f} < threshold {min_precision_at_1:.4f}"
+def embed(model: Model, serialized: list) -> np.ndarray:
+    """Embeddings of serialized raw tf.Examples through the model's serving signature."""
+    serve = tf.saved_model.load(path_utils.serving_model_path(model.uri)).signatures[SERVING_SIGNATURE]
+    return np.concatenate([serve(examples=tf.constant(serialized[s:s + _BATCH]))[EMBEDDING_KEY].numpy()
+                           for s in range(0, len(serialized), _BATCH)])
+
+
+def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfig) -> Tuple[bool, List[str]]:
+    """(blessed, reasons): every lower bound met and, given a baseline, no regression beyond tolerance."""
+    reasons, blessed = [], True
+    for name, bound in sorted(rule.lower_bounds.items()):
+        value = candidate.get(name)
+        ok = value is not None and value >= bound
+        blessed &= ok
+        reasons.append(f"{name} {value:.4f} {'>=' if ok else '<'} threshold {bound:.4f}" if value is not None
+                       else f"{name} unavailable (threshold {bound:.4f})")
+    if baseline is not None:
+        for name in rule.compared_metrics:
+            drop = baseline[name] - candidate[name]
+            ok = drop <= rule.max_regression
+            blessed &= ok
+            reasons.append(f"{name} {candidate[name]:.4f} vs baseline {baseline[name]:.4f}: "
+                           + ("within" if ok else "regression beyond") + f" tolerance {rule.max_regression:.4f}")
+    return blessed, reasons
+
+
+def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, references: Optional[list],
+                   reference_labels: Optional[np.ndarray], rule: EvalConfig):
+    """(metrics, per-query details, query embeddings) of one model under the configured protocol."""
+    query_embeddings = embed(model, queries)
+    reference_embeddings = embed(model, references) if references is not None else None
+    result, per_query = metrics.evaluate_embeddings(
+        query_embeddings, query_labels, reference_embeddings, reference_labels, ks=rule.recall_ks,
+        return_per_query=True)
+    return result, per_query, query_embeddings
+
+
+def write_scalars(folder: str, candidate: Dict, baseline: Optional[Dict]) -> None:
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default():
+        for prefix, values in (("candidate", candidate), ("baseline", baseline or {})):
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tf.summary.scalar(f"{prefix}/{key}", float(value), step=0)
+    writer.close()
 
 
 @component
@@ -63,31 +106,55 @@ def EmbeddingEvaluator(
     model: InputArtifact[Model],
     evaluation: OutputArtifact[ModelEvaluation],
     blessing: OutputArtifact[ModelBlessing],
-    config: Parameter[str],
-    code_fingerprint: Parameter[str],  # only so that TFX's cache notices code changes
+    config: Parameter[str],  # JSON: the data and eval sections, and the code fingerprint
+    baseline_model: InputArtifact[Model] = None,
 ) -> None:
-    """Precision@1 (leave-one-out on the eval split), projector files, ModelBlessing."""
-    cfg = PipelineConfig.from_dict(json.loads(config))
-    serving_dir = path_utils.serving_model_path(model.uri)
-    embeddings, labels, images = embed(serving_dir, read_split(examples, "eval"), cfg.data.image_shape)
-    logger.info("Evaluating %d eval embeddings of %s", len(labels), serving_dir)
-    result = metrics.evaluate_embeddings(embeddings, labels)
-    blessed, reason = blessing_decision(result, cfg.eval.min_precision_at_1)
+    """Retrieval and clustering metrics, report, projector files and a ModelBlessing."""
+    cfg = PipelineConfig.from_dict({k: v for k, v in json.loads(config).items() if k in ("data", "eval")})
+    rule = cfg.eval
+    queries = read_split(examples, "eval")
+    query_labels, images = parse_examples(queries, cfg.data.image_shape)
+    references, reference_labels = None, None
+    if rule.protocol == "eval_vs_train":
+        references = read_split(examples, "train")
+        reference_labels, _ = parse_examples(references, cfg.data.image_shape)
+    logger.info("Evaluating model %s on %d eval queries (%s)", model.uri, len(queries), rule.protocol)
+    candidate, per_query, embeddings = evaluate_model(model, queries, query_labels, references,
+                                                      reference_labels, rule)
 
-    with tf.io.gfile.GFile(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    projector.write_projector_bundle(
-        os.path.join(evaluation.uri, PROJECTOR_DIR), embeddings, labels, images=images,
-        split=["eval"] * len(labels), correct_at_1=metrics.correct_at_1(embeddings, labels))
-    for key, value in result.items():
-        if isinstance(value, (int, float)):
+    # A cached Trainer hands over the model that is already the blessed baseline: keep the
+    # bounds check, but do not bless (and so push) the same model again.
+    same_model = baseline_model is not None and baseline_model.id == model.id
+    baseline = None
+    if baseline_model is not None and not same_model:
+        logger.info("Evaluating baseline model %s", baseline_model.uri)
+        baseline = evaluate_model(baseline_model, queries, query_labels, references, reference_labels, rule)[0]
+    blessed, reasons = blessing_decision(candidate, baseline, rule)
+    if same_model and blessed:
+        blessed = False
+        reasons.append(f"model {model.id} is already the latest blessed model: nothing new to push")
+
+    folder = evaluation.uri
+    with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
+        json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
+    projector.write_projector_bundle(os.path.join(folder, PROJECTOR_DIR), embeddings, query_labels, images=images,
+                                     split=["eval"] * len(query_labels), correct_at_1=per_query["correct_at_1"])
+    report.make_report(folder, embeddings, query_labels, candidate, baseline, method=rule.plot_method,
+                       notes=reasons)
+    write_scalars(folder, candidate, baseline)
+    for key, value in candidate.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             evaluation.set_float_custom_property(key, float(value))
 
+    message = "; ".join(reasons)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(blessed))
-    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, message)
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
-    # A file too, as TFX's own Evaluator writes, for readers of the pipeline root.
+    if baseline_model is not None:
+        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline_model.uri)
+        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline_model.id)
+    # Marker files too, as TFX's own Evaluator writes, for readers of the pipeline root.
     with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
-        f.write(reason + "\n")
-    logger.info("Model %s: %s", "BLESSED" if blessed else "NOT BLESSED", reason)
+        f.write(message + "\n")
+    logger.info("Model %s: %s", "BLESSED" if blessed else "NOT BLESSED", message)

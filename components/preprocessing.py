@@ -45,7 +45,7 @@ def _dense(feature) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-    data = PipelineConfig.from_dict(custom_config["config"]).data
+    data = PipelineConfig.from_dict({"data": custom_config["data"]}).data
     return {
         IMAGE_KEY: decode_images(_dense(inputs[IMAGE_KEY]), data.image_shape),
         LABEL_KEY: checked_labels(_dense(inputs[LABEL_KEY]), data.num_classes),

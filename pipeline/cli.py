@@ -14,6 +14,7 @@ import sys
 from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline.config import (ConfigError, DataConfig, EvalConfig, PipelineConfig,
                                          TrainConfig)
 
@@ -53,8 +54,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--max-steps", type=int, default=t.max_steps, help="cap on training steps (smoke runs)")
     train.add_argument("--seed", type=int, default=t.seed, help="default %(default)s")
     ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--eval-protocol", choices=("leave_one_out", "eval_vs_train"), default=e.protocol,
+                    help="eval queries against the rest of the eval split, or against the train split "
+                         "(default %(default)s)")
     ev.add_argument("--min-precision-at-1", type=float, default=e.min_precision_at_1,
                     help="bless (and push) the model only if eval Precision@1 reaches this (default %(default)s)")
+    ev.add_argument("--min-metric", action="append", default=[], metavar="NAME=VALUE",
+                    help="another lower bound for blessing, repeatable, e.g. map_at_r=0.9 "
+                         "(names as in metrics.json: recall_at_5, r_precision, map_at_r, nmi, ami...)")
+    ev.add_argument("--max-regression", type=float, default=e.max_regression,
+                    help="largest allowed drop of " + " and ".join(e.compared_metrics) +
+                         " against the latest blessed model (default %(default)s)")
+    ev.add_argument("--plot", choices=("umap", "pca"), default=e.plot_method,
+                    help="2-D picture of the embeddings in the report (default %(default)s)")
     out = parser.add_argument_group("pipeline")
     out.add_argument("--pipeline-name", default=p.pipeline_name, help="default %(default)s")
     out.add_argument("--output-root", default=p.output_root,
@@ -72,12 +84,20 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         height, width, channels = (int(v) for v in args.image_size.lower().split("x"))
     except ValueError:
         raise ConfigError(f"--image-size: expected HxWxC, e.g. 28x28x1, got {args.image_size!r}") from None
+    bounds = {"precision_at_1": args.min_precision_at_1}
+    for item in args.min_metric:
+        name, _, value = item.partition("=")
+        try:
+            bounds[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--min-metric: expected NAME=VALUE, e.g. map_at_r=0.9, got {item!r}") from None
     defaults = PipelineConfig()
     return PipelineConfig(
         pipeline_name=args.pipeline_name,
         output_root=os.path.abspath(args.output_root),
         model_name=args.model_name,
-        serving_dir=os.path.abspath(args.serving_dir) if args.serving_dir else None,
+        serving_dir=(args.serving_dir if "://" in args.serving_dir else os.path.abspath(args.serving_dir))
+        if args.serving_dir else None,
         enable_cache=not args.no_cache,
         beam_args=tuple(args.beam_arg) if args.beam_arg else defaults.beam_args,
         data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
@@ -86,7 +106,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                           loss=args.loss, margin=args.margin, distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, max_steps=args.max_steps, seed=args.seed),
-        eval=EvalConfig(min_precision_at_1=args.min_precision_at_1),
+        eval=EvalConfig(protocol=args.eval_protocol, lower_bounds=bounds, max_regression=args.max_regression,
+                        plot_method=args.plot),
+        kubeflow=kubeflow_cli.kubeflow_config_from_args(args),
     ).validate()
 
 
@@ -169,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(run)
     run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
     run.set_defaults(handler=run_command)
+    kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():
         command.add_argument("--print-config", action="store_true",
                              help="print the configuration as JSON and exit")

@@ -73,8 +73,56 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    # The model is blessed (and pushed) only if eval Precision@1 reaches this.
-    min_precision_at_1: float = 0.9
+    # `leave_one_out`: eval queries against the rest of the eval split; `eval_vs_train`: eval
+    # queries against the train split as the reference set.
+    protocol: str = "leave_one_out"
+    recall_ks: Tuple[int, ...] = (1, 5, 10)
+    # Blessing: every named metric must reach its lower bound...
+    lower_bounds: Dict[str, float] = dataclasses.field(default_factory=lambda: {"precision_at_1": 0.9})
+    # ...and, when a blessed baseline exists, none of these may drop by more than the tolerance.
+    compared_metrics: Tuple[str, ...] = ("precision_at_1", "map_at_r")
+    max_regression: float = 0.005
+    # 2-D picture of the embedding space: `umap` (falls back to PCA if UMAP fails) or `pca`.
+    plot_method: str = "umap"
+
+    @property
+    def min_precision_at_1(self) -> float:
+        return self.lower_bounds.get("precision_at_1", 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """Kubeflow Pipelines v2 compile settings (`triplet-tfx compile` / `deploy`; see kubeflow/)."""
+    # Default pipeline root of the package (a run may override it): gs://, s3://, minio:// or
+    # the absolute path of a mounted PVC (then `pvc_name` names the claim).
+    pipeline_root: str = "minio://mlpipeline/v2/artifacts"
+    pvc_name: Optional[str] = None
+    pvc_mount_path: str = "/mnt/pipeline"
+    # Images: `image` for every component, `gpu_image` for the Trainer, and ID=IMAGE overrides.
+    image: str = "triplet-tfx:0.1.0"
+    gpu_image: str = "triplet-tfx-gpu:0.1.0"
+    component_images: Tuple[str, ...] = ()
+    # Trainer resources: `nvidia.com/gpu` (open-source KFP) or NVIDIA_TESLA_T4-style (Vertex AI).
+    gpu_type: str = "nvidia.com/gpu"
+    gpu_count: int = 1
+    trainer_cpu_limit: Optional[float] = None  # vCPUs
+    trainer_memory_limit: Optional[float] = None  # GB
+
+
+def _from_dict(cls, values: Dict[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{cls.__name__}: unknown field {name!r}")
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING \
+            else fields[name].default
+        if dataclasses.is_dataclass(default):
+            value = _from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +138,7 @@ class PipelineConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     @property
     def pipeline_root(self) -> str:
@@ -109,14 +158,9 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "PipelineConfig":
-        values = dict(values)
-        sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-        for key, section in sections.items():
-            if key in values:
-                values[key] = section(**values[key])
-        if "beam_args" in values:
-            values["beam_args"] = tuple(values["beam_args"])
-        return cls(**values)
+        """Inverse of to_dict, also after a JSON round trip (which turns tuples into lists)."""
+        return _from_dict(cls, values)
+
 
     def validate(self) -> "PipelineConfig":
         """Raises ConfigError naming the first invalid field; returns self."""
@@ -146,8 +190,12 @@ class PipelineConfig:
              "must be at least 2 and divide the batch size"),
             (self.train.max_steps is None or self.train.max_steps > 0, "train.max_steps (--max-steps)",
              "must be positive"),
-            (0.0 <= self.eval.min_precision_at_1 <= 1.0, "eval.min_precision_at_1 (--min-precision-at-1)",
-             "must be within [0, 1]"),
+            (self.eval.protocol in ("leave_one_out", "eval_vs_train"), "eval.protocol (--eval-protocol)",
+             "must be leave_one_out or eval_vs_train"),
+            (all(0.0 <= v <= 1.0 for v in self.eval.lower_bounds.values()),
+             "eval.lower_bounds (--min-precision-at-1, --min-metric)", "bounds must be within [0, 1]"),
+            (self.eval.max_regression >= 0, "eval.max_regression (--max-regression)", "must be >= 0"),
+            (self.eval.plot_method in ("umap", "pca"), "eval.plot_method (--plot)", "must be umap or pca"),
         ]
         for ok, field, problem in checks:
             if not ok:

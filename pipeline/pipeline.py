@@ -1,7 +1,7 @@
 """create_pipeline: the one definition of the pipeline, for every runner.
 
 ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
--> Trainer -> EmbeddingEvaluator -> Pusher.
+-> Trainer -> EmbeddingEvaluator (against the latest blessed model) -> Pusher.
 """
 from __future__ import annotations
 
@@ -54,7 +54,13 @@ def data_fingerprint(source_path: str) -> str:
 def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None
                     ) -> tfx.dsl.Pipeline:
     config.validate()
-    custom_config = {"config": config.to_dict(), "code_fingerprint": code_fingerprint()}
+    fingerprint = code_fingerprint()
+
+    def sections(*names: str) -> dict:
+        # Each component gets only the sections it reads, so that changing, say, a blessing
+        # threshold does not invalidate the cached Transform and Trainer.
+        everything = config.to_dict()
+        return {**{name: everything[name] for name in names}, "code_fingerprint": fingerprint}
 
     data = config.data
     check_source(data)
@@ -72,7 +78,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config=custom_config)
+        custom_config=sections("data"))
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)
 
@@ -81,13 +87,20 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=custom_config)
+        custom_config=sections("data", "train"))
+
+    # The model in production: the latest one this pipeline blessed (none on a first run).
+    baseline_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
 
     evaluator = EmbeddingEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        config=json.dumps(config.to_dict(), sort_keys=True),
-        code_fingerprint=custom_config["code_fingerprint"])
+        baseline_model=baseline_resolver.outputs["model"],
+        config=json.dumps(sections("data", "eval"), sort_keys=True))
 
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
@@ -99,7 +112,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, evaluator, pusher],
+                    transform, trainer, baseline_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

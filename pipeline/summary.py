@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from triplet_tfx.components import report
 from triplet_tfx.pipeline.config import PipelineConfig
 
 
@@ -25,11 +26,9 @@ class RunSummary:
     def format(self) -> str:
         lines = [f"Run {self.run_id}:"]
         lines += [f"  {component:<20} {state}" for component, state in self.executions.items()]
-        scalars = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}
-        if scalars:
+        if self.metrics:
             lines.append("Metrics (eval split):")
-            lines += [f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}"
-                      for key, value in sorted(scalars.items())]
+            lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
         if self.blessed is not None:
             lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
@@ -59,10 +58,12 @@ def latest_run(config: PipelineConfig) -> RunSummary:
         raise RuntimeError(f"no run of pipeline {config.pipeline_name!r} in {config.metadata_path}")
     run = max(runs, key=lambda c: c.id)
     executions = store.get_executions_by_context(run.id)
+    node_type = store.get_context_type("node").id
     states: Dict[str, str] = {}
     for execution in sorted(executions, key=lambda e: e.id):
-        type_name = store.get_execution_types_by_id([execution.type_id])[0].name
-        states[type_name.rsplit(".", 1)[-1]] = _state_name(execution.last_known_state)
+        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+        node_id = nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
+        states[node_id] = _state_name(execution.last_known_state)
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}

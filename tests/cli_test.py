@@ -57,7 +57,15 @@ def test_code_fingerprint_reaches_the_cached_components(tmp_path):
     by_id = {c.id: c for c in built.components}
     for component in ("Transform", "Trainer"):  # custom_config is stored as JSON
         assert json.loads(by_id[component].exec_properties["custom_config"])["code_fingerprint"] == fingerprint
-    assert by_id["EmbeddingEvaluator"].exec_properties["code_fingerprint"] == fingerprint
+    assert json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])["code_fingerprint"] == fingerprint
+
+
+def test_components_get_only_the_sections_they_read(tmp_path):
+    by_id = {c.id: c for c in pipeline.create_pipeline(PipelineConfig(output_root=str(tmp_path))).components}
+    assert set(json.loads(by_id["Transform"].exec_properties["custom_config"])) == {"data", "code_fingerprint"}
+    assert set(json.loads(by_id["Trainer"].exec_properties["custom_config"])) == {"data", "train", "code_fingerprint"}
+    assert set(json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])) == {"data", "eval",
+                                                                                       "code_fingerprint"}
 
 
 def test_data_fingerprint_follows_the_files(tmp_path):

@@ -10,15 +10,15 @@ from triplet_tfx.pipeline import cli
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
-              "Trainer", "EmbeddingEvaluator", "Pusher"]
+              "Trainer", "LatestBlessedModelResolver", "EmbeddingEvaluator", "Pusher"]
 
 
-def small_config(root, **eval_overrides) -> PipelineConfig:
+def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
     return PipelineConfig(
         output_root=str(root),
         data=DataConfig(max_examples_per_split=2000),
-        train=TrainConfig(max_steps=100),
-        eval=EvalConfig(**{"min_precision_at_1": 0.5, **eval_overrides}))
+        train=TrainConfig(max_steps=max_steps),
+        eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot_method="pca"))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,11 @@ def test_second_run_hits_the_cache(first_run):
     config, _ = first_run
     before = pushed_versions(config)
     summary = cli.run_locally(config)
-    assert summary.executions == {name: "CACHED" for name in COMPONENTS}
+    assert {name: summary.executions[name] for name in COMPONENTS[:7]} == {name: "CACHED" for name in COMPONENTS[:7]}
+    # The evaluator sees a new input, the baseline (this very model, blessed by the first run),
+    # and does not bless it a second time: nothing is pushed again.
+    assert summary.blessed is False and "already the latest blessed model" in summary.blessing_message
+    assert summary.pushed_to is None
     assert pushed_versions(config) == before
 
 
@@ -81,6 +85,39 @@ def test_impossible_threshold_pushes_nothing(first_run):
     assert summary.blessed is False and "< threshold 0.9999" in summary.blessing_message
     assert summary.pushed_to is None
     assert pushed_versions(config) == before  # the earlier push is untouched
+
+
+def test_weaker_candidate_loses_against_the_blessed_baseline(first_run):
+    config, first = first_run
+    before = pushed_versions(config)
+    summary = cli.run_locally(small_config(config.output_root, max_steps=1))
+    assert summary.executions["Trainer"] == "COMPLETE"
+    baseline = summary.metrics["baseline"]
+    assert baseline["map_at_r"] == pytest.approx(first.metrics["map_at_r"], abs=1e-6)  # the first run's model
+    assert summary.metrics["map_at_r"] < baseline["map_at_r"] - 0.005
+    assert summary.blessed is False and "map_at_r" in summary.blessing_message
+    assert "regression beyond tolerance" in summary.blessing_message
+    assert summary.pushed_to is None and pushed_versions(config) == before
+    evaluation = summary.evaluation_dir
+    for name in ("report.md", "report.html", "embedding_2d.png", "per_class_precision_at_1.png"):
+        assert os.path.getsize(os.path.join(evaluation, name)) > 0, name
+    with open(os.path.join(evaluation, "report.md")) as f:
+        assert "baseline" in f.read().lower()
+
+
+def test_metrics_are_recorded_in_ml_metadata(first_run):
+    config, first = first_run
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    store = metadata_store.MetadataStore(connection)
+    evaluations = [a for a in store.get_artifacts_by_type("ModelEvaluation") if a.uri == first.evaluation_dir]
+    assert len(evaluations) == 1
+    properties = evaluations[0].custom_properties
+    assert properties["precision_at_1"].double_value == pytest.approx(first.metrics["precision_at_1"])
+    assert properties["map_at_r"].double_value == pytest.approx(first.metrics["map_at_r"])
 
 
 def test_output_root_of_another_pipeline_is_refused(first_run, capsys):

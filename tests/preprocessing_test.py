@@ -8,7 +8,7 @@ from triplet_tfx.pipeline.config import DataConfig, PipelineConfig
 
 
 def _config(**data):
-    return {"config": PipelineConfig(data=DataConfig(**data)).to_dict()}
+    return {"data": PipelineConfig(data=DataConfig(**data)).to_dict()["data"]}
 
 
 def test_preprocessing_fn_scales_and_shapes_images():
