@@ -26,8 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)
 
+# Benchmarks (figures in README.md); each script's --help tells its options.
 bench: $(STAMP)
-	$(VENV)/bin/python bench/run_all.py $(ARGS)
+	$(VENV)/bin/python bench/bench_pipeline.py $(ARGS)
+	$(VENV)/bin/python bench/bench_losses.py
+	$(VENV)/bin/python bench/bench_metrics.py
 
 # Re-resolve the pins after changing requirements.in (needs `uv`; not part of set-up).
 constraints:

@@ -72,7 +72,7 @@ def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfi
     if baseline is not None:
         for name in rule.compared_metrics:
             drop = baseline[name] - candidate[name]
-            ok = drop <= rule.max_regression
+            ok = drop <= rule.max_regression + 1e-9  # float rounding of equal drops
             blessed &= ok
             reasons.append(f"{name} {candidate[name]:.4f} vs baseline {baseline[name]:.4f}: "
                            + ("within" if ok else "regression beyond") + f" tolerance {rule.max_regression:.4f}")
