@@ -1,0 +1,225 @@
+"""Kubeflow Pipelines v2: compiles create_pipeline(config) with TFX's KubeflowV2DagRunner.
+
+The same create_pipeline and PipelineConfig as the local run. What is Kubeflow-specific is
+applied here, on the built pipeline: the Trainer's GPU/CPU/memory request
+(`with_platform_config(ResourceSpec)`), an image per component (a CPU image for the data
+components, a GPU image for the Trainer), and the conversion of TFX's PipelineJob JSON into
+the PipelineSpec YAML that the KFP SDK, CLI and API accept (`kfp pipeline create`,
+`kfp.Client().upload_pipeline`, `create_run_from_pipeline_package`).
+
+Compiling needs no network and no credentials: user code is referenced by the dotted names of
+modules installed in the image (triplet_tfx.components...), nothing is packaged or uploaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+from triplet_tfx.pipeline.config import ConfigError, KubeflowConfig, PipelineConfig
+
+TRAINER_ID = "Trainer"
+# TFX's key for "every component not named in the image map".
+DEFAULT_IMAGE_KEY = "default_image_path"
+REMOTE_SCHEMES = ("gs://", "s3://", "minio://")
+# Open-source KFP: a Kubernetes extended resource name (nvidia.com/gpu, amd.com/gpu...).
+# Vertex AI Pipelines: an accelerator enum name (NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3...).
+_K8S_RESOURCE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?/[a-zA-Z0-9]([a-zA-Z0-9._-]*[a-zA-Z0-9])?")
+_VERTEX_ACCELERATOR = re.compile(r"(NVIDIA|TPU)_[A-Z0-9_]+")
+_PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledPackage:
+    yaml_path: str  # the PipelineSpec: what KFP uploads and runs
+    json_path: str  # TFX's PipelineJob (Vertex AI PipelineJob format), kept for reference
+    pipeline_spec: Dict[str, Any]
+
+
+def parse_component_images(items) -> Dict[str, str]:
+    images = {}
+    for item in items:
+        component, sep, image = item.partition("=")
+        if not sep or not component.strip() or not image.strip():
+            raise ConfigError(f"kubeflow.component_images (--component-image): expected COMPONENT_ID=IMAGE, "
+                              f"got {item!r}")
+        images[component.strip()] = image.strip()
+    return images
+
+
+def validate_kubeflow(config: PipelineConfig) -> PipelineConfig:
+    """Raises ConfigError naming the first invalid Kubeflow setting (and its flag)."""
+    kf = config.kubeflow
+    root = kf.pipeline_root
+    checks = [
+        (_PIPELINE_NAME.fullmatch(config.pipeline_name), "pipeline_name (--pipeline-name)",
+         "Kubeflow needs lower-case letters, digits and '-' (pattern [a-z0-9][a-z0-9-]{0,127})"),
+        (root.startswith(REMOTE_SCHEMES) or os.path.isabs(root), "kubeflow.pipeline_root (--pipeline-root)",
+         f"{root!r}: use gs://, s3://, minio:// or the absolute path of a mounted PVC"),
+        (root.startswith(REMOTE_SCHEMES) or kf.pvc_name, "kubeflow.pvc_name (--pvc)",
+         f"a local pipeline root ({root}) needs the PVC that holds it: --pvc CLAIM_NAME"),
+        (not kf.pvc_name or root.startswith(REMOTE_SCHEMES)
+         or os.path.normpath(root).startswith(os.path.normpath(kf.pvc_mount_path)),
+         "kubeflow.pipeline_root (--pipeline-root)",
+         f"{root} must lie below the PVC mount path {kf.pvc_mount_path} (--pvc-mount-path)"),
+        (kf.image.strip(), "kubeflow.image (--image)", "must not be empty"),
+        (kf.gpu_image.strip(), "kubeflow.gpu_image (--gpu-image)", "must not be empty"),
+        (kf.gpu_count >= 0, "kubeflow.gpu_count (--gpu-count)", "must be >= 0"),
+        (kf.gpu_count == 0 or _K8S_RESOURCE.fullmatch(kf.gpu_type) or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
+         "kubeflow.gpu_type (--gpu-type)",
+         f"{kf.gpu_type!r}: use a Kubernetes resource name such as nvidia.com/gpu (open-source KFP) "
+         "or a Vertex AI accelerator such as NVIDIA_TESLA_T4"),
+        (kf.trainer_cpu_limit is None or kf.trainer_cpu_limit > 0, "kubeflow.trainer_cpu_limit (--trainer-cpu)",
+         "must be positive"),
+        (kf.trainer_memory_limit is None or kf.trainer_memory_limit > 0,
+         "kubeflow.trainer_memory_limit (--trainer-memory)", "must be positive"),
+    ]
+    for ok, field, problem in checks:
+        if not ok:
+            raise ConfigError(f"{field}: {problem}")
+    parse_component_images(kf.component_images)
+    return config
+
+
+def kubeflow_config(config: PipelineConfig) -> PipelineConfig:
+    """The configuration as it runs on the cluster: pushed models go below the pipeline root
+    (unless --serving-dir names another place), not below the local output root."""
+    config.validate()
+    validate_kubeflow(config)
+    serving_dir = config.serving_dir or f"{config.kubeflow.pipeline_root.rstrip('/')}/serving"
+    return dataclasses.replace(config, serving_dir=serving_dir)
+
+
+def component_images(kf: KubeflowConfig) -> Dict[str, str]:
+    """TFX's `default_image` map: {component id: image}, with the default under its key."""
+    images = {DEFAULT_IMAGE_KEY: kf.image}
+    if kf.gpu_count > 0:
+        images[TRAINER_ID] = kf.gpu_image
+    images.update(parse_component_images(kf.component_images))
+    return images
+
+
+def trainer_resources(kf: KubeflowConfig):
+    """The Trainer's ResourceSpec, or None when it requests nothing special."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if kf.trainer_cpu_limit:
+        spec.cpu_limit = kf.trainer_cpu_limit
+    if kf.trainer_memory_limit:
+        spec.memory_limit = kf.trainer_memory_limit
+    if kf.gpu_count > 0:
+        spec.accelerator.type = kf.gpu_type
+        spec.accelerator.count = kf.gpu_count
+    return spec if spec.ByteSize() else None
+
+
+def build_pipeline(config: PipelineConfig):
+    """create_pipeline(config), plus the Trainer's resource request. Returns (pipeline, config)."""
+    from triplet_tfx.pipeline.pipeline import create_pipeline
+
+    config = kubeflow_config(config)
+    pipeline = create_pipeline(config)
+    resources = trainer_resources(config.kubeflow)
+    if resources is not None:
+        trainers = [c for c in pipeline.components if c.id == TRAINER_ID]
+        if len(trainers) != 1:
+            raise RuntimeError(f"expected one component with id {TRAINER_ID!r}, found {len(trainers)}")
+        trainers[0].with_platform_config(resources)
+    return pipeline, config
+
+
+def _pvc_platform_spec(kf: KubeflowConfig, executor_labels: List[str]) -> Dict[str, Any]:
+    """kfp-kubernetes' PlatformSpec (second YAML document): mount the PVC in every task."""
+    mount = [{"constant": kf.pvc_name, "mountPath": kf.pvc_mount_path}]
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
+        label: {"pvcMount": mount} for label in sorted(executor_labels)}}}}}
+
+
+def job_to_pipeline_spec(pipeline_job: Dict[str, Any], pipeline_root: str) -> Dict[str, Any]:
+    """TFX's PipelineJob JSON -> the PipelineSpec KFP expects, the root as its run-time default.
+
+    `defaultPipelineRoot` is what KFP uses when a run names no pipeline root of its own
+    (`kfp run create ... --pipeline-root`, `Client.run_pipeline(pipeline_root=...)`, the UI).
+    """
+    spec = json.loads(json.dumps(pipeline_job["pipelineSpec"]))  # deep copy
+    spec["defaultPipelineRoot"] = pipeline_root
+    return spec
+
+
+def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackage:
+    """Writes <package_dir>/<pipeline_name>.yaml (PipelineSpec) and .json (TFX PipelineJob)."""
+    import yaml
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    from tfx import v1 as tfx
+    from tfx import version as tfx_version
+
+    pipeline, config = build_pipeline(config)
+    kf = config.kubeflow
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            display_name=config.pipeline_name, default_image=component_images(kf)),
+        output_dir=package_dir, output_filename=f"{config.pipeline_name}.json")
+    job = runner.run(pipeline, write_out=False)
+    job.setdefault("runtimeConfig", {})["gcsOutputDirectory"] = kf.pipeline_root
+    spec = job_to_pipeline_spec(job, kf.pipeline_root)
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # fails loudly if KFP would reject it
+
+    documents = [spec]
+    if kf.pvc_name:
+        documents.append(_pvc_platform_spec(kf, list(spec["deploymentSpec"]["executors"])))
+        json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
+
+    os.makedirs(package_dir, exist_ok=True)
+    yaml_path = os.path.join(package_dir, f"{config.pipeline_name}.yaml")
+    json_path = os.path.join(package_dir, f"{config.pipeline_name}.json")
+    header = (f"# PIPELINE DEFINITION\n# Name: {config.pipeline_name}\n"
+              f"# Description: compiled by triplet-tfx from TFX {tfx_version.__version__} "
+              f"(KubeflowV2DagRunner); default pipeline root {kf.pipeline_root}\n")
+    with open(yaml_path, "w") as f:
+        f.write(header)
+        yaml.safe_dump_all(documents, f, sort_keys=True)
+    with open(json_path, "w") as f:
+        json.dump(job, f, indent=2, sort_keys=True)
+    return CompiledPackage(yaml_path=yaml_path, json_path=json_path, pipeline_spec=spec)
+
+
+def summarize(package: CompiledPackage) -> List[str]:
+    """One line per task: id, image, resources."""
+    spec = package.pipeline_spec
+    executors = spec["deploymentSpec"]["executors"]
+    lines = []
+    for task_id, task in sorted(spec["root"]["dag"]["tasks"].items()):
+        executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        if "container" not in executor:
+            lines.append(f"  {task_id:<45} (resolver: ML Metadata query, no container)")
+            continue
+        container = executor["container"]
+        resources = container.get("resources", {})
+        extra = []
+        if resources.get("accelerator"):
+            extra.append(f"{resources['accelerator'].get('count', 1)} x {resources['accelerator']['type']}")
+        if resources.get("cpuLimit"):
+            extra.append(f"{resources['cpuLimit']} vCPU")
+        if resources.get("memoryLimit"):
+            extra.append(f"{resources['memoryLimit']} GB")
+        lines.append(f"  {task_id:<45} {container['image']}" + (f"  [{', '.join(extra)}]" if extra else ""))
+    return lines
+
+
+def image_and_task_ids(spec: Dict[str, Any]) -> Dict[str, Optional[str]]:
+    """{task id: image (None for resolver tasks)} of a compiled PipelineSpec dict."""
+    executors = spec["deploymentSpec"]["executors"]
+    result = {}
+    for task_id, task in spec["root"]["dag"]["tasks"].items():
+        executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        result[task_id] = executor.get("container", {}).get("image")
+    return result
+
+
+def default_package_dir(config: PipelineConfig) -> str:
+    return os.path.join(config.output_root, "kubeflow")
