@@ -14,6 +14,7 @@ import pickle
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -74,8 +75,6 @@ def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num
 
 def make_example(image: np.ndarray, label: int) -> bytes:
     """Serialized tf.Example: raw uint8 pixels and an int64 label."""
-    import tensorflow as tf
-
     return tf.train.Example(features=tf.train.Features(feature={
         IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, np.uint8).tobytes()])),
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
@@ -84,9 +83,9 @@ def make_example(image: np.ndarray, label: int) -> bytes:
 
 def image_dir_classes(root: str) -> List[str]:
     """Class names of an image folder: its sub-folders, sorted (label = index)."""
-    if not os.path.isdir(root):
+    if not tf.io.gfile.isdir(root):
         raise DataSourceError(f"{root}: image folder not found (--data images:<dir>)")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
     if not classes:
         raise DataSourceError(f"{root}: no class sub-folders (expected <dir>/<class>/<image files>)")
     return classes
@@ -97,7 +96,7 @@ def image_dir_files(root: str) -> List[Tuple[str, int]]:
     files = []
     for label, name in enumerate(image_dir_classes(root)):
         folder = os.path.join(root, name)
-        files += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))
+        files += [(os.path.join(folder, f), label) for f in sorted(tf.io.gfile.listdir(folder))
                   if f.lower().endswith(IMAGE_SUFFIXES)]
     if not files:
         raise DataSourceError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the class sub-folders")
@@ -108,10 +107,10 @@ def read_image(path: str, channels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with tf.io.gfile.GFile(path, "rb") as f, Image.open(f) as img:
             img = img.convert("L" if channels == 1 else "RGB")
             pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, tf.errors.OpError) as err:
         raise DataSourceError(f"{path}: cannot read image ({err})") from err
     return pixels[..., None] if pixels.ndim == 2 else pixels
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
+import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor, driver
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx import types
@@ -63,9 +64,7 @@ def _image_file(path_label: Tuple[str, int], data: DataConfig) -> bytes:
 
 def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
     """Each record of one file, checked: an unreadable file or bad record names the file."""
-    import tensorflow as tf
-
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
     feature_spec = {
         data_sources.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
@@ -95,11 +94,11 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
 
 def tfrecord_files(root: str, split: str) -> list:
     folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
+    if not tf.io.gfile.isdir(folder):
         raise data_sources.DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
                                            f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if os.path.isfile(os.path.join(folder, f)))
+    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
+                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
     if not files:
         raise data_sources.DataSourceError(f"{folder}: no TFRecord files")
     return files
