@@ -80,6 +80,12 @@ def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
     return {"epochs": epochs, "steps_per_epoch": math.ceil(total / epochs)}
 
 
+def learning_rate(train: TrainConfig, plan: Dict[str, int]):
+    if train.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(train.learning_rate, plan["epochs"] * plan["steps_per_epoch"])
+    return train.learning_rate
+
+
 def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
                          path: str) -> None:
     """SavedModel: serialized raw tf.Example -> `embedding`, without optimizer state."""
@@ -118,7 +124,7 @@ def run_fn(fn_args) -> None:
     num_eval = int(eval_examples.reduce(0, lambda n, _: n + 1))
 
     model = build_model(config.data.image_shape, train.embedding_dim)
-    model.compile(optimizer=keras.optimizers.Adam(train.learning_rate), loss=make_loss(train))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))
     model.fit(
         training_batches(train_examples, train),
         validation_data=eval_examples.batch(eval_batch_size).repeat(),

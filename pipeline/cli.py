@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline.config import (ConfigError, DataConfig, EvalConfig, PipelineConfig,
+from triplet_tfx.pipeline.config import (PROFILES, ConfigError, DataConfig, EvalConfig, PipelineConfig,
                                          TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
@@ -26,8 +26,22 @@ class OutputRootError(RuntimeError):
     pass
 
 
+# Flags whose name differs from their configuration field.
+_FLAG_FOR_FIELD = {"distance_metric": "distance", "source": "data", "max_examples_per_split": "max_examples"}
+
+
+def profile_flag_defaults(profile: str) -> dict:
+    """The argparse defaults that a profile sets (its fields, under their flag names)."""
+    return {_FLAG_FOR_FIELD.get(field, field): value
+            for section in PROFILES[profile].values() for field, value in section.items()}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     d, t, e, p = DataConfig(), TrainConfig(), EvalConfig(), PipelineConfig()
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="tutorial",
+                        help="named defaults: tutorial (the TFA tutorial's settings) or recommended "
+                             "(" + ", ".join(f"{k}={v}" for k, v in profile_flag_defaults("recommended").items())
+                             + "); other flags override it. Default: %(default)s")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=d.source, metavar="SOURCE",
                       help="mnist (bundled, offline), tfds:<name> (a prepared TFDS data set), "
@@ -44,6 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--epochs", type=int, default=t.epochs, help="default %(default)s")
     train.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")
     train.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam; default %(default)s")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=t.lr_schedule,
+                       help="default %(default)s")
     train.add_argument("--loss", choices=("semihard", "hard"), default=t.loss, help="default %(default)s")
     train.add_argument("--margin", type=float, default=t.margin, help="default %(default)s")
     train.add_argument("--distance", choices=("L2", "squared-L2", "angular"), default=t.distance_metric,
@@ -104,7 +120,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          loss=args.loss, margin=args.margin, distance_metric=args.distance, soft=args.soft,
+                          lr_schedule=args.lr_schedule, loss=args.loss, margin=args.margin,
+                          distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, max_steps=args.max_steps, seed=args.seed),
         eval=EvalConfig(protocol=args.eval_protocol, lower_bounds=bounds, max_regression=args.max_regression,
                         plot_method=args.plot),
@@ -181,7 +198,7 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -193,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=run_command)
     kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():
+        command.set_defaults(**profile_flag_defaults(profile))
         command.add_argument("--print-config", action="store_true",
                              help="print the configuration as JSON and exit")
     return parser
@@ -200,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Every command builds the one PipelineConfig from its flags, then calls its handler."""
-    args = build_parser().parse_args(argv)
+    profile_parser = argparse.ArgumentParser(add_help=False)
+    profile_parser.add_argument("--profile", choices=sorted(PROFILES), default="tutorial")
+    profile = profile_parser.parse_known_args(argv)[0].profile
+    args = build_parser(profile).parse_args(argv)
     try:
         config = config_from_args(args)
     except ConfigError as err:

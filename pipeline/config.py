@@ -18,6 +18,15 @@ DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
 )
 
 
+# Named starting points (the CLI's --profile); explicit flags still win. `recommended` is the
+# configuration measured in README.md's Results table.
+PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "tutorial": {},  # the TFA tutorial: batch 32, 5 epochs, margin 1.0, plain shuffled batches
+    "recommended": {"train": {"batch_size": 128, "examples_per_class": 16, "epochs": 10, "margin": 0.2,
+                              "lr_schedule": "cosine"}},
+}
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field (and CLI flag)."""
 
@@ -58,6 +67,7 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # `constant` or `cosine` (decay to 0 over all steps)
     embedding_dim: int = 256
     loss: str = "semihard"  # `semihard` or `hard`
     margin: float = 1.0
@@ -177,6 +187,8 @@ class PipelineConfig:
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
             (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
             (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),
+            (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule (--lr-schedule)",
+             "must be constant or cosine"),
             (self.train.embedding_dim > 0, "train.embedding_dim", "must be positive"),
             (self.train.loss in ("semihard", "hard"), "train.loss (--loss)", "must be semihard or hard"),
             (self.train.distance_metric in ("L2", "squared-L2", "angular"),

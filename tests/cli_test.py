@@ -4,7 +4,7 @@ import json
 import pytest
 
 from triplet_tfx.pipeline import cli, pipeline
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig
+from triplet_tfx.pipeline.config import PROFILES, DataConfig, PipelineConfig
 
 
 def test_help_lists_the_flags(capsys):
@@ -73,3 +73,10 @@ def test_data_fingerprint_follows_the_files(tmp_path):
     first = pipeline.data_fingerprint(str(tmp_path))
     (tmp_path / "a.png").write_bytes(b"12")
     assert pipeline.data_fingerprint(str(tmp_path)) != first
+
+
+def test_profile_sets_defaults_and_flags_still_win(capsys):
+    assert cli.main(["run", "--profile", "recommended", "--epochs", "3", "--print-config"]) == 0
+    train = json.loads(capsys.readouterr().out)["train"]
+    expected = {**PROFILES["recommended"]["train"], "epochs": 3}
+    assert {key: train[key] for key in expected} == expected
