@@ -35,8 +35,11 @@ Distances are TFA's formulas to the operation (squared norms + -2 x x^T, clamped
 ``1 - cos`` of the l2-normalised embeddings, clamped at 0, zero diagonal). The value shift of
 TFA's ``_masked_minimum`` / ``_masked_maximum`` (``(d - row_max) + row_max``) is reproduced,
 and so is their gradient: where several negatives tie for the selected distance, the gradient
-is split equally among them, like TensorFlow's ``reduce_min`` / ``reduce_max`` gradients.
-float16 / bfloat16 embeddings are computed in float32 and the loss is cast back.
+is split equally among them, like TensorFlow's ``reduce_min`` / ``reduce_max`` gradients, and
+where the selected distance ties with the row's extreme (duplicated embeddings), it spreads over
+the tied entries as TFA's does. float16 / bfloat16 embeddings are computed in float32 and the
+loss is cast back. With float64 embeddings the distances and the gradient are float64, but the
+semi-hard mining (selection and value) works on the distances rounded to float32.
 
 Deviations from TFA
 -------------------
@@ -45,18 +48,29 @@ The one deliberate deviation: degenerate batches. When the batch has no anchor-p
 gradient. TFA returns NaN for the first (0 / 0) and a meaningless finite value for the second.
 The soft hard loss uses a numerically stable softplus; TFA's ``log1p(exp(x))`` overflows to inf
 for x > ~88 (ordinary at squared-L2 scales); the two agree wherever TFA is finite.
+A residual, tie-only difference in the semi-hard gradient (values are equal): when an anchor has
+a positive at exactly the distance of a negative (after TFA's shift by the row maximum, e.g.
+duplicated embeddings with different labels), and another negative is equal to that one only
+after the shift (1-ulp apart), TFA splits the gradient over both negatives; here the positive
+separates them in the sorted row and the gradient goes to the first eligible one.
 
 Memory and speed
 ----------------
-TFA tiles the distance matrix to (B*B) x B. Here the semi-hard mining sorts each anchor's row
-once (one sort of int64 keys that pack the distance, the negative/positive flag and the column),
-so that "the first negative strictly greater than d_ap" becomes a prefix count along the sorted
-row; negatives with equal distances form groups that are found, summed and gathered with segment
-operations over ``B * (B + 1)`` segments. Everything is O(B^2) memory and O(B^2 log B) time.
-The value is computed from the sorted layout; the gradient with respect to the distance matrix
-is a B x B weight matrix ``W`` (``+1/P`` at active anchor-positive pairs, ``-1/P`` spread over
-the selected negatives), applied as ``stop_gradient(loss) + sum(W * D) - stop_gradient(sum(W*D))``
-so autodiff carries it through TFA's distance formula to the embeddings.
+TFA tiles the distance matrix to (B*B) x B. Here each anchor's row is sorted once (int64 keys
+that pack the distance, a negative/same-label flag and the column, so that at equal distance
+negatives come first); "the first negative strictly farther than d_ap" is then a prefix count
+along the sorted row, and tied negatives form groups that are summed and gathered with segment
+operations. O(B^2) memory, O(B^2 log B) time. The value comes from the sorted layout; the
+gradient with respect to the distance matrix is a B x B matrix ``W`` (``+1/P`` at active
+anchor-positive pairs, ``-1/P`` spread over the selected negatives, TFA's tie rules), applied as
+``stop_gradient(loss) + sum(W * D) - stop_gradient(sum(W * D))``; the distances have a
+closed-form gradient (one matmul; only the B x B output is kept for the backward pass).
+On CPU outside XLA, batches above 64 sort with NumPy (``tf.numpy_function``; TensorFlow's CPU
+sort is 5-10x slower) and mine the rows in blocks of ``_CHUNK_ELEMENTS`` entries, which bounds
+the working memory; under XLA or with a GPU, ``tf.sort`` and one block (``SORT_IMPL`` /
+``TRIPLET_TFX_SORT`` = ``"auto"``, ``"tf"`` or ``"numpy"`` overrides the choice). Keras 3 compiles
+``model.fit``'s step with XLA by default on TensorFlow, where the sort and the row cumsum are
+slower on CPU: for large batches on CPU, ``model.compile(..., jit_compile=False)`` is faster.
 
 Global-batch mining
 -------------------
@@ -80,9 +94,10 @@ by ``num_replicas_in_sync`` before differentiating, and gradients are summed acr
   gradient that reaches each replica's embeddings is then d(global loss)/d(its embeddings).
 Outside a strategy (or with one replica) ``global_batch`` is a no-op.
 
-Backend: the functions use TensorFlow ops (the project's Keras backend is TensorFlow; the mining
-needs bitcasts, int64 sorts and segment reductions). They run in eager mode, in ``tf.function``
-and under XLA (Keras 3 compiles the train step with XLA by default on TensorFlow).
+Backend: TensorFlow only (the project's Keras backend). The mining needs bitcasts, int64 sorts,
+segment reductions and, on CPU, ``tf.numpy_function``, which ``keras.ops`` does not offer on
+every backend. The functions run in eager mode, in ``tf.function``, under XLA and under
+``tf.distribute`` strategies.
 """
 from __future__ import annotations
 
@@ -119,9 +134,8 @@ def _off_diagonal_mask(n, dtype=tf.float32):
     return tf.ones([n, n], dtype=dtype) - tf.linalg.diag(tf.ones([n], dtype=dtype))
 
 
-def pairwise_distance(embeddings, squared: bool = False) -> tf.Tensor:
-    """TFA's ``pairwise_distance``: B x B (squared) Euclidean distances, operation for operation."""
-    feature = tf.convert_to_tensor(embeddings)
+def _pairwise_distance_forward(feature, squared):
+    # TFA's formula, operation for operation (same float32 results).
     pairwise_distances_squared = tf.math.add(
         tf.math.reduce_sum(tf.math.square(feature), axis=[1], keepdims=True),
         tf.math.reduce_sum(tf.math.square(tf.transpose(feature)), axis=[0], keepdims=True),
@@ -140,13 +154,59 @@ def pairwise_distance(embeddings, squared: bool = False) -> tf.Tensor:
     return tf.math.multiply(pairwise_distances, _off_diagonal_mask(tf.shape(feature)[0], feature.dtype))
 
 
+def _gram_backward(g_sym, x):
+    """d/dx of sum(G * (|x_i|^2 + |x_j|^2 - 2 x_i.x_j)) for G with G + G^T = g_sym: one matmul."""
+    return 2.0 * (tf.reduce_sum(g_sym, axis=1, keepdims=True) * x - tf.matmul(g_sym, x))
+
+
+def pairwise_distance(embeddings, squared: bool = False) -> tf.Tensor:
+    """TFA's ``pairwise_distance``: B x B (squared) Euclidean distances, operation for operation.
+
+    The value is TFA's to the bit; the gradient is TFA's (computed in closed form with one
+    matmul, keeping only the output for the backward pass, instead of TFA's ~10 B x B
+    intermediates and two matmuls).
+    """
+
+    @tf.custom_gradient
+    def fn(x):
+        pd = _pairwise_distance_forward(x, squared)
+
+        def grad(g):
+            # Non-zero entries are exactly the off-diagonal ones with d^2 > 0, where TFA's
+            # masks pass the gradient (1 / (2 sqrt(d^2)) for L2).
+            positive = pd > 0
+            zeros = tf.zeros_like(pd)
+            if squared:
+                g2 = tf.where(positive, g, zeros)
+            else:
+                g2 = tf.where(positive, g / (2.0 * tf.where(positive, pd, tf.ones_like(pd))), zeros)
+            return _gram_backward(g2 + tf.transpose(g2), x)
+
+        return pd, grad
+
+    return fn(tf.convert_to_tensor(embeddings))
+
+
 def angular_distance(embeddings) -> tf.Tensor:
     """TFA's ``angular_distance``: ``1 - cos`` of the l2-normalised embeddings, B x B."""
     feature = tf.convert_to_tensor(embeddings)
     normalized = tf.math.l2_normalize(feature, axis=1)
-    d = 1 - tf.matmul(normalized, normalized, transpose_b=True)
-    d = tf.math.maximum(d, 0.0)
-    return tf.math.multiply(d, _off_diagonal_mask(tf.shape(d)[0], feature.dtype))
+
+    @tf.custom_gradient
+    def fn(u):
+        d = 1 - tf.matmul(u, u, transpose_b=True)
+        off = _off_diagonal_mask(tf.shape(d)[0], u.dtype)
+        # tf.maximum passes the gradient where d >= 0; the off-diagonal mask zeroes the diagonal.
+        passes = tf.logical_and(d >= 0, tf.cast(off, tf.bool))
+        out = tf.math.multiply(tf.math.maximum(d, 0.0), off)
+
+        def grad(g):
+            g2 = tf.where(passes, g, tf.zeros_like(g))
+            return -tf.matmul(g2 + tf.transpose(g2), u)
+
+        return out, grad
+
+    return fn(normalized)
 
 
 def distance_matrix(embeddings, distance_metric: DistanceMetric = "L2") -> tf.Tensor:
@@ -222,16 +282,51 @@ def _use_numpy_sort() -> bool:
     return not tf.config.list_logical_devices("GPU")
 
 
-def _np_sort_rows(keys):
-    return np.sort(keys, axis=1)
+def _np_sorted_layout(keys, row_max):
+    """NumPy version of _tf_sorted_layout (same outputs, bit for bit)."""
+    keys = np.sort(keys, axis=1)
+    s_col = (keys & (2**_COL_BITS - 1)).astype(np.int32)
+    s_neg = (keys & (2**_COL_BITS)) == 0
+    k32 = (keys >> (_COL_BITS + 1)).astype(np.int32)
+    s_val = np.where(k32 < 0, k32 ^ np.int32(0x7FFFFFFF), k32).view(np.float32)
+    new_group = s_neg.copy()
+    shifted = s_val - row_max  # float32, as TFA's _masked_minimum compares them
+    new_group[:, 1:] &= ~(s_neg[:, :-1] & (shifted[:, 1:] == shifted[:, :-1]))
+    gid = np.cumsum(new_group, axis=1, dtype=np.int32)
+    return s_col, s_val, s_neg, gid
 
 
-def _sort_rows(keys):
-    """Sorts each row of an int64 matrix ascending."""
-    if _use_numpy_sort():
-        out = tf.numpy_function(_np_sort_rows, [keys], tf.int64, stateful=False)
-        return tf.ensure_shape(out, keys.shape)
-    return tf.sort(keys, axis=1)
+def _tf_sorted_layout(keys, row_max):
+    """Sorts the packed keys of each row; returns, in sorted order, the columns, distances,
+    negative flags and the ids (1, 2, ...) of the groups of tied negatives (for a non-negative
+    entry: the number of negative groups before it, i.e. at a distance <= its own)."""
+    sorted_keys = tf.sort(keys, axis=1)
+    s_col = tf.cast(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS - 1), tf.int32)
+    s_neg = tf.equal(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS), 0)
+    s_val = _float_from_sortable(
+        tf.cast(tf.bitwise.right_shift(sorted_keys, _COL_BITS + 1), tf.int32)
+    )
+    # Tied negatives: consecutive negatives whose distances are equal once shifted by the row
+    # maximum (TFA's _masked_minimum compares d - row_max, where rounding can merge distances
+    # 1 ulp apart). Negatives sort first at equal distance, so exact ties are contiguous.
+    shifted = s_val - row_max
+    prev_neg = _shift_right(s_neg, False)
+    prev_shifted = _shift_right(shifted, 0.0)
+    new_group = tf.logical_and(
+        s_neg, tf.logical_not(tf.logical_and(prev_neg, tf.equal(prev_shifted, shifted)))
+    )
+    gid = tf.cumsum(tf.cast(new_group, tf.int32), axis=1)
+    return s_col, s_val, s_neg, gid
+
+
+def _sorted_layout(keys, row_max, use_numpy):
+    if use_numpy:
+        outs = tf.numpy_function(
+            _np_sorted_layout, [keys, row_max], [tf.int32, tf.float32, tf.bool, tf.int32],
+            stateful=False,
+        )
+        return [tf.ensure_shape(o, keys.shape) for o in outs]
+    return _tf_sorted_layout(keys, row_max)
 
 
 def _shift_right(x, fill):
@@ -243,7 +338,7 @@ def _shift_right(x, fill):
 # --------------------------------------------------------------------------- semi-hard
 def _semihard_keys(pdist, same):
     """Packed sort keys: [distance (32 bits, order preserving)] [same-label flag] [column]."""
-    n64 = tf.cast(tf.shape(pdist)[0], tf.int64)
+    n64 = tf.cast(tf.shape(pdist)[1], tf.int64)  # columns
     # Normalise -0.0 to +0.0 so that equal distances get equal keys.
     d = tf.where(tf.equal(pdist, 0.0), tf.zeros_like(pdist), pdist)
     key32 = tf.cast(_sortable_int32(d), tf.int64)
@@ -252,25 +347,20 @@ def _semihard_keys(pdist, same):
     return key32 * (2 ** (_COL_BITS + 1)) + tf.cast(same, tf.int64) * (2**_COL_BITS) + cols
 
 
-def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
-    """Semi-hard loss value and W = d loss / d pdist from the row-sorted keys. O(B^2) memory."""
-    n = tf.shape(sorted_keys)[0]
-    s_col = tf.cast(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS - 1), tf.int32)
-    s_same = tf.not_equal(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS), 0)
-    s_neg = tf.logical_not(s_same)
-    s_val = _float_from_sortable(
-        tf.cast(tf.bitwise.right_shift(sorted_keys, _COL_BITS + 1), tf.int32)
-    )
-    rows = tf.range(n)[:, tf.newaxis]
-    s_pos = tf.logical_and(s_same, tf.not_equal(s_col, rows))  # anchor-positive pairs
+def _semihard_from_sorted(layout, pdist, same, row_ids, row_max, row_min, margin, denom):
+    """Hinge sum and W = d loss / d pdist for a block of anchor rows, from their sorted keys.
 
-    # Groups of tied negatives (contiguous in the sorted row): group ids 1..G along each row.
-    prev_neg = _shift_right(s_neg, False)
-    prev_val = _shift_right(s_val, 0.0)
-    new_group = tf.logical_and(
-        s_neg, tf.logical_not(tf.logical_and(prev_neg, tf.equal(prev_val, s_val)))
+    ``pdist``, ``same``, ``sorted_keys``: [m, n] rows of the matrices; ``row_ids``: [m] the
+    anchors' indices (columns of their diagonal); ``denom``: the number of anchor-positive pairs
+    of the whole batch (>= 1). O(m * n) memory.
+    """
+    s_col, s_val, s_neg, gid = layout
+    m = tf.shape(s_col)[0]
+    n = tf.shape(s_col)[1]
+    rows = tf.range(m)[:, tf.newaxis]
+    s_pos = tf.logical_and(  # anchor-positive pairs
+        tf.logical_not(s_neg), tf.not_equal(s_col, tf.cast(row_ids, tf.int32)[:, tf.newaxis])
     )
-    gid = tf.cumsum(tf.cast(new_group, tf.int32), axis=1)
     # For a positive entry, gid = number of negative groups with distance <= d_ap.
     n_groups = gid[:, -1:]
     has_negative = n_groups > 0
@@ -278,7 +368,7 @@ def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
     sel_gid = tf.minimum(gid + 1, n_groups)
 
     stride = n + 1
-    num_segments = n * stride
+    num_segments = m * stride
     row_base = rows * stride
     seg_own = tf.reshape(row_base + gid, [-1])
     seg_sel = tf.reshape(row_base + sel_gid, [-1])
@@ -291,7 +381,7 @@ def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
     group_cnt = tf.math.unsorted_segment_sum(
         tf.reshape(tf.cast(s_neg, tf.float32), [-1]), seg_own, num_segments
     )
-    sel_val = tf.reshape(tf.gather(group_val, seg_sel), [n, n])
+    sel_val = tf.reshape(tf.gather(group_val, seg_sel), [m, n])
     sel_val = tf.where(s_pos, sel_val, zeros)
 
     # TFA's _masked_minimum / _masked_maximum: (d - row_max) + row_max and (d - row_min) + row_min.
@@ -299,21 +389,19 @@ def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
 
     valid = tf.logical_and(s_pos, has_negative)
     loss_mat = tf.math.add(margin, s_val - negative_dist)
-    num_positives = tf.reduce_sum(tf.cast(valid, tf.float32))
-    denom = tf.maximum(num_positives, 1.0)
-    value = tf.reduce_sum(tf.where(valid, tf.maximum(loss_mat, 0.0), zeros)) / denom
+    hinge_sum = tf.reduce_sum(tf.where(valid, tf.maximum(loss_mat, 0.0), zeros))
 
     # tf.maximum(x, 0) passes the gradient where x >= 0, as in TFA.
     w = tf.where(tf.logical_and(valid, loss_mat >= 0.0), tf.ones_like(loss_mat) / denom, zeros)
+    # The gradient goes to the selected group, split equally (_masked_minimum's ties; inside
+    # pairs: the last group, corrected below where TFA's ties differ).
     group_w = tf.math.unsorted_segment_sum(tf.reshape(w, [-1]), seg_sel, num_segments)
-    neg_w = tf.reshape(
-        tf.math.divide_no_nan(tf.gather(group_w, seg_own), tf.gather(group_cnt, seg_own)), [n, n]
-    )
+    neg_w = tf.reshape(tf.gather(tf.math.divide_no_nan(group_w, group_cnt), seg_own), [m, n])
     g_sorted = w - tf.where(s_neg, neg_w, zeros)
     # Back from the sorted layout to the original columns (a permutation of each row).
     flat_idx = tf.reshape(rows * n + s_col, [-1])
     weights = tf.reshape(
-        tf.math.unsorted_segment_sum(tf.reshape(g_sorted, [-1]), flat_idx, n * n), [n, n]
+        tf.math.unsorted_segment_sum(tf.reshape(g_sorted, [-1]), flat_idx, m * n), [m, n]
     )
 
     # TFA's gradient when the selected negative sits at the row's extreme: _masked_minimum's
@@ -321,7 +409,8 @@ def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
     # gradient of reduce_min / reduce_max spreads over those ties and over the row_max (row_min)
     # ties, positives included. Only with exactly tied distances (duplicates); rows elsewhere
     # keep the plain split above. R: the weight of the pairs concerned, per row.
-    at_max = tf.logical_and(outside, tf.equal(sel_val, row_max))
+    tied_max = tf.reduce_sum(tf.cast(tf.equal(pdist, row_max), tf.int32), axis=1, keepdims=True) > 1
+    at_max = tf.logical_and(tf.logical_and(outside, tied_max), tf.equal(sel_val, row_max))
     at_min = tf.logical_and(tf.logical_not(outside), tf.equal(sel_val, row_min))
     r_max = tf.reduce_sum(tf.where(at_max, w, zeros), axis=1, keepdims=True)
     r_min = tf.reduce_sum(tf.where(at_min, w, zeros), axis=1, keepdims=True)
@@ -346,25 +435,90 @@ def _semihard_from_sorted(sorted_keys, pdist, same, row_max, row_min, margin):
     weights = tf.cond(
         tf.reduce_any(tf.logical_or(r_max > 0, r_min > 0)), tie_correction, lambda: weights
     )
-    return value, weights
+
+    # Inside pairs (no negative farther than the positive): TFA's _masked_maximum splits the
+    # gradient over the negatives with d - row_min equal to the farthest one's; the last group
+    # above ties on d - row_max. Both are exact equality when row_min == 0 and the farthest
+    # negative is >= row_max / 2 (exact subtraction); elsewhere, move the weight over.
+    last_val = tf.gather(group_val, tf.reshape(row_base + n_groups, [-1]))[:, tf.newaxis]
+    needs_fix = tf.logical_or(tf.not_equal(row_min, 0.0), last_val < 0.5 * row_max)
+    r_in = tf.reduce_sum(tf.where(tf.logical_not(outside), w, zeros), axis=1, keepdims=True)
+    r_in = tf.where(needs_fix, r_in, tf.zeros_like(r_in))
+
+    def inside_fix():
+        neg = tf.logical_not(same)
+
+        def split(shift):
+            shifted = pdist - shift
+            tied = tf.logical_and(neg, tf.equal(shifted, last_val - shift))
+            tied = tf.cast(tied, tf.float32)
+            return tf.math.divide_no_nan(tied, tf.reduce_sum(tied, axis=1, keepdims=True))
+
+        return weights + r_in * (split(row_max) - split(row_min))
+
+    weights = tf.cond(tf.reduce_any(r_in > 0), inside_fix, lambda: weights)
+    return hinge_sum, weights
 
 
 _semihard_keys_xla = tf.function(_semihard_keys, jit_compile=True, reduce_retracing=True)
+
+# Rows of the distance matrix mined at a time (outside XLA): bounds the mining's memory to a few
+# arrays of this many elements, whatever the batch size.
+_CHUNK_ELEMENTS = 2**21
 
 
 def _semihard_value_and_weights(pdist, adjacency, margin):
     """Semi-hard loss value and its gradient W = d loss / d pdist, from a B x B matrix.
 
-    ``pdist`` must carry no gradient (float32). O(B^2) memory.
+    ``pdist`` must carry no gradient (float32). O(B^2) memory: W, plus the mining of at most
+    ``_CHUNK_ELEMENTS`` entries at a time (one block when compiled with XLA).
     """
+    n = tf.shape(pdist)[0]
     row_max = tf.reduce_max(pdist, axis=1, keepdims=True)
     row_min = tf.reduce_min(pdist, axis=1, keepdims=True)
-    if _use_numpy_sort():
-        # CPU outside XLA: XLA-compiled elementwise parts around NumPy's fast sort.
-        keys = _semihard_keys_xla(pdist, adjacency)
-    else:
-        keys = _semihard_keys(pdist, adjacency)
-    return _semihard_from_sorted(_sort_rows(keys), pdist, adjacency, row_max, row_min, margin)
+    # Anchor-positive pairs: only if the batch has a negative at all (then every anchor has one).
+    num_same = tf.reduce_sum(tf.cast(adjacency, tf.float32))
+    n_f = tf.cast(n, tf.float32)
+    has_negative = num_same < n_f * n_f
+    denom = tf.maximum(tf.where(has_negative, num_same - n_f, 0.0), 1.0)
+    static_n = pdist.shape[0]
+    # Small batches: plain TensorFlow ops have less fixed overhead than NumPy + XLA calls.
+    use_numpy = _use_numpy_sort() and not (static_n is not None and static_n <= 64)
+    if SORT_IMPL == "numpy":
+        use_numpy = True
+    keys_fn = _semihard_keys_xla if use_numpy else _semihard_keys
+
+    def block(r0, r1):
+        d = pdist[r0:r1]
+        same = adjacency[r0:r1]
+        keys = keys_fn(d, same)
+        return _semihard_from_sorted(
+            _sorted_layout(keys, row_max[r0:r1], use_numpy), d, same, tf.range(r0, r1), row_max[r0:r1], row_min[r0:r1],
+            margin, denom,
+        )
+
+    if not use_numpy or (static_n is not None and static_n * static_n <= 2 * _CHUNK_ELEMENTS):
+        # XLA / GPU (static shapes), or a small batch: one block.
+        hinge_sum, weights = block(0, n)
+        return hinge_sum / denom, weights
+
+    chunk = tf.maximum(_CHUNK_ELEMENTS // tf.maximum(n, 1), 1)
+    num_chunks = (n + chunk - 1) // chunk
+    parts = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
+                           element_shape=tf.TensorShape([None, None]))
+
+    def body(i, total, parts):
+        r0 = i * chunk
+        r1 = tf.minimum(r0 + chunk, n)
+        h, w = block(r0, r1)
+        return i + 1, total + h, parts.write(i, w)
+
+    _, hinge_sum, parts = tf.while_loop(
+        lambda i, *_: i < num_chunks, body, (tf.constant(0), tf.constant(0.0), parts),
+        parallel_iterations=1,
+    )
+    weights = tf.reshape(parts.concat(), [n, n])
+    return hinge_sum / denom, weights
 
 
 def _apply_weights(value, weights, pdist):
