@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components import losses
+from triplet_tfx.components import batching, losses
 from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
@@ -61,7 +61,6 @@ def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput
 
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
     if train.examples_per_class:
-        from triplet_tfx.components import batching  # TEMP
         batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class,
                                                   seed=train.seed)
     else:
