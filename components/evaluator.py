@@ -8,8 +8,8 @@ that gets pushed. TFX's own Evaluator (TFMA) judges classifiers, not embedding s
 Outputs, in the ModelEvaluation folder:
   metrics.json            candidate metrics (and `baseline` metrics when compared)
   report.md, report.html  metrics table, candidate vs baseline; embedding_2d.png; per_class_precision.png
-  projector/              vecs.tsv, meta.tsv, sprite.png, projector_config.pbtxt
-  events.out.tfevents.*   the metrics as TensorBoard scalars (`tensorboard --logdir <folder>`)
+  tensorboard/            the metrics as scalars, and vecs.tsv, meta.tsv, sprite.png,
+                          projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
 import json
 import logging
@@ -32,7 +32,8 @@ from triplet_tfx.pipeline.config import EvalConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
-PROJECTOR_DIR = "projector"
+# One folder for TensorBoard: the metric scalars and the Embedding Projector bundle.
+TENSORBOARD_DIR = "tensorboard"
 _BATCH = 1024
 
 
@@ -137,11 +138,11 @@ def EmbeddingEvaluator(
     folder = evaluation.uri
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
-    projector.write_projector_bundle(os.path.join(folder, PROJECTOR_DIR), embeddings, query_labels, images=images,
+    projector.write_projector_bundle(os.path.join(folder, TENSORBOARD_DIR), embeddings, query_labels, images=images,
                                      split=["eval"] * len(query_labels), correct_at_1=per_query["correct_at_1"])
     report.make_report(folder, embeddings, query_labels, candidate, baseline, method=rule.plot_method,
                        notes=reasons)
-    write_scalars(folder, candidate, baseline)
+    write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
     for key, value in candidate.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             evaluation.set_float_custom_property(key, float(value))

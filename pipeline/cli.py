@@ -166,7 +166,12 @@ def run_locally(config: PipelineConfig) -> "summary.RunSummary":
 class _ProgressFilter(logging.Filter):
     """Keeps warnings, this project's own messages and TFX's component start/finish lines."""
 
+    # TFX warns about its own resolver query on every run; nothing a user can act on.
+    _NOISE = ("ArtifactQuery.property_predicate is not supported",)
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self._NOISE):
+            return False
         return (record.levelno >= logging.WARNING or record.name.startswith("triplet_tfx")
                 or (isinstance(record.msg, str) and record.msg.startswith("Component %s is ")))
 

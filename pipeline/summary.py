@@ -34,9 +34,9 @@ class RunSummary:
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
                      "Pushed model: none (nothing was pushed by this run)")
         if self.evaluation_dir:
-            lines.append(f"Evaluation: {self.evaluation_dir}")
-            lines.append(f"Projector files: {os.path.join(self.evaluation_dir, 'projector')}"
-                         f" (tensorboard --logdir {os.path.join(self.evaluation_dir, 'projector')})")
+            lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
+            lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
+                         + os.path.join(self.evaluation_dir, "tensorboard"))
         return "\n".join(lines)
 
 

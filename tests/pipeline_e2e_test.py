@@ -57,7 +57,8 @@ def test_pushed_model_serves_unit_norm_embeddings(first_run):
 
 def test_projector_files_are_written(first_run):
     _, summary = first_run
-    projector = os.path.join(summary.evaluation_dir, "projector")
+    projector = os.path.join(summary.evaluation_dir, "tensorboard")
+    assert [f for f in os.listdir(projector) if f.startswith("events.out.tfevents")]  # a run TensorBoard lists
     vecs = np.loadtxt(os.path.join(projector, "vecs.tsv"), delimiter="\t")
     assert vecs.shape == (2000, 256)
     with open(os.path.join(projector, "meta.tsv")) as f:
