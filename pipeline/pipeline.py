@@ -24,18 +24,17 @@ RUN_FN = "triplet_tfx.components.model.run_fn"
 
 
 def code_fingerprint() -> str:
-    """SHA-256 of the project's own Python sources (components and pipeline)."""
+    """SHA-256 of the code that runs inside the components: components/*.py and the config."""
     import triplet_tfx.components
-    import triplet_tfx.pipeline
+    import triplet_tfx.pipeline.config
 
+    root = os.path.dirname(triplet_tfx.components.__file__)
+    paths = [os.path.join(root, name) for name in sorted(os.listdir(root)) if name.endswith(".py")]
     digest = hashlib.sha256()
-    for package in (triplet_tfx.components, triplet_tfx.pipeline):
-        root = os.path.dirname(package.__file__)
-        for name in sorted(os.listdir(root)):
-            if name.endswith(".py"):
-                digest.update(name.encode())
-                with open(os.path.join(root, name), "rb") as f:
-                    digest.update(f.read())
+    for path in paths + [triplet_tfx.pipeline.config.__file__]:
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
     return digest.hexdigest()[:16]
 
 
