@@ -149,7 +149,7 @@ def claim_output_root(config: PipelineConfig) -> None:
         json.dump({"pipeline_name": config.pipeline_name}, f)
 
 
-def run_locally(config: PipelineConfig) -> "summary.RunSummary":
+def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
     from tfx import v1 as tfx
 
@@ -211,7 +211,8 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     except (OutputRootError, DataSourceError) as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
-    print("\n" + result.format())
+    if result is not None:
+        print("\n" + result.format())
     return 0
 
 

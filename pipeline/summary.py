@@ -44,8 +44,11 @@ def _state_name(state: int) -> str:
     return metadata_store_pb2.Execution.State.Name(state)
 
 
-def latest_run(config: PipelineConfig) -> RunSummary:
-    """Summary of the pipeline's most recent run in its MLMD database."""
+def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
+    """Summary of the pipeline's most recent run in its MLMD database; None if it has none (e.g.
+    under `tfx pipeline create`, which loads the runner file without running the pipeline)."""
+    if not os.path.exists(config.metadata_path):
+        return None
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
     connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -55,7 +58,7 @@ def latest_run(config: PipelineConfig) -> RunSummary:
     runs = [c for c in store.get_contexts_by_type("pipeline_run")
             if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions]
     if not runs:
-        raise RuntimeError(f"no run of pipeline {config.pipeline_name!r} in {config.metadata_path}")
+        return None
     run = max(runs, key=lambda c: c.id)
     executions = store.get_executions_by_context(run.id)
     node_type = store.get_context_type("node").id
