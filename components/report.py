@@ -1,8 +1,7 @@
 """Evaluation report: 2-D embedding scatter, per-class Precision@1 chart, Markdown/HTML report
 and a plain-text metrics table for the terminal.
 
-Plots use matplotlib (Agg backend) when it is installed and fall back to a small Pillow
-renderer otherwise, so a report is always produced. The 2-D projection is UMAP (umap-learn)
+Plots use matplotlib (Agg backend). The 2-D projection is UMAP (umap-learn)
 on a seeded subsample (default 3000 points), with PCA (scikit-learn) when umap-learn cannot
 be imported or fails; the title says which one was used.
 
@@ -25,7 +24,7 @@ PER_CLASS_FILENAME = "per_class_precision_at_1.png"
 MARKDOWN_FILENAME = "report.md"
 HTML_FILENAME = "report.html"
 
-# Colours of matplotlib's "tab10" then "tab20" (shared by both renderers).
+# Colours of matplotlib's "tab10" then "tab20".
 _PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -55,17 +54,14 @@ _LABELS = {
 # --------------------------------------------------------------------------------------------
 
 
-def _matplotlib():
-    """pyplot with the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
+def _pyplot():
+    """pyplot with the Agg backend (no display needed)."""
+    import matplotlib
 
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
 
-        return plt
-    except Exception:  # ImportError, or a broken installation
-        return None
+    return plt
 
 
 def subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
@@ -139,8 +135,7 @@ def plot_embedding_2d(
     """Scatter PNG of a 2-D projection coloured by class.
 
     UMAP on 10k points is slow on few cores, so at most ``max_points`` points (seeded random
-    subset) are projected. Returns {"path", "method" ("umap" or "pca"), "num_points",
-    "renderer" ("matplotlib" or "pillow")}.
+    subset) are projected. Returns {"path", "method" ("umap" or "pca"), "num_points"}.
     """
     x = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(labels).reshape(-1)
@@ -155,26 +150,21 @@ def plot_embedding_2d(
     full_title = f"{title + ': ' if title else ''}{name} of {len(y)} embeddings"
     classes = _class_order(y)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt = _matplotlib()
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
-        for i, c in enumerate(classes):
-            m = y == c
-            ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.7, color=_PALETTE[i % len(_PALETTE)],
-                       label=_label_str(c))  # fmt: skip
-        ax.set_title(full_title)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if len(classes) <= 30:
-            ax.legend(markerscale=3, fontsize=8, loc="best", title="class")
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
-        renderer = "matplotlib"
-    else:
-        _pillow_scatter(xy, y, classes, path, full_title)
-        renderer = "pillow"
-    return {"path": path, "method": used, "num_points": int(len(y)), "renderer": renderer}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
+    for i, c in enumerate(classes):
+        m = y == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.7, color=_PALETTE[i % len(_PALETTE)],
+                   label=_label_str(c))  # fmt: skip
+    ax.set_title(full_title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(classes) <= 30:
+        ax.legend(markerscale=3, fontsize=8, loc="best", title="class")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return {"path": path, "method": used, "num_points": int(len(y))}
 
 
 def plot_per_class_precision(
@@ -186,36 +176,31 @@ def plot_per_class_precision(
 ) -> Dict[str, object]:
     """Bar chart PNG of per-class Precision@1 (candidate, and baseline side by side when
     given). None values (class fully skipped) are drawn as 0 and marked "n/a" in the table.
-    Returns {"path", "renderer"}."""
+    Returns {"path"}."""
     classes = _sorted_class_keys(list(per_class) + list(baseline_per_class or {}))
     cand = [_num(per_class.get(c)) for c in classes]
     base = [_num(baseline_per_class.get(c)) for c in classes] if baseline_per_class else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt = _matplotlib()
-    if plt is not None:
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 4.5), dpi=100)
-        pos = np.arange(len(classes))
-        width = 0.4 if base is not None else 0.8
-        ax.bar(pos - (width / 2 if base is not None else 0), cand, width, label="candidate",
-               color=_PALETTE[0])  # fmt: skip
-        if base is not None:
-            ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
-            ax.legend(loc="lower right")
-        ax.set_xticks(pos)
-        ax.set_xticklabels(classes)
-        ax.set_ylim(0, 1.0)
-        ax.set_ylabel("Precision@1")
-        ax.set_xlabel("class")
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
-        renderer = "matplotlib"
-    else:
-        _pillow_bars(classes, cand, base, path, title)
-        renderer = "pillow"
-    return {"path": path, "renderer": renderer}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 4.5), dpi=100)
+    pos = np.arange(len(classes))
+    width = 0.4 if base is not None else 0.8
+    ax.bar(pos - (width / 2 if base is not None else 0), cand, width, label="candidate",
+           color=_PALETTE[0])  # fmt: skip
+    if base is not None:
+        ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
+        ax.legend(loc="lower right")
+    ax.set_xticks(pos)
+    ax.set_xticklabels(classes)
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("Precision@1")
+    ax.set_xlabel("class")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return {"path": path}
 
 
 def _num(v) -> float:
@@ -232,59 +217,6 @@ def _sorted_class_keys(keys: Sequence[str]) -> List[str]:
             return (1, 0.0, k)
 
     return sorted(uniq, key=key)
-
-
-# ----------------------------------------------------------------------------- Pillow fallback
-
-
-def _hex(c: str) -> Tuple[int, int, int]:
-    return tuple(int(c[i : i + 2], 16) for i in (1, 3, 5))
-
-
-def _pillow_scatter(xy, y, classes, path, title, size=800, margin=40):
-    from PIL import Image, ImageDraw
-
-    img = Image.new("RGB", (size + 140, size + margin), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), title, fill="black")
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    pts = (xy - lo) / span * (size - 2 * margin) + margin
-    pts[:, 1] = size - pts[:, 1] + margin // 2  # y up
-    index = {c: i for i, c in enumerate(classes)}
-    for (px, py), c in zip(pts, y):
-        col = _hex(_PALETTE[index[c] % len(_PALETTE)])
-        d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=col)
-    for i, c in enumerate(classes[:40]):
-        col = _hex(_PALETTE[i % len(_PALETTE)])
-        d.rectangle([size + 20, 40 + 16 * i, size + 30, 50 + 16 * i], fill=col)
-        d.text((size + 36, 38 + 16 * i), _label_str(c), fill="black")
-    img.save(path, format="PNG")
-
-
-def _pillow_bars(classes, cand, base, path, title, height=400, margin=50):
-    from PIL import Image, ImageDraw
-
-    slot = 48
-    width = margin * 2 + slot * max(1, len(classes))
-    img = Image.new("RGB", (max(width, 400), height + margin * 2), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), title + ("  (blue: candidate, grey: baseline)" if base else ""), fill="black")
-    y0 = height + margin
-    d.line([margin, y0, width - margin, y0], fill="black")
-    for t in (0.0, 0.5, 1.0):
-        yy = y0 - t * height
-        d.line([margin - 4, yy, margin, yy], fill="black")
-        d.text((8, yy - 6), f"{t:.1f}", fill="black")
-    for i, c in enumerate(classes):
-        x0 = margin + slot * i + 6
-        bars = [(cand[i], _PALETTE[0])] + ([(base[i], _PALETTE[7])] if base else [])
-        bw = (slot - 12) // len(bars)
-        for j, (v, col) in enumerate(bars):
-            top = y0 - max(0.0, min(1.0, v)) * height
-            d.rectangle([x0 + j * bw, top, x0 + (j + 1) * bw - 2, y0], fill=_hex(col))
-        d.text((x0, y0 + 6), str(c), fill="black")
-    img.save(path, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------
