@@ -1,0 +1,63 @@
+"""Quality of one training configuration on full MNIST, without the pipeline around it.
+
+Trains the project's network with the project's loss and batching on the 60k training images
+held in memory, then scores the 10k test embeddings leave-one-out with the project's metrics:
+the quick way to compare configurations (the README's experiments table). The configuration
+that wins goes into pipeline/config.py PROFILES and is then measured through the pipeline
+with bench/bench_pipeline.py.
+
+  .venv/bin/python bench/train_quality.py --batch-size 256 --examples-per-class 32 --epochs 12 \\
+      --learning-rate 0.002 --lr-schedule cosine --margin 0.2 [--shift 0.1]
+"""
+import argparse
+import dataclasses
+import json
+import time
+
+import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+import keras
+import tensorflow as tf
+
+from triplet_tfx.components import data_sources, metrics, model
+from triplet_tfx.pipeline.config import TrainConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        kind = type(getattr(defaults, field.name))
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=int if field.name in ("examples_per_class", "max_steps") else kind,
+                                default=getattr(defaults, field.name))
+    parser.add_argument("--shift", type=float, default=0.0,
+                        help="random translation, as a fraction of the image size (augmentation)")
+    args = parser.parse_args()
+    train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+    mnist = data_sources.load_mnist()
+    train_images, train_labels = mnist["train"]
+    test_images, test_labels = mnist["test"]
+    keras.utils.set_random_seed(train.seed)
+    examples = tf.data.Dataset.from_tensor_slices((train_images.astype("float32") / 255.0, train_labels)).cache()
+    batches = model.training_batches(examples, train)
+    if args.shift:
+        shift = keras.layers.RandomTranslation(args.shift, args.shift, fill_mode="constant")
+        batches = batches.map(lambda x, y: (shift(x, training=True), y))
+    plan = model.step_plan(len(train_labels), train)
+    net = model.build_model(train_images.shape[1:], train.embedding_dim)
+    net.compile(optimizer=keras.optimizers.Adam(model.learning_rate(train, plan)), loss=model.make_loss(train))
+    start = time.time()
+    net.fit(batches, verbose=2, **plan)
+    seconds = time.time() - start
+    embeddings = net.predict(test_images.astype("float32") / 255.0, batch_size=1024, verbose=0)
+    result = metrics.evaluate_embeddings(embeddings, test_labels, clustering=False)
+    print(json.dumps({"train": dataclasses.asdict(train), "shift": args.shift, "train_seconds": round(seconds, 1),
+                      **{k: round(result[k], 4) for k in ("precision_at_1", "r_precision", "map_at_r")}}))
+
+
+if __name__ == "__main__":
+    main()
