@@ -149,3 +149,23 @@ def test_unknown_tfds_name_is_named():
 def test_unprepared_tfds_is_reported(tmp_path):
     with pytest.raises(data_sources.DataSourceError, match="'mnist' is not prepared"):
         data_sources.tfds_builder("mnist", str(tmp_path))
+
+
+def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
+    from apache_beam.testing.util import assert_that, equal_to
+    from tfx.utils import proto_utils
+
+    for i in range(40):
+        _write_png(str(tmp_path / f"class{i % 2}" / f"{i}.png"), np.full((28, 28), i, np.uint8))
+    component = example_gen.SourceExampleGen(DataConfig(source=f"images:{tmp_path}", num_classes=2,
+                                                        eval_percent=25))
+    exec_properties = {key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
+                       for key, value in component.exec_properties.items()}
+    with beam.Pipeline() as pipeline:
+        splits = example_gen.SourceExampleGenExecutor().GenerateExamplesByBeam(pipeline, exec_properties)
+        assert sorted(splits) == ["eval", "train"]
+        everything = ((splits["train"], splits["eval"]) | beam.Flatten()
+                      | beam.Map(lambda e: decode(e)[0][0]))  # each image's pixel value = its index
+        assert_that(everything, equal_to(list(range(40))), label="all_once")
+        sizes = [splits[name] | f"Count{name}" >> beam.combiners.Count.Globally() for name in ("train", "eval")]
+        assert_that(sizes[1] | beam.Map(lambda n: 0 < n < 40), equal_to([True]), label="eval_nonempty")
