@@ -12,23 +12,14 @@ import sys
 import tempfile
 import time
 
-from ml_metadata import metadata_store
-from ml_metadata.proto import metadata_store_pb2
-
-from triplet_tfx.pipeline import cli
+from triplet_tfx.pipeline import cli, summary
 
 
 def component_seconds(metadata_path: str) -> dict:
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = metadata_path
-    store = metadata_store.MetadataStore(connection)
-    node_type = store.get_context_type("node").id
-    seconds = {}
-    for execution in sorted(store.get_executions(), key=lambda e: e.id):
-        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
-        name = nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)
-        seconds[name] = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
-    return seconds
+    store = summary.open_store(metadata_path)
+    return {summary.node_id(store, execution):
+            (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+            for execution in sorted(store.get_executions(), key=lambda e: e.id)}
 
 
 def main() -> int:

@@ -43,15 +43,18 @@ def read_split(examples: Examples, split: str) -> list:
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def parse_examples(serialized: list, image_shape) -> Tuple[np.ndarray, np.ndarray]:
-    """(labels, uint8 images) of serialized raw tf.Examples."""
-    spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+def parse_examples(serialized: list, image_shape=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(labels, uint8 images) of serialized raw tf.Examples; images only if image_shape is given."""
+    spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    if image_shape is not None:
+        spec[IMAGE_KEY] = tf.io.FixedLenFeature([], tf.string)
     labels, images = [], []
     for start in range(0, len(serialized), _BATCH):
         parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
         labels.append(parsed[LABEL_KEY].numpy())
-        images.append(tf.reshape(tf.io.decode_raw(parsed[IMAGE_KEY], tf.uint8), [-1, *image_shape]).numpy())
-    return np.concatenate(labels), np.concatenate(images)
+        if image_shape is not None:
+            images.append(tf.reshape(tf.io.decode_raw(parsed[IMAGE_KEY], tf.uint8), [-1, *image_shape]).numpy())
+    return np.concatenate(labels), np.concatenate(images) if images else None
 
 
 def embed(model: Model, serialized: list) -> np.ndarray:
@@ -91,13 +94,18 @@ def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, refere
     return result, per_query, query_embeddings
 
 
+def scalar_metrics(metrics: Dict) -> Dict[str, float]:
+    """The numeric entries of a metrics dict (not the per-class table, protocol name or flags)."""
+    return {key: float(value) for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
 def write_scalars(folder: str, candidate: Dict, baseline: Optional[Dict]) -> None:
     writer = tf.summary.create_file_writer(folder)
     with writer.as_default():
         for prefix, values in (("candidate", candidate), ("baseline", baseline or {})):
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    tf.summary.scalar(f"{prefix}/{key}", float(value), step=0)
+            for key, value in scalar_metrics(values).items():
+                tf.summary.scalar(f"{prefix}/{key}", value, step=0)
     writer.close()
 
 
@@ -118,7 +126,7 @@ def EmbeddingEvaluator(
     references, reference_labels = None, None
     if rule.protocol == "eval_vs_train":
         references = read_split(examples, "train")
-        reference_labels, _ = parse_examples(references, cfg.data.image_shape)
+        reference_labels, _ = parse_examples(references)
     logger.info("Evaluating model %s on %d eval queries (%s)", model.uri, len(queries), rule.protocol)
     candidate, per_query, embeddings = evaluate_model(model, queries, query_labels, references,
                                                       reference_labels, rule)
@@ -143,9 +151,8 @@ def EmbeddingEvaluator(
     report.make_report(folder, embeddings, query_labels, candidate, baseline, method=rule.plot_method,
                        notes=reasons)
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
-    for key, value in candidate.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            evaluation.set_float_custom_property(key, float(value))
+    for key, value in scalar_metrics(candidate).items():
+        evaluation.set_float_custom_property(key, value)
 
     message = "; ".join(reasons)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(blessed))

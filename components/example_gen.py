@@ -70,6 +70,7 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
         data_sources.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
         data_sources.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
     }
+    expected = int(np.prod(data.image_shape))
     index = -1
     try:
         for index, record in enumerate(tf.data.TFRecordDataset(path, compression_type=compression)):
@@ -80,7 +81,6 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
                     f"{path} record {index}: not a tf.Example with a bytes '{data_sources.IMAGE_KEY}' "
                     f"and an int64 '{data_sources.LABEL_KEY}' ({err.message.splitlines()[0]})") from None
             pixels = parsed[data_sources.IMAGE_KEY].numpy()
-            expected = int(np.prod(data.image_shape))
             if len(pixels) != expected:
                 raise data_sources.DataSourceError(
                     f"{path} record {index}: feature '{data_sources.IMAGE_KEY}' has {len(pixels)} bytes, "
@@ -160,8 +160,7 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
             examples = examples | "Limit" >> beam.combiners.Sample.FixedSizeGlobally(limit) | beam.FlatMap(lambda x: x)
         where = os.path.join(data.source_path, split_pattern)
     else:  # images, split afterwards by hash
-        files = data_sources.image_dir_files(data.source_path)[:limit] if limit else \
-            data_sources.image_dir_files(data.source_path)
+        files = data_sources.image_dir_files(data.source_path)[:limit]  # [:None] keeps all
         examples = (pipeline | "Files" >> beam.Create(files)
                     | "Read" >> beam.Map(_image_file, data))
         where = data.source_path

@@ -59,12 +59,17 @@ def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput
             .cache())
 
 
+def count(examples: tf.data.Dataset) -> int:
+    return int(examples.reduce(0, lambda n, _: n + 1))
+
+
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
     if train.examples_per_class:
         batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class,
                                                   seed=train.seed)
     else:
-        # The tutorial shuffles and batches; we shuffle the whole (cached) split every epoch.
+        # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
+        # (all of MNIST).
         batches = examples.shuffle(100_000, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
     return batches.repeat().prefetch(tf.data.AUTOTUNE)
 
@@ -114,13 +119,13 @@ def run_fn(fn_args) -> None:
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
 
     train_examples = read_transformed(fn_args.train_files, tft_output)
-    num_train = int(train_examples.reduce(0, lambda n, _: n + 1))  # also fills the cache
+    num_train = count(train_examples)  # also fills the cache
     plan = step_plan(num_train, train)
     logger.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
                  num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
     eval_examples = read_transformed(fn_args.eval_files, tft_output)
     eval_batch_size = max(train.batch_size, 256)
-    num_eval = int(eval_examples.reduce(0, lambda n, _: n + 1))
+    num_eval = count(eval_examples)
 
     model = build_model(config.data.image_shape, train.embedding_dim)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))

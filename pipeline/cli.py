@@ -53,7 +53,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                       help="image height x width x channels (default %(default)s)")
     data.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
-                      help="keep only the first N examples of each split (smoke runs)")
+                      help="keep only N examples of each split, for smoke runs (the first N; a random N "
+                           "of a tfrecord: folder)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=t.epochs, help="default %(default)s")
     train.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")

@@ -44,7 +44,8 @@ class DataConfig:
     image_width: int = 28
     channels: int = 1
     num_classes: int = 10
-    # Keep only the first N examples of each split (smoke runs and tests); None = all.
+    # Keep only N examples of each split (smoke runs and tests): the first N of mnist, tfds: and
+    # images: sources, a random N of a tfrecord: folder (its files are read in parallel). None = all.
     max_examples_per_split: Optional[int] = None
     # `images:` sources have no predefined split: this share of files goes to eval.
     eval_percent: int = 20

@@ -54,11 +54,11 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
                     ) -> tfx.dsl.Pipeline:
     config.validate()
     fingerprint = code_fingerprint()
+    everything = config.to_dict()
 
     def sections(*names: str) -> dict:
         # Each component gets only the sections it reads, so that changing, say, a blessing
         # threshold does not invalidate the cached Transform and Trainer.
-        everything = config.to_dict()
         return {**{name: everything[name] for name in names}, "code_fingerprint": fingerprint}
 
     data = config.data

@@ -10,6 +10,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components import report
+from triplet_tfx.components.evaluator import METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.pipeline.config import PipelineConfig
 
 
@@ -36,7 +37,7 @@ class RunSummary:
         if self.evaluation_dir:
             lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
             lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
-                         + os.path.join(self.evaluation_dir, "tensorboard"))
+                         + os.path.join(self.evaluation_dir, TENSORBOARD_DIR))
         return "\n".join(lines)
 
 
@@ -44,15 +45,27 @@ def _state_name(state: int) -> str:
     return metadata_store_pb2.Execution.State.Name(state)
 
 
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    """Read-only connection to a local run's SQLite ML Metadata."""
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(connection)
+
+
+def node_id(store: metadata_store.MetadataStore, execution: metadata_store_pb2.Execution) -> str:
+    """The pipeline node (component id) an execution belongs to."""
+    node_type = store.get_context_type("node").id
+    nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
+    return nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
+
+
 def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
     """Summary of the pipeline's most recent run in its MLMD database; None if it has none (e.g.
     under `tfx pipeline create`, which loads the runner file without running the pipeline)."""
     if not os.path.exists(config.metadata_path):
         return None
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(connection)
+    store = open_store(config.metadata_path)
     pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
     pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline.id)} if pipeline else set()
     runs = [c for c in store.get_contexts_by_type("pipeline_run")
@@ -61,12 +74,8 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
         return None
     run = max(runs, key=lambda c: c.id)
     executions = store.get_executions_by_context(run.id)
-    node_type = store.get_context_type("node").id
-    states: Dict[str, str] = {}
-    for execution in sorted(executions, key=lambda e: e.id):
-        nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
-        node_id = nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
-        states[node_id] = _state_name(execution.last_known_state)
+    states = {node_id(store, execution): _state_name(execution.last_known_state)
+              for execution in sorted(executions, key=lambda e: e.id)}
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}
@@ -79,8 +88,8 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
 
     evaluation, blessing, pushed = newest("ModelEvaluation"), newest("ModelBlessing"), newest("PushedModel")
     metrics: Dict[str, object] = {}
-    if evaluation is not None and os.path.exists(os.path.join(evaluation.uri, "metrics.json")):
-        with open(os.path.join(evaluation.uri, "metrics.json")) as f:
+    if evaluation is not None and os.path.exists(os.path.join(evaluation.uri, METRICS_FILE)):
+        with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
             metrics = json.load(f)
     pushed_to = None
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_tfx.components import data_sources
-from triplet_tfx.pipeline import cli
+from triplet_tfx.pipeline import cli, summary
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
@@ -108,12 +108,7 @@ def test_weaker_candidate_loses_against_the_blessed_baseline(first_run):
 
 def test_metrics_are_recorded_in_ml_metadata(first_run):
     config, first = first_run
-    from ml_metadata import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    connection = metadata_store_pb2.ConnectionConfig()
-    connection.sqlite.filename_uri = config.metadata_path
-    store = metadata_store.MetadataStore(connection)
+    store = summary.open_store(config.metadata_path)
     evaluations = [a for a in store.get_artifacts_by_type("ModelEvaluation") if a.uri == first.evaluation_dir]
     assert len(evaluations) == 1
     properties = evaluations[0].custom_properties
