@@ -11,15 +11,15 @@ triplet literature). It is an option for the Trainer's input pipeline:
     ds = class_balanced_batches(ds, batch_size=64, examples_per_class=8, seed=0)
     model.fit(ds, steps_per_epoch=...)                      # the result repeats forever
 
-How: one dataset per class (the input filtered on that label, shuffled, repeated and batched by
+How: one dataset per class (the input's examples of that label, shuffled, repeated and batched by
 ``examples_per_class``), and ``tf.data.Dataset.choose_from_datasets`` driven by a stream of class
 ids in which each group of ``batch_size // examples_per_class`` consecutive ids is a random
 sample of distinct classes; each group of per-class blocks is then merged into one batch.
 Every batch therefore has exactly ``examples_per_class`` examples of each of its classes.
 
 Notes:
-- The input is read once per class (``filter``): fine for MNIST's 10 classes and files on local
-  disk; for many classes, cache the input first (``dataset.cache()``).
+- The input is read once per class (in chunks, keeping that class's examples): fine for MNIST's
+  10 classes and files on local disk; for many classes, cache the input first (``dataset.cache()``).
 - Classes with fewer examples than ``examples_per_class`` are dropped (they cannot fill a block);
   examples of a class repeat, in a new order each pass (``reshuffle_each_iteration``); no
   example appears twice in a batch.
@@ -37,6 +37,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 __all__ = ["class_balanced_batches", "dataset_classes"]
+
+
+_SELECT_CHUNK = 1024
 
 
 def _scalar_label(label):
@@ -90,8 +93,15 @@ def class_balanced_batches(
             f"have at least {examples_per_class} examples"
         )
 
+    def of_class(c):
+        # Selecting whole chunks is ~20x cheaper than filtering example by example.
+        def select(features, labels):
+            keep = tf.equal(tf.reshape(tf.cast(labels, tf.int64), [-1]), c)
+            return tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), (features, labels))
+        return dataset.batch(_SELECT_CHUNK).map(select).unbatch()
+
     def per_class(i, c):
-        ds = dataset.filter(lambda features, label: tf.equal(_scalar_label(label), c))
+        ds = of_class(c)
         ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + i,
                         reshuffle_each_iteration=True)
         # Blocks within one pass: no example twice in a block (the leftover of a pass is dropped,

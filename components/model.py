@@ -24,18 +24,28 @@ EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"
 
 
-def build_model(image_shape, embedding_dim: int) -> keras.Model:
+def build_model(image_shape, embedding_dim: int, precision: str = "float32") -> keras.Model:
+    """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
+    the embedding is always float32, so the loss and the metrics see full precision."""
     inputs = keras.Input(shape=tuple(image_shape), name=IMAGE_KEY)
-    x = keras.layers.Conv2D(64, 2, padding="same", activation="relu")(inputs)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Dropout(0.3)(x)
-    x = keras.layers.Conv2D(32, 2, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Dropout(0.3)(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(embedding_dim, activation=None)(x)
-    outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY)(x)
+    x = keras.layers.Conv2D(64, 2, padding="same", activation="relu", dtype=precision)(inputs)
+    x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
+    x = keras.layers.Dropout(0.3, dtype=precision)(x)
+    x = keras.layers.Conv2D(32, 2, padding="same", activation="relu", dtype=precision)(x)
+    x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
+    x = keras.layers.Dropout(0.3, dtype=precision)(x)
+    x = keras.layers.Flatten(dtype=precision)(x)
+    x = keras.layers.Dense(embedding_dim, activation=None, dtype=precision)(x)
+    outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="triplet_embedding")
+
+
+def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> keras.Model:
+    """The network to train, with its optimizer and loss."""
+    model = build_model(image_shape, train.embedding_dim, train.precision)
+    # keras.Model.compile wraps the optimizer for loss scaling under mixed_float16.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))
+    return model
 
 
 def make_loss(train: TrainConfig) -> keras.losses.Loss:
@@ -71,7 +81,14 @@ def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.D
         # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
         # (all of MNIST).
         batches = examples.shuffle(100_000, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
-    return batches.repeat().prefetch(tf.data.AUTOTUNE)
+    batches = batches.repeat()
+    if train.augment_shift:
+        # "nearest" repeats the border, which is background for centred objects such as digits.
+        shift = keras.layers.RandomTranslation(train.augment_shift, train.augment_shift, fill_mode="nearest",
+                                               seed=train.seed)
+        batches = batches.map(lambda images, labels: (shift(images, training=True), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
@@ -127,8 +144,7 @@ def run_fn(fn_args) -> None:
     eval_batch_size = max(train.batch_size, 256)
     num_eval = count(eval_examples)
 
-    model = build_model(config.data.image_shape, train.embedding_dim)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))
+    model = compiled_model(config.data.image_shape, train, plan)
     model.fit(
         training_batches(train_examples, train),
         validation_data=eval_examples.batch(eval_batch_size).repeat(),

@@ -27,6 +27,9 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field (and CLI flag)."""
 
@@ -77,6 +80,11 @@ class TrainConfig:
     # Class-balanced batches: this many examples of each class per batch (None = plain
     # shuffled batches, as in the tutorial).
     examples_per_class: Optional[int] = None
+    # Random translation of training images by up to this fraction of height/width (0 = none).
+    augment_shift: float = 0.0
+    # Layer arithmetic: `float32`, `mixed_bfloat16` (CPUs with AVX512-BF16/AMX, TPUs, Ampere+
+    # GPUs) or `mixed_float16` (GPUs, with loss scaling). Weights and embeddings stay float32.
+    precision: str = "float32"
     # Stop after this many steps in all (smoke runs and tests); None = full epochs.
     max_steps: Optional[int] = None
     seed: int = 42
@@ -201,6 +209,10 @@ class PipelineConfig:
                  and self.train.batch_size % self.train.examples_per_class == 0),
              "train.examples_per_class (--examples-per-class)",
              "must be at least 2 and divide the batch size"),
+            (0.0 <= self.train.augment_shift < 0.5, "train.augment_shift (--augment-shift)",
+             "must be in [0, 0.5)"),
+            (self.train.precision in PRECISIONS, "train.precision (--precision)",
+             "must be one of " + ", ".join(PRECISIONS)),
             (self.train.max_steps is None or self.train.max_steps > 0, "train.max_steps (--max-steps)",
              "must be positive"),
             (self.eval.protocol in ("leave_one_out", "eval_vs_train"), "eval.protocol (--eval-protocol)",

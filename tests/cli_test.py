@@ -13,7 +13,7 @@ def test_help_lists_the_flags(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--data", "--output-root", "--epochs", "--batch-size", "--min-precision-at-1", "--beam-arg",
-                 "--no-cache"):
+                 "--no-cache", "--precision", "--augment-shift"):
         assert flag in out
 
 
@@ -31,6 +31,7 @@ def test_defaults_are_the_tutorials(capsys):
     (["--data", "csv:/x"], "data.source (--data): unknown source 'csv:/x'"),
     (["--image-size", "28x28"], "--image-size: expected HxWxC"),
     (["--examples-per-class", "5"], "train.examples_per_class (--examples-per-class)"),
+    (["--augment-shift", "0.7"], "train.augment_shift (--augment-shift): must be in [0, 0.5)"),
 ])
 def test_bad_flags_are_named(argv, message, capsys, tmp_path):
     assert cli.main(["run", "--output-root", str(tmp_path), *argv]) == 2

@@ -1,5 +1,6 @@
 """The tutorial's network, the step plan, and the serving export."""
 import numpy as np
+import tensorflow as tf
 
 from triplet_tfx.components import model
 from triplet_tfx.pipeline.config import TrainConfig
@@ -29,3 +30,32 @@ def test_step_plan_full_epochs_and_cap():
     assert model.step_plan(100, TrainConfig(batch_size=32)) == {"epochs": 5, "steps_per_epoch": 4}
     plan = model.step_plan(2000, TrainConfig(batch_size=32, epochs=5, max_steps=100))
     assert plan["epochs"] * plan["steps_per_epoch"] >= 100 and plan["epochs"] == 2
+
+
+def test_mixed_precision_computes_in_bfloat16_and_exports_float32():
+    images = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
+    mixed = model.build_model((28, 28, 1), 256, precision="mixed_bfloat16")
+    assert mixed.layers[1].compute_dtype == "bfloat16" and mixed.layers[1].kernel.dtype == "float32"
+    out = mixed(images, training=False)
+    assert out.dtype == "float32"
+    np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-5)
+    # The export copies the weights into a float32 network: same embeddings up to bfloat16 rounding.
+    full = model.build_model((28, 28, 1), 256)
+    full.set_weights(mixed.get_weights())
+    exact = full(images, training=False).numpy()
+    assert np.abs(exact - out.numpy()).max() < 0.02
+    assert not np.array_equal(exact, out.numpy())
+
+
+def test_augment_shift_moves_images_within_the_bound():
+    image = np.zeros((28, 28, 1), np.float32)
+    image[14, 14] = 1.0
+    examples = tf.data.Dataset.from_tensor_slices((np.stack([image] * 64), np.zeros(64, np.int64)))
+    batch, labels = next(iter(model.training_batches(examples, TrainConfig(batch_size=64, augment_shift=0.1))))
+    assert batch.shape == (64, 28, 28, 1) and labels.shape == (64,)
+    rows, cols = np.nonzero(batch.numpy()[..., 0].max(axis=0) > 0.5)
+    moved = {(r, c) for r, c in zip(rows, cols)}
+    assert len(moved) > 3  # different shifts for different images
+    assert all(abs(r - 14) <= 3 and abs(c - 14) <= 3 for r, c in moved)  # 10% of 28 = 2.8 pixels
+    plain, _ = next(iter(model.training_batches(examples, TrainConfig(batch_size=64))))
+    assert np.array_equal(plain.numpy(), np.stack([image] * 64))
