@@ -2,8 +2,9 @@
 
 The network is the TensorFlow Addons "TripletSemiHardLoss" tutorial's: Conv2D(64, 2) ->
 MaxPool -> Dropout(0.3) -> Conv2D(32, 2) -> MaxPool -> Dropout(0.3) -> Flatten -> Dense(256)
--> L2-normalise. The exported SavedModel's `serving_default` takes serialized tf.Examples
-(the raw form ExampleGen writes) and returns `embedding`, with the Transform graph inside.
+-> L2-normalise (the dropout rate and the embedding size are configurable). The exported
+SavedModel's `serving_default` takes serialized tf.Examples (the raw form ExampleGen writes)
+and returns `embedding`, with the Transform graph inside.
 """
 from __future__ import annotations
 
@@ -24,16 +25,18 @@ EMBEDDING_KEY = "embedding"
 SERVING_SIGNATURE = "serving_default"
 
 
-def build_model(image_shape, embedding_dim: int, precision: str = "float32") -> keras.Model:
+def build_model(image_shape, embedding_dim: int, precision: str = "float32",
+                dropout: float = 0.3) -> keras.Model:
     """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
-    the embedding is always float32, so the loss and the metrics see full precision."""
+    the embedding is always float32, so the loss and the metrics see full precision. `dropout`
+    acts in training only: the exported network is the same for any rate."""
     inputs = keras.Input(shape=tuple(image_shape), name=IMAGE_KEY)
     x = keras.layers.Conv2D(64, 2, padding="same", activation="relu", dtype=precision)(inputs)
     x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(0.3, dtype=precision)(x)
+    x = keras.layers.Dropout(dropout, dtype=precision)(x)
     x = keras.layers.Conv2D(32, 2, padding="same", activation="relu", dtype=precision)(x)
     x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(0.3, dtype=precision)(x)
+    x = keras.layers.Dropout(dropout, dtype=precision)(x)
     x = keras.layers.Flatten(dtype=precision)(x)
     x = keras.layers.Dense(embedding_dim, activation=None, dtype=precision)(x)
     outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY, dtype="float32")(x)
@@ -42,7 +45,7 @@ def build_model(image_shape, embedding_dim: int, precision: str = "float32") -> 
 
 def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> keras.Model:
     """The network to train, with its optimizer and loss."""
-    model = build_model(image_shape, train.embedding_dim, train.precision)
+    model = build_model(image_shape, train.embedding_dim, train.precision, train.dropout)
     # keras.Model.compile wraps the optimizer for loss scaling under mixed_float16.
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))
     return model

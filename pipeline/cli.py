@@ -61,6 +61,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam; default %(default)s")
     train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=t.lr_schedule,
                        help="default %(default)s")
+    train.add_argument("--dropout", type=float, default=t.dropout, metavar="RATE",
+                       help="rate of the network's two Dropout layers, in training (default %(default)s)")
     train.add_argument("--loss", choices=("semihard", "hard"), default=t.loss, help="default %(default)s")
     train.add_argument("--margin", type=float, default=t.margin, help="default %(default)s")
     train.add_argument("--distance", choices=("L2", "squared-L2", "angular"), default=t.distance_metric,
@@ -128,11 +130,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          lr_schedule=args.lr_schedule, loss=args.loss, margin=args.margin,
-                          distance_metric=args.distance, soft=args.soft,
+                          lr_schedule=args.lr_schedule, dropout=args.dropout, loss=args.loss,
+                          margin=args.margin, distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, augment_shift=args.augment_shift,
-                          precision=args.precision,
-                          max_steps=args.max_steps, seed=args.seed),
+                          precision=args.precision, max_steps=args.max_steps, seed=args.seed),
         eval=EvalConfig(protocol=args.eval_protocol, lower_bounds=bounds, max_regression=args.max_regression,
                         plot_method=args.plot),
         kubeflow=kubeflow_cli.kubeflow_config_from_args(args),

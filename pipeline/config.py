@@ -73,6 +73,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # `constant` or `cosine` (decay to 0 over all steps)
     embedding_dim: int = 256
+    # Rate of the network's two Dropout layers (training only; the tutorial's 0.3).
+    dropout: float = 0.3
     loss: str = "semihard"  # `semihard` or `hard`
     margin: float = 1.0
     distance_metric: str = "L2"  # `L2`, `squared-L2` or `angular`
@@ -199,6 +201,7 @@ class PipelineConfig:
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule (--lr-schedule)",
              "must be constant or cosine"),
             (self.train.embedding_dim > 0, "train.embedding_dim", "must be positive"),
+            (0.0 <= self.train.dropout < 1.0, "train.dropout (--dropout)", "must be in [0, 1)"),
             (self.train.loss in ("semihard", "hard"), "train.loss (--loss)", "must be semihard or hard"),
             (self.train.distance_metric in ("L2", "squared-L2", "angular"),
              "train.distance_metric (--distance)", "must be L2, squared-L2 or angular"),

@@ -31,6 +31,7 @@ def test_defaults_are_the_tutorials(capsys):
     (["--data", "csv:/x"], "data.source (--data): unknown source 'csv:/x'"),
     (["--image-size", "28x28"], "--image-size: expected HxWxC"),
     (["--examples-per-class", "5"], "train.examples_per_class (--examples-per-class)"),
+    (["--dropout", "1"], "train.dropout (--dropout): must be in [0, 1)"),
     (["--augment-shift", "0.7"], "train.augment_shift (--augment-shift): must be in [0, 0.5)"),
 ])
 def test_bad_flags_are_named(argv, message, capsys, tmp_path):

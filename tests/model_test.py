@@ -59,3 +59,13 @@ def test_augment_shift_moves_images_within_the_bound():
     assert all(abs(r - 14) <= 3 and abs(c - 14) <= 3 for r, c in moved)  # 10% of 28 = 2.8 pixels
     plain, _ = next(iter(model.training_batches(examples, TrainConfig(batch_size=64))))
     assert np.array_equal(plain.numpy(), np.stack([image] * 64))
+
+
+def test_dropout_rate_is_configurable_and_inactive_at_inference():
+    images = np.random.default_rng(0).random((4, 28, 28, 1), np.float32)
+    tutorial = model.build_model((28, 28, 1), 256)
+    lighter = model.build_model((28, 28, 1), 256, dropout=0.1)
+    assert [layer.rate for layer in lighter.layers if hasattr(layer, "rate")] == [0.1, 0.1]
+    lighter.set_weights(tutorial.get_weights())
+    np.testing.assert_allclose(lighter(images, training=False), tutorial(images, training=False), rtol=1e-6)
+    assert not np.allclose(tutorial(images, training=True), tutorial(images, training=False))
