@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import keras
 import tensorflow as tf
@@ -43,11 +43,42 @@ def build_model(image_shape, embedding_dim: int, precision: str = "float32",
     return keras.Model(inputs, outputs, name="triplet_embedding")
 
 
+def choose_precision(gpu_compute_capabilities: List[tuple], cpu_flags: Set[str]) -> str:
+    """What `precision="auto"` means on a machine: float16 on GPUs with tensor cores (compute
+    capability 7.0+), bfloat16 on CPUs with native bfloat16 arithmetic, else float32 (bfloat16
+    emulated in software is slower than float32)."""
+    if gpu_compute_capabilities:
+        return "mixed_float16" if min(gpu_compute_capabilities) >= (7, 0) else "float32"
+    if cpu_flags & {"avx512_bf16", "amx_bf16"}:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def machine_precision(precision: str) -> str:
+    """`precision`, with "auto" resolved for the devices of this process."""
+    if precision != "auto":
+        return precision
+    gpus = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+            for gpu in tf.config.list_physical_devices("GPU")]
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = {flag for line in cpuinfo if line.startswith("flags") for flag in line.split()}
+    except OSError:  # not Linux
+        flags = set()
+    return choose_precision(gpus, flags)
+
+
 def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> keras.Model:
     """The network to train, with its optimizer and loss."""
-    model = build_model(image_shape, train.embedding_dim, train.precision, train.dropout)
-    # keras.Model.compile wraps the optimizer for loss scaling under mixed_float16.
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(train, plan)), loss=make_loss(train))
+    precision = machine_precision(train.precision)
+    logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
+    model = build_model(image_shape, train.embedding_dim, precision, train.dropout)
+    optimizer = keras.optimizers.Adam(learning_rate(train, plan))
+    if precision == "mixed_float16":
+        # float16 gradients underflow without loss scaling; Keras adds it only when the global
+        # dtype policy (not the layers' own, as here) is mixed_float16.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss=make_loss(train))
     return model
 
 

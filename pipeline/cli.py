@@ -74,9 +74,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help="random translation of training images by up to this fraction of their size "
                             "(default %(default)s: none)")
     train.add_argument("--precision", choices=PRECISIONS, default=t.precision,
-                       help="layer arithmetic; mixed_bfloat16 is ~1.6x faster on CPUs with AVX512-BF16 "
-                            "(check: grep avx512_bf16 /proc/cpuinfo), mixed_float16 for GPUs. Weights and "
-                            "the exported model stay float32. Default: %(default)s")
+                       help="layer arithmetic in training: mixed_bfloat16 is ~1.6x faster on CPUs with "
+                            "AVX512-BF16 or AMX (grep bf16 /proc/cpuinfo), mixed_float16 on GPUs; auto picks "
+                            "one of these where the trainer runs natively, else float32. Weights and the "
+                            "exported model stay float32. Default: %(default)s")
     train.add_argument("--max-steps", type=int, default=t.max_steps, help="cap on training steps (smoke runs)")
     train.add_argument("--seed", type=int, default=t.seed, help="default %(default)s")
     ev = parser.add_argument_group("evaluation")

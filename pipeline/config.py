@@ -27,7 +27,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 
 class ConfigError(ValueError):
@@ -85,7 +85,8 @@ class TrainConfig:
     # Random translation of training images by up to this fraction of height/width (0 = none).
     augment_shift: float = 0.0
     # Layer arithmetic: `float32`, `mixed_bfloat16` (CPUs with AVX512-BF16/AMX, TPUs, Ampere+
-    # GPUs) or `mixed_float16` (GPUs, with loss scaling). Weights and embeddings stay float32.
+    # GPUs), `mixed_float16` (GPUs, with loss scaling) or `auto` (the fastest of these that the
+    # training machine runs natively). Weights and embeddings stay float32.
     precision: str = "float32"
     # Stop after this many steps in all (smoke runs and tests); None = full epochs.
     max_steps: Optional[int] = None

@@ -1,4 +1,5 @@
 """The tutorial's network, the step plan, and the serving export."""
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -69,3 +70,22 @@ def test_dropout_rate_is_configurable_and_inactive_at_inference():
     lighter.set_weights(tutorial.get_weights())
     np.testing.assert_allclose(lighter(images, training=False), tutorial(images, training=False), rtol=1e-6)
     assert not np.allclose(tutorial(images, training=True), tutorial(images, training=False))
+
+
+def test_auto_precision_uses_native_low_precision_only():
+    assert model.choose_precision([(8, 0)], set()) == "mixed_float16"
+    assert model.choose_precision([(7, 5), (6, 1)], {"avx512_bf16"}) == "float32"  # the slowest GPU decides
+    assert model.choose_precision([], {"avx2", "avx512_bf16"}) == "mixed_bfloat16"
+    assert model.choose_precision([], {"amx_bf16"}) == "mixed_bfloat16"
+    assert model.choose_precision([], {"avx2", "avx512f"}) == "float32"
+    assert model.machine_precision("float32") == "float32"
+    assert model.machine_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def test_float16_training_scales_the_loss():
+    plan = {"epochs": 1, "steps_per_epoch": 1}
+    net = model.compiled_model((28, 28, 1), TrainConfig(precision="mixed_float16"), plan)
+    assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert net.layers[1].compute_dtype == "float16"
+    assert not isinstance(model.compiled_model((28, 28, 1), TrainConfig(), plan).optimizer,
+                          keras.optimizers.LossScaleOptimizer)
