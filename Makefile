@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_pipeline.py $(ARGS)
 	$(VENV)/bin/python bench/bench_losses.py
 	$(VENV)/bin/python bench/bench_metrics.py
+	$(VENV)/bin/python bench/bench_train_step.py
 
 # Re-resolve the pins after changing requirements.in (needs `uv`; not part of set-up).
 constraints:
