@@ -6,8 +6,10 @@ the quick way to compare configurations (the README's experiments table). The co
 that wins goes into pipeline/config.py PROFILES and is then measured through the pipeline
 with bench/bench_pipeline.py.
 
-  .venv/bin/python bench/train_quality.py --batch-size 256 --examples-per-class 32 --epochs 12 \\
-      --learning-rate 0.002 --lr-schedule cosine --margin 0.2 [--augment-shift 0.1 --precision mixed_bfloat16]
+  # the recommended profile (flags: TrainConfig's fields)
+  .venv/bin/python bench/train_quality.py --batch-size 256 --examples-per-class 32 --epochs 28 \\
+      --learning-rate 0.002 --lr-schedule cosine --margin 0.2 --dropout 0 --augment-shift 0.05 \\
+      --precision auto
 """
 import argparse
 import dataclasses
