@@ -39,18 +39,20 @@ import tensorflow as tf  # noqa: E402
 __all__ = ["class_balanced_batches", "dataset_classes"]
 
 
-_SELECT_CHUNK = 1024
+# Labels are handled a chunk at a time: per-example tf.data ops cost ~20x more.
+_CHUNK = 1024
 
 
-def _scalar_label(label):
-    return tf.reshape(tf.cast(label, tf.int64), [])
+def _chunk_labels(labels):
+    """A chunk's labels ([N] or [N, 1]) as int64 [N]; fails on more than one label per example."""
+    return tf.reshape(tf.cast(labels, tf.int64), tf.shape(labels)[:1])
 
 
 def dataset_classes(dataset: tf.data.Dataset, min_count: int = 1) -> list[int]:
     """The sorted class ids of an unbatched ``(features, label)`` dataset with >= min_count examples."""
-    labels = dataset.map(lambda features, label: _scalar_label(label))
+    labels = dataset.batch(_CHUNK).map(lambda features, labels: _chunk_labels(labels))
     counts: dict[int, int] = {}
-    for batch in labels.batch(4096).as_numpy_iterator():
+    for batch in labels.as_numpy_iterator():
         values, n = np.unique(batch, return_counts=True)
         for v, c in zip(values.tolist(), n.tolist()):
             counts[v] = counts.get(v, 0) + c
@@ -93,15 +95,12 @@ def class_balanced_batches(
             f"have at least {examples_per_class} examples"
         )
 
-    def of_class(c):
-        # Selecting whole chunks is ~20x cheaper than filtering example by example.
-        def select(features, labels):
-            keep = tf.equal(tf.reshape(tf.cast(labels, tf.int64), [-1]), c)
-            return tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), (features, labels))
-        return dataset.batch(_SELECT_CHUNK).map(select).unbatch()
-
     def per_class(i, c):
-        ds = of_class(c)
+        def select(features, labels):
+            keep = tf.equal(_chunk_labels(labels), c)
+            return tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), (features, labels))
+
+        ds = dataset.batch(_CHUNK).map(select).unbatch()
         ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + i,
                         reshuffle_each_iteration=True)
         # Blocks within one pass: no example twice in a block (the leftover of a pass is dropped,
