@@ -74,7 +74,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help="random translation of training images by up to this fraction of their size "
                             "(default %(default)s: none)")
     train.add_argument("--precision", choices=PRECISIONS, default=t.precision,
-                       help="layer arithmetic in training: mixed_bfloat16 is ~1.6x faster on CPUs with "
+                       help="layer arithmetic in training: mixed_bfloat16 is 1.5-2x faster on CPUs with "
                             "AVX512-BF16 or AMX (grep bf16 /proc/cpuinfo), mixed_float16 on GPUs; auto picks "
                             "one of these where the trainer runs natively, else float32. Weights and the "
                             "exported model stay float32. Default: %(default)s")
