@@ -4,7 +4,7 @@ The three source folders install under one import name, ``triplet_tfx``, so that
 nothing shadows other distributions (``kubeflow`` is a namespace of Kubeflow's own SDKs):
 
     pipeline/   -> triplet_tfx.pipeline    (configuration, create_pipeline, runners, CLI)
-    components/ -> triplet_tfx.components  (data sources, preprocessing, model, losses, evaluation)
+    components/ -> triplet_tfx.components  (by stage: data/, training/, evaluation/, serving/)
     kubeflow/   -> triplet_tfx.kubeflow    (the Kubeflow Pipelines v2 runner)
 
 Versions are pinned by ``constraints.txt`` (see the Makefile), not here, so that the
@@ -12,19 +12,22 @@ library stays installable next to other pins.
 """
 import setuptools
 
-PACKAGES = {
+PACKAGE_DIRS = {
     "triplet_tfx.pipeline": "pipeline",
     "triplet_tfx.components": "components",
     "triplet_tfx.kubeflow": "kubeflow",
 }
+# Sub-packages (components/data, components/training...) live in their parents' folders.
+PACKAGES = [f"{name}.{sub}" if sub else name for name, folder in PACKAGE_DIRS.items()
+            for sub in [""] + setuptools.find_packages(folder)]
 
 setuptools.setup(
     name="triplet-tfx",
     version="0.1.0",
     description="TFX pipeline for image embeddings trained with the semi-hard triplet loss",
     python_requires=">=3.10,<3.11",
-    packages=list(PACKAGES),
-    package_dir=PACKAGES,
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIRS,
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow>=2.16,<2.17",

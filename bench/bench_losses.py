@@ -67,7 +67,7 @@ def worker(impl: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict
     import tensorflow as tf
 
     if impl == "ours":
-        from triplet_tfx.components.losses import triplet_semihard_loss as loss_fn
+        from triplet_tfx.components.training.losses import triplet_semihard_loss as loss_fn
     else:
         import tensorflow_addons as tfa
 

@@ -42,7 +42,7 @@ def _clustered(n: int, seed: int, n_classes: int = 10, dim: int = DIM, chunk: in
 
 
 def run_case(case: str, n_query: int, n_ref: int, k: int) -> dict:
-    from triplet_tfx.components import metrics as M
+    from triplet_tfx.components.evaluation import metrics as M
 
     xq, yq = _clustered(n_query, seed=1)
     xr = yr = None

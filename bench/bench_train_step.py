@@ -25,7 +25,7 @@ def measure(precision: str, dropout: float, jit: bool, batch_size: int, steps: i
     import numpy as np
     import tensorflow as tf
 
-    from triplet_tfx.components import model
+    from triplet_tfx.components.training import trainer
     from triplet_tfx.pipeline.config import TrainConfig
 
     train = TrainConfig(batch_size=batch_size, examples_per_class=32, margin=0.2, dropout=dropout,
@@ -33,9 +33,9 @@ def measure(precision: str, dropout: float, jit: bool, batch_size: int, steps: i
     rng = np.random.default_rng(0)
     images = rng.random((4096, 28, 28, 1), np.float32)
     labels = np.tile(np.arange(8), 512).astype(np.int64)
-    batches = model.training_batches(tf.data.Dataset.from_tensor_slices((images, labels)).cache(), train)
+    batches = trainer.training_batches(tf.data.Dataset.from_tensor_slices((images, labels)).cache(), train)
     plan = {"epochs": 1, "steps_per_epoch": steps}
-    net = model.compiled_model((28, 28, 1), train, plan)
+    net = trainer.compiled_model((28, 28, 1), train, plan)
     net.jit_compile = jit
     net.fit(batches, epochs=1, steps_per_epoch=5, verbose=0)
     start = time.perf_counter()
@@ -48,13 +48,13 @@ def input_pipeline_ms(batch_size: int, steps: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from triplet_tfx.components import model
+    from triplet_tfx.components.training import trainer
     from triplet_tfx.pipeline.config import TrainConfig
 
     labels = np.tile(np.arange(10), 6000).astype(np.int64)
     images = np.zeros((60000, 28, 28, 1), np.float32)
     examples = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    batches = iter(model.training_batches(examples, TrainConfig(batch_size=batch_size, examples_per_class=32)))
+    batches = iter(trainer.training_batches(examples, TrainConfig(batch_size=batch_size, examples_per_class=32)))
     for _ in range(5):
         next(batches)
     start = time.perf_counter()

@@ -20,7 +20,9 @@ import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before Tensor
 import keras
 import tensorflow as tf
 
-from triplet_tfx.components import data_sources, metrics, model
+from triplet_tfx.components.data import data_sources
+from triplet_tfx.components.evaluation import metrics
+from triplet_tfx.components.training import network, trainer
 from triplet_tfx.pipeline.config import TrainConfig
 
 
@@ -43,13 +45,13 @@ def main() -> None:
     test_images, test_labels = mnist["test"]
     keras.utils.set_random_seed(train.seed)
     examples = tf.data.Dataset.from_tensor_slices((train_images.astype("float32") / 255.0, train_labels)).cache()
-    batches = model.training_batches(examples, train)
-    plan = model.step_plan(len(train_labels), train)
-    net = model.compiled_model(train_images.shape[1:], train, plan)
+    batches = trainer.training_batches(examples, train)
+    plan = trainer.step_plan(len(train_labels), train)
+    net = trainer.compiled_model(train_images.shape[1:], train, plan)
     start = time.time()
     net.fit(batches, verbose=2, **plan)
     seconds = time.time() - start
-    inference = model.build_model(train_images.shape[1:], train.embedding_dim)  # float32, as exported
+    inference = network.build_model(train_images.shape[1:], train.embedding_dim)  # float32, as exported
     inference.set_weights(net.get_weights())
 
     def scores(images, labels, prefix=""):

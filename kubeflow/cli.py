@@ -119,7 +119,7 @@ def _package_dir(args: argparse.Namespace, config: PipelineConfig) -> str:
 
 
 def _compile(args: argparse.Namespace, config: PipelineConfig):
-    from triplet_tfx.components.data_sources import DataSourceError
+    from triplet_tfx.components.data.data_sources import DataSourceError
     from triplet_tfx.kubeflow import runner
 
     try:

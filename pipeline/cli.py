@@ -216,7 +216,7 @@ def setup_logging(verbose: bool) -> None:
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
-    from triplet_tfx.components.data_sources import DataSourceError
+    from triplet_tfx.components.data.data_sources import DataSourceError
 
     try:
         result = run_locally(config)

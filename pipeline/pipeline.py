@@ -12,27 +12,29 @@ from typing import Optional
 
 from tfx import v1 as tfx
 
-from triplet_tfx.components.evaluator import EmbeddingEvaluator
-from triplet_tfx.components.example_gen import SourceExampleGen, check_source
-from triplet_tfx.components.validation import AnomalyGate
+from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
+from triplet_tfx.components.data.example_gen import SourceExampleGen, check_source
+from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.pipeline.config import PipelineConfig
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
 # packages nothing, and the code fingerprint below tells its cache when that code changed.
-PREPROCESSING_FN = "triplet_tfx.components.preprocessing.preprocessing_fn"
-RUN_FN = "triplet_tfx.components.model.run_fn"
+PREPROCESSING_FN = "triplet_tfx.components.data.preprocessing.preprocessing_fn"
+RUN_FN = "triplet_tfx.components.training.trainer.run_fn"
 
 
 def code_fingerprint() -> str:
-    """SHA-256 of the code that runs inside the components: components/*.py and the config."""
+    """SHA-256 of the code that runs inside the components: every module below components/ and
+    the config."""
     import triplet_tfx.components
     import triplet_tfx.pipeline.config
 
     root = os.path.dirname(triplet_tfx.components.__file__)
-    paths = [os.path.join(root, name) for name in sorted(os.listdir(root)) if name.endswith(".py")]
+    paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
+                   for name in names if name.endswith(".py"))
     digest = hashlib.sha256()
     for path in paths + [triplet_tfx.pipeline.config.__file__]:
-        digest.update(os.path.basename(path).encode())
+        digest.update(os.path.relpath(path, os.path.dirname(root)).encode())
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]

@@ -9,8 +9,8 @@ from typing import Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from triplet_tfx.components import report
-from triplet_tfx.components.evaluator import METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.evaluation import report
+from triplet_tfx.components.evaluation.evaluator import METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.pipeline.config import PipelineConfig
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from triplet_tfx.components import data_sources, example_gen
+from triplet_tfx.components.data import data_sources, example_gen
 from triplet_tfx.pipeline.config import DataConfig
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components import data_sources
+from triplet_tfx.components.data import data_sources
 from triplet_tfx.pipeline import cli, summary
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triplet_tfx.components import report as R
+from triplet_tfx.components.evaluation import report as R
 
 
 def _metrics(p1, per_class, skipped=0):

@@ -21,7 +21,7 @@ from tfx import types
 from tfx.proto import example_gen_pb2
 from tfx.types import component_spec, standard_artifacts, standard_component_specs
 
-from triplet_tfx.components import data_sources
+from triplet_tfx.components.data import data_sources
 from triplet_tfx.pipeline.config import DataConfig
 
 DATA_CONFIG_KEY = "data_config"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.batching import class_balanced_batches, dataset_classes
+from triplet_tfx.components.training.batching import class_balanced_batches, dataset_classes
 
 
 def _dataset(n=300, num_classes=7, seed=0, label_shape=()):

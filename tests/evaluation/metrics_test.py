@@ -6,7 +6,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-from triplet_tfx.components import metrics as M
+from triplet_tfx.components.evaluation import metrics as M
 
 
 # ------------------------------------------------------------------ brute-force references

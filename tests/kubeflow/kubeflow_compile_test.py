@@ -20,7 +20,7 @@ from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 from triplet_tfx.pipeline.pipeline import create_pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = ["--pipeline-root", "gs://my-bucket/triplet", "--image", "registry.example/triplet-tfx:1",
          "--gpu-image", "registry.example/triplet-tfx-gpu:1", "--gpu-count", "2", "--trainer-cpu", "4",
          "--trainer-memory", "16G", "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=p1",
@@ -215,8 +215,8 @@ def test_module_paths_named_by_the_spec_are_importable_from_the_installed_packag
     tasks = spec["root"]["dag"]["tasks"]
     for task, key in (("Transform", "preprocessing_fn"), ("Trainer", "run_fn")):
         functions.add(tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constantValue"]["stringValue"])
-    assert functions == {"triplet_tfx.components.preprocessing.preprocessing_fn",
-                         "triplet_tfx.components.model.run_fn"}
+    assert functions == {"triplet_tfx.components.data.preprocessing.preprocessing_fn",
+                         "triplet_tfx.components.training.trainer.run_fn"}
     assert not any("module_file" in t.get("inputs", {}).get("parameters", {}) for t in tasks.values())
     # A fresh interpreter outside the repository, as in the image: nothing but installed packages.
     script = (

@@ -1,46 +1,25 @@
-"""The embedding model and the Trainer's `run_fn`.
+"""The Trainer's `run_fn`: input pipeline, optimizer, loss, layer arithmetic and the fit.
 
-The network is the TensorFlow Addons "TripletSemiHardLoss" tutorial's: Conv2D(64, 2) ->
-MaxPool -> Dropout(0.3) -> Conv2D(32, 2) -> MaxPool -> Dropout(0.3) -> Flatten -> Dense(256)
--> L2-normalise (the dropout rate and the embedding size are configurable). The exported
-SavedModel's `serving_default` takes serialized tf.Examples (the raw form ExampleGen writes)
-and returns `embedding`, with the Transform graph inside.
+It trains the network of `network.py` with the project's triplet losses and exports the serving
+model (`components/serving/export.py`).
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Set
+from typing import Dict, List, Set
 
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components import batching, losses
-from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.serving.export import export_serving_model
+from triplet_tfx.components.training import batching, losses
+from triplet_tfx.components.training.network import build_model
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
-EMBEDDING_KEY = "embedding"
-SERVING_SIGNATURE = "serving_default"
-
-
-def build_model(image_shape, embedding_dim: int, precision: str = "float32",
-                dropout: float = 0.3) -> keras.Model:
-    """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
-    the embedding is always float32, so the loss and the metrics see full precision. `dropout`
-    acts in training only: the exported network is the same for any rate."""
-    inputs = keras.Input(shape=tuple(image_shape), name=IMAGE_KEY)
-    x = keras.layers.Conv2D(64, 2, padding="same", activation="relu", dtype=precision)(inputs)
-    x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(dropout, dtype=precision)(x)
-    x = keras.layers.Conv2D(32, 2, padding="same", activation="relu", dtype=precision)(x)
-    x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(dropout, dtype=precision)(x)
-    x = keras.layers.Flatten(dtype=precision)(x)
-    x = keras.layers.Dense(embedding_dim, activation=None, dtype=precision)(x)
-    outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY, dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="triplet_embedding")
 
 
 def choose_precision(gpu_compute_capabilities: List[tuple], cpu_flags: Set[str]) -> str:
@@ -139,27 +118,6 @@ def learning_rate(train: TrainConfig, plan: Dict[str, int]):
     if train.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(train.learning_rate, plan["epochs"] * plan["steps_per_epoch"])
     return train.learning_rate
-
-
-def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
-                         path: str) -> None:
-    """SavedModel: serialized raw tf.Example -> `embedding`, without optimizer state."""
-    # A fresh copy of the network holds the weights and nothing else (no Adam slots).
-    inference = build_model(config.data.image_shape, config.train.embedding_dim)
-    inference.set_weights(model.get_weights())
-    tft_layer = tft_output.transform_features_layer()
-    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL_KEY}
-
-    def serve(examples):
-        transformed = tft_layer(tf.io.parse_example(examples, raw_spec))
-        return {EMBEDDING_KEY: inference(transformed[IMAGE_KEY], training=False)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(inference)
-    archive.track(tft_layer)
-    archive.add_endpoint(SERVING_SIGNATURE, serve,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    archive.write_out(path, verbose=False)
 
 
 def run_fn(fn_args) -> None:

@@ -72,7 +72,7 @@ def test_model_is_blessed_and_pushed(executed):
     destination = pushed.metadata["pushed_destination"]
     assert destination.startswith(os.path.join(str(serving), "triplet_mnist"))
     loaded = tf.saved_model.load(destination)
-    from triplet_tfx.components import data_sources
+    from triplet_tfx.components.data import data_sources
 
     images, labels = data_sources.load_mnist()["test"]
     batch = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(4)])

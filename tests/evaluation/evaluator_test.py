@@ -1,5 +1,5 @@
 """The blessing rule: absolute lower bounds, and no regression against a baseline beyond a tolerance."""
-from triplet_tfx.components.evaluator import blessing_decision
+from triplet_tfx.components.evaluation.evaluator import blessing_decision
 from triplet_tfx.pipeline.config import EvalConfig
 
 RULE = EvalConfig(lower_bounds={"precision_at_1": 0.9, "map_at_r": 0.5},

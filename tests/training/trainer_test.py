@@ -3,12 +3,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components import model
+from triplet_tfx.components.training import network, trainer
 from triplet_tfx.pipeline.config import TrainConfig
 
 
 def test_network_is_the_tutorials():
-    net = model.build_model((28, 28, 1), 256)
+    net = network.build_model((28, 28, 1), 256)
     kinds = [type(layer).__name__ for layer in net.layers]
     assert kinds == ["InputLayer", "Conv2D", "MaxPooling2D", "Dropout", "Conv2D", "MaxPooling2D", "Dropout",
                      "Flatten", "Dense", "UnitNormalization"]
@@ -20,28 +20,28 @@ def test_network_is_the_tutorials():
 
 
 def test_embeddings_have_unit_norm():
-    net = model.build_model((28, 28, 1), 256)
+    net = network.build_model((28, 28, 1), 256)
     out = net(np.random.default_rng(0).random((5, 28, 28, 1), np.float32), training=False).numpy()
     assert out.shape == (5, 256)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
 
 
 def test_step_plan_full_epochs_and_cap():
-    assert model.step_plan(60000, TrainConfig()) == {"epochs": 5, "steps_per_epoch": 1875}
-    assert model.step_plan(100, TrainConfig(batch_size=32)) == {"epochs": 5, "steps_per_epoch": 4}
-    plan = model.step_plan(2000, TrainConfig(batch_size=32, epochs=5, max_steps=100))
+    assert trainer.step_plan(60000, TrainConfig()) == {"epochs": 5, "steps_per_epoch": 1875}
+    assert trainer.step_plan(100, TrainConfig(batch_size=32)) == {"epochs": 5, "steps_per_epoch": 4}
+    plan = trainer.step_plan(2000, TrainConfig(batch_size=32, epochs=5, max_steps=100))
     assert plan["epochs"] * plan["steps_per_epoch"] >= 100 and plan["epochs"] == 2
 
 
 def test_mixed_precision_computes_in_bfloat16_and_exports_float32():
     images = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
-    mixed = model.build_model((28, 28, 1), 256, precision="mixed_bfloat16")
+    mixed = network.build_model((28, 28, 1), 256, precision="mixed_bfloat16")
     assert mixed.layers[1].compute_dtype == "bfloat16" and mixed.layers[1].kernel.dtype == "float32"
     out = mixed(images, training=False)
     assert out.dtype == "float32"
     np.testing.assert_allclose(np.linalg.norm(out.numpy(), axis=1), 1.0, rtol=1e-5)
     # The export copies the weights into a float32 network: same embeddings up to bfloat16 rounding.
-    full = model.build_model((28, 28, 1), 256)
+    full = network.build_model((28, 28, 1), 256)
     full.set_weights(mixed.get_weights())
     exact = full(images, training=False).numpy()
     assert np.abs(exact - out.numpy()).max() < 0.02
@@ -52,20 +52,20 @@ def test_augment_shift_moves_images_within_the_bound():
     image = np.zeros((28, 28, 1), np.float32)
     image[14, 14] = 1.0
     examples = tf.data.Dataset.from_tensor_slices((np.stack([image] * 64), np.zeros(64, np.int64)))
-    batch, labels = next(iter(model.training_batches(examples, TrainConfig(batch_size=64, augment_shift=0.1))))
+    batch, labels = next(iter(trainer.training_batches(examples, TrainConfig(batch_size=64, augment_shift=0.1))))
     assert batch.shape == (64, 28, 28, 1) and labels.shape == (64,)
     rows, cols = np.nonzero(batch.numpy()[..., 0].max(axis=0) > 0.5)
     moved = {(r, c) for r, c in zip(rows, cols)}
     assert len(moved) > 3  # different shifts for different images
     assert all(abs(r - 14) <= 3 and abs(c - 14) <= 3 for r, c in moved)  # 10% of 28 = 2.8 pixels
-    plain, _ = next(iter(model.training_batches(examples, TrainConfig(batch_size=64))))
+    plain, _ = next(iter(trainer.training_batches(examples, TrainConfig(batch_size=64))))
     assert np.array_equal(plain.numpy(), np.stack([image] * 64))
 
 
 def test_dropout_rate_is_configurable_and_inactive_at_inference():
     images = np.random.default_rng(0).random((4, 28, 28, 1), np.float32)
-    tutorial = model.build_model((28, 28, 1), 256)
-    lighter = model.build_model((28, 28, 1), 256, dropout=0.1)
+    tutorial = network.build_model((28, 28, 1), 256)
+    lighter = network.build_model((28, 28, 1), 256, dropout=0.1)
     assert [layer.rate for layer in lighter.layers if hasattr(layer, "rate")] == [0.1, 0.1]
     lighter.set_weights(tutorial.get_weights())
     np.testing.assert_allclose(lighter(images, training=False), tutorial(images, training=False), rtol=1e-6)
@@ -73,19 +73,19 @@ def test_dropout_rate_is_configurable_and_inactive_at_inference():
 
 
 def test_auto_precision_uses_native_low_precision_only():
-    assert model.choose_precision([(8, 0)], set()) == "mixed_float16"
-    assert model.choose_precision([(7, 5), (6, 1)], {"avx512_bf16"}) == "float32"  # the slowest GPU decides
-    assert model.choose_precision([], {"avx2", "avx512_bf16"}) == "mixed_bfloat16"
-    assert model.choose_precision([], {"amx_bf16"}) == "mixed_bfloat16"
-    assert model.choose_precision([], {"avx2", "avx512f"}) == "float32"
-    assert model.machine_precision("float32") == "float32"
-    assert model.machine_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
+    assert trainer.choose_precision([(8, 0)], set()) == "mixed_float16"
+    assert trainer.choose_precision([(7, 5), (6, 1)], {"avx512_bf16"}) == "float32"  # the slowest GPU decides
+    assert trainer.choose_precision([], {"avx2", "avx512_bf16"}) == "mixed_bfloat16"
+    assert trainer.choose_precision([], {"amx_bf16"}) == "mixed_bfloat16"
+    assert trainer.choose_precision([], {"avx2", "avx512f"}) == "float32"
+    assert trainer.machine_precision("float32") == "float32"
+    assert trainer.machine_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def test_float16_training_scales_the_loss():
     plan = {"epochs": 1, "steps_per_epoch": 1}
-    net = model.compiled_model((28, 28, 1), TrainConfig(precision="mixed_float16"), plan)
+    net = trainer.compiled_model((28, 28, 1), TrainConfig(precision="mixed_float16"), plan)
     assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
     assert net.layers[1].compute_dtype == "float16"
-    assert not isinstance(model.compiled_model((28, 28, 1), TrainConfig(), plan).optimizer,
+    assert not isinstance(trainer.compiled_model((28, 28, 1), TrainConfig(), plan).optimizer,
                           keras.optimizers.LossScaleOptimizer)

@@ -25,9 +25,10 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
-from triplet_tfx.components import metrics, projector, report
-from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.components.model import EMBEDDING_KEY, SERVING_SIGNATURE
+from triplet_tfx.components.evaluation import metrics, projector, report
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.serving.export import SERVING_SIGNATURE
+from triplet_tfx.components.training.network import EMBEDDING_KEY
 from triplet_tfx.pipeline.config import EvalConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)

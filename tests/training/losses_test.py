@@ -22,9 +22,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triplet_tfx.components import losses as L
+from triplet_tfx.components.training import losses as L
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden"
 _JSON = GOLDEN / "tfa_triplet_golden.json"
 _NPZ = GOLDEN / "tfa_triplet_golden.npz"
 CASES = json.loads(_JSON.read_text())["cases"] if _JSON.exists() else []
@@ -462,7 +462,7 @@ _GLOBAL_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from triplet_tfx.components import losses as L
+    from triplet_tfx.components.training import losses as L
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     R = strategy.num_replicas_in_sync

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components import preprocessing
+from triplet_tfx.components.data import preprocessing
 from triplet_tfx.pipeline.config import DataConfig, PipelineConfig
 
 

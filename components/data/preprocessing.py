@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
-from triplet_tfx.components.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.pipeline.config import PipelineConfig
 
 

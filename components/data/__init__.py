@@ -1,0 +1,1 @@
+"""Data stage: sources, ExampleGen, validation gate and the Transform preprocessing_fn."""

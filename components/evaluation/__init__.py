@@ -1,0 +1,1 @@
+"""Evaluation stage: EmbeddingEvaluator, embedding metrics, Projector files and the report."""

@@ -1,0 +1,1 @@
+"""Serving stage: the exported SavedModel and its signatures."""
