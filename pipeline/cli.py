@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
+from triplet_tfx.pipeline.config import (NETWORKS, PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
                                          PipelineConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
@@ -55,14 +55,27 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
                       help="keep only N examples of each split, for smoke runs (the first N; a random N "
                            "of a tfrecord: folder)")
+    split = parser.add_argument_group(
+        "unseen-class evaluation", "train on some classes, evaluate on the others (labels keep their class ids)")
+    split.add_argument("--train-classes", default=d.train_classes, metavar="IDS",
+                       help="the train split keeps only these classes, e.g. 0-4 or 0,2,4-6 (with "
+                            "--eval-classes alone: its complement)")
+    split.add_argument("--eval-classes", default=d.eval_classes, metavar="IDS",
+                       help="the eval split keeps only these classes, e.g. 5-9 (with --train-classes alone: "
+                            "its complement); needs --eval-protocol leave_one_out")
+    split.add_argument("--class-split", default=d.class_split, metavar="random:SEED",
+                       help="train on a seeded random half of the classes, evaluate on the other half")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=t.epochs, help="default %(default)s")
     train.add_argument("--batch-size", type=int, default=t.batch_size, help="default %(default)s")
     train.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam; default %(default)s")
     train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=t.lr_schedule,
                        help="default %(default)s")
+    train.add_argument("--network", choices=NETWORKS, default=t.network,
+                       help="embedding network: tutorial (the seed's) or strided (cheaper per step, batch "
+                            "normalisation; see components/training/network.py). Default: %(default)s")
     train.add_argument("--dropout", type=float, default=t.dropout, metavar="RATE",
-                       help="rate of the network's two Dropout layers, in training (default %(default)s)")
+                       help="rate of the network's Dropout layers, in training (default %(default)s)")
     train.add_argument("--loss", choices=("semihard", "hard"), default=t.loss, help="default %(default)s")
     train.add_argument("--margin", type=float, default=t.margin, help="default %(default)s")
     train.add_argument("--distance", choices=("L2", "squared-L2", "angular"), default=t.distance_metric,
@@ -129,9 +142,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         beam_args=tuple(args.beam_arg) if args.beam_arg else defaults.beam_args,
         data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
                         image_width=width, channels=channels, num_classes=args.num_classes,
-                        max_examples_per_split=args.max_examples),
+                        max_examples_per_split=args.max_examples, train_classes=args.train_classes,
+                        eval_classes=args.eval_classes, class_split=args.class_split),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          lr_schedule=args.lr_schedule, dropout=args.dropout, loss=args.loss,
+                          lr_schedule=args.lr_schedule, network=args.network, dropout=args.dropout, loss=args.loss,
                           margin=args.margin, distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, augment_shift=args.augment_shift,
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed),

@@ -10,6 +10,8 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional, Tuple
 
+from triplet_tfx.components.data.class_split import ClassSplitError, resolve as resolve_class_split
+
 # Beam's DirectRunner first tries its Prism runner, which it downloads: the FnApiRunner runs
 # in-process and needs nothing from the network.
 DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
@@ -29,6 +31,8 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+# The embedding networks of components/training/network.py (NETWORKS there).
+NETWORKS = ("tutorial", "strided")
 
 
 class ConfigError(ValueError):
@@ -53,10 +57,23 @@ class DataConfig:
     max_examples_per_split: Optional[int] = None
     # `images:` sources have no predefined split: this share of files goes to eval.
     eval_percent: int = 20
+    # Unseen-class evaluation (components/data/class_split.py): the train split keeps only
+    # `train_classes`, the eval split only `eval_classes` (ids and ranges, e.g. "0-4" and "5-9";
+    # one alone means the other is its complement), or `class_split` = "random:SEED" (a seeded
+    # random half to train on). Empty: every split keeps every class. --max-examples counts the
+    # examples read, before this filter.
+    train_classes: str = ""
+    eval_classes: str = ""
+    class_split: str = ""
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
         return (self.image_height, self.image_width, self.channels)
+
+    @property
+    def classes_by_split(self) -> Optional[Dict[str, Tuple[int, ...]]]:
+        """{"train": ids, "eval": ids} of the class split; None when both splits keep every class."""
+        return resolve_class_split(self.train_classes, self.eval_classes, self.class_split, self.num_classes)
 
     @property
     def source_kind(self) -> str:
@@ -74,7 +91,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "constant"  # `constant` or `cosine` (decay to 0 over all steps)
     embedding_dim: int = 256
-    # Rate of the network's two Dropout layers (training only; the tutorial's 0.3).
+    # `tutorial` (the seed's network, unchanged) or `strided` (cheaper per step; network.py).
+    network: str = "tutorial"
+    # Rate of the network's Dropout layers (training only; the tutorial's 0.3).
     dropout: float = 0.3
     loss: str = "semihard"  # `semihard` or `hard`
     margin: float = 1.0
@@ -203,6 +222,7 @@ class PipelineConfig:
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule (--lr-schedule)",
              "must be constant or cosine"),
             (self.train.embedding_dim > 0, "train.embedding_dim", "must be positive"),
+            (self.train.network in NETWORKS, "train.network (--network)", "must be one of " + ", ".join(NETWORKS)),
             (0.0 <= self.train.dropout < 1.0, "train.dropout (--dropout)", "must be in [0, 1)"),
             (self.train.loss in ("semihard", "hard"), "train.loss (--loss)", "must be semihard or hard"),
             (self.train.distance_metric in ("L2", "squared-L2", "angular"),
@@ -230,4 +250,23 @@ class PipelineConfig:
         for ok, field, problem in checks:
             if not ok:
                 raise ConfigError(f"{field}: {problem}")
+        self._validate_class_split()
         return self
+
+    def _validate_class_split(self) -> None:
+        try:
+            classes = self.data.classes_by_split
+        except ClassSplitError as err:
+            raise ConfigError(f"data.{err.field} (--{err.field.replace('_', '-')}): {err}") from None
+        if classes is None:
+            return
+        flags = "--train-classes/--eval-classes/--class-split"
+        if self.eval.protocol == "eval_vs_train":
+            raise ConfigError(f"eval.protocol (--eval-protocol): eval_vs_train looks up eval queries among the "
+                              f"train split, which holds none of their classes under a class split ({flags}); "
+                              "use leave_one_out")
+        classes_per_batch = self.train.batch_size // (self.train.examples_per_class or self.train.batch_size)
+        if self.train.examples_per_class and classes_per_batch > len(classes["train"]):
+            raise ConfigError(f"train.examples_per_class (--examples-per-class): batches of {classes_per_batch} "
+                              f"classes (--batch-size / --examples-per-class) but only {len(classes['train'])} "
+                              f"train classes ({flags})")

@@ -30,6 +30,8 @@ class RunSummary:
         if self.metrics:
             lines.append("Metrics (eval split):")
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
+            if self.metrics.get("classes_seen_in_training") is False:
+                lines.append(report.unseen_classes_line(self.metrics))
         if self.blessed is not None:
             lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else

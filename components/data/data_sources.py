@@ -74,11 +74,12 @@ def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num
 
 
 def make_example(image: np.ndarray, label: int) -> bytes:
-    """Serialized tf.Example: raw uint8 pixels and an int64 label."""
+    """Serialized tf.Example: raw uint8 pixels and an int64 label. Deterministic bytes (the
+    feature map's order is otherwise random), so that the hash split of `images:` sources is stable."""
     return tf.train.Example(features=tf.train.Features(feature={
         IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, np.uint8).tobytes()])),
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def image_dir_classes(root: str) -> List[str]:

@@ -21,7 +21,7 @@ from tfx import types
 from tfx.proto import example_gen_pb2
 from tfx.types import component_spec, standard_artifacts, standard_component_specs
 
-from triplet_tfx.components.data import data_sources
+from triplet_tfx.components.data import class_split, data_sources
 from triplet_tfx.pipeline.config import DataConfig
 
 DATA_CONFIG_KEY = "data_config"
@@ -169,10 +169,37 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     return examples
 
 
+def example_label(serialized: bytes) -> int:
+    return tf.train.Example.FromString(serialized).features.feature[data_sources.LABEL_KEY].int64_list.value[0]
+
+
+def _fail_if_no_class_left(count: int, split: str, classes: Tuple[int, ...]) -> None:
+    if count == 0:
+        raise data_sources.DataSourceError(
+            f"split {split!r} has no examples of its classes {class_split.format_classes(classes)} "
+            f"(--{split}-classes / --class-split)")
+
+
 class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _SourceToExamples
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
+                               exec_properties: Dict[str, Any]) -> Dict[str, beam.pvalue.PCollection]:
+        """TFX's splits, then the class split: each output split keeps only its own classes (after
+        the hash split of `images:` sources, so every source is filtered the same way)."""
+        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        classes = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY])).classes_by_split
+        if classes is None:
+            return splits
+        for split, keep in classes.items():
+            keep_set = frozenset(keep)
+            splits[split] = splits[split] | f"KeepClasses[{split}]" >> beam.Filter(
+                lambda example, keep_set=keep_set: example_label(example) in keep_set)
+            _ = (splits[split] | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
+                 | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep))
+        return splits
 
 
 class SourceExampleGenSpec(component_spec.ComponentSpec):

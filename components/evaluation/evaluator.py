@@ -95,6 +95,14 @@ def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, refere
     return result, per_query, query_embeddings
 
 
+def class_split_facts(classes: Optional[Dict[str, Tuple[int, ...]]]) -> Dict:
+    """What metrics.json says about the classes: unseen-class evaluation under a class split."""
+    if classes is None:
+        return {"classes_seen_in_training": True}
+    return {"classes_seen_in_training": False, "train_classes": list(classes["train"]),
+            "eval_classes": list(classes["eval"])}
+
+
 def scalar_metrics(metrics: Dict) -> Dict[str, float]:
     """The numeric entries of a metrics dict (not the per-class table, protocol name or flags)."""
     return {key: float(value) for key, value in metrics.items()
@@ -131,6 +139,7 @@ def EmbeddingEvaluator(
     logger.info("Evaluating model %s on %d eval queries (%s)", model.uri, len(queries), rule.protocol)
     candidate, per_query, embeddings = evaluate_model(model, queries, query_labels, references,
                                                       reference_labels, rule)
+    candidate.update(class_split_facts(cfg.data.classes_by_split))
 
     # A cached Trainer hands over the model that is already the blessed baseline: keep the
     # bounds check, but do not bless (and so push) the same model again.

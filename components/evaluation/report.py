@@ -17,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from triplet_tfx.components.data.class_split import format_classes
+
 logger = logging.getLogger(__name__)
 
 SCATTER_FILENAME = "embedding_2d.png"
@@ -301,6 +303,12 @@ def format_metrics_table(candidate: Mapping, baseline: Optional[Mapping] = None)
     return "\n".join(out)
 
 
+def unseen_classes_line(metrics: Mapping) -> str:
+    """One line for reports and the run summary under unseen-class evaluation."""
+    return (f"Unseen classes: eval classes {format_classes(metrics['eval_classes'])} were not in training "
+            f"(train classes {format_classes(metrics['train_classes'])}); classes_seen_in_training: false")
+
+
 def _per_class_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[List[str]]:
     cp = candidate.get("per_class_precision_at_1") or {}
     bp = (baseline or {}).get("per_class_precision_at_1") or {}
@@ -375,6 +383,8 @@ def write_report(
         candidate_metrics.get("protocol"),
     ):
         info.append(f"Baseline protocol: {baseline_metrics['protocol']}")
+    if candidate_metrics.get("classes_seen_in_training") is False:
+        info.append(unseen_classes_line(candidate_metrics))
     info += list(notes or [])
 
     md = [f"# {title}", ""]
