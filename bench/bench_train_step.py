@@ -1,38 +1,51 @@
-"""Milliseconds per training step of the project's network and loss, by layer arithmetic,
-dropout and XLA, on random 28x28x1 images in class-balanced batches (8 classes x 32).
+"""Milliseconds per training step of the project's networks and loss, by network, batch, layer
+arithmetic, dropout and XLA, on random 28x28x1 images; and seconds per 60k-example epoch, the
+figure to compare with the seed notebook (tutorial network, batch 32, plain shuffled batches).
 
-  .venv/bin/python bench/bench_train_step.py [--batch-size 256] [--steps 40]
+  .venv/bin/python bench/bench_train_step.py [--steps 40] [--only strided]
 
 Each setting runs in its own process (a dtype policy and XLA state are per process) after
-5 warm-up steps; the figure is the mean over --steps steps of `model.fit`. The class-balanced
-input pipeline is timed alone too (ms per batch, no training).
+5 warm-up steps; the figure is the mean over --steps steps of `model.fit`. Run the rows back
+to back and compare ratios when the machine is shared. The class-balanced input pipeline is
+timed alone too (ms per batch, no training).
 """
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
 
-SETTINGS = [  # (precision, dropout, jit_compile)
-    ("float32", 0.3, False), ("float32", 0.3, True), ("mixed_bfloat16", 0.3, False),
-    ("float32", 0.0, False), ("mixed_bfloat16", 0.0, False),
+# (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
+SETTINGS = [
+    ("seed: tutorial", dict(network="tutorial", batch_size=32, examples_per_class=None, dropout=0.3)),
+    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.3)),
+    ("tutorial, XLA", dict(network="tutorial", batch_size=256, dropout=0.3, jit=True)),
+    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.3, precision="mixed_bfloat16")),
+    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.0)),
+    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
+    ("strided", dict(network="strided", batch_size=256, dropout=0.0)),
+    ("strided", dict(network="strided", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
+    ("strided", dict(network="strided", batch_size=160, examples_per_class=32, dropout=0.0)),
 ]
+EPOCH = 60_000  # MNIST's training examples
 
 
-def measure(precision: str, dropout: float, jit: bool, batch_size: int, steps: int) -> float:
+def measure(setting: dict, steps: int) -> float:
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
-    import keras
     import numpy as np
     import tensorflow as tf
 
     from triplet_tfx.components.training import trainer
     from triplet_tfx.pipeline.config import TrainConfig
 
-    train = TrainConfig(batch_size=batch_size, examples_per_class=32, margin=0.2, dropout=dropout,
-                        precision=precision)
+    setting = dict(setting)
+    jit = setting.pop("jit", False)
+    train = TrainConfig(**{"examples_per_class": 32, "margin": 0.2, **setting})
     rng = np.random.default_rng(0)
     images = rng.random((4096, 28, 28, 1), np.float32)
-    labels = np.tile(np.arange(8), 512).astype(np.int64)
+    classes = train.batch_size // train.examples_per_class if train.examples_per_class else 10
+    labels = np.tile(np.arange(classes), 4096)[:4096].astype(np.int64)
     batches = trainer.training_batches(tf.data.Dataset.from_tensor_slices((images, labels)).cache(), train)
     plan = {"epochs": 1, "steps_per_epoch": steps}
     net = trainer.compiled_model((28, 28, 1), train, plan)
@@ -65,27 +78,32 @@ def input_pipeline_ms(batch_size: int, steps: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--only", metavar="WORD", help="only the rows whose label contains WORD (and the seed's)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one setting, as JSON
     args = parser.parse_args()
     if args.one:
         setting = json.loads(args.one)
-        value = input_pipeline_ms(args.batch_size, args.steps) if setting == "input" else \
-            measure(*setting, args.batch_size, args.steps)
-        print(json.dumps(value))
+        print(json.dumps(input_pipeline_ms(256, args.steps) if setting == "input" else measure(setting, args.steps)))
         return 0
-    print(f"| layer arithmetic | dropout | XLA | ms per step (batch {args.batch_size}) |\n|---|---:|---|---:|")
-    for setting in [*SETTINGS, "input"]:
-        out = subprocess.run([sys.executable, __file__, "--batch-size", str(args.batch_size), "--steps",
-                              str(args.steps), "--one", json.dumps(setting)],
+    print("| network | batch | layer arithmetic | dropout | XLA | ms per step | s per 60k epoch | vs seed |\n"
+          "|---|---:|---|---:|---|---:|---:|---:|")
+    seed_epoch = None
+    for label, setting in SETTINGS + [("input", "input")]:
+        if args.only and not (args.only in label or label.startswith("seed")):
+            continue
+        out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", json.dumps(setting)],
                              check=True, capture_output=True, text=True).stdout
         ms = json.loads(out.strip().splitlines()[-1])
         if setting == "input":
-            print(f"| class-balanced input pipeline alone (60k examples, 10 classes) | | | {ms:.1f} |")
-        else:
-            precision, dropout, jit = setting
-            print(f"| {precision} | {dropout} | {'yes' if jit else 'no'} | {ms:.1f} |")
+            print(f"| class-balanced input pipeline alone (60k examples, 10 classes) | 256 | | | | {ms:.1f} | | |")
+            continue
+        epoch = ms * math.ceil(EPOCH / setting["batch_size"]) / 1000
+        seed_epoch = seed_epoch or epoch
+        m = setting.get("examples_per_class", 32)
+        print(f"| {label} | {setting['batch_size']}" + (f" = {setting['batch_size'] // m} x {m}" if m else "")
+              + f" | {setting.get('precision', 'float32')} | {setting['dropout']} | {'yes' if setting.get('jit') else 'no'}"
+              f" | {ms:.1f} | {epoch:.1f} | {epoch / seed_epoch:.2f} |")
     return 0
 
 

@@ -20,7 +20,7 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
                          path: str) -> None:
     """SavedModel: serialized raw tf.Example -> `embedding`, without optimizer state."""
     # A fresh copy of the network holds the weights and nothing else (no Adam slots).
-    inference = build_model(config.data.image_shape, config.train.embedding_dim)
+    inference = build_model(config.data.image_shape, config.train.embedding_dim, network=config.train.network)
     inference.set_weights(model.get_weights())
     tft_layer = tft_output.transform_features_layer()
     raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL_KEY}

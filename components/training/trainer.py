@@ -51,7 +51,7 @@ def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> ker
     """The network to train, with its optimizer and loss."""
     precision = machine_precision(train.precision)
     logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
-    model = build_model(image_shape, train.embedding_dim, precision, train.dropout)
+    model = build_model(image_shape, train.embedding_dim, precision, train.dropout, train.network)
     optimizer = keras.optimizers.Adam(learning_rate(train, plan))
     if precision == "mixed_float16":
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
