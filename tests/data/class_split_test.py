@@ -1,4 +1,6 @@
 """The class-split selection (pure) and its validation as configuration."""
+import json
+
 import pytest
 
 from triplet_tfx.components.data import class_split
@@ -72,3 +74,12 @@ def test_class_balanced_batches_need_enough_train_classes():
                        train=TrainConfig(batch_size=256, examples_per_class=32)).validate()
     PipelineConfig(data=DataConfig(train_classes="0-4"),
                    train=TrainConfig(batch_size=160, examples_per_class=32)).validate()
+
+
+def test_recommended_profile_trains_on_half_the_classes(capsys):
+    from triplet_tfx.pipeline import cli
+
+    assert cli.main(["run", "--profile", "recommended", "--train-classes", "0-4", "--eval-classes", "5-9",
+                     "--print-config"]) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert (data["train_classes"], data["eval_classes"]) == ("0-4", "5-9")
