@@ -163,6 +163,7 @@ def EmbeddingEvaluator(
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
     for key, value in scalar_metrics(candidate).items():
         evaluation.set_float_custom_property(key, value)
+    evaluation.set_int_custom_property("classes_seen_in_training", int(candidate["classes_seen_in_training"]))
 
     message = "; ".join(reasons)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(blessed))

@@ -11,6 +11,7 @@ import pytest
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation.evaluator import parse_examples
 from triplet_tfx.pipeline import cli
+from triplet_tfx.pipeline import summary as summary_module
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 
@@ -53,6 +54,9 @@ def test_evaluator_says_the_classes_were_unseen(unseen_run):
     assert metrics["classes_seen_in_training"] is False
     assert (metrics["train_classes"], metrics["eval_classes"]) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
     assert metrics["protocol"] == "leave_one_out"
+    store = summary_module.open_store(config.metadata_path)
+    evaluation = next(a for a in store.get_artifacts_by_type("ModelEvaluation") if a.uri == summary.evaluation_dir)
+    assert evaluation.custom_properties["classes_seen_in_training"].int_value == 0
     assert metrics["num_queries"] == int((test_labels >= 5).sum())
     assert sorted(metrics["per_class_precision_at_1"]) == ["5", "6", "7", "8", "9"]  # original class ids
     line = "Unseen classes: eval classes 5-9 were not in training (train classes 0-4)"
