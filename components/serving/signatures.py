@@ -3,6 +3,8 @@
   serving_default  examples tf.string [None] (serialized raw tf.Examples) -> embedding float32 [None, D]
   embed_images     images   tf.string [None] (encoded PNG, JPEG, GIF or BMP) -> embedding
   embed_pixels     pixels   tf.uint8  [None, H, W, C] (the training shape)    -> embedding
+  search           images tf.string [None], k tf.int32 [] -> ids tf.string, labels tf.int64,
+                   distances float32 [None, k] (`index.py`; added by the ServingModelBuilder)
 
 All three run the same Transform graph and network, so the same picture gives the same embedding
 whichever way it is sent. Encoded images are converted as `data_sources.read_image` converts the
@@ -20,9 +22,14 @@ import tensorflow as tf
 
 EMBED_IMAGES_SIGNATURE = "embed_images"
 EMBED_PIXELS_SIGNATURE = "embed_pixels"
+SEARCH_SIGNATURE = "search"
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
+K_INPUT = "k"
+IDS_OUTPUT = "ids"
+LABELS_OUTPUT = "labels"
+DISTANCES_OUTPUT = "distances"
 
 # First bytes of the formats tf.io.decode_image reads.
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
