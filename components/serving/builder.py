@@ -18,10 +18,10 @@ import os
 import time
 
 import tensorflow as tf
+from tfx.components.util import model_utils
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing
-from tfx.components.util import model_utils
 from tfx.utils import path_utils
 
 from triplet_tfx.components.evaluation.evaluator import embed, parse_examples, read_split
