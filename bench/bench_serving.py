@@ -92,6 +92,9 @@ def main() -> int:
     start = time.perf_counter()
     model = tf.saved_model.load(path)
     load_seconds = time.perf_counter() - start
+    missing = set(index.EMBEDDING_SIGNATURES + (signatures.SEARCH_SIGNATURE,)) - set(model.signatures)
+    if missing:
+        sys.exit(f"{path}: no signature {', '.join(sorted(missing))} (a model pushed before the search index existed?)")
     embed_images = model.signatures[signatures.EMBED_IMAGES_SIGNATURE]
     embed_pixels = model.signatures[signatures.EMBED_PIXELS_SIGNATURE]
     search = model.signatures[signatures.SEARCH_SIGNATURE]
