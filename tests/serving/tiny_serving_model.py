@@ -3,8 +3,10 @@ preprocessing_fn through tf.Transform (Beam's in-process FnApiRunner), the proje
 trained a few steps with the project's loss on 600 MNIST images, and the Trainer's export."""
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -56,6 +58,7 @@ def trained_export() -> str:
     import tensorflow_transform as tft
 
     folder = tempfile.mkdtemp(prefix="tiny_serving_model_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     train_x, train_y, _, _ = mnist_examples()
     tft_output = tft.TFTransformOutput(
         write_transform_graph(folder, [data_sources.make_example(x, y) for x, y in zip(train_x[:8], train_y[:8])]))
