@@ -53,7 +53,24 @@ def image_files(paths: Sequence[str]) -> List[str]:
             files.append(path)
         else:
             raise ImageInputError(f"{path}: no such file or folder")
+    for name in files:  # their first bytes, so that a bad file stops us before any model work
+        _check_image(name, _read(name, size=max(map(len, _IMAGE_MAGIC))))
     return files
+
+
+def _read(name: str, size: int = -1) -> bytes:
+    try:
+        with open(name, "rb") as f:
+            return f.read(size)
+    except OSError as err:
+        raise ImageInputError(f"{name}: cannot read it ({err.strerror})") from None
+
+
+def _check_image(name: str, content: bytes) -> None:
+    if not content:
+        raise ImageInputError(f"{name}: empty, not an image")
+    if not content.startswith(_IMAGE_MAGIC):
+        raise ImageInputError(f"{name}: not a PNG, JPEG, GIF or BMP image")
 
 
 def read_images(images: Union[Image, Sequence[Image]]) -> Tuple[List[str], List[bytes]]:
@@ -66,15 +83,8 @@ def read_images(images: Union[Image, Sequence[Image]]) -> Tuple[List[str], List[
             name, content = f"images[{i}] (bytes)", bytes(image)
         else:
             name = os.fspath(image)
-            try:
-                with open(name, "rb") as f:
-                    content = f.read()
-            except OSError as err:
-                raise ImageInputError(f"{name}: cannot read it ({err.strerror})") from None
-        if not content:
-            raise ImageInputError(f"{name}: empty, not an image")
-        if not content.startswith(_IMAGE_MAGIC):
-            raise ImageInputError(f"{name}: not a PNG, JPEG, GIF or BMP image")
+            content = _read(name)
+        _check_image(name, content)
         names.append(name)
         data.append(content)
     if not names:

@@ -51,7 +51,7 @@ def _retrying(call: Callable, retries: int, backoff: float, target: str):
         except _Unavailable as err:
             if attempt == retries:
                 raise ServerUnavailableError(
-                    f"{target} is unavailable after {retries + 1} attempts: {err}") from None
+                    f"{target} is unavailable after {retries + 1} attempt{'s' if retries else ''}: {err}") from None
             time.sleep(min(backoff * 2 ** attempt, MAX_BACKOFF_SECONDS))
 
 
@@ -80,8 +80,8 @@ def resolve_saved_model(path: str, version: Optional[int]) -> str:
         return path
     versions = saved_model_versions(path)
     if not versions:
-        raise ModelNotFoundError(f"no SavedModel at {path} (neither saved_model.pb nor numbered "
-                                 "version folders holding one)")
+        raise ModelNotFoundError(f"no SavedModel at {path}: neither saved_model.pb nor numbered "
+                                 "version folders holding one")
     if version is None:
         return versions[max(versions)]
     if version not in versions:

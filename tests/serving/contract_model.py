@@ -101,3 +101,31 @@ def write_contract_model(base_dir: str, version: int = 1, num_references: int = 
         name: getattr(module, name).get_concrete_function()
         for name in ("serving_default", "embed_images", "embed_pixels", "search")})
     return path
+
+
+def reference_embeddings(version_dir: str, png_paths) -> np.ndarray:
+    """What the served model must answer for these PNGs: its own embed_pixels on PIL-decoded pixels."""
+    model = tf.saved_model.load(version_dir)
+    pixels = np.stack([np.asarray(Image.open(p))[..., None] for p in png_paths])
+    return model.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
+
+
+def reference_search(version_dir: str, queries: np.ndarray, k: int):
+    """(ids, labels, distances) of a NumPy exact search of the stored index, [N, k] each."""
+    model = tf.saved_model.load(version_dir)
+    index, labels = model.index.numpy(), model.index_labels.numpy()
+    distances = np.sqrt(np.maximum(2 - 2 * queries @ index.T, 0))
+    nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return ([[f"train/{i}" for i in row] for row in nearest], labels[nearest],
+            np.take_along_axis(distances, nearest, 1))
+
+
+def write_pngs(folder: str, count: int, seed: int = 7):
+    """`count` random digit PNGs in folder (created); their paths, sorted."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, image in enumerate(random_digits(count, seed=seed)[0]):
+        paths.append(os.path.join(folder, f"digit{i}.png"))
+        with open(paths[-1], "wb") as f:
+            f.write(png_bytes(image))
+    return paths

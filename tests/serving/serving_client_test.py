@@ -10,10 +10,9 @@ import urllib.request
 import numpy as np
 import portpicker
 import pytest
-import tensorflow as tf
-from PIL import Image
 
-from contract_model import png_bytes, random_digits, write_contract_model
+from contract_model import (png_bytes, random_digits, reference_embeddings, reference_search,
+                            write_contract_model, write_pngs)
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
 from triplet_tfx.components.serving.client import Client
 from triplet_tfx.components.serving.client_errors import (ImageInputError, InvalidRequestError,
@@ -33,14 +32,7 @@ def base_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    pixels, _ = random_digits(5, seed=7)
-    paths = []
-    for i, image in enumerate(pixels):
-        paths.append(str(folder / f"digit{i}.png"))
-        with open(paths[-1], "wb") as f:
-            f.write(png_bytes(image))
-    return paths
+    return write_pngs(str(tmp_path_factory.mktemp("images")), 5)
 
 
 @pytest.fixture(scope="module")
@@ -72,33 +64,28 @@ def clients(base_dir, servers):
 
 @pytest.fixture(scope="module")
 def expected(base_dir, images):
-    """Embeddings from the latest version's embed_pixels on PIL-decoded pixels; its index."""
-    model = tf.saved_model.load(os.path.join(base_dir, "2"))
-    pixels = np.stack([np.asarray(Image.open(p))[..., None] for p in images])
-    embeddings = model.signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
-    return embeddings, model.index.numpy(), model.index_labels.numpy()
+    """Embeddings from the latest version's embed_pixels on PIL-decoded pixels."""
+    return reference_embeddings(os.path.join(base_dir, "2"), images)
 
 
 def test_embed_is_the_same_in_process_over_rest_and_over_grpc(clients, images, expected):
     for name, client in clients.items():
         embeddings = client.embed(images)
-        assert embeddings.dtype == np.float32 and embeddings.shape == expected[0].shape, name
-        np.testing.assert_allclose(embeddings, expected[0], atol=1e-6, err_msg=name)
+        assert embeddings.dtype == np.float32 and embeddings.shape == expected.shape, name
+        np.testing.assert_allclose(embeddings, expected, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     with open(images[0], "rb") as f:  # bytes work like paths
-        np.testing.assert_allclose(clients["rest"].embed([f.read()]), expected[0][:1], atol=1e-6)
+        np.testing.assert_allclose(clients["rest"].embed([f.read()]), expected[:1], atol=1e-6)
 
 
-def test_search_is_the_same_everywhere_and_matches_a_numpy_search(clients, images, expected):
-    queries, index, labels = expected
-    distances = np.sqrt(np.maximum(2 - 2 * queries @ index.T, 0))
-    nearest = np.argsort(distances, axis=1, kind="stable")[:, :3]
+def test_search_is_the_same_everywhere_and_matches_a_numpy_search(base_dir, clients, images, expected):
+    ids, labels, distances = reference_search(os.path.join(base_dir, "2"), expected, k=3)
     for name, client in clients.items():
         result = client.search(images, k=3)
         assert result.ids.shape == (5, 3), name
-        assert result.ids.tolist() == [[f"train/{i}" for i in row] for row in nearest], name
-        np.testing.assert_array_equal(result.labels, labels[nearest])
-        np.testing.assert_allclose(result.distances, np.take_along_axis(distances, nearest, 1), atol=1e-5)
+        assert result.ids.tolist() == ids, name
+        np.testing.assert_array_equal(result.labels, labels)
+        np.testing.assert_allclose(result.distances, distances, atol=1e-5)
     local = clients["local"].search(images, k=3)
     for name in ("rest", "grpc"):
         np.testing.assert_allclose(clients[name].search(images, k=3).distances, local.distances, atol=1e-6)
@@ -140,7 +127,7 @@ def test_unavailable_is_retried_until_the_server_answers(kind, servers, registry
     before = registry.predict_requests
     registry.unavailable_left = 2
     with Client(server=servers[kind], model_name=MODEL, retries=2, backoff=0.01) as client:
-        np.testing.assert_allclose(client.embed(images[:1]), expected[0][:1], atol=1e-6)
+        np.testing.assert_allclose(client.embed(images[:1]), expected[:1], atol=1e-6)
     assert registry.predict_requests - before == 3
     registry.unavailable_left = 2
     with Client(server=servers[kind], model_name=MODEL, retries=1, backoff=0.01) as client:
