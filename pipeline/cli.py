@@ -15,8 +15,8 @@ from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
-                                         PipelineConfig, TrainConfig)
+from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, SPLITS, ConfigError, DataConfig, EvalConfig,
+                                         PipelineConfig, ServingConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
 logger = logging.getLogger(__name__)
@@ -94,6 +94,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                          " against the latest blessed model (default %(default)s)")
     ev.add_argument("--plot", choices=("umap", "pca"), default=e.plot_method,
                     help="2-D picture of the embeddings in the report (default %(default)s)")
+    serve = parser.add_argument_group("serving")
+    serve.add_argument("--index-split", choices=SPLITS, default=ServingConfig().index_split,
+                       help="reference set of the served search signature: this split's examples, embedded by "
+                            "the blessed model and pushed with it as one version (default %(default)s)")
     out = parser.add_argument_group("pipeline")
     out.add_argument("--pipeline-name", default=p.pipeline_name, help="default %(default)s")
     out.add_argument("--output-root", default=p.output_root,
@@ -137,6 +141,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed),
         eval=EvalConfig(protocol=args.eval_protocol, lower_bounds=bounds, max_regression=args.max_regression,
                         plot_method=args.plot),
+        serving=ServingConfig(index_split=args.index_split),
         kubeflow=kubeflow_cli.kubeflow_config_from_args(args),
     ).validate()
 

@@ -113,6 +113,16 @@ class EvalConfig:
         return self.lower_bounds.get("precision_at_1", 0.0)
 
 
+SPLITS = ("train", "eval")  # the splits ExampleGen writes
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    # The reference set of the served `search` signature: every example of this split, embedded by
+    # the blessed model and pushed with it.
+    index_split: str = "train"
+
+
 @dataclasses.dataclass(frozen=True)
 class KubeflowConfig:
     """Kubeflow Pipelines v2 compile settings (`triplet-tfx compile` / `deploy`; see kubeflow/)."""
@@ -161,6 +171,7 @@ class PipelineConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
     @property
@@ -226,6 +237,8 @@ class PipelineConfig:
              "eval.lower_bounds (--min-precision-at-1, --min-metric)", "bounds must be within [0, 1]"),
             (self.eval.max_regression >= 0, "eval.max_regression (--max-regression)", "must be >= 0"),
             (self.eval.plot_method in ("umap", "pca"), "eval.plot_method (--plot)", "must be umap or pca"),
+            (self.serving.index_split in SPLITS, "serving.index_split (--index-split)",
+             "must be one of " + ", ".join(SPLITS)),
         ]
         for ok, field, problem in checks:
             if not ok:

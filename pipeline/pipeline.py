@@ -1,7 +1,8 @@
 """create_pipeline: the one definition of the pipeline, for every runner.
 
 ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
--> Trainer -> EmbeddingEvaluator (against the latest blessed model) -> Pusher.
+-> Trainer -> EmbeddingEvaluator (against the latest blessed model) -> ServingModelBuilder (model +
+search index) -> Pusher.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tfx import v1 as tfx
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
 from triplet_tfx.components.data.example_gen import SourceExampleGen, check_source
 from triplet_tfx.components.data.validation import AnomalyGate
+from triplet_tfx.components.serving.builder import ServingModelBuilder
 from triplet_tfx.pipeline.config import PipelineConfig
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
@@ -103,8 +105,15 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         baseline_model=baseline_resolver.outputs["model"],
         config=json.dumps(sections("data", "eval"), sort_keys=True))
 
-    pusher = tfx.components.Pusher(
+    # The blessed model with its search index, as one Model (see components/serving/builder.py).
+    serving_model_builder = ServingModelBuilder(
         model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        blessing=evaluator.outputs["blessing"],
+        config=json.dumps(sections("serving"), sort_keys=True))
+
+    pusher = tfx.components.Pusher(
+        model=serving_model_builder.outputs["serving_model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
@@ -113,7 +122,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, baseline_resolver, evaluator, pusher],
+                    transform, trainer, baseline_resolver, evaluator, serving_model_builder, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

@@ -11,6 +11,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components.evaluation import report
 from triplet_tfx.components.evaluation.evaluator import METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.serving import builder
 from triplet_tfx.pipeline.config import PipelineConfig
 
 
@@ -23,6 +24,7 @@ class RunSummary:
     blessing_message: str
     pushed_to: Optional[str]
     evaluation_dir: Optional[str]
+    search_index: str = ""  # what building the served search index cost, when this run built one
 
     def format(self) -> str:
         lines = [f"Run {self.run_id}:"]
@@ -34,6 +36,8 @@ class RunSummary:
             lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
                      "Pushed model: none (nothing was pushed by this run)")
+        if self.search_index:
+            lines.append(f"Search index: {self.search_index}")
         if self.evaluation_dir:
             lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
             lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
@@ -94,6 +98,13 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
     pushed_to = None
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
+    serving_models = [a for a in latest.get("Model", []) if builder.INDEX_BYTES in a.custom_properties]
+    search_index = ""
+    if serving_models:
+        properties = max(serving_models, key=lambda a: a.id).custom_properties
+        search_index = (f"{properties[builder.INDEX_SIZE].int_value} {properties[builder.INDEX_SPLIT].string_value} "
+                        f"references, built in {properties[builder.INDEX_BUILD_SECONDS].double_value:.1f} s "
+                        f"(ServingModelBuilder), {properties[builder.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
     return RunSummary(
         run_id=run.name,
         executions=states,
@@ -102,4 +113,5 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
         blessing_message="" if blessing is None else blessing.custom_properties["blessing_message"].string_value,
         pushed_to=pushed_to,
         evaluation_dir=evaluation.uri if evaluation is not None else None,
+        search_index=search_index,
     )

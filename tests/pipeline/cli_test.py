@@ -4,7 +4,7 @@ import json
 import pytest
 
 from triplet_tfx.pipeline import cli, pipeline
-from triplet_tfx.pipeline.config import PROFILES, DataConfig, PipelineConfig
+from triplet_tfx.pipeline.config import PROFILES, ConfigError, DataConfig, PipelineConfig, ServingConfig
 
 
 def test_help_lists_the_flags(capsys):
@@ -68,6 +68,14 @@ def test_components_get_only_the_sections_they_read(tmp_path):
     assert set(json.loads(by_id["Trainer"].exec_properties["custom_config"])) == {"data", "train", "code_fingerprint"}
     assert set(json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])) == {"data", "eval",
                                                                                        "code_fingerprint"}
+    assert set(json.loads(by_id["ServingModelBuilder"].exec_properties["config"])) == {"serving", "code_fingerprint"}
+
+
+def test_index_split_is_a_flag_and_is_validated(capsys):
+    assert cli.main(["run", "--index-split", "eval", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["serving"] == {"index_split": "eval"}
+    with pytest.raises(ConfigError, match=r"serving.index_split \(--index-split\): must be one of train, eval"):
+        PipelineConfig(serving=ServingConfig(index_split="test")).validate()
 
 
 def test_data_fingerprint_follows_the_files(tmp_path):

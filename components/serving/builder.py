@@ -1,0 +1,71 @@
+"""ServingModelBuilder: the blessed candidate plus its reference index, as the one Model the Pusher pushes.
+
+Why a component between the evaluator and the Pusher (and not the index inside the Trainer):
+  * only a blessed model pays for the index (embedding the whole reference split); an unblessed
+    one writes no SavedModel and the Pusher, which checks the blessing first, reads none;
+  * the reference set (`--index-split`) is this component's parameter alone, so changing it
+    rebuilds the index without retraining or re-evaluating;
+  * the SavedModel it writes reuses the Trainer's embedding functions as they are (loaded, not
+    rebuilt), so what the evaluator scored is exactly what is served, and model and index leave
+    together in one Model artifact: the Pusher copies it as one version. TFX's Pusher takes any
+    Model artifact as `model` and checks only `model_blessing`'s `blessed` property
+    (tfx/components/pusher/executor.py); the blessing keeps naming the Trainer's model, which is
+    what LatestBlessedModelStrategy resolves as the next run's baseline.
+"""
+import json
+import logging
+import os
+import time
+
+import tensorflow as tf
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import Examples, Model, ModelBlessing
+from tfx.components.util import model_utils
+from tfx.utils import path_utils
+
+from triplet_tfx.components.evaluation.evaluator import embed, parse_examples, read_split
+from triplet_tfx.components.serving import index
+from triplet_tfx.pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+# Custom properties of the output Model: the cost of the index, for the run summary.
+INDEX_SIZE = "index_size"
+INDEX_SPLIT = "index_split"
+INDEX_BUILD_SECONDS = "index_build_seconds"
+INDEX_BYTES = "index_bytes"
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(tf.io.gfile.stat(os.path.join(root, name)).length
+               for root, _, names in tf.io.gfile.walk(folder) for name in names)
+
+
+@component
+def ServingModelBuilder(
+    model: InputArtifact[Model],
+    examples: InputArtifact[Examples],
+    blessing: InputArtifact[ModelBlessing],
+    serving_model: OutputArtifact[Model],
+    config: Parameter[str],  # JSON: the serving section and the code fingerprint
+) -> None:
+    """Embeds the reference split with the blessed model and writes model + index as one SavedModel."""
+    if not model_utils.is_model_blessed(blessing):
+        logger.info("Model %s is not blessed: no serving model built, nothing to push", model.uri)
+        serving_model.set_int_custom_property(INDEX_SIZE, 0)
+        return
+    split = PipelineConfig.from_dict({"serving": json.loads(config)["serving"]}).serving.index_split
+    start = time.monotonic()
+    references = read_split(examples, split)
+    labels, _ = parse_examples(references)
+    embeddings = embed(model, references)  # the evaluator's own path: serving_default on raw tf.Examples
+    path = path_utils.serving_model_dir(serving_model.uri)
+    index.build_serving_model(path_utils.serving_model_path(model.uri), index.reference_ids(split, len(labels)),
+                              labels, embeddings, path)
+    seconds, size = time.monotonic() - start, folder_bytes(path)
+    serving_model.set_int_custom_property(INDEX_SIZE, len(labels))
+    serving_model.set_string_custom_property(INDEX_SPLIT, split)
+    serving_model.set_float_custom_property(INDEX_BUILD_SECONDS, seconds)
+    serving_model.set_int_custom_property(INDEX_BYTES, size)
+    logger.info("Search index: %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
+                len(labels), split, seconds, size / 1e6, path)
