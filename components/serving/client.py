@@ -19,13 +19,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
+from triplet_tfx.components.serving.signatures import (DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE, IDS_OUTPUT,
+                                                       IMAGES_INPUT, K_INPUT, LABELS_OUTPUT, SEARCH_SIGNATURE)
 from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
+from triplet_tfx.components.training.network import EMBEDDING_KEY
 
-EMBED_IMAGES_SIGNATURE, SEARCH_SIGNATURE = "embed_images", "search"
-IMAGES_INPUT, K_INPUT, EMBEDDING_OUTPUT = "images", "k", "embedding"
-SEARCH_OUTPUTS = ("ids", "labels", "distances")
+SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
-# What tf.io.decode_image reads, by its magic bytes.
+# What the embed_images and search signatures decode (tf.io.decode_image), by their first bytes.
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 
 Image = Union[str, os.PathLike, bytes]
@@ -137,19 +138,20 @@ class Client:
 
     def embed(self, images: Union[Image, Sequence[Image]]) -> np.ndarray:
         """float32 [N, D] unit-norm embeddings of the images, in order."""
-        return np.concatenate([out[EMBEDDING_OUTPUT].astype(np.float32) for out in
-                               self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_OUTPUT,))])
+        return np.concatenate([out[EMBEDDING_KEY].astype(np.float32) for out in
+                               self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_KEY,))])
 
     def search(self, images: Union[Image, Sequence[Image]], k: int = 5) -> SearchResult:
         """The k nearest items of the served index for each image."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
-        ids = [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row] for p in parts for row in p["ids"]]
+        ids = [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row]
+               for p in parts for row in p[IDS_OUTPUT]]
         return SearchResult(
             ids=np.array(ids, dtype=str).reshape(len(ids), k),
-            labels=np.concatenate([p["labels"] for p in parts]).astype(np.int64),
-            distances=np.concatenate([p["distances"] for p in parts]).astype(np.float32))
+            labels=np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64),
+            distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32))
 
     def close(self) -> None:
         self._transport.close()
