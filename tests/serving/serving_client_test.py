@@ -17,7 +17,7 @@ from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
 from triplet_tfx.components.serving.client import Client
 from triplet_tfx.components.serving.client_errors import (ImageInputError, InvalidRequestError,
                                                           ModelNotFoundError, ServerUnavailableError,
-                                                          VersionNotLoadedError)
+                                                          ServingTimeoutError, VersionNotLoadedError)
 
 MODEL = "digits"
 
@@ -133,6 +133,17 @@ def test_unavailable_is_retried_until_the_server_answers(kind, servers, registry
     with Client(server=servers[kind], model_name=MODEL, retries=1, backoff=0.01) as client:
         with pytest.raises(ServerUnavailableError, match="after 2 attempts: .*still loading"):
             client.embed(images[:1])
+
+
+@pytest.mark.parametrize("kind", ["rest", "grpc"])
+def test_a_slow_server_times_out(kind, servers, registry, images):
+    registry.delay_seconds = 1.5
+    try:
+        with Client(server=servers[kind], model_name=MODEL, timeout=0.3) as client:
+            with pytest.raises(ServingTimeoutError, match=rf"{servers[kind]}, model '{MODEL}': no answer within 0.3 s"):
+                client.embed(images[:1])
+    finally:
+        registry.delay_seconds = 0.0
 
 
 @pytest.mark.parametrize("kind", ["rest", "grpc"])

@@ -19,8 +19,9 @@ Messages as TF Serving words them: "Servable not found for request: Latest(<name
   "Specific(<name>, <v>)" (core/basic_manager.cc), "Could not find any versions of model <name>"
   (get_model_status_impl.cc), 'Serving signature key "<s>" not found.' (predict_util.cc).
 Version policy: TF Serving's default, the latest version of each base directory only.
-`unavailable_first=N` answers the first N predict requests with UNAVAILABLE, as a server that is
-still loading, to test the client's retries.
+`unavailable_first=N` (or the attribute `unavailable_left`) answers the next N predict requests with
+UNAVAILABLE, as a server that is still loading, to test the client's retries; `delay_seconds` slows
+every predict down, to test its timeout.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from concurrent import futures
 from typing import Dict, Optional
 
@@ -65,6 +67,7 @@ class ModelRegistry:
             version, path = max(saved_model_versions(base_dir).items())
             self.models[name] = {version: tf.saved_model.load(path)}
         self.unavailable_left = unavailable_first
+        self.delay_seconds = 0.0  # a slow model, to test the client's timeout
         self._lock = threading.Lock()
         self.predict_requests = 0
 
@@ -91,6 +94,7 @@ class ModelRegistry:
                 self.unavailable_left -= 1
                 raise StandinError("UNAVAILABLE", "Model is still loading (stand-in)")
         chosen, function = self.signature(name, version, signature_name)
+        time.sleep(self.delay_seconds)
         specs = function.structured_input_signature[1]
         if set(inputs) != set(specs):
             raise StandinError("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
