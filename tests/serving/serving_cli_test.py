@@ -104,7 +104,8 @@ def test_errors_name_the_file_or_flag(capsys, tmp_path, version_dir, files):
     text = tmp_path / "notes.png"
     text.write_text("hello")
     cases = [
-        (["embed", str(tmp_path / "missing.png"), "--model", version_dir], 2, f"{tmp_path / 'missing.png'}: no such file"),
+        (["embed", str(tmp_path / "missing.png"), "--model", version_dir], 2,
+         f"{tmp_path / 'missing.png'}: no such file"),
         (["embed", files[0], str(text), "--model", version_dir], 2, f"{text}: not a PNG, JPEG, GIF or BMP image"),
         (["embed", str(tmp_path / "empty_dir_missing")], 2, "no such file or folder"),
         (["search", files[0], "--model", version_dir, "--k", "0"], 2, "--k: must be at least 1, got 0"),

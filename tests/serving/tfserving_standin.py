@@ -97,8 +97,9 @@ class ModelRegistry:
         time.sleep(self.delay_seconds)
         specs = function.structured_input_signature[1]
         if set(inputs) != set(specs):
+            sent, wanted = ",".join(sorted(inputs)), ",".join(sorted(specs))
             raise StandinError("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
-                               f"{len(specs)} len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(specs))}}})")
+                               f"{len(specs)} len({{{sent}}}) != len({{{wanted}}})")
         try:
             outputs = function(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
