@@ -14,6 +14,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from triplet_tfx.pipeline.config import PipelineConfig
 
+# Flags of tensorflow_model_server, from tensorflow_serving/model_servers/main.cc at tag 2.16.1 (the ones used here).
+TF_SERVING_FLAGS = {"port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
+                    "file_system_poll_wait_seconds", "model_name", "model_base_path"}
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "kubeflow", "serving")
 MODEL_NAME = PipelineConfig().model_name
 
@@ -67,6 +70,7 @@ def test_deployment_runs_tf_serving_with_ports_probe_and_resources(objects):
     ports = {p.name: p.container_port for p in container.ports}
     assert ports == {"grpc": 8500, "http": 8501}
     assert {"--port=8500", "--rest_api_port=8501"} <= set(container.args)
+    assert {a[2:].split("=")[0] for a in container.args} <= TF_SERVING_FLAGS
     (config_flag,) = [a for a in container.args if a.startswith("--model_config_file=")]
     (mount,) = container.volume_mounts
     (volume,) = pod.spec.volumes
