@@ -263,6 +263,8 @@ def _add_serving_commands(commands) -> None:
         command.add_argument("--model-version", type=int, metavar="N", help="model version (default: the latest)")
         command.add_argument("--output-root", default=defaults.output_root,
                              help="where the default model is looked for (default %(default)s)")
+        command.add_argument("--serving-dir", help="the run's --serving-dir, if it set one (default "
+                             "<output-root>/serving)")
         command.add_argument("--format", choices=result_formats.FORMATS, default="jsonl",
                              help="JSON lines or TSV (default %(default)s)")
         command.add_argument("--projector", metavar="DIR", help="also write vecs.tsv and meta.tsv (the file "
@@ -291,7 +293,8 @@ def serving_command(args: argparse.Namespace) -> int:
     if args.projector and os.path.isdir(args.projector) and os.listdir(args.projector):
         return fail(f"--projector {args.projector}: folder is not empty; choose a new or empty one")
     model = args.model or (None if args.server else PipelineConfig(
-        output_root=os.path.abspath(args.output_root), model_name=args.model_name).serving_model_dir)
+        output_root=os.path.abspath(args.output_root), serving_dir=args.serving_dir,
+        model_name=args.model_name).serving_model_dir)
     try:
         files = image_files(args.inputs)
         with Client(model=model, server=args.server, model_name=args.model_name, version=args.model_version,

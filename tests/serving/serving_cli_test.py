@@ -115,6 +115,8 @@ def test_errors_name_the_file_or_flag(capsys, tmp_path, version_dir, files):
          "--model-version 9: model .* has no version 9 \\(versions: 3\\)"),
         (["embed", files[0], "--model", str(tmp_path)], 2, f"--model: no SavedModel at {tmp_path}"),
         (["embed", files[0], "--output-root", str(tmp_path)], 2, "run `triplet-tfx run` first"),
+        (["embed", files[0], "--serving-dir", str(tmp_path / "pushed")], 2,
+         f"no SavedModel at {tmp_path / 'pushed' / 'triplet_mnist'}"),
     ]
     for argv, expected_code, message in cases:
         code, out, err = run(capsys, *argv)
