@@ -6,7 +6,7 @@
   search           images tf.string [None], k tf.int32 [] -> ids tf.string, labels tf.int64,
                    distances float32 [None, k] (`index.py`; added by the ServingModelBuilder)
 
-All three run the same Transform graph and network, so the same picture gives the same embedding
+The three embedding signatures run the same Transform graph and network, so the same picture gives the same embedding
 whichever way it is sent. Encoded images are converted as `data_sources.read_image` converts the
 training images (Pillow's `convert("L")` / `convert("RGB")`, reproduced exactly in integer arithmetic)
 and, when their size differs from the training size, resized by one rule: bilinear with
@@ -59,7 +59,16 @@ def assert_not_empty(batch: tf.Tensor, input_name: str) -> tf.Operation:
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     """uint8 [h, w, 1..4] -> uint8 [h, w, channels] as Pillow converts to L (1) or RGB (3): gray
-    (+alpha) keeps its gray value, RGB(A) becomes luma; alpha is dropped, not composited."""
+    (+alpha) keeps its gray value, RGB(A) becomes luma; alpha is dropped, not composited. Image
+    folders are read as L or RGB only; a model trained on other channel counts (tfrecord: data)
+    takes images with exactly that many channels."""
+    if channels not in (1, 3):
+        check = tf.debugging.Assert(tf.shape(image)[-1] == channels,
+                                    [f"{IMAGES_INPUT}: the model takes images of {channels} channels, got",
+                                     tf.shape(image)[-1]])
+        with tf.control_dependencies([check]):
+            return tf.ensure_shape(tf.identity(image), [None, None, channels])
+
     def gray():
         if channels == 1:
             return image[..., :1]

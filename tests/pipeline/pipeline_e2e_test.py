@@ -10,7 +10,7 @@ from triplet_tfx.pipeline import cli, summary
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
-              "Trainer", "LatestBlessedModelResolver", "EmbeddingEvaluator", "Pusher"]
+              "Trainer", "LatestBlessedModelResolver", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"]
 
 
 def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
@@ -45,14 +45,44 @@ def test_pushed_model_serves_unit_norm_embeddings(first_run):
     versions = pushed_versions(config)
     assert len(versions) == 1 and summary.pushed_to == os.path.join(config.serving_model_dir, versions[0])
     loaded = tf.saved_model.load(summary.pushed_to)
+    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search"}
+    assert loaded.reference_embeddings.shape == (2000, 256)  # the index: the train split, pushed with the model
+    assert summary.search_index.startswith("2000 train references, built in ")
     images, labels = data_sources.load_mnist()["test"]
     examples = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(8)])
     embeddings = loaded.signatures["serving_default"](examples=examples)["embedding"].numpy()
     assert embeddings.shape == (8, 256)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
     # Only the network's weights travel: no optimizer state (Adam slots, iteration counter).
-    names = [v.name for v in loaded.variables if "seed_generator" not in v.name]  # dropout's RNG state
+    names = [v.name for v in loaded.embedding_model.variables if "seed_generator" not in v.name]  # dropout's RNG
     assert sorted(n.split("/")[-1] for n in names) == ["bias:0"] * 3 + ["kernel:0"] * 3, names
+
+
+def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
+    import io
+
+    from PIL import Image
+
+    from triplet_tfx.components.evaluation.evaluator import parse_examples
+
+    config, first = first_run
+    (examples,) = [a for a in summary.open_store(config.metadata_path).get_artifacts_by_type("Examples")
+                   if "SourceExampleGen" in a.uri]
+    files = sorted(tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*")))  # as the evaluator reads them
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(50)]
+    labels, images = parse_examples(serialized, config.data.image_shape)
+    pngs = []
+    for image in images:
+        pngs.append(io.BytesIO())
+        Image.fromarray(image[..., 0]).save(pngs[-1], "PNG")
+    loaded = tf.saved_model.load(first.pushed_to)
+    embedded = loaded.signatures["embed_images"](images=tf.constant([f.getvalue() for f in pngs]))["embedding"]
+    scored = np.loadtxt(os.path.join(first.evaluation_dir, "tensorboard", "vecs.tsv"), delimiter="\t")[:50]
+    np.testing.assert_allclose(embedded.numpy(), scored, atol=2e-5)  # vecs.tsv holds 5 significant digits
+    from_pixels = loaded.signatures["embed_pixels"](pixels=tf.constant(images))["embedding"]
+    np.testing.assert_allclose(from_pixels.numpy(), embedded.numpy(), atol=1e-6)
+    found = loaded.signatures["search"](images=tf.constant([f.getvalue() for f in pngs]), k=tf.constant(1))
+    assert (found["labels"].numpy()[:, 0] == labels).mean() > 0.5
 
 
 def test_projector_files_are_written(first_run):
@@ -73,7 +103,7 @@ def test_second_run_hits_the_cache(first_run):
     # The evaluator sees a new input, the baseline (this very model, blessed by the first run),
     # and does not bless it a second time: nothing is pushed again.
     assert summary.blessed is False and "already the latest blessed model" in summary.blessing_message
-    assert summary.pushed_to is None
+    assert summary.pushed_to is None and summary.search_index == ""  # no index built for an unblessed model
     assert pushed_versions(config) == before
 
 

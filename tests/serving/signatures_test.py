@@ -47,6 +47,14 @@ def test_channels_are_converted_as_read_image_converts_them(mode, fmt, channels,
     np.testing.assert_array_equal(got, expected)
 
 
+def test_other_channel_counts_must_match_exactly():
+    rgba = np.random.default_rng(2).integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    got = signatures.decode_to_pixels(tf.constant([encode(rgba, "PNG", "RGBA")]), (5, 6, 4)).numpy()
+    np.testing.assert_array_equal(got[0], rgba)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the model takes images of 4 channels, got"):
+        signatures.decode_to_pixels(tf.constant([encode(rgba[..., :3], "PNG")]), (5, 6, 4))
+
+
 def test_other_sizes_are_resized_to_the_training_size():
     pixels = np.full((56, 40, 3), 200, np.uint8)
     got = signatures.decode_to_pixels(tf.constant([encode(pixels, "PNG")]), (28, 28, 1)).numpy()
