@@ -1,0 +1,163 @@
+"""The Python client of the served model: embeddings and nearest neighbours of images.
+
+    from triplet_tfx.components.serving.client import Client
+    with Client(model="runs/serving/triplet_mnist") as client:            # in-process, latest version
+        vectors = client.embed(["digit.png", open("other.png", "rb").read()])
+    with Client(server="http://localhost:8501", model_name="triplet_mnist") as client:  # TF Serving REST
+        result = client.search(["digit.png"], k=5)      # result.ids / .labels / .distances: [N, k]
+    Client(server="grpc://localhost:8500", model_name="triplet_mnist", version=1795891345)  # gRPC
+
+Images are file paths or encoded bytes (PNG, JPEG, GIF, BMP); the served model decodes and resizes
+them (`embed_images`, `search` signatures). All three ways give the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
+from triplet_tfx.components.serving.signatures import (DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE, IDS_OUTPUT,
+                                                       IMAGES_INPUT, K_INPUT, LABELS_OUTPUT, SEARCH_SIGNATURE)
+from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
+from triplet_tfx.components.training.network import EMBEDDING_KEY
+
+SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
+# What the embed_images and search signatures decode (tf.io.decode_image), by their first bytes.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+Image = Union[str, os.PathLike, bytes]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The k nearest reference items of each query, nearest first: arrays of shape [N, k]."""
+    ids: np.ndarray  # str
+    labels: np.ndarray  # int64
+    distances: np.ndarray  # float32
+
+
+def image_files(paths: Sequence[str]) -> List[str]:
+    """Files as given, folders expanded to their image files (recursively, sorted)."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ImageInputError(f"{path}: folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise ImageInputError(f"{path}: no such file or folder")
+    for name in files:  # their first bytes, so that a bad file stops us before any model work
+        _check_image(name, _read(name, size=max(map(len, _IMAGE_MAGIC))))
+    return files
+
+
+def _read(name: str, size: int = -1) -> bytes:
+    try:
+        with open(name, "rb") as f:
+            return f.read(size)
+    except OSError as err:
+        raise ImageInputError(f"{name}: cannot read it ({err.strerror})") from None
+
+
+def _check_image(name: str, content: bytes) -> None:
+    if not content:
+        raise ImageInputError(f"{name}: empty, not an image")
+    if not content.startswith(_IMAGE_MAGIC):
+        raise ImageInputError(f"{name}: not a PNG, JPEG, GIF or BMP image")
+
+
+def read_images(images: Union[Image, Sequence[Image]]) -> Tuple[List[str], List[bytes]]:
+    """(names, encoded bytes) of file paths and byte strings; refuses what is not an image, by name."""
+    if isinstance(images, (str, os.PathLike, bytes)):
+        images = [images]
+    names, data = [], []
+    for i, image in enumerate(images):
+        if isinstance(image, (bytes, bytearray)):
+            name, content = f"images[{i}] (bytes)", bytes(image)
+        else:
+            name = os.fspath(image)
+            content = _read(name)
+        _check_image(name, content)
+        names.append(name)
+        data.append(content)
+    if not names:
+        raise ImageInputError("no images given")
+    return names, data
+
+
+class Client:
+    """One of: `model=` a SavedModel folder or TF Serving base directory (in-process), or
+    `server=` "http://HOST:8501" (REST) / "grpc://HOST:8500" (gRPC) with `model_name`.
+
+    `version`: a model version (default: the latest). `timeout`: seconds per request;
+    `retries`: further attempts, with exponential backoff from `backoff` seconds, while the server
+    is unreachable (connection refused, HTTP 503, gRPC UNAVAILABLE). `batch_size`: images per request.
+    """
+
+    def __init__(self, model: Optional[str] = None, server: Optional[str] = None, model_name: str = "triplet_mnist",
+                 version: Optional[int] = None, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                 batch_size: int = 64):
+        if (model is None) == (server is None):
+            raise ValueError("Client: give exactly one of model= (a SavedModel path) or server= (a URL)")
+        if batch_size < 1 or retries < 0 or timeout <= 0:
+            raise ValueError("Client: batch_size must be >= 1, retries >= 0 and timeout > 0")
+        self.batch_size = batch_size
+        if model is not None:
+            self._transport = LocalTransport(os.fspath(model), version)
+        elif server.startswith(("http://", "https://")):
+            self._transport = RestTransport(server, model_name, version, timeout, retries, backoff)
+        elif server.startswith("grpc://"):
+            self._transport = GrpcTransport(server[len("grpc://"):].rstrip("/"), model_name, version, timeout,
+                                            retries, backoff)
+        else:
+            raise ValueError(f"server {server!r}: expected http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
+
+    @property
+    def target(self) -> str:
+        """The model this client talks to, in words (the server or path, model name and version)."""
+        return self._transport.target
+
+    def _batches(self, images, signature: str, extra: dict, outputs: Sequence[str]):
+        names, data = read_images(images)
+        for start in range(0, len(data), self.batch_size):
+            batch = {IMAGES_INPUT: np.array(data[start:start + self.batch_size], dtype=object), **extra}
+            try:
+                yield self._transport.predict(signature, batch, outputs)
+            except InvalidRequestError as err:
+                shown = names[start:start + self.batch_size]
+                raise InvalidRequestError(f"{err} (inputs: {', '.join(shown[:5])}"
+                                          f"{', ...' if len(shown) > 5 else ''})") from None
+
+    def embed(self, images: Union[Image, Sequence[Image]]) -> np.ndarray:
+        """float32 [N, D] unit-norm embeddings of the images, in order."""
+        return np.concatenate([out[EMBEDDING_KEY].astype(np.float32) for out in
+                               self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_KEY,))])
+
+    def search(self, images: Union[Image, Sequence[Image]], k: int = 5) -> SearchResult:
+        """The k nearest items of the served index for each image."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
+        ids = [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row]
+               for p in parts for row in p[IDS_OUTPUT]]
+        return SearchResult(
+            ids=np.array(ids, dtype=str).reshape(len(ids), k),
+            labels=np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64),
+            distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32))
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
