@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
+from triplet_tfx.pipeline import runs
 from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
                                          PipelineConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
+EXIT_NOT_BLESSED = 3  # `run --require-blessed`
 logger = logging.getLogger(__name__)
 
 
@@ -161,18 +164,45 @@ def claim_output_root(config: PipelineConfig) -> None:
         json.dump({"pipeline_name": config.pipeline_name}, f)
 
 
+def check_writable(path: str, flag: str) -> None:
+    """Fails (naming the flag) unless `path` is, or can be made, a folder this process can write in."""
+    if "://" in path:
+        return  # remote: checked where it is written
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputRootError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise OutputRootError(f"{flag} {path}: cannot write in {existing} ({err.strerror})") from None
+
+
 def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
-    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
+    root's run lock; returns the summary of this run (None if it reached no component)."""
     from tfx import v1 as tfx
 
-    from triplet_tfx.pipeline import summary
+    from triplet_tfx.components.data.example_gen import check_source
+    from triplet_tfx.pipeline import recovery, summary
     from triplet_tfx.pipeline.pipeline import create_pipeline
+    from triplet_tfx.pipeline.run_lock import RunLock
 
+    check_source(config.data)  # before anything is created
+    check_writable(config.output_root, "--output-root")
+    check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
     claim_output_root(config)
-    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
-    return summary.latest_run(config)
+    with RunLock(config.output_root):
+        interrupted = recovery.mark_interrupted_runs(config)
+        before = summary.latest_context_id(config)
+        os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(
+            config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+        result = summary.latest_run(config, after_context_id=before)
+    if result is not None:
+        result.interrupted = [found.describe() for found in interrupted]
+    return result
 
 
 class _ProgressFilter(logging.Filter):
@@ -217,14 +247,17 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
     from triplet_tfx.components.data.data_sources import DataSourceError
+    from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:
         result = run_locally(config)
-    except (OutputRootError, DataSourceError) as err:
+    except (OutputRootError, DataSourceError, RunLockError) as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
     if result is not None:
         print("\n" + result.format())
+    if args.require_blessed and not (result is not None and result.blessed):
+        return EXIT_NOT_BLESSED
     return 0
 
 
@@ -237,12 +270,16 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
     run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
+    run.add_argument("--require-blessed", action="store_true",
+                     help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
+                          "without it a run that completes exits 0, blessed or not")
     run.set_defaults(handler=run_command)
     kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():
         command.set_defaults(**profile_flag_defaults(profile))
         command.add_argument("--print-config", action="store_true",
                              help="print the configuration as JSON and exit")
+    runs.add_command(commands)  # reads ML Metadata only: no configuration
     return parser
 
 
@@ -252,6 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     profile_parser.add_argument("--profile", choices=sorted(PROFILES), default="tutorial")
     profile = profile_parser.parse_known_args(argv)[0].profile
     args = build_parser(profile).parse_args(argv)
+    if args.command == "runs":
+        return args.handler(args)
     try:
         config = config_from_args(args)
     except ConfigError as err:

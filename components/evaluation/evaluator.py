@@ -132,8 +132,8 @@ def EmbeddingEvaluator(
     candidate, per_query, embeddings = evaluate_model(model, queries, query_labels, references,
                                                       reference_labels, rule)
 
-    # A cached Trainer hands over the model that is already the blessed baseline: keep the
-    # bounds check, but do not bless (and so push) the same model again.
+    # A cached Trainer hands over the model that is already the baseline, the model in production
+    # (pushed by an earlier run): keep the bounds check, but do not bless (and so push) it again.
     same_model = baseline_model is not None and baseline_model.id == model.id
     baseline = None
     if baseline_model is not None and not same_model:
@@ -142,7 +142,8 @@ def EmbeddingEvaluator(
     blessed, reasons = blessing_decision(candidate, baseline, rule)
     if same_model and blessed:
         blessed = False
-        reasons.append(f"model {model.id} is already the latest blessed model: nothing new to push")
+        reasons.append(f"model {model.id} is already the model in production (blessed and pushed by an "
+                       f"earlier run): nothing new to push")
 
     folder = evaluation.uri
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
