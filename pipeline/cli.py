@@ -54,7 +54,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tfds-data-dir", default=d.tfds_data_dir, help="TFDS data dir of tfds: sources")
     data.add_argument("--image-size", default="x".join(map(str, d.image_shape)), metavar="HxWxC",
                       help="image height x width x channels (default %(default)s)")
-    data.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
+    data.add_argument("--num-classes", type=int, default=d.num_classes,
+                      help="default %(default)s; an images: folder must have exactly this many class folders")
+    data.add_argument("--convert-channels", choices=("luminance",), default=d.convert_channels,
+                      help="images: sources: convert an image whose channel count differs from --image-size's "
+                           "(luminance: colour to grey by ITU-R 601-2 luma, grey to colour by copying), and log "
+                           "how many were converted. Default: such an image is an error naming the file")
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
                       help="keep only N examples of each split, for smoke runs (the first N; a random N "
                            "of a tfrecord: folder)")
@@ -132,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         beam_args=tuple(args.beam_arg) if args.beam_arg else defaults.beam_args,
         data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
                         image_width=width, channels=channels, num_classes=args.num_classes,
-                        max_examples_per_split=args.max_examples),
+                        max_examples_per_split=args.max_examples, convert_channels=args.convert_channels),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                           lr_schedule=args.lr_schedule, dropout=args.dropout, loss=args.loss,
                           margin=args.margin, distance_metric=args.distance, soft=args.soft,

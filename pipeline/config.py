@@ -53,6 +53,9 @@ class DataConfig:
     max_examples_per_split: Optional[int] = None
     # `images:` sources have no predefined split: this share of files goes to eval.
     eval_percent: int = 20
+    # `images:` sources: an image with another channel count than `channels` is an error, unless
+    # this names the rule that converts it (`luminance`: see data_sources.read_image).
+    convert_channels: Optional[str] = None
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -197,6 +200,8 @@ class PipelineConfig:
             (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
              "data.max_examples_per_split (--max-examples)", "must be positive"),
             (0 < self.data.eval_percent < 100, "data.eval_percent", "must be between 1 and 99"),
+            (self.data.convert_channels in (None, "luminance"), "data.convert_channels (--convert-channels)",
+             "must be luminance (or unset)"),
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
             (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
             (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -27,6 +28,7 @@ from triplet_tfx.pipeline.config import DataConfig
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"
 _CHUNK = 2000  # examples per Beam element when slicing in-memory arrays
+logger = logging.getLogger(__name__)
 
 
 def split_patterns(data: DataConfig) -> Dict[str, str]:
@@ -57,9 +59,17 @@ def _tfds_split(split: str, data: DataConfig) -> Iterator[bytes]:
         yield _checked(image, label, data, f"tfds:{name} {split} example {i}")
 
 
-def _image_file(path_label: Tuple[str, int], data: DataConfig) -> bytes:
+def _image_file(path_label: Tuple[str, int], data: DataConfig) -> Tuple[bytes, bool]:
+    """(the checked tf.Example, whether its channels were converted by --convert-channels)."""
     path, label = path_label
-    return _checked(data_sources.read_image(path, data.channels), label, data, path)
+    image, converted = data_sources.read_image(path, data.channels, data.convert_channels)
+    return _checked(image, label, data, path), converted
+
+
+def _log_conversions(count: int, data: DataConfig) -> None:
+    if count:
+        logger.info("%s: converted the channels of %d image(s) to %d by --convert-channels %s",
+                    data.source_path, count, data.channels, data.convert_channels)
 
 
 def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
@@ -88,8 +98,9 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
             image = np.frombuffer(pixels, np.uint8).reshape(data.image_shape)
             yield _checked(image, int(parsed[data_sources.LABEL_KEY]), data, f"{path} record {index}")
     except tf.errors.OpError as err:  # DataLossError and friends: corrupt or truncated file
+        where = "at the first record" if index < 0 else f"after record {index}"
         raise data_sources.DataSourceError(
-            f"{path}: unreadable TFRecord after record {index} ({type(err).__name__}: {err.message})") from None
+            f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})") from None
 
 
 def tfrecord_files(root: str, split: str) -> list:
@@ -125,7 +136,7 @@ def check_source(data: DataConfig) -> None:
         for split in ("train", "eval"):
             tfrecord_files(data.source_path, split)
     else:
-        data_sources.image_dir_files(data.source_path)
+        data_sources.image_dir_files(data.source_path, data.num_classes)
 
 
 def _fail_if_empty(count: int, where: str) -> None:
@@ -160,9 +171,11 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
             examples = examples | "Limit" >> beam.combiners.Sample.FixedSizeGlobally(limit) | beam.FlatMap(lambda x: x)
         where = os.path.join(data.source_path, split_pattern)
     else:  # images, split afterwards by hash
-        files = data_sources.image_dir_files(data.source_path)[:limit]  # [:None] keeps all
-        examples = (pipeline | "Files" >> beam.Create(files)
-                    | "Read" >> beam.Map(_image_file, data))
+        files = data_sources.image_dir_files(data.source_path, data.num_classes)[:limit]  # [:None] keeps all
+        read = pipeline | "Files" >> beam.Create(files) | "Read" >> beam.Map(_image_file, data)
+        examples = read | "Examples" >> beam.Map(lambda example_converted: example_converted[0])
+        _ = (read | "Converted" >> beam.Map(lambda example_converted: int(example_converted[1]))
+             | "CountConverted" >> beam.CombineGlobally(sum) | "LogConverted" >> beam.Map(_log_conversions, data))
         where = data.source_path
     _ = (examples | "Count" >> beam.combiners.Count.Globally()
          | "FailIfEmpty" >> beam.Map(_fail_if_empty, where))
