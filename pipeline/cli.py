@@ -29,6 +29,14 @@ class OutputRootError(RuntimeError):
     pass
 
 
+class PipelineRunError(RuntimeError):
+    """A component failed; `summary` describes the run up to there."""
+
+    def __init__(self, cause: Exception, summary: "Optional[summary.RunSummary]"):
+        super().__init__(f"the run failed: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        self.summary = summary
+
+
 # Flags whose name differs from their configuration field.
 _FLAG_FOR_FIELD = {"distance_metric": "distance", "source": "data", "max_examples_per_split": "max_examples"}
 
@@ -202,11 +210,17 @@ def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
         interrupted = recovery.mark_interrupted_runs(config)
         before = summary.latest_context_id(config)
         os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(
-            config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+        failure = None
+        try:
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+        except Exception as err:  # a component failed: its run's summary still tells what happened
+            failure = err
         result = summary.latest_run(config, after_context_id=before)
     if result is not None:
         result.interrupted = [found.describe() for found in interrupted]
+    if failure is not None:
+        raise PipelineRunError(failure, result) from failure
     return result
 
 
@@ -259,6 +273,11 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     except (OutputRootError, DataSourceError, RunLockError) as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
+    except PipelineRunError as err:
+        if err.summary is not None:
+            print("\n" + err.summary.format())
+        print(f"triplet-tfx: error: {err} (the log above has the details)", file=sys.stderr)
+        return 2 if isinstance(err.__cause__, DataSourceError) else 1
     if result is not None:
         print("\n" + result.format())
     if args.require_blessed and not (result is not None and result.blessed):

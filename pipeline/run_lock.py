@@ -28,7 +28,17 @@ def _describe(holder: dict) -> str:
     return f"PID {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_holder(fd: int) -> dict:
+    text = os.pread(fd, 1 << 16, 0).decode(errors="replace")
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:  # a holder killed while writing it
+        return {"pid": "?", "host": socket.gethostname(), "started": "?"}
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -48,9 +58,7 @@ class RunLock:
     def acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            with os.fdopen(os.dup(fd), "r") as f:
-                text = f.read()
-            holder = json.loads(text) if text.strip() else {}
+            holder = _read_holder(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -63,9 +71,7 @@ class RunLock:
                 os.close(fd)
                 continue
             break
-        with os.fdopen(os.dup(fd), "r") as f:  # re-read: what we read before flock may be outdated
-            text = f.read()
-        holder = json.loads(text) if text.strip() else {}
+        holder = _read_holder(fd)  # again: what we read before flock may be outdated
         if holder:
             if holder.get("host") != socket.gethostname():
                 # On a shared file system flock may not reach the other host, and its PID cannot
@@ -74,11 +80,11 @@ class RunLock:
                 raise RunLockError(f"--output-root {os.path.dirname(self.path)} is locked by a run on another "
                                    f"host ({_describe(holder)}); delete {self.path} if that run is gone")
             logger.warning("Took over the stale lock of a run that is no longer running (%s)%s", _describe(holder),
-                           " (its PID now belongs to another process)" if _pid_alive(int(holder.get("pid", 0)))
+                           " (its PID now belongs to another process)" if _pid_alive(holder.get("pid"))
                            else "")
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode())
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
         os.fsync(fd)
         self._fd = fd
 

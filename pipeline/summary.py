@@ -10,7 +10,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components.evaluation import report
-from triplet_tfx.components.evaluation.evaluator import METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.evaluation.evaluator import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.pipeline.config import PipelineConfig
 
 
@@ -118,8 +118,7 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
     properties = blessing.custom_properties if blessing is not None else {}
-    already_pushed = ("baseline_model_id" in properties
-                      and properties["baseline_model_id"].int_value == properties["current_model_id"].int_value)
+    already_pushed = ALREADY_PUSHED_KEY in properties and properties[ALREADY_PUSHED_KEY].int_value == 1
     return RunSummary(
         run_id=run.name,
         executions=states,
