@@ -195,17 +195,18 @@ def check_writable(path: str, flag: str) -> None:
 def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
     root's run lock; returns the summary of this run (None if it reached no component)."""
-    from tfx import v1 as tfx
-
-    from triplet_tfx.components.data.example_gen import check_source
-    from triplet_tfx.pipeline import recovery, summary
-    from triplet_tfx.pipeline.pipeline import create_pipeline
+    from triplet_tfx.components.data.data_sources import check_source
     from triplet_tfx.pipeline.run_lock import RunLock
 
-    check_source(config.data)  # before anything is created
+    check_source(config.data)  # before anything is created, and before TFX loads
     check_writable(config.output_root, "--output-root")
     check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
     claim_output_root(config)
+    from tfx import v1 as tfx
+
+    from triplet_tfx.pipeline import recovery, summary
+    from triplet_tfx.pipeline.pipeline import create_pipeline
+
     with RunLock(config.output_root):
         interrupted = recovery.mark_interrupted_runs(config)
         before = summary.latest_context_id(config)

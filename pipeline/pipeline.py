@@ -14,7 +14,8 @@ from tfx import v1 as tfx
 
 from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
-from triplet_tfx.components.data.example_gen import SourceExampleGen, check_source
+from triplet_tfx.components.data.data_sources import check_source
+from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.pipeline.config import PipelineConfig
 

