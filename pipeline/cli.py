@@ -17,8 +17,8 @@ from typing import List, Optional
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs
-from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
-                                         PipelineConfig, TrainConfig)
+from triplet_tfx.pipeline.config import (CONVERT_CHANNELS_RULES, PRECISIONS, PROFILES, ConfigError, DataConfig,
+                                         EvalConfig, PipelineConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
 EXIT_NOT_BLESSED = 3  # `run --require-blessed`
@@ -64,7 +64,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                       help="image height x width x channels (default %(default)s)")
     data.add_argument("--num-classes", type=int, default=d.num_classes,
                       help="default %(default)s; an images: folder must have exactly this many class folders")
-    data.add_argument("--convert-channels", choices=("luminance",), default=d.convert_channels,
+    data.add_argument("--convert-channels", choices=CONVERT_CHANNELS_RULES, default=d.convert_channels,
                       help="images: sources: convert an image whose channel count differs from --image-size's "
                            "(luminance: colour to grey by ITU-R 601-2 luma, grey to colour by copying), and log "
                            "how many were converted. Default: such an image is an error naming the file")

@@ -29,6 +29,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+CONVERT_CHANNELS_RULES = ("luminance",)  # data.convert_channels: see data_sources.read_image
 
 
 class ConfigError(ValueError):
@@ -200,8 +201,8 @@ class PipelineConfig:
             (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
              "data.max_examples_per_split (--max-examples)", "must be positive"),
             (0 < self.data.eval_percent < 100, "data.eval_percent", "must be between 1 and 99"),
-            (self.data.convert_channels in (None, "luminance"), "data.convert_channels (--convert-channels)",
-             "must be luminance (or unset)"),
+            (self.data.convert_channels in (None, *CONVERT_CHANNELS_RULES),
+             "data.convert_channels (--convert-channels)", "must be one of " + ", ".join(CONVERT_CHANNELS_RULES)),
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
             (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
             (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),

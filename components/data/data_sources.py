@@ -114,7 +114,6 @@ def image_dir_files(root: str, num_classes: Optional[int] = None) -> List[Tuple[
 
 # Pillow modes of one-channel (grey) images; every other mode holds colour (RGB, RGBA, P, CMYK...).
 _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
-CONVERT_CHANNELS_RULES = ("luminance",)  # --convert-channels
 
 
 def read_image(path: str, channels: int, convert_channels: Optional[str] = None) -> Tuple[np.ndarray, bool]:
