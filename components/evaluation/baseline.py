@@ -3,8 +3,10 @@
 TFX's LatestBlessedModelStrategy takes the latest blessed model. A model that was blessed but
 whose push then failed would become the baseline, the evaluator would find the candidate equal
 to it, and no later run would push it. Here the Pusher's success decides: the baseline is the
-model of the newest PushedModel with `pushed` = 1, found through ML Metadata's lineage (the
-Pusher execution that wrote the PushedModel, and the Model it read).
+model named (`current_model_id`, as TFX's Evaluator sets it) by the ModelBlessing that the Pusher
+of the newest PushedModel with `pushed` = 1 read, found through ML Metadata's lineage. The
+blessing, not the Pusher's `model` input, names it: what the Pusher copies may be built from the
+trained model (e.g. with a search index added), while the evaluator compares trained models.
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import Dict, List, Optional
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx import types
+from tfx.components.evaluator import constants
 from tfx.dsl.components.common import resolver
-from tfx.types import standard_artifacts
+from tfx.types import standard_artifacts, standard_component_specs
 
 PUSHED_KEY = "pushed"  # custom property TFX's Pusher sets to 1 on a successful push
-PUSHER_MODEL_INPUT = "model"  # the Pusher's input key of the model it pushes
 
 
 class LatestPushedModelStrategy(resolver.ResolverStrategy):
@@ -38,8 +40,11 @@ class LatestPushedModelStrategy(resolver.ResolverStrategy):
         for push in pushes:
             pushers = [e.execution_id for e in store.get_events_by_artifact_ids([push.id])
                        if e.type == metadata_store_pb2.Event.OUTPUT]
-            for event in store.get_events_by_execution_ids(pushers):
-                if (event.type == metadata_store_pb2.Event.INPUT and event.path.steps
-                        and event.path.steps[0].key == PUSHER_MODEL_INPUT and event.artifact_id in models):
-                    return {model_key: [models[event.artifact_id]], push_key: [push]}
+            blessing_ids = [e.artifact_id for e in store.get_events_by_execution_ids(pushers)
+                            if e.type == metadata_store_pb2.Event.INPUT and e.path.steps
+                            and e.path.steps[0].key == standard_component_specs.MODEL_BLESSING_KEY]
+            for blessing in store.get_artifacts_by_id(blessing_ids):
+                model_id = blessing.custom_properties[constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY].int_value
+                if model_id in models:
+                    return {model_key: [models[model_id]], push_key: [push]}
         return empty
