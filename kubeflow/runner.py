@@ -122,7 +122,7 @@ def build_pipeline(config: PipelineConfig):
     from triplet_tfx.pipeline.pipeline import create_pipeline
 
     config = kubeflow_config(config)
-    pipeline = create_pipeline(config)
+    pipeline = create_pipeline(config, baseline="blessed")  # KFP v2 compiles TFX's built-in resolvers only
     resources = trainer_resources(config.kubeflow)
     if resources is not None:
         trainers = [c for c in pipeline.components if c.id == TRAINER_ID]

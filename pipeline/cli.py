@@ -11,19 +11,30 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline.config import (NETWORKS, PRECISIONS, PROFILES, SPLITS, ConfigError, DataConfig,
-                                         EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
+from triplet_tfx.pipeline import runs
+from triplet_tfx.pipeline.config import (CONVERT_CHANNELS_RULES, NETWORKS, PRECISIONS, PROFILES, SPLITS, ConfigError,
+                                         DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
+EXIT_NOT_BLESSED = 3  # `run --require-blessed`
 logger = logging.getLogger(__name__)
 
 
 class OutputRootError(RuntimeError):
     pass
+
+
+class PipelineRunError(RuntimeError):
+    """A component failed; `summary` describes the run up to there."""
+
+    def __init__(self, cause: Exception, summary: "Optional[summary.RunSummary]"):
+        super().__init__(f"the run failed: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        self.summary = summary
 
 
 # Flags whose name differs from their configuration field.
@@ -51,7 +62,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--tfds-data-dir", default=d.tfds_data_dir, help="TFDS data dir of tfds: sources")
     data.add_argument("--image-size", default="x".join(map(str, d.image_shape)), metavar="HxWxC",
                       help="image height x width x channels (default %(default)s)")
-    data.add_argument("--num-classes", type=int, default=d.num_classes, help="default %(default)s")
+    data.add_argument("--num-classes", type=int, default=d.num_classes,
+                      help="default %(default)s; an images: folder must have exactly this many class folders")
+    data.add_argument("--convert-channels", choices=CONVERT_CHANNELS_RULES, default=d.convert_channels,
+                      help="images: sources: convert an image whose channel count differs from --image-size's "
+                           "(luminance: colour to grey by ITU-R 601-2 luma, grey to colour by copying), and log "
+                           "how many were converted. Default: such an image is an error naming the file")
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
                       help="keep only N examples of each split, for smoke runs (the first N; a random N "
                            "of a tfrecord: folder)")
@@ -147,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples, train_classes=args.train_classes,
-                        eval_classes=args.eval_classes, class_split=args.class_split),
+                        eval_classes=args.eval_classes, class_split=args.class_split,
+                        convert_channels=args.convert_channels),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                           lr_schedule=args.lr_schedule, network=args.network, dropout=args.dropout, loss=args.loss,
                           margin=args.margin, distance_metric=args.distance, soft=args.soft,
@@ -180,18 +197,52 @@ def claim_output_root(config: PipelineConfig) -> None:
         json.dump({"pipeline_name": config.pipeline_name}, f)
 
 
+def check_writable(path: str, flag: str) -> None:
+    """Fails (naming the flag) unless `path` is, or can be made, a folder this process can write in."""
+    if "://" in path:
+        return  # remote: checked where it is written
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputRootError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise OutputRootError(f"{flag} {path}: cannot write in {existing} ({err.strerror})") from None
+
+
 def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
-    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
+    root's run lock; returns the summary of this run (None if it reached no component)."""
+    from triplet_tfx.components.data.data_sources import check_source
+    from triplet_tfx.pipeline.run_lock import RunLock
+
+    check_source(config.data)  # before anything is created, and before TFX loads
+    check_writable(config.output_root, "--output-root")
+    check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
+    claim_output_root(config)
     from tfx import v1 as tfx
 
-    from triplet_tfx.pipeline import summary
+    from triplet_tfx.pipeline import recovery, summary
     from triplet_tfx.pipeline.pipeline import create_pipeline
 
-    claim_output_root(config)
-    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
-    return summary.latest_run(config)
+    with RunLock(config.output_root):
+        interrupted = recovery.mark_interrupted_runs(config)
+        before = summary.latest_context_id(config)
+        os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+        failure = None
+        try:
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+        except Exception as err:  # a component failed: its run's summary still tells what happened
+            failure = err
+        result = summary.latest_run(config, after_context_id=before)
+    if result is not None:
+        result.interrupted = [found.describe() for found in interrupted]
+    if failure is not None:
+        raise PipelineRunError(failure, result) from failure
+    return result
 
 
 class _ProgressFilter(logging.Filter):
@@ -236,14 +287,22 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
     from triplet_tfx.components.data.data_sources import DataSourceError
+    from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:
         result = run_locally(config)
-    except (OutputRootError, DataSourceError) as err:
+    except (OutputRootError, DataSourceError, RunLockError) as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
+    except PipelineRunError as err:
+        if err.summary is not None:
+            print("\n" + err.summary.format())
+        print(f"triplet-tfx: error: {err} (the log above has the details)", file=sys.stderr)
+        return 2 if isinstance(err.__cause__, DataSourceError) else 1
     if result is not None:
         print("\n" + result.format())
+    if args.require_blessed and not (result is not None and result.blessed):
+        return EXIT_NOT_BLESSED
     return 0
 
 
@@ -343,6 +402,9 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
     run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
+    run.add_argument("--require-blessed", action="store_true",
+                     help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
+                          "without it a run that completes exits 0, blessed or not")
     run.set_defaults(handler=run_command)
     kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():
@@ -350,6 +412,7 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
         command.add_argument("--print-config", action="store_true",
                              help="print the configuration as JSON and exit")
     _add_serving_commands(commands)  # after the loop: no pipeline configuration, no profile
+    runs.add_command(commands)  # reads ML Metadata only: no configuration
     return parser
 
 

@@ -35,6 +35,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # The embedding networks of components/training/network.py (NETWORKS there).
 NETWORKS = ("tutorial", "strided")
+CONVERT_CHANNELS_RULES = ("luminance",)  # data.convert_channels: see data_sources.read_image
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,9 @@ class DataConfig:
     train_classes: str = ""
     eval_classes: str = ""
     class_split: str = ""
+    # `images:` sources: an image with another channel count than `channels` is an error, unless
+    # this names the rule that converts it (`luminance`: see data_sources.read_image).
+    convert_channels: Optional[str] = None
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -229,6 +233,8 @@ class PipelineConfig:
             (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
              "data.max_examples_per_split (--max-examples)", "must be positive"),
             (0 < self.data.eval_percent < 100, "data.eval_percent", "must be between 1 and 99"),
+            (self.data.convert_channels in (None, *CONVERT_CHANNELS_RULES),
+             "data.convert_channels (--convert-channels)", "must be one of " + ", ".join(CONVERT_CHANNELS_RULES)),
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
             (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
             (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),

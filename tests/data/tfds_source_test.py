@@ -51,7 +51,7 @@ def test_prepared_tfds_is_read(data_dir):
 def test_tfds_source_through_example_gen(data_dir):
     data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=data_dir, image_height=8, image_width=8,
                       num_classes=3, max_examples_per_split=10)
-    example_gen.check_source(data)
+    data_sources.check_source(data)
     expected = [(bytes([i]) * 64, i % 3) for i in range(NUM["train"])]
     with beam.Pipeline() as pipeline:
         examples = pipeline | example_gen._SourceToExamples(
@@ -65,4 +65,4 @@ def test_tfds_source_through_example_gen(data_dir):
 def test_tfds_split_that_does_not_exist_is_named(data_dir):
     data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=data_dir, tfds_eval_split="validation")
     with pytest.raises(data_sources.DataSourceError, match="has no split 'validation'"):
-        example_gen.check_source(data)
+        data_sources.check_source(data)

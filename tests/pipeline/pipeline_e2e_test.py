@@ -10,7 +10,7 @@ from triplet_tfx.pipeline import cli, summary
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
-              "Trainer", "LatestBlessedModelResolver", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"]
+              "Trainer", "BaselineModelResolver", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"]
 
 
 def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
@@ -100,9 +100,12 @@ def test_second_run_hits_the_cache(first_run):
     before = pushed_versions(config)
     summary = cli.run_locally(config)
     assert {name: summary.executions[name] for name in COMPONENTS[:7]} == {name: "CACHED" for name in COMPONENTS[:7]}
-    # The evaluator sees a new input, the baseline (this very model, blessed by the first run),
-    # and does not bless it a second time: nothing is pushed again.
-    assert summary.blessed is False and "already the latest blessed model" in summary.blessing_message
+    # The evaluator sees a new input, the baseline (this very model, pushed by the first run),
+    # and does not bless it a second time: nothing is pushed again; the summary says it is blessed.
+    assert summary.already_pushed and summary.blessed is True
+    assert "already the model in production" in summary.blessing_message
+    assert "Model BLESSED by an earlier run and already pushed" in summary.format()
+    assert "NOT BLESSED" not in summary.format()
     assert summary.pushed_to is None and summary.search_index == ""  # no index built for an unblessed model
     assert pushed_versions(config) == before
 
@@ -151,3 +154,25 @@ def test_output_root_of_another_pipeline_is_refused(first_run, capsys):
     code = cli.main(["run", "--output-root", config.output_root, "--pipeline-name", "other"])
     assert code == 2
     assert f"--output-root {config.output_root} holds the runs of pipeline 'triplet-mnist'" in capsys.readouterr().err
+
+
+def test_runs_lists_this_roots_runs_from_ml_metadata(first_run, capsys):
+    config, first = first_run
+    # One more run, with a bound no other run used: only the evaluator runs, on the model already pushed.
+    cli.run_locally(small_config(config.output_root, min_precision_at_1=0.42))
+    capsys.readouterr()
+    assert cli.main(["runs", "--output-root", config.output_root]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["#", "run", "(start", "time)"]
+    rows = {line.split()[1]: line for line in lines[1:]}
+    first_row = rows[first.run_id]
+    assert first_row.split()[:5] == ["1", first.run_id, "10", "0", "0"]  # ran 10 (resolver included), cached 0
+    assert f"{first.metrics['precision_at_1']:.4f}" in first_row and "(first run)" in first_row
+    assert os.path.basename(first.pushed_to) in first_row and " yes " in first_row
+    last = lines[-1]
+    assert "eval.lower_bounds" in last and "0.42}" in last and " yes (already pushed) " in last
+    assert cli.main(["runs", "--output-root", config.output_root, "show", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"#1: Run {first.run_id}:") and "train.max_steps = 100" in shown
+    assert f"Pushed model: {first.pushed_to}" in shown
+    assert cli.main(["runs", "--output-root", config.output_root, "show", "no-such-run"]) == 2
