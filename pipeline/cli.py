@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
+from triplet_tfx.pipeline import terminal
 from triplet_tfx.pipeline.config import (PRECISIONS, PROFILES, ConfigError, DataConfig, EvalConfig,
                                          PipelineConfig, TrainConfig)
 
@@ -161,66 +162,45 @@ def claim_output_root(config: PipelineConfig) -> None:
         json.dump({"pipeline_name": config.pipeline_name}, f)
 
 
-def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
-    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
-    from tfx import v1 as tfx
-
-    from triplet_tfx.pipeline import summary
-    from triplet_tfx.pipeline.pipeline import create_pipeline
-
+def run_locally(config: PipelineConfig, verbose: bool = True) -> "Optional[summary.RunSummary]":
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), logging everything
+    into a new log file in the output root (see `terminal`)."""
     claim_output_root(config)
-    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
-    return summary.latest_run(config)
+    log_path = terminal.new_log_path(config.output_root)
+    logger.info("Log file: %s", log_path)
+    try:
+        with terminal.logged_to_file(log_path, verbose):
+            # Imported here, so that TensorFlow's native start-up lines land in the log file.
+            from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
+
+            from triplet_tfx.pipeline import summary
+            from triplet_tfx.pipeline.pipeline import create_pipeline
+
+            os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+    except BaseException:
+        logger.error("The run failed; its log file: %s", log_path)
+        raise
+    result = summary.latest_run(config)
+    if result is not None:
+        result.log_path = log_path
+    return result
 
 
-class _ProgressFilter(logging.Filter):
-    """Keeps warnings, this project's own messages and TFX's component start/finish lines."""
+def _data_source_error() -> type:
+    # Imported late: data_sources imports TensorFlow, whose start-up lines belong in the log file.
+    from triplet_tfx.components.data.data_sources import DataSourceError
 
-    # TFX warns about its own resolver query on every run; nothing a user can act on.
-    _NOISE = ("ArtifactQuery.property_predicate is not supported",)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith(self._NOISE):
-            return False
-        return (record.levelno >= logging.WARNING or record.name.startswith("triplet_tfx")
-                or (isinstance(record.msg, str) and record.msg.startswith("Component %s is ")))
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by a test's capture)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _):
-        pass
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    if not verbose:
-        handler.addFilter(_ProgressFilter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().setLevel(logging.CRITICAL + 1)  # one handler: ours
-    logging.getLogger("absl").propagate = True
+    return DataSourceError
 
 
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
-    setup_logging(args.verbose)
+    terminal.setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
-    from triplet_tfx.components.data.data_sources import DataSourceError
-
     try:
-        result = run_locally(config)
-    except (OutputRootError, DataSourceError) as err:
+        result = run_locally(config, args.verbose)
+    except (OutputRootError, _data_source_error()) as err:  # evaluated only on an error
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
     if result is not None:
@@ -236,7 +216,8 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
                               description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
-    run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
+    run.add_argument("--verbose", action="store_true",
+                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes only to the run's log file, <output-root>/logs/run-<time>.log)")
     run.set_defaults(handler=run_command)
     kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():

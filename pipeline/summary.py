@@ -23,10 +23,13 @@ class RunSummary:
     blessing_message: str
     pushed_to: Optional[str]
     evaluation_dir: Optional[str]
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)  # component id -> wall time
+    log_path: Optional[str] = None
 
     def format(self) -> str:
         lines = [f"Run {self.run_id}:"]
-        lines += [f"  {component:<20} {state}" for component, state in self.executions.items()]
+        lines += [f"  {component:<26} {state:<9} {self.seconds[component]:7.1f} s" if component in self.seconds
+                  else f"  {component:<26} {state}" for component, state in self.executions.items()]
         if self.metrics:
             lines.append("Metrics (eval split):")
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
@@ -38,6 +41,8 @@ class RunSummary:
             lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
             lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
                          + os.path.join(self.evaluation_dir, TENSORBOARD_DIR))
+        if self.log_path:
+            lines.append(f"Log file: {self.log_path}")
         return "\n".join(lines)
 
 
@@ -60,6 +65,11 @@ def node_id(store: metadata_store.MetadataStore, execution: metadata_store_pb2.E
     return nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
 
 
+def execution_seconds(execution: metadata_store_pb2.Execution) -> float:
+    """Wall time of an execution: from its creation (the launcher's start) to its last update."""
+    return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+
+
 def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
     """Summary of the pipeline's most recent run in its MLMD database; None if it has none (e.g.
     under `tfx pipeline create`, which loads the runner file without running the pipeline)."""
@@ -76,6 +86,7 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
     executions = store.get_executions_by_context(run.id)
     states = {node_id(store, execution): _state_name(execution.last_known_state)
               for execution in sorted(executions, key=lambda e: e.id)}
+    seconds = {node_id(store, execution): execution_seconds(execution) for execution in executions}
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}
@@ -102,4 +113,5 @@ def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
         blessing_message="" if blessing is None else blessing.custom_properties["blessing_message"].string_value,
         pushed_to=pushed_to,
         evaluation_dir=evaluation.uri if evaluation is not None else None,
+        seconds=seconds,
     )
