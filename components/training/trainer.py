@@ -144,6 +144,7 @@ def run_fn(fn_args) -> None:
         tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch)))
 
     model = compiled_model(config.data.image_shape, train, plan)
+    fit_start = time.time()
     model.fit(
         training_batches(train_examples, train),
         # Once, at the end: validating after every epoch left about half of the following epochs
@@ -156,5 +157,6 @@ def run_fn(fn_args) -> None:
         **plan,
     )
     fit_end = time.time()
+    logger.info("Fit in %.1f s (%d epoch(s), validation after the last)", fit_end - fit_start, plan["epochs"])
     export_serving_model(model, tft_output, config, fn_args.serving_model_dir)
     logger.info("Exported the serving model in %.1f s", time.time() - fit_end)
