@@ -1,4 +1,5 @@
 """A quiet terminal: a small `triplet-tfx run` as a user runs it, terminal vs log file."""
+import logging
 import os
 import re
 import subprocess
@@ -52,3 +53,29 @@ def test_log_file_keeps_what_the_terminal_does_not_show(small_run):
     # the transformed examples carry their payload format.
     assert "Your input ran out of data" not in log_text
     assert "does not have payload_format custom property" not in log_text
+
+
+def _record(name, level, msg, *args):
+    return logging.LogRecord(name, level, "x.py", 1, msg, args, None)
+
+
+def test_filter_rewrites_component_lines_and_drops_only_known_noise():
+    keep = terminal.TerminalFilter()
+    running = _record("absl", logging.INFO, "Component %s is running.", "Trainer")
+    assert keep.filter(running) and running.getMessage() == "Trainer started"
+    assert not keep.filter(_record("absl", logging.INFO, "A cached execution %d is used.", 7))
+    finished = _record("absl", logging.INFO, "Component %s is finished.", "Trainer")
+    assert keep.filter(finished) and re.fullmatch(r"Trainer finished in \d+\.\d s \(cached\)", finished.getMessage())
+    keep.filter(_record("absl", logging.INFO, "Component %s is running.", "Pusher"))
+    finished = _record("absl", logging.INFO, "Component %s is finished.", "Pusher")
+    assert keep.filter(finished) and not finished.getMessage().endswith("(cached)")
+    api_core = ("/v/site-packages/google/api_core/_python_version_support.py:246: FutureWarning: "
+                "You are using a non-supported Python version (3.10.13).")
+    assert not keep.filter(_record("py.warnings", logging.WARNING, api_core))
+    # The same text from another origin, or another warning from google, still shows.
+    assert keep.filter(_record("other", logging.WARNING, api_core))
+    assert keep.filter(_record("py.warnings", logging.WARNING,
+                               "/v/site-packages/google/api_core/x.py:1: DeprecationWarning: something else"))
+    assert keep.filter(_record("triplet_tfx.components.training.trainer", logging.INFO, "Fit in 3.0 s"))
+    assert not keep.filter(_record("absl", logging.INFO, "Running launcher for node_info"))
+    assert keep.filter(_record("absl", logging.ERROR, "a real error"))
