@@ -70,8 +70,10 @@ def main() -> int:
         cells = [f"{run.seconds.get(component, 0):.1f} {run.executions.get(component, '').lower()}"
                  for run in (first, rerun)]
         print(f"| {component} | {cells[0]} | {cells[1]} |")
-    for name, wall, _, _ in rows:
-        print(f"| whole `triplet-tfx run` process, {name} (incl. start-up) | {wall:.1f}{ratio(wall)} | |")
+    walls = [wall for _, wall, _, _ in rows]
+    outside = [wall - sum(run.seconds.values()) for _, wall, run, _ in rows]
+    print(f"| start-up, set-up and summary (process minus components) | {outside[0]:.1f} | {outside[1]:.1f} |")
+    print(f"| whole `triplet-tfx run` process | {walls[0]:.1f}{ratio(walls[0])} | {walls[1]:.1f}{ratio(walls[1])} |")
     trainer = rows[0][3]
     if "fit" in trainer:
         outside = first.seconds["Trainer"] - trainer["fit"]
