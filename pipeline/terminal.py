@@ -120,6 +120,10 @@ def logged_to_file(path: str, verbose: bool) -> Iterator[None]:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers.insert(0, file_handler)  # before the terminal handler, which rewrites some records
+    # The file gets INFO and above even where the caller's logging is set higher (e.g. under a test).
+    levels = {name: logging.getLogger(name).level for name in ("", "absl")}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(min(level or logging.WARNING, logging.INFO))
     saved_fd, saved_stderr = None, sys.stderr
     try:
         stderr_fd = sys.stderr.fileno()
@@ -136,6 +140,8 @@ def logged_to_file(path: str, verbose: bool) -> Iterator[None]:
         yield
     finally:
         root.removeHandler(file_handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         if saved_fd is not None:
             if sys.stderr is not saved_stderr:
                 sys.stderr.close()

@@ -460,11 +460,16 @@ def write_report(
 
     md = [f"# {title}", ""]
     md += [f"- {line}" for line in info] + ([""] if info else [])
+    # The pictures people look at before numbers (worst retrievals, confusion) come first.
+    first = [c for c in rel if c in (GALLERY_CAPTION, CONFUSION_CAPTION)]
+    later = [c for c in rel if c not in first]
+    for caption in first:
+        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
     md += ["## Metrics", ""] + _md_table(header, rows) + [""]
     if pc_rows:
         md += ["## Precision@1 per class", ""] + _md_table(pc_header, pc_rows) + [""]
-    for caption, rs in rel.items():
-        md += [" ".join(f"![{caption}]({r})" for r in rs), ""]
+    for caption in later:
+        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
     paths = {"markdown": os.path.join(out_dir, MARKDOWN_FILENAME), "html": os.path.join(out_dir, HTML_FILENAME)}
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write("\n".join(md))
@@ -483,14 +488,16 @@ def write_report(
     ]
     if info:
         parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in info) + "</ul>")
+    def html_figure(caption: str) -> str:
+        images = "".join(f"<img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
+                         for r in rel[caption])
+        return f"<figure><div class='row'>{images}</div><figcaption>{html.escape(caption)}</figcaption></figure>"
+
+    parts += [html_figure(caption) for caption in first]
     parts += ["<h2>Metrics</h2>", _html_table(header, rows)]
     if pc_rows:
         parts += ["<h2>Precision@1 per class</h2>", _html_table(pc_header, pc_rows)]
-    for caption, rs in rel.items():
-        images = "".join(f"<img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
-                         for r in rs)
-        parts.append(f"<figure><div class='row'>{images}</div>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts += [html_figure(caption) for caption in later]
     parts.append("</body></html>")
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write("\n".join(parts))

@@ -169,7 +169,10 @@ def test_gallery_and_confusion_in_the_report_side_by_side(tmp_path, monkeypatch)
     row = (f"<div class='row'><img src='{R.GALLERY_FILENAMES['candidate']}'"
            f" alt='{R.GALLERY_CAPTION}'><img src='{R.GALLERY_FILENAMES['baseline']}'")
     assert row in page
-    assert page.index(R.GALLERY_FILENAMES["baseline"]) < page.index(f"src='{R.CONFUSION_FILENAME}'")
+    # Pictures first, then the numbers: galleries, confusion, metrics table, then the other figures.
+    order = [page.index(R.GALLERY_FILENAMES["baseline"]), page.index(f"src='{R.CONFUSION_FILENAME}'"),
+             page.index("<h2>Metrics</h2>"), page.index(f"src='{R.SCATTER_FILENAME}'")]
+    assert order == sorted(order)
     md = open(out["markdown"]).read()
     assert f"]({R.GALLERY_FILENAMES['candidate']}) ![" in md and f"]({R.CONFUSION_FILENAME})" in md
     # Rewritten from the files alone (as for a reused evaluation), the figures stay referenced.
