@@ -217,7 +217,8 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
     run.add_argument("--verbose", action="store_true",
-                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes only to the run's log file, <output-root>/logs/run-<time>.log)")
+                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes "
+                          "only to the run's log file, <output-root>/logs/run-<time>.log)")
     run.set_defaults(handler=run_command)
     kubeflow_cli.add_commands(commands, _add_config_flags)
     for command in commands.choices.values():
