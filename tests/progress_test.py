@@ -17,7 +17,7 @@ def test_log_gets_one_line_per_stage_and_a_terminal_the_live_count(monkeypatch, 
     with Progress("Embedding", 3000, "examples") as progress:
         for _ in range(3):
             progress.advance(1000)
-    assert piped.getvalue() == ""  # not a terminal: nothing drawn
+    assert "\r" not in piped.getvalue()  # not a terminal: no live count drawn (a log handler may write here)
     assert [r.getMessage().rsplit(" in ", 1)[0] for r in caplog.records] == ["Embedding: 3000 examples"]
 
     terminal = _Terminal()
