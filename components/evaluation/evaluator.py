@@ -155,6 +155,12 @@ def earlier_result(index_dir: str, key: str) -> Optional[str]:
     return folder if tf.io.gfile.exists(os.path.join(folder, METRICS_FILE)) else None
 
 
+def earlier_baseline_metrics(folder: str) -> Optional[Dict]:
+    """The baseline metrics an earlier evaluation compared with (None: it had no baseline)."""
+    with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE)) as f:
+        return json.load(f).get("baseline")
+
+
 def candidate_part(evaluation_metrics: Dict) -> Dict:
     """A metrics.json without what depends on the comparison (baseline, verdict)."""
     return {k: v for k, v in evaluation_metrics.items() if k not in ("baseline", "blessed", "reasons")}
@@ -267,12 +273,18 @@ def EmbeddingEvaluator(
 
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
-    confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
-                 for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
-    report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME))
-    report.plot_per_class_precision(candidate.get("per_class_precision_at_1") or {},
-                                    os.path.join(folder, report.PER_CLASS_FILENAME),
-                                    baseline_per_class=(baseline or {}).get("per_class_precision_at_1"))
+    comparison_pictures = (report.CONFUSION_FILENAME, report.PER_CLASS_FILENAME)
+    if earlier and baseline is None and earlier_baseline_metrics(earlier) is None:
+        # No baseline now nor then (an identical rerun): the earlier pictures are this run's too.
+        for name in comparison_pictures:
+            tf.io.gfile.copy(os.path.join(earlier, name), os.path.join(folder, name), overwrite=True)
+    else:
+        confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
+                     for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
+        report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME))
+        report.plot_per_class_precision(candidate.get("per_class_precision_at_1") or {},
+                                        os.path.join(folder, report.PER_CLASS_FILENAME),
+                                        baseline_per_class=(baseline or {}).get("per_class_precision_at_1"))
     report.write_report(folder, candidate, baseline, notes=reasons)  # figures: the files in the folder
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
     if earlier is None:

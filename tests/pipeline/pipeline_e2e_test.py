@@ -80,6 +80,10 @@ def test_second_run_hits_the_cache(first_run):
         log = f.read()
     assert "Reusing the evaluation of candidate model" in log and "Embedding with model" not in log
     first_metrics = {k: v for k, v in first_run[1].metrics.items() if k not in ("blessed", "reasons")}
+    for name in ("confusion_matrix_1nn.png", "worst_retrievals.png", "embedding_2d.png"):  # copied, not redrawn
+        with open(os.path.join(first_run[1].evaluation_dir, name), "rb") as a, \
+                open(os.path.join(summary.evaluation_dir, name), "rb") as b:
+            assert a.read() == b.read(), name
     assert {k: v for k, v in summary.metrics.items() if k not in ("blessed", "reasons")} == first_metrics
 
 
