@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline import runs
+from triplet_tfx.pipeline import runs, terminal
 from triplet_tfx.pipeline.config import (CONVERT_CHANNELS_RULES, NETWORKS, PRECISIONS, PROFILES, SPLITS, ConfigError,
                                          DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
 
@@ -212,93 +212,87 @@ def check_writable(path: str, flag: str) -> None:
         raise OutputRootError(f"{flag} {path}: cannot write in {existing} ({err.strerror})") from None
 
 
-def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
+def preflight(config: PipelineConfig, verbose: bool) -> str:
+    """Checks the source and the folders before anything is created; returns what was logged
+    meanwhile. The source check imports TensorFlow, whose native start-up lines belong in the
+    run's log file, which does not exist yet: they go to a scratch log, returned for the real one."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_log = os.path.join(scratch, "preflight.log")
+        with terminal.logged_to_file(scratch_log, verbose):
+            from triplet_tfx.components.data.data_sources import check_source
+
+            check_source(config.data)  # before TFX loads
+            check_writable(config.output_root, "--output-root")
+            check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
+        with open(scratch_log, encoding="utf-8") as f:
+            return f.read()
+
+
+def run_locally(config: PipelineConfig, verbose: bool = True) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
-    root's run lock; returns the summary of this run (None if it reached no component)."""
-    from triplet_tfx.components.data.data_sources import check_source
+    root's run lock and logging everything into a new log file in the output root (see `terminal`);
+    returns the summary of this run (None if it reached no component)."""
     from triplet_tfx.pipeline.run_lock import RunLock
 
-    check_source(config.data)  # before anything is created, and before TFX loads
-    check_writable(config.output_root, "--output-root")
-    check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
+    preflight_lines = preflight(config, verbose)
     claim_output_root(config)
-    from tfx import v1 as tfx
-
-    from triplet_tfx.pipeline import recovery, summary
-    from triplet_tfx.pipeline.pipeline import create_pipeline
-
     with RunLock(config.output_root):
-        interrupted = recovery.mark_interrupted_runs(config)
-        before = summary.latest_context_id(config)
-        os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+        log_path = terminal.new_log_path(config.output_root)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(preflight_lines)
+        logger.info("Log file: %s", log_path)
         failure = None
         try:
-            tfx.orchestration.LocalDagRunner().run(create_pipeline(
-                config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
-        except Exception as err:  # a component failed: its run's summary still tells what happened
-            failure = err
-        result = summary.latest_run(config, after_context_id=before)
+            with terminal.logged_to_file(log_path, verbose):
+                # Imported here, so that TensorFlow's native start-up lines land in the log file.
+                from triplet_tfx.pipeline import recovery, summary
+                from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
+                from triplet_tfx.pipeline.pipeline import create_pipeline
+
+                interrupted = recovery.mark_interrupted_runs(config)
+                before = summary.latest_context_id(config)
+                os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+                try:
+                    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+                except Exception as err:  # a component failed: its run's summary still tells what happened
+                    failure = err
+                result = summary.latest_run(config, after_context_id=before)
+        except BaseException:
+            logger.error("The run failed; its log file: %s", log_path)
+            raise
     if result is not None:
         result.interrupted = [found.describe() for found in interrupted]
+        result.log_path = log_path
     if failure is not None:
+        logger.error("The run failed; its log file: %s", log_path)
         raise PipelineRunError(failure, result) from failure
     return result
 
 
-class _ProgressFilter(logging.Filter):
-    """Keeps warnings, this project's own messages and TFX's component start/finish lines."""
+def _data_source_error() -> type:
+    # Imported late: data_sources imports TensorFlow, whose start-up lines belong in the log file.
+    from triplet_tfx.components.data.data_sources import DataSourceError
 
-    # TFX warns about its own resolver query on every run; nothing a user can act on.
-    _NOISE = ("ArtifactQuery.property_predicate is not supported",)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith(self._NOISE):
-            return False
-        return (record.levelno >= logging.WARNING or record.name.startswith("triplet_tfx")
-                or (isinstance(record.msg, str) and record.msg.startswith("Component %s is ")))
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by a test's capture)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _):
-        pass
-
-
-def setup_logging(verbose: bool) -> None:
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    if not verbose:
-        handler.addFilter(_ProgressFilter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_handler().setLevel(logging.CRITICAL + 1)  # one handler: ours
-    logging.getLogger("absl").propagate = True
+    return DataSourceError
 
 
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
-    setup_logging(args.verbose)
+    terminal.setup_logging(args.verbose)
     logger.info("Beam arguments: %s", " ".join(config.beam_args))
-    from triplet_tfx.components.data.data_sources import DataSourceError
     from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:
-        result = run_locally(config)
-    except (OutputRootError, DataSourceError, RunLockError) as err:
+        result = run_locally(config, args.verbose)
+    except (OutputRootError, RunLockError, _data_source_error()) as err:  # evaluated only on an error
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
     except PipelineRunError as err:
         if err.summary is not None:
             print("\n" + err.summary.format())
         print(f"triplet-tfx: error: {err} (the log above has the details)", file=sys.stderr)
-        return 2 if isinstance(err.__cause__, DataSourceError) else 1
+        return 2 if isinstance(err.__cause__, _data_source_error()) else 1
     if result is not None:
         print("\n" + result.format())
     if args.require_blessed and not (result is not None and result.blessed):
@@ -401,7 +395,9 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
                               description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
                                           "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
     _add_config_flags(run)
-    run.add_argument("--verbose", action="store_true", help="log everything TFX and Beam log at INFO level")
+    run.add_argument("--verbose", action="store_true",
+                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes "
+                          "only to the run's log file, <output-root>/logs/run-<time>.log)")
     run.add_argument("--require-blessed", action="store_true",
                      help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
                           "without it a run that completes exits 0, blessed or not")

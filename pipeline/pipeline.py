@@ -11,10 +11,12 @@ import json
 import os
 from typing import Optional
 
-from tfx import v1 as tfx
+from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
+from tfx.dsl.components.base import executor_spec
 
 from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
+from triplet_tfx.components.data import transform_executor
 from triplet_tfx.components.data.data_sources import check_source
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
@@ -89,6 +91,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         custom_config=sections("data"))
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)
+    # TFX's executor, plus the payload_format of the transformed examples (the Trainer warns without).
+    transform.executor_spec = executor_spec.BeamExecutorSpec(transform_executor.Executor)
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,

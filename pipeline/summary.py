@@ -28,10 +28,13 @@ class RunSummary:
     # The candidate is the model already in production (pushed by an earlier run): blessed, not pushed again.
     already_pushed: bool = False
     interrupted: List[str] = dataclasses.field(default_factory=list)  # "previous run ... was interrupted at ..."
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)  # component id -> wall time
+    log_path: Optional[str] = None
 
     def format(self) -> str:
         lines = [f"Note: {note}" for note in self.interrupted] + [f"Run {self.run_id}:"]
-        lines += [f"  {component:<20} {state}" for component, state in self.executions.items()]
+        lines += [f"  {component:<26} {state:<9} {self.seconds[component]:7.1f} s" if component in self.seconds
+                  else f"  {component:<26} {state}" for component, state in self.executions.items()]
         if self.metrics:
             lines.append("Metrics (eval split):")
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
@@ -49,6 +52,8 @@ class RunSummary:
             lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
             lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
                          + os.path.join(self.evaluation_dir, TENSORBOARD_DIR))
+        if self.log_path:
+            lines.append(f"Log file: {self.log_path}")
         return "\n".join(lines)
 
 
@@ -69,6 +74,11 @@ def node_id(store: metadata_store.MetadataStore, execution: metadata_store_pb2.E
     node_type = store.get_context_type("node").id
     nodes = [c for c in store.get_contexts_by_execution(execution.id) if c.type_id == node_type]
     return nodes[0].name.split(".", 1)[-1] if nodes else str(execution.id)  # "<pipeline>.<node id>"
+
+
+def execution_seconds(execution: metadata_store_pb2.Execution) -> float:
+    """Wall time of an execution: from its creation (the launcher's start) to its last update."""
+    return (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
 
 
 def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> List[metadata_store_pb2.Context]:
@@ -105,6 +115,7 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
     executions = store.get_executions_by_context(run.id)
     states = {node_id(store, execution): _state_name(execution.last_known_state)
               for execution in sorted(executions, key=lambda e: e.id)}
+    seconds = {node_id(store, execution): execution_seconds(execution) for execution in executions}
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
     latest: Dict[str, List[metadata_store_pb2.Artifact]] = {}
@@ -142,4 +153,5 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
         evaluation_dir=evaluation.uri if evaluation is not None else None,
         search_index=search_index,
         already_pushed=already_pushed,
+        seconds=seconds,
     )

@@ -11,6 +11,8 @@ Outputs, in the ModelEvaluation folder:
   tensorboard/            the metrics as scalars, and vecs.tsv, meta.tsv, sprite.png,
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +27,8 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
-from triplet_tfx.components.evaluation import metrics, projector, report
+from triplet_tfx.components.evaluation import metrics, projector, report, retrievals
+from triplet_tfx.components.progress import Progress
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.serving.export import SERVING_SIGNATURE
 from triplet_tfx.components.training.network import EMBEDDING_KEY
@@ -39,6 +42,10 @@ TENSORBOARD_DIR = "tensorboard"
 # (blessed and pushed by an earlier run), so it is not blessed, and so not pushed, a second time.
 ALREADY_PUSHED_KEY = "already_pushed"
 _BATCH = 1024
+# The report's gallery: the worst-retrieved queries and their nearest neighbours.
+GALLERY_QUERIES, GALLERY_NEIGHBOURS = 8, 5
+# Next to the evaluation folders: {result_key: evaluation folder} of every model evaluated.
+RESULT_INDEX_DIR = "results_by_key"
 
 
 def read_split(examples: Examples, split: str) -> list:
@@ -64,8 +71,12 @@ def parse_examples(serialized: list, image_shape=None) -> Tuple[np.ndarray, Opti
 def embed(model: Model, serialized: list) -> np.ndarray:
     """Embeddings of serialized raw tf.Examples through the model's serving signature."""
     serve = tf.saved_model.load(path_utils.serving_model_path(model.uri)).signatures[SERVING_SIGNATURE]
-    return np.concatenate([serve(examples=tf.constant(serialized[s:s + _BATCH]))[EMBEDDING_KEY].numpy()
-                           for s in range(0, len(serialized), _BATCH)])
+    batches = []
+    with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
+        for start in range(0, len(serialized), _BATCH):
+            batches.append(serve(examples=tf.constant(serialized[start:start + _BATCH]))[EMBEDDING_KEY].numpy())
+            progress.advance(len(batches[-1]))
+    return np.concatenate(batches)
 
 
 def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfig) -> Tuple[bool, List[str]]:
@@ -89,13 +100,87 @@ def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfi
 
 def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, references: Optional[list],
                    reference_labels: Optional[np.ndarray], rule: EvalConfig):
-    """(metrics, per-query details, query embeddings) of one model under the configured protocol."""
+    """(metrics, per-query details, query embeddings, gallery neighbours [Q, k]) of one model under
+    the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn")."""
     query_embeddings = embed(model, queries)
     reference_embeddings = embed(model, references) if references is not None else None
-    result, per_query = metrics.evaluate_embeddings(
-        query_embeddings, query_labels, reference_embeddings, reference_labels, ks=rule.recall_ks,
-        return_per_query=True)
-    return result, per_query, query_embeddings
+    with Progress(f"Nearest neighbours and metrics of model {model.id}", len(queries), "queries") as progress:
+        result, per_query = metrics.evaluate_embeddings(
+            query_embeddings, query_labels, reference_embeddings, reference_labels, ks=rule.recall_ks,
+            return_per_query=True, progress=progress.advance)
+    loo = reference_embeddings is None
+    references_ = query_embeddings if loo else reference_embeddings
+    labels_ = query_labels if loo else reference_labels
+    k = min(GALLERY_NEIGHBOURS, len(references_) - (1 if loo else 0))
+    neighbours = metrics.nearest_neighbors(query_embeddings, references_, k, exclude_self=loo)[0] if k > 0 else \
+        np.zeros((len(queries), 0), np.int64)
+    kept = ~per_query["skipped"] & (per_query["nearest_index"] >= 0)
+    counts, classes = retrievals.confusion_matrix(
+        query_labels[kept], labels_[per_query["nearest_index"][kept]],
+        classes=sorted(set(query_labels.tolist()) | set(labels_.tolist())))
+    result["confusion_1nn"] = {"classes": [int(c) for c in classes], "counts": counts.tolist()}
+    return result, per_query, query_embeddings, neighbours
+
+
+def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.ndarray, skipped: np.ndarray,
+            references: Optional[list], reference_labels: Optional[np.ndarray], image_shape) -> Dict:
+    """The worst retrievals' images and labels (see `report.plot_worst_retrievals`). Reference
+    images of the train split (eval_vs_train) are decoded for the chosen neighbours only."""
+    labels_ = query_labels if references is None else reference_labels
+    chosen = retrievals.worst_queries(query_labels, labels_[neighbours], GALLERY_QUERIES, skipped)
+    picked = neighbours[chosen]
+    if references is None:
+        neighbour_images = query_images[picked]
+    else:
+        decoded = parse_examples([references[i] for i in picked.ravel()], image_shape)[1] if picked.size else \
+            np.zeros((0, *image_shape), np.uint8)
+        neighbour_images = decoded.reshape(*picked.shape, *image_shape)
+    return {"query_images": query_images[chosen], "query_labels": query_labels[chosen],
+            "neighbour_images": neighbour_images, "neighbour_labels": labels_[picked]}
+
+
+def result_key(model: Model, examples: Examples, cfg: PipelineConfig, code_fingerprint: str) -> str:
+    """What a model's evaluation depends on: the model, the examples, the code and the settings
+    that change metrics or pictures (not the blessing rule)."""
+    settings = {"data": dataclasses.asdict(cfg.data), "protocol": cfg.eval.protocol,
+                "recall_ks": list(cfg.eval.recall_ks), "plot_method": cfg.eval.plot_method}
+    text = json.dumps([model.uri, examples.uri, code_fingerprint, settings], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def earlier_result(index_dir: str, key: str) -> Optional[str]:
+    """The evaluation folder that already holds the result of this key, if any."""
+    entry = os.path.join(index_dir, key)
+    if not tf.io.gfile.exists(entry):
+        return None
+    with tf.io.gfile.GFile(entry) as f:
+        folder = f.read().strip()
+    return folder if tf.io.gfile.exists(os.path.join(folder, METRICS_FILE)) else None
+
+
+def earlier_baseline_metrics(folder: str) -> Optional[Dict]:
+    """The baseline metrics an earlier evaluation compared with (None: it had no baseline)."""
+    with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE)) as f:
+        return json.load(f).get("baseline")
+
+
+def candidate_part(evaluation_metrics: Dict) -> Dict:
+    """A metrics.json without what depends on the comparison (baseline, verdict)."""
+    return {k: v for k, v in evaluation_metrics.items() if k not in ("baseline", "blessed", "reasons")}
+
+
+def copy_result_files(source: str, folder: str, names: Dict[str, str]) -> None:
+    """Copies {source name: target name} from an earlier evaluation folder, and its projector
+    files (tensorboard/, without the metric scalars, which are written again)."""
+    for source_name, target_name in names.items():
+        if tf.io.gfile.exists(os.path.join(source, source_name)):
+            tf.io.gfile.copy(os.path.join(source, source_name), os.path.join(folder, target_name), overwrite=True)
+    source_tb, target_tb = os.path.join(source, TENSORBOARD_DIR), os.path.join(folder, TENSORBOARD_DIR)
+    if tf.io.gfile.isdir(source_tb):
+        tf.io.gfile.makedirs(target_tb)
+        for name in tf.io.gfile.listdir(source_tb):
+            if not name.startswith("events.out.tfevents") and not tf.io.gfile.isdir(os.path.join(source_tb, name)):
+                tf.io.gfile.copy(os.path.join(source_tb, name), os.path.join(target_tb, name), overwrite=True)
 
 
 def class_split_facts(classes: Optional[Dict[str, Tuple[int, ...]]]) -> Dict:
@@ -130,27 +215,69 @@ def EmbeddingEvaluator(
     config: Parameter[str],  # JSON: the data and eval sections, and the code fingerprint
     baseline_model: InputArtifact[Model] = None,
 ) -> None:
-    """Retrieval and clustering metrics, report, projector files and a ModelBlessing."""
-    cfg = PipelineConfig.from_dict({k: v for k, v in json.loads(config).items() if k in ("data", "eval")})
-    rule = cfg.eval
-    queries = read_split(examples, "eval")
-    query_labels, images = parse_examples(queries, cfg.data.image_shape)
-    references, reference_labels = None, None
-    if rule.protocol == "eval_vs_train":
-        references = read_split(examples, "train")
-        reference_labels, _ = parse_examples(references)
-    logger.info("Evaluating model %s on %d eval queries (%s)", model.uri, len(queries), rule.protocol)
-    candidate, per_query, embeddings = evaluate_model(model, queries, query_labels, references,
-                                                      reference_labels, rule)
-    candidate.update(class_split_facts(cfg.data.classes_by_split))
+    """Retrieval and clustering metrics, report, projector files and a ModelBlessing.
 
+    A model already evaluated on the same examples with the same code and settings (an identical
+    rerun, or the baseline evaluated when it was the candidate) is not embedded again: its
+    metrics and pictures come from that earlier evaluation (an index of results by
+    `result_key`, next to the evaluation folders)."""
+    parameters = json.loads(config)
+    cfg = PipelineConfig.from_dict({k: v for k, v in parameters.items() if k in ("data", "eval")})
+    rule = cfg.eval
+    folder = evaluation.uri
+    index_dir = os.path.join(os.path.dirname(os.path.dirname(folder)), RESULT_INDEX_DIR)
+    fingerprint = parameters.get("code_fingerprint", "")
     # A cached Trainer hands over the model that is already the baseline, the model in production
     # (pushed by an earlier run): keep the bounds check, but do not bless (and so push) it again.
     same_model = baseline_model is not None and baseline_model.id == model.id
+    compare = baseline_model is not None and not same_model
+    earlier = earlier_result(index_dir, result_key(model, examples, cfg, fingerprint))
+    earlier_baseline = earlier_result(index_dir, result_key(baseline_model, examples, cfg, fingerprint)) \
+        if compare else None
+
+    if earlier is None or (compare and earlier_baseline is None):
+        queries = read_split(examples, "eval")
+        query_labels, images = parse_examples(queries, cfg.data.image_shape)
+        references, reference_labels = None, None
+        if rule.protocol == "eval_vs_train":
+            references = read_split(examples, "train")
+            reference_labels, _ = parse_examples(references)
+
+    def evaluate_fresh(evaluated: Model, role: str) -> Dict:
+        logger.info("Evaluating %s model %s on %d eval queries (%s)", role, evaluated.uri, len(queries), rule.protocol)
+        result, per_query, embeddings, neighbours = evaluate_model(evaluated, queries, query_labels, references,
+                                                                   reference_labels, rule)
+        report.plot_worst_retrievals(
+            **gallery(query_labels, images, neighbours, per_query["skipped"], references, reference_labels,
+                      cfg.data.image_shape),
+            path=os.path.join(folder, report.GALLERY_FILENAMES[role]), title=f"model {evaluated.id}: worst retrievals")
+        if role == "candidate":
+            projector.write_projector_bundle(os.path.join(folder, TENSORBOARD_DIR), embeddings, query_labels,
+                                             images=images, split=["eval"] * len(query_labels),
+                                             correct_at_1=per_query["correct_at_1"])
+            report.plot_embedding_2d(embeddings, query_labels, os.path.join(folder, report.SCATTER_FILENAME),
+                                     method=rule.plot_method)
+        return result
+
+    def reuse(source: str, evaluated: Model, role: str) -> Dict:
+        logger.info("Reusing the evaluation of %s model %s from %s", role, evaluated.uri, source)
+        with tf.io.gfile.GFile(os.path.join(source, METRICS_FILE)) as f:
+            result = candidate_part(json.load(f))
+        names = {report.GALLERY_FILENAMES["candidate"]: report.GALLERY_FILENAMES[role]}
+        if role == "candidate":
+            names[report.SCATTER_FILENAME] = report.SCATTER_FILENAME
+            copy_result_files(source, folder, names)
+        else:
+            for source_name, target_name in names.items():
+                tf.io.gfile.copy(os.path.join(source, source_name), os.path.join(folder, target_name), overwrite=True)
+        return result
+
+    candidate = reuse(earlier, model, "candidate") if earlier else evaluate_fresh(model, "candidate")
+    candidate.update(class_split_facts(cfg.data.classes_by_split))
     baseline = None
-    if baseline_model is not None and not same_model:
-        logger.info("Evaluating baseline model %s", baseline_model.uri)
-        baseline = evaluate_model(baseline_model, queries, query_labels, references, reference_labels, rule)[0]
+    if compare:
+        baseline = reuse(earlier_baseline, baseline_model, "baseline") if earlier_baseline else \
+            evaluate_fresh(baseline_model, "baseline")
     blessed, reasons = blessing_decision(candidate, baseline, rule)
     already_pushed = same_model and blessed
     if already_pushed:
@@ -158,14 +285,26 @@ def EmbeddingEvaluator(
         reasons.append(f"model {model.id} is already the model in production (blessed and pushed by an "
                        f"earlier run): nothing new to push")
 
-    folder = evaluation.uri
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
-    projector.write_projector_bundle(os.path.join(folder, TENSORBOARD_DIR), embeddings, query_labels, images=images,
-                                     split=["eval"] * len(query_labels), correct_at_1=per_query["correct_at_1"])
-    report.make_report(folder, embeddings, query_labels, candidate, baseline, method=rule.plot_method,
-                       notes=reasons)
+    comparison_pictures = (report.CONFUSION_FILENAME, report.PER_CLASS_FILENAME)
+    if earlier and baseline is None and earlier_baseline_metrics(earlier) is None:
+        # No baseline now nor then (an identical rerun): the earlier pictures are this run's too.
+        for name in comparison_pictures:
+            tf.io.gfile.copy(os.path.join(earlier, name), os.path.join(folder, name), overwrite=True)
+    else:
+        confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
+                     for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
+        report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME))
+        report.plot_per_class_precision(candidate.get("per_class_precision_at_1") or {},
+                                        os.path.join(folder, report.PER_CLASS_FILENAME),
+                                        baseline_per_class=(baseline or {}).get("per_class_precision_at_1"))
+    report.write_report(folder, candidate, baseline, notes=reasons)  # figures: the files in the folder
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
+    if earlier is None:
+        tf.io.gfile.makedirs(index_dir)
+        with tf.io.gfile.GFile(os.path.join(index_dir, result_key(model, examples, cfg, fingerprint)), "w") as f:
+            f.write(folder)
     for key, value in scalar_metrics(candidate).items():
         evaluation.set_float_custom_property(key, value)
     evaluation.set_int_custom_property("classes_seen_in_training", int(candidate["classes_seen_in_training"]))

@@ -23,7 +23,7 @@ matrix products, so no query x reference matrix larger than one block is ever he
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -341,6 +341,7 @@ def evaluate_embeddings(
     kmeans_n_init: int = 3,
     block_size: int = 1024,
     return_per_query: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
 ):
     """Retrieval and clustering metrics of embeddings (see module doc for the definitions).
 
@@ -358,6 +359,7 @@ def evaluate_embeddings(
       block_size: queries per block.
       return_per_query: also return a dict of per-query arrays: ``correct_at_1`` (bool [Q]),
         ``nearest_index`` (int64 [Q], -1 if no reference), ``skipped`` (bool [Q]).
+      progress: called with the number of queries of each block searched (for progress display).
 
     Returns:
       A JSON-serialisable dict (plain Python types) with keys: protocol, num_queries,
@@ -411,6 +413,8 @@ def evaluate_embeddings(
                     map_r[a0:a1] = np.where(
                         rr > 0, (prec_i * rel).sum(axis=1) / np.maximum(rr, 1), 0.0
                     )
+                if progress is not None:
+                    progress(a1 - a0)
 
     correct1 = np.zeros(nq, dtype=bool)
     has = nearest >= 0

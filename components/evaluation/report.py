@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 SCATTER_FILENAME = "embedding_2d.png"
 PER_CLASS_FILENAME = "per_class_precision_at_1.png"
+CONFUSION_FILENAME = "confusion_matrix_1nn.png"
+CONFUSION_CAPTION = "1-nearest-neighbour confusion matrix (colour: fraction of the query class; text: count)"
+GALLERY_CAPTION = "Worst retrievals: query, then its nearest neighbours (wrong class in red)"
+GALLERY_FILENAMES = {"candidate": "worst_retrievals.png", "baseline": "worst_retrievals_baseline.png"}
 MARKDOWN_FILENAME = "report.md"
 HTML_FILENAME = "report.html"
 
@@ -205,6 +209,77 @@ def plot_per_class_precision(
     return {"path": path}
 
 
+def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], path: str) -> Dict[str, object]:
+    """Heat map PNG of 1-NN confusion matrices, one panel per model ({"candidate": (counts,
+    classes), "baseline": ...}, side by side): colour = fraction of the row's queries, text =
+    count (up to 20 classes). Returns {"path"}."""
+    from triplet_tfx.components.evaluation.retrievals import row_normalised
+
+    plt = _pyplot()
+    n = len(matrices)
+    size = max(4.5, 0.45 * max(len(classes) for _, classes in matrices.values()) + 2)
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size), dpi=100, squeeze=False)
+    for ax, (name, (counts, classes)) in zip(axes[0], matrices.items()):
+        fractions = row_normalised(counts)
+        image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+        ticks = np.arange(len(classes))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_label_str(c) for c in classes], rotation=90 if len(classes) > 10 else 0)
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([_label_str(c) for c in classes])
+        ax.set_xlabel("class of the nearest neighbour")
+        ax.set_ylabel("query class")
+        ax.set_title(f"{name}: 1-NN confusion")
+        if len(classes) <= 20:
+            for i in range(len(classes)):
+                for j in range(len(classes)):
+                    if counts[i, j]:
+                        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
+                                color="white" if fractions[i, j] > 0.5 else "black")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the class's queries")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return {"path": path}
+
+
+def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbour_labels, path: str,
+                          title: str) -> Dict[str, object]:
+    """Gallery PNG: one row per query (its image, then its nearest neighbours' images), each
+    titled with its label; neighbours of another class framed and titled in red.
+    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows"}."""
+    plt = _pyplot()
+    rows, k = len(query_labels), (neighbour_images.shape[1] if len(query_labels) else 0)
+    fig, axes = plt.subplots(max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5),
+                             dpi=100, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for i in range(rows):
+        cells = [(query_images[i], query_labels[i], f"query: {_label_str(query_labels[i])}", "black")]
+        for j in range(k):
+            wrong = neighbour_labels[i][j] != query_labels[i]
+            cells.append((neighbour_images[i, j], neighbour_labels[i][j],
+                          f"{j + 1}: {_label_str(neighbour_labels[i][j])}" + (" \u2717" if wrong else ""),
+                          "red" if wrong else "green"))
+        for ax, (image, _, caption, colour) in zip(axes[i], cells):
+            image = np.asarray(image)
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+            ax.set_title(caption, fontsize=8, color=colour)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5 if colour == "red" else 1)
+    if not rows:
+        axes[0, 0].set_title("no query with a wrong neighbour", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return {"path": path, "rows": rows}
+
+
 def _num(v) -> float:
     return float(v) if v is not None else 0.0
 
@@ -349,8 +424,9 @@ def write_report(
     Precision@1 table and the figures.
 
     Args:
-      figures: {caption: path}; paths inside ``out_dir`` are linked relatively. When None,
-        the standard figure files of this module found in ``out_dir`` are used.
+      figures: {caption: path, or a list of paths shown side by side}; paths inside ``out_dir``
+        are linked relatively. When None, the standard figure files of this module found in
+        ``out_dir`` are used.
       notes: extra lines (e.g. model URIs) listed under the title.
 
     Returns:
@@ -359,17 +435,22 @@ def write_report(
     os.makedirs(out_dir, exist_ok=True)
     if figures is None:
         figures = {}
-        for caption, fname in (
-            ("2-D projection of the embeddings", SCATTER_FILENAME),
-            ("Precision@1 per class", PER_CLASS_FILENAME),
+        for caption, fnames in (
+            (GALLERY_CAPTION, tuple(GALLERY_FILENAMES.values())),
+            (CONFUSION_CAPTION, (CONFUSION_FILENAME,)),
+            ("2-D projection of the embeddings", (SCATTER_FILENAME,)),
+            ("Precision@1 per class", (PER_CLASS_FILENAME,)),
         ):
-            if os.path.isfile(os.path.join(out_dir, fname)):
-                figures[caption] = fname
+            found = [f for f in fnames if os.path.isfile(os.path.join(out_dir, f))]
+            if found:
+                figures[caption] = found
     rel = {}
-    for caption, p in figures.items():
-        ap = os.path.abspath(os.path.join(out_dir, p))
-        r = os.path.relpath(ap, os.path.abspath(out_dir))
-        rel[caption] = r if not r.startswith("..") else ap
+    for caption, paths_ in figures.items():
+        rel[caption] = []
+        for p in [paths_] if isinstance(paths_, str) else paths_:  # several paths: side by side
+            ap = os.path.abspath(os.path.join(out_dir, p))
+            r = os.path.relpath(ap, os.path.abspath(out_dir))
+            rel[caption].append(r if not r.startswith("..") else ap)
 
     header = _header(baseline_metrics)
     rows = _table_rows(candidate_metrics, baseline_metrics)
@@ -389,11 +470,16 @@ def write_report(
 
     md = [f"# {title}", ""]
     md += [f"- {line}" for line in info] + ([""] if info else [])
+    # The pictures people look at before numbers (worst retrievals, confusion) come first.
+    first = [c for c in rel if c in (GALLERY_CAPTION, CONFUSION_CAPTION)]
+    later = [c for c in rel if c not in first]
+    for caption in first:
+        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
     md += ["## Metrics", ""] + _md_table(header, rows) + [""]
     if pc_rows:
         md += ["## Precision@1 per class", ""] + _md_table(pc_header, pc_rows) + [""]
-    for caption, r in rel.items():
-        md += [f"![{caption}]({r})", ""]
+    for caption in later:
+        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
     paths = {"markdown": os.path.join(out_dir, MARKDOWN_FILENAME), "html": os.path.join(out_dir, HTML_FILENAME)}
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write("\n".join(md))
@@ -402,7 +488,8 @@ def write_report(
         "body{font-family:sans-serif;max-width:960px;margin:2em auto}"
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%;min-width:0}"
+        ".row{display:flex;gap:1em;align-items:flex-start}.row img{flex:1 1 0}"
     )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -411,14 +498,16 @@ def write_report(
     ]
     if info:
         parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in info) + "</ul>")
+    def html_figure(caption: str) -> str:
+        images = "".join(f"<img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
+                         for r in rel[caption])
+        return f"<figure><div class='row'>{images}</div><figcaption>{html.escape(caption)}</figcaption></figure>"
+
+    parts += [html_figure(caption) for caption in first]
     parts += ["<h2>Metrics</h2>", _html_table(header, rows)]
     if pc_rows:
         parts += ["<h2>Precision@1 per class</h2>", _html_table(pc_header, pc_rows)]
-    for caption, r in rel.items():
-        parts.append(
-            f"<figure><img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    parts += [html_figure(caption) for caption in later]
     parts.append("</body></html>")
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
@@ -437,9 +526,27 @@ def make_report(
     max_points: int = 3000,
     seed: int = 0,
     notes: Optional[Sequence[str]] = None,
+    confusion: Optional[Mapping[str, Tuple[np.ndarray, List]]] = None,
+    galleries: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
 ) -> Dict[str, object]:
-    """Everything at once: the 2-D scatter and per-class chart PNGs, then ``write_report``.
+    """Everything at once: the worst-retrieval galleries, the 1-NN confusion heat map, the 2-D
+    scatter and per-class chart PNGs, then ``write_report``.
+
+    confusion: {"candidate": (counts, classes), "baseline": ...} (`retrievals.confusion_matrix`).
+    galleries: {"candidate": {...}, "baseline": {...}}, each with query_images, query_labels,
+      neighbour_images, neighbour_labels (see `plot_worst_retrievals`).
     Returns {"scatter", "per_class", "markdown", "html" (paths), "projection" ("umap"/"pca")}."""
+    figures = {}
+    if galleries:
+        figures[GALLERY_CAPTION] = [
+            os.path.basename(plot_worst_retrievals(
+                gallery["query_images"], gallery["query_labels"], gallery["neighbour_images"],
+                gallery["neighbour_labels"], os.path.join(out_dir, GALLERY_FILENAMES[name]),
+                title=f"{name}: worst retrievals")["path"])
+            for name, gallery in galleries.items()]
+    if confusion:
+        plot_confusion_matrices(confusion, os.path.join(out_dir, CONFUSION_FILENAME))
+        figures[CONFUSION_CAPTION] = CONFUSION_FILENAME
     scatter = plot_embedding_2d(
         embeddings, labels, os.path.join(out_dir, SCATTER_FILENAME),
         method=method, max_points=max_points, seed=seed,
@@ -449,10 +556,8 @@ def make_report(
         os.path.join(out_dir, PER_CLASS_FILENAME),
         baseline_per_class=(baseline_metrics or {}).get("per_class_precision_at_1"),
     )
-    figures = {
-        f"2-D projection of the embeddings ({scatter['method'].upper()})": SCATTER_FILENAME,
-        "Precision@1 per class": PER_CLASS_FILENAME,
-    }
+    figures[f"2-D projection of the embeddings ({scatter['method'].upper()})"] = SCATTER_FILENAME
+    figures["Precision@1 per class"] = PER_CLASS_FILENAME
     paths = write_report(
         out_dir, candidate_metrics, baseline_metrics, title=title, figures=figures, notes=notes
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 from typing import Dict, List, Set
 
 import keras
@@ -133,18 +135,28 @@ def run_fn(fn_args) -> None:
     logger.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
                  num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
     eval_examples = read_transformed(fn_args.eval_files, tft_output)
-    logger.info("Validation loss on %d eval examples after the last epoch", count(eval_examples))  # fills the cache
+    num_eval = count(eval_examples)  # also fills the cache
+    logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
+    eval_batch = max(train.batch_size, 256)
+    # A known length lets Keras stop at the last batch instead of running into the end of the
+    # data ("Local rendezvous is aborting ... End of sequence", "Your input ran out of data").
+    validation_batches = eval_examples.batch(eval_batch).apply(
+        tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch)))
 
     model = compiled_model(config.data.image_shape, train, plan)
+    fit_start = time.time()
     model.fit(
         training_batches(train_examples, train),
         # Once, at the end: validating after every epoch left about half of the following epochs
         # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
         # the embedding quality that matters.
-        validation_data=eval_examples.batch(max(train.batch_size, 256)),
+        validation_data=validation_batches,
         validation_freq=plan["epochs"],
         callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
-        verbose=2,  # a line per epoch: readable in the pipeline's log
+        verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
         **plan,
     )
+    fit_end = time.time()
+    logger.info("Fit in %.1f s (%d epoch(s), validation after the last)", fit_end - fit_start, plan["epochs"])
     export_serving_model(model, tft_output, config, fn_args.serving_model_dir)
+    logger.info("Exported the serving model in %.1f s", time.time() - fit_end)

@@ -28,3 +28,26 @@ def test_regression_within_tolerance_blesses_beyond_rejects():
     assert not blessed
     assert "precision_at_1 0.9490 vs baseline 0.9600: regression beyond tolerance 0.0100" in reasons
     assert "map_at_r 0.7500 vs baseline 0.7000: within tolerance 0.0100" in reasons
+
+
+def test_gallery_decodes_the_chosen_train_neighbours_only():
+    import numpy as np
+
+    from triplet_tfx.components.data.data_sources import make_example
+    from triplet_tfx.components.evaluation.evaluator import gallery
+
+    shape = (2, 2, 1)
+    query_labels = np.array([0, 1, 1])
+    query_images = np.stack([np.full(shape, 10 + i, np.uint8) for i in range(3)])
+    reference_labels = np.array([0, 0, 1, 1])
+    references = [make_example(np.full(shape, 100 + i, np.uint8), label) for i, label in enumerate(reference_labels)]
+    neighbours = np.array([[0, 1], [0, 2], [2, 3]])  # query 1 has a wrong nearest neighbour; 0 and 2 are right
+    shown = gallery(query_labels, query_images, neighbours, np.zeros(3, bool), references, reference_labels, shape)
+    np.testing.assert_array_equal(shown["query_labels"], [1])
+    np.testing.assert_array_equal(shown["query_images"][:, 0, 0, 0], [11])
+    np.testing.assert_array_equal(shown["neighbour_labels"], [[0, 1]])
+    np.testing.assert_array_equal(shown["neighbour_images"][0, :, 0, 0, 0], [100, 102])  # references 0 and 2
+    # Leave-one-out: the neighbours are other queries.
+    shown = gallery(query_labels, query_images, np.array([[1], [0], [1]]), np.zeros(3, bool), None, None, shape)
+    np.testing.assert_array_equal(shown["query_labels"], [0, 1])
+    np.testing.assert_array_equal(shown["neighbour_images"][:, 0, 0, 0, 0], [11, 10])

@@ -148,3 +148,42 @@ def test_subsample_is_seeded_and_sorted():
     assert len(a) == 3000 and np.all(np.diff(a) > 0)
     np.testing.assert_array_equal(a, R.subsample(10000, 3000, seed=1))
     np.testing.assert_array_equal(R.subsample(5, 3000), np.arange(5))
+
+
+def test_gallery_and_confusion_in_the_report_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
+    x, y = _data(n=60)
+    rng = np.random.default_rng(0)
+    gallery = {"query_images": rng.integers(0, 255, (3, 8, 8, 1), dtype=np.uint8),
+               "query_labels": np.array([0, 1, 2]),
+               "neighbour_images": rng.integers(0, 255, (3, 4, 8, 8, 1), dtype=np.uint8),
+               "neighbour_labels": np.array([[1, 0, 0, 0], [1, 2, 1, 1], [0, 0, 2, 2]])}
+    confusion = {"candidate": (np.array([[5, 1], [0, 6]]), [0, 1]), "baseline": (np.array([[4, 2], [1, 5]]), [0, 1])}
+    out = R.make_report(str(tmp_path), x, y, CAND, BASE, confusion=confusion,
+                        galleries={"candidate": gallery, "baseline": gallery})
+    for name in (*R.GALLERY_FILENAMES.values(), R.CONFUSION_FILENAME):
+        image = _decode_png(tmp_path / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    page = open(out["html"]).read()
+    # Both galleries in one row of the page, then the confusion heat map.
+    row = (f"<div class='row'><img src='{R.GALLERY_FILENAMES['candidate']}'"
+           f" alt='{R.GALLERY_CAPTION}'><img src='{R.GALLERY_FILENAMES['baseline']}'")
+    assert row in page
+    # Pictures first, then the numbers: galleries, confusion, metrics table, then the other figures.
+    order = [page.index(R.GALLERY_FILENAMES["baseline"]), page.index(f"src='{R.CONFUSION_FILENAME}'"),
+             page.index("<h2>Metrics</h2>"), page.index(f"src='{R.SCATTER_FILENAME}'")]
+    assert order == sorted(order)
+    md = open(out["markdown"]).read()
+    assert f"]({R.GALLERY_FILENAMES['candidate']}) ![" in md and f"]({R.CONFUSION_FILENAME})" in md
+    # Rewritten from the files alone (as for a reused evaluation), the figures stay referenced.
+    page = open(R.write_report(str(tmp_path), CAND, None)["html"]).read()
+    for name in (*R.GALLERY_FILENAMES.values(), R.CONFUSION_FILENAME, R.SCATTER_FILENAME):
+        assert f"src='{name}'" in page
+
+
+def test_confusion_heat_map_colours_follow_the_counts(tmp_path):
+    # A perfect 2-class model: the diagonal cells are dark, the off-diagonal ones white.
+    out = R.plot_confusion_matrices({"candidate": (np.array([[9, 0], [0, 9]]), [0, 1])}, str(tmp_path / "c.png"))
+    image = _decode_png(out["path"])[..., :3].astype(int)
+    dark_blue = (image[..., 2] > image[..., 0] + 60) & (image[..., 0] < 60)  # "Blues" near 1.0: (8, 48, 107)
+    assert dark_blue.sum() > 1000  # two diagonal cells of many pixels each

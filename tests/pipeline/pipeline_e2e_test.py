@@ -108,6 +108,16 @@ def test_second_run_hits_the_cache(first_run):
     assert "NOT BLESSED" not in summary.format()
     assert summary.pushed_to is None and summary.search_index == ""  # no index built for an unblessed model
     assert pushed_versions(config) == before
+    # ...and does not evaluate it again: the first run's result for (model, examples, settings) is reused.
+    with open(summary.log_path) as f:
+        log = f.read()
+    assert "Reusing the evaluation of candidate model" in log and "Embedding with model" not in log
+    first_metrics = {k: v for k, v in first_run[1].metrics.items() if k not in ("blessed", "reasons")}
+    for name in ("confusion_matrix_1nn.png", "worst_retrievals.png", "embedding_2d.png"):  # copied, not redrawn
+        with open(os.path.join(first_run[1].evaluation_dir, name), "rb") as a, \
+                open(os.path.join(summary.evaluation_dir, name), "rb") as b:
+            assert a.read() == b.read(), name
+    assert {k: v for k, v in summary.metrics.items() if k not in ("blessed", "reasons")} == first_metrics
 
 
 def test_impossible_threshold_pushes_nothing(first_run):
@@ -133,8 +143,19 @@ def test_weaker_candidate_loses_against_the_blessed_baseline(first_run):
     assert "regression beyond tolerance" in summary.blessing_message
     assert summary.pushed_to is None and pushed_versions(config) == before
     evaluation = summary.evaluation_dir
-    for name in ("report.md", "report.html", "embedding_2d.png", "per_class_precision_at_1.png"):
+    names = ("report.md", "report.html", "embedding_2d.png", "per_class_precision_at_1.png",
+             "worst_retrievals.png", "worst_retrievals_baseline.png", "confusion_matrix_1nn.png")
+    for name in names:
         assert os.path.getsize(os.path.join(evaluation, name)) > 0, name
+    with open(os.path.join(evaluation, "report.html")) as f:
+        page = f.read()
+    assert all(f"src='{name}'" in page for name in names[2:])
+    # The 1-NN confusion matrix agrees with Precision@1: its diagonal holds the correct queries.
+    counts = np.array(summary.metrics["confusion_1nn"]["counts"])
+    assert counts.sum() == 2000 and np.trace(counts) / 2000 == pytest.approx(summary.metrics["precision_at_1"])
+    # The baseline was evaluated when it was the candidate (first run): reused, not recomputed.
+    with open(summary.log_path) as f:
+        assert "Reusing the evaluation of baseline model" in f.read()
     with open(os.path.join(evaluation, "report.md")) as f:
         assert "baseline" in f.read().lower()
 
