@@ -187,7 +187,7 @@ def test_runs_lists_this_roots_runs_from_ml_metadata(first_run, capsys):
     assert lines[0].split()[:4] == ["#", "run", "(start", "time)"]
     rows = {line.split()[1]: line for line in lines[1:]}
     first_row = rows[first.run_id]
-    assert first_row.split()[:5] == ["1", first.run_id, "10", "0", "0"]  # ran 10 (resolver included), cached 0
+    assert first_row.split()[:5] == ["1", first.run_id, "11", "0", "0"]  # ran 11 (resolver included), cached 0
     assert f"{first.metrics['precision_at_1']:.4f}" in first_row and "(first run)" in first_row
     assert os.path.basename(first.pushed_to) in first_row and " yes " in first_row
     last = lines[-1]
