@@ -103,6 +103,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         baseline_model=baseline_resolver.outputs["model"],
         config=json.dumps(sections("data", "eval"), sort_keys=True))
 
+    # Beam runs in the data components only: they alone get the runner's options, so a
+    # Kubeflow package sends ExampleGen, StatisticsGen and Transform to Dataflow or Flink while
+    # the Trainer and the evaluator stay in their own containers.
+    for component in (example_gen, statistics_gen, transform):
+        component.with_beam_pipeline_args(config.data_beam_args)
+
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
@@ -116,5 +122,4 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
                     transform, trainer, baseline_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.beam_args),
     )
