@@ -212,8 +212,9 @@ def claim_output_root(config: PipelineConfig) -> None:
         json.dump({"pipeline_name": config.pipeline_name}, f)
 
 
-def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
-    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata)."""
+def run_locally(config: PipelineConfig, data_only: bool = False) -> "Optional[summary.RunSummary]":
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata); data_only: its
+    data components alone (ExampleGen through Transform, no training)."""
     from tfx import v1 as tfx
 
     from triplet_tfx.pipeline import summary
@@ -222,7 +223,8 @@ def run_locally(config: PipelineConfig) -> "Optional[summary.RunSummary]":
     claim_output_root(config)
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(
-        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+        data_only=data_only))
     return summary.latest_run(config)
 
 

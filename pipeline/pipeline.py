@@ -52,8 +52,10 @@ def data_fingerprint(source_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None
-                    ) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
+                    data_only: bool = False) -> tfx.dsl.Pipeline:
+    """The pipeline; data_only: ExampleGen through Transform alone, no training (Beam runner
+    tests and benchmarks)."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -82,6 +84,24 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         custom_config=sections("data"))
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)
+    # Beam runs in the data components only: they alone get the runner's options, so a
+    # Kubeflow package sends ExampleGen, StatisticsGen and Transform to Dataflow or Flink while
+    # the Trainer and the evaluator stay in their own containers.
+    for component in (example_gen, statistics_gen, transform):
+        component.with_beam_pipeline_args(config.data_beam_args)
+
+    def assemble(components) -> tfx.dsl.Pipeline:
+        return tfx.dsl.Pipeline(
+            pipeline_name=config.pipeline_name,
+            pipeline_root=config.pipeline_root,
+            components=components,
+            enable_cache=config.enable_cache,
+            metadata_connection_config=metadata_connection_config,
+        )
+
+    data_components = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
+    if data_only:
+        return assemble(data_components)
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -103,23 +123,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         baseline_model=baseline_resolver.outputs["model"],
         config=json.dumps(sections("data", "eval"), sort_keys=True))
 
-    # Beam runs in the data components only: they alone get the runner's options, so a
-    # Kubeflow package sends ExampleGen, StatisticsGen and Transform to Dataflow or Flink while
-    # the Trainer and the evaluator stay in their own containers.
-    for component in (example_gen, statistics_gen, transform):
-        component.with_beam_pipeline_args(config.data_beam_args)
-
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, baseline_resolver, evaluator, pusher],
-        enable_cache=config.enable_cache,
-        metadata_connection_config=metadata_connection_config,
-    )
+    return assemble(data_components + [trainer, baseline_resolver, evaluator, pusher])
