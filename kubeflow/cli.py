@@ -38,6 +38,7 @@ Beam's in-process FnApiRunner inside each component's container. Dataflow:
   [--dataflow-service-account SA] (workers run --image, or --beam-sdk-container-image)
 Flink in the same Kubernetes cluster (kubeflow/flink/: FlinkDeployment + Beam's Flink job server):
   --beam-runner flink --beam-job-endpoint beam-flink-job-server.flink:8099 --beam-parallelism 4
+  --beam-artifact-endpoint beam-flink-job-server.flink:8098
   --beam-environment-type EXTERNAL --beam-environment-config localhost:50000
 Spark: --beam-runner spark --beam-job-endpoint SPARK_JOB_SERVER:8099 (or --spark-master spark://H:7077
 with Java in the image). --beam-arg=--OPTION=VALUE (repeatable) appends raw Beam options last.

@@ -116,6 +116,9 @@ def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
                            "Default: %(default)s")
     beam.add_argument("--beam-job-endpoint", metavar="HOST:PORT",
                       help="portable/flink/spark: the Beam job server (e.g. Beam's Flink job server)")
+    beam.add_argument("--beam-artifact-endpoint", metavar="HOST:PORT",
+                      help="portable/flink/spark: the job server's artifact service, when the address it reports "
+                           "is not reachable from here (e.g. beam-flink-job-server.flink:8098 from a KFP task)")
     beam.add_argument("--beam-environment-type", choices=BEAM_ENVIRONMENTS,
                       help="portable/flink/spark: where the SDK workers run: EXTERNAL (a worker pool), DOCKER "
                            "(default: the image in --beam-environment-config, else --image), PROCESS")
@@ -148,7 +151,8 @@ def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
 
 def beam_config_from_args(args: argparse.Namespace) -> BeamConfig:
     return BeamConfig(
-        runner=args.beam_runner, job_endpoint=args.beam_job_endpoint, environment_type=args.beam_environment_type,
+        runner=args.beam_runner, job_endpoint=args.beam_job_endpoint, artifact_endpoint=args.beam_artifact_endpoint,
+        environment_type=args.beam_environment_type,
         environment_config=args.beam_environment_config, flink_master=args.flink_master,
         spark_master=args.spark_master, parallelism=args.beam_parallelism, project=args.dataflow_project,
         region=args.dataflow_region, temp_location=args.dataflow_temp_location,

@@ -150,6 +150,9 @@ class BeamConfig:
     # default) = the image in environment_config (default: the project's CPU image), PROCESS =
     # environment_config is the JSON {"command": ...} of a worker boot executable on every worker.
     job_endpoint: Optional[str] = None
+    # The job server's artifact service as this side reaches it (default: the address the job
+    # server reports, its own bind host: wrong from another pod).
+    artifact_endpoint: Optional[str] = None
     environment_type: Optional[str] = None
     environment_config: Optional[str] = None
     # flink / spark without a job endpoint: Beam starts its own Java job server (needs Java)
@@ -170,6 +173,7 @@ class BeamConfig:
     # field: (CLI flag, runners it applies to)
     FLAGS = {
         "job_endpoint": ("--beam-job-endpoint", ("portable", "flink", "spark")),
+        "artifact_endpoint": ("--beam-artifact-endpoint", ("portable", "flink", "spark")),
         "environment_type": ("--beam-environment-type", ("portable", "flink", "spark")),
         "environment_config": ("--beam-environment-config", ("portable", "flink", "spark")),
         "flink_master": ("--flink-master", ("flink",)),
@@ -244,7 +248,8 @@ def beam_pipeline_args(beam: BeamConfig, project_image: str) -> Tuple[str, ...]:
                        service_account_email=beam.service_account)
     runner = {"portable": "PortableRunner", "flink": "FlinkRunner", "spark": "SparkRunner"}[beam.runner]
     environment_type = beam.environment_type or "DOCKER"
-    return options(runner=runner, job_endpoint=beam.job_endpoint, flink_master=beam.flink_master,
+    return options(runner=runner, job_endpoint=beam.job_endpoint, artifact_endpoint=beam.artifact_endpoint,
+                   flink_master=beam.flink_master,
                    spark_master_url=beam.spark_master, parallelism=beam.parallelism,
                    environment_type=environment_type,
                    environment_config=beam.environment_config

@@ -159,8 +159,10 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
     # Flink in the same cluster: kubeflow/flink/ (the Beam Flink job server in front of a FlinkDeployment,
     # SDK worker pools as sidecars of the TaskManagers).
     (["--beam-runner", "flink", "--beam-job-endpoint", "beam-flink-job-server.flink:8099", "--beam-parallelism", "4",
+      "--beam-artifact-endpoint", "beam-flink-job-server.flink:8098",
       "--beam-environment-type", "EXTERNAL", "--beam-environment-config", "localhost:50000"],
-     ["--runner=FlinkRunner", "--job_endpoint=beam-flink-job-server.flink:8099", "--parallelism=4",
+     ["--runner=FlinkRunner", "--job_endpoint=beam-flink-job-server.flink:8099",
+      "--artifact_endpoint=beam-flink-job-server.flink:8098", "--parallelism=4",
       "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
 ])
 def test_distributed_runner_options_reach_the_data_components_only(tmp_path, flags, expected):
@@ -232,7 +234,7 @@ def test_compile_help_explains_the_options(capsys):
     for needle in ("--pipeline-root", "gs://", "s3://", "minio://", "--pvc", "--image", "--gpu-image",
                    "nvidia.com/gpu", "NVIDIA_TESLA_T4", "--gpu-count", "--trainer-cpu", "--trainer-memory",
                    "--beam-runner dataflow", "--dataflow-temp-location gs://", "--beam-runner flink",
-                   "--beam-job-endpoint", "kubeflow/flink/", "--beam-runner spark", "--beam-arg", "--data",
+                   "--beam-job-endpoint", "--beam-artifact-endpoint", "kubeflow/flink/", "--beam-runner spark", "--beam-arg", "--data",
                    "kfp pipeline create"):
         assert needle in text, needle
 

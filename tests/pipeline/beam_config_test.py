@@ -96,6 +96,8 @@ def test_beam_options_parse_as_beams_own_pipeline_options():
                                   "not local"),
     (["--beam-runner", "dataflow", "--beam-job-endpoint", "j:1"],
      "beam.job_endpoint (--beam-job-endpoint): applies to --beam-runner portable/flink/spark only"),
+    (["--beam-runner", "dataflow", "--beam-artifact-endpoint", "j:2"],
+     "beam.artifact_endpoint (--beam-artifact-endpoint): applies to --beam-runner portable/flink/spark only"),
 ])
 def test_bad_beam_settings_are_named_before_running(flags, message, tmp_path, capsys):
     assert cli.main(["run", "--output-root", str(tmp_path / "out"), *flags]) == 2
