@@ -30,12 +30,18 @@ GPU (--gpu-type, --gpu-count): requested by the Trainer only, which also gets --
   Vertex AI       : --gpu-type NVIDIA_TESLA_T4 (or NVIDIA_L4, NVIDIA_TESLA_A100, ...)
   --gpu-count 0 trains on CPU with --image.
 
-Beam (--beam-arg, repeatable): replaces the in-container default (FnApiRunner) for every
-component, e.g. Dataflow:
-  --beam-arg=--runner=DataflowRunner --beam-arg=--project=P --beam-arg=--region=R
-  --beam-arg=--temp_location=gs://B/tmp --beam-arg=--sdk_container_image=IMAGE
-or Flink/Spark: --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=HOST:8081
-  --beam-arg=--environment_type=EXTERNAL --beam-arg=--environment_config=localhost:50000
+Beam (--beam-runner): where ExampleGen, StatisticsGen and Transform run; only these data
+components get the Beam options (the Trainer and the evaluator do not use Beam). Default: local,
+Beam's in-process FnApiRunner inside each component's container. Dataflow:
+  --beam-runner dataflow --dataflow-project P --dataflow-region us-central1
+  --dataflow-temp-location gs://B/tmp [--dataflow-max-workers 16] [--dataflow-machine-type n2-standard-4]
+  [--dataflow-service-account SA] (workers run --image, or --beam-sdk-container-image)
+Flink in the same Kubernetes cluster (kubeflow/flink/: FlinkDeployment + Beam's Flink job server):
+  --beam-runner flink --beam-job-endpoint beam-flink-job-server.flink:8099 --beam-parallelism 4
+  --beam-artifact-endpoint beam-flink-job-server.flink:8098
+  --beam-environment-type EXTERNAL --beam-environment-config localhost:50000
+Spark: --beam-runner spark --beam-job-endpoint SPARK_JOB_SERVER:8099 (or --spark-master spark://H:7077
+with Java in the image). --beam-arg=--OPTION=VALUE (repeatable) appends raw Beam options last.
 
 Data (--data): as for `run`; remote sources (tfrecord:gs://...) are not checked at compile time.
 

@@ -17,8 +17,9 @@ from typing import List, Optional
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs, terminal
-from triplet_tfx.pipeline.config import (CONVERT_CHANNELS_RULES, NETWORKS, PRECISIONS, PROFILES, SPLITS, ConfigError,
-                                         DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
+from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, CONVERT_CHANNELS_RULES, DEFAULT_BEAM_ARGS,
+                                         NETWORKS, PRECISIONS, PROFILES, SPLITS, BeamConfig, ConfigError, DataConfig,
+                                         EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
 EXIT_NOT_BLESSED = 3  # `run --require-blessed`
@@ -134,9 +135,63 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--model-name", default=p.model_name, help="default %(default)s")
     out.add_argument("--serving-dir", default=p.serving_dir,
                      help="push to <serving-dir>/<model-name>/<version>/ (default <output-root>/serving)")
-    out.add_argument("--beam-arg", action="append", default=None, metavar="ARG",
-                     help="a Beam pipeline argument, repeatable (default: " + " ".join(p.beam_args) + ")")
     out.add_argument("--no-cache", action="store_true", help="re-run every component")
+    _add_beam_flags(parser)
+
+
+def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    beam = parser.add_argument_group(
+        "beam (where ExampleGen, StatisticsGen and Transform run; README: Running the data components on "
+        "Flink, Spark or Dataflow)")
+    beam.add_argument("--beam-runner", choices=BEAM_RUNNERS, default="local",
+                      help="local: in-process (" + " ".join(DEFAULT_BEAM_ARGS) + "); portable: a Beam job "
+                           "server (--beam-job-endpoint); flink, spark: a cluster; dataflow: Google Cloud. "
+                           "Default: %(default)s")
+    beam.add_argument("--beam-job-endpoint", metavar="HOST:PORT",
+                      help="portable/flink/spark: the Beam job server (e.g. Beam's Flink job server)")
+    beam.add_argument("--beam-artifact-endpoint", metavar="HOST:PORT",
+                      help="portable/flink/spark: the job server's artifact service, when the address it reports "
+                           "is not reachable from here (e.g. beam-flink-job-server.flink:8098 from a KFP task)")
+    beam.add_argument("--beam-environment-type", choices=BEAM_ENVIRONMENTS,
+                      help="portable/flink/spark: where the SDK workers run: EXTERNAL (a worker pool), DOCKER "
+                           "(default: the image in --beam-environment-config, else --image), PROCESS")
+    beam.add_argument("--beam-environment-config", metavar="CONFIG",
+                      help="EXTERNAL: the worker pool's HOST:PORT; DOCKER: an image; PROCESS: "
+                           "'{\"command\": \"/opt/apache/beam/boot\"}'")
+    beam.add_argument("--flink-master", metavar="HOST:PORT",
+                      help="flink: the Flink REST endpoint, when Beam should start its own Flink job server "
+                           "(needs Java) instead of --beam-job-endpoint")
+    beam.add_argument("--spark-master", metavar="URL",
+                      help="spark: spark://HOST:7077, when Beam should start its own Spark job server (needs "
+                           "Java) instead of --beam-job-endpoint")
+    beam.add_argument("--beam-parallelism", type=int, metavar="N", help="flink: default parallelism")
+    beam.add_argument("--dataflow-project", metavar="PROJECT", help="dataflow: Google Cloud project")
+    beam.add_argument("--dataflow-region", metavar="REGION", help="dataflow: e.g. us-central1")
+    beam.add_argument("--dataflow-temp-location", metavar="GS_URI", help="dataflow: gs://BUCKET/tmp (required)")
+    beam.add_argument("--dataflow-staging-location", metavar="GS_URI",
+                      help="dataflow: gs://BUCKET/staging (default: the temp location)")
+    beam.add_argument("--dataflow-machine-type", metavar="TYPE", help="dataflow: worker machine type, "
+                                                                       "e.g. n2-standard-4")
+    beam.add_argument("--dataflow-max-workers", type=int, metavar="N", help="dataflow: autoscaling limit")
+    beam.add_argument("--beam-sdk-container-image", metavar="IMAGE",
+                      help="dataflow: the workers' image (default: --image, the project's CPU image, "
+                           "kubeflow/Dockerfile: it has the project installed)")
+    beam.add_argument("--dataflow-service-account", metavar="EMAIL", help="dataflow: the workers' service account")
+    beam.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                      help="a raw Beam pipeline option for the data components, repeatable; appended after "
+                           "the runner's options, so it wins")
+
+
+def beam_config_from_args(args: argparse.Namespace) -> BeamConfig:
+    return BeamConfig(
+        runner=args.beam_runner, job_endpoint=args.beam_job_endpoint, artifact_endpoint=args.beam_artifact_endpoint,
+        environment_type=args.beam_environment_type,
+        environment_config=args.beam_environment_config, flink_master=args.flink_master,
+        spark_master=args.spark_master, parallelism=args.beam_parallelism, project=args.dataflow_project,
+        region=args.dataflow_region, temp_location=args.dataflow_temp_location,
+        staging_location=args.dataflow_staging_location, machine_type=args.dataflow_machine_type,
+        max_workers=args.dataflow_max_workers, sdk_container_image=args.beam_sdk_container_image,
+        service_account=args.dataflow_service_account)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -151,7 +206,6 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             bounds[name.strip()] = float(value)
         except ValueError:
             raise ConfigError(f"--min-metric: expected NAME=VALUE, e.g. map_at_r=0.9, got {item!r}") from None
-    defaults = PipelineConfig()
     return PipelineConfig(
         pipeline_name=args.pipeline_name,
         output_root=os.path.abspath(args.output_root),
@@ -159,7 +213,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         serving_dir=(args.serving_dir if "://" in args.serving_dir else os.path.abspath(args.serving_dir))
         if args.serving_dir else None,
         enable_cache=not args.no_cache,
-        beam_args=tuple(args.beam_arg) if args.beam_arg else defaults.beam_args,
+        beam_args=tuple(args.beam_arg),
+        beam=beam_config_from_args(args),
         data=DataConfig(source=args.data, tfds_data_dir=args.tfds_data_dir, image_height=height,
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples, train_classes=args.train_classes,
@@ -228,10 +283,12 @@ def preflight(config: PipelineConfig, verbose: bool) -> str:
             return f.read()
 
 
-def run_locally(config: PipelineConfig, verbose: bool = True) -> "Optional[summary.RunSummary]":
+def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = False
+                ) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
     root's run lock and logging everything into a new log file in the output root (see `terminal`);
-    returns the summary of this run (None if it reached no component)."""
+    returns the summary of this run (None if it reached no component). data_only: its data
+    components alone (ExampleGen through Transform, no training)."""
     from triplet_tfx.pipeline.run_lock import RunLock
 
     preflight_lines = preflight(config, verbose)
@@ -255,7 +312,8 @@ def run_locally(config: PipelineConfig, verbose: bool = True) -> "Optional[summa
                 os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
                 try:
                     tfx.orchestration.LocalDagRunner().run(create_pipeline(
-                        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)))
+                        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+                        data_only=data_only))
                 except Exception as err:  # a component failed: its run's summary still tells what happened
                     failure = err
                 result = summary.latest_run(config, after_context_id=before)
@@ -280,7 +338,7 @@ def _data_source_error() -> type:
 
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     terminal.setup_logging(args.verbose)
-    logger.info("Beam arguments: %s", " ".join(config.beam_args))
+    logger.info("Beam arguments of the data components: %s", " ".join(config.data_beam_args))
     from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:

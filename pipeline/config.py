@@ -167,6 +167,130 @@ class KubeflowConfig:
     trainer_memory_limit: Optional[float] = None  # GB
 
 
+BEAM_RUNNERS = ("local", "portable", "flink", "spark", "dataflow")
+BEAM_ENVIRONMENTS = ("EXTERNAL", "DOCKER", "PROCESS")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """Where the data components' Beam pipelines run (ExampleGen, StatisticsGen, Transform).
+
+    `local` is the in-process FnApiRunner (DEFAULT_BEAM_ARGS). The others go through Beam's
+    portability framework: SDK workers run the project's code in separate processes or
+    containers, which must have the project installed (the worker image, or the venv).
+    """
+    runner: str = "local"
+    # portable, flink, spark: the Beam job server (host:port) and where it starts SDK workers:
+    # EXTERNAL = a worker pool at environment_config (host:port), DOCKER (None = DOCKER, Beam's
+    # default) = the image in environment_config (default: the project's CPU image), PROCESS =
+    # environment_config is the JSON {"command": ...} of a worker boot executable on every worker.
+    job_endpoint: Optional[str] = None
+    # The job server's artifact service as this side reaches it (default: the address the job
+    # server reports, its own bind host: wrong from another pod).
+    artifact_endpoint: Optional[str] = None
+    environment_type: Optional[str] = None
+    environment_config: Optional[str] = None
+    # flink / spark without a job endpoint: Beam starts its own Java job server (needs Java)
+    # that submits to this master; parallelism: Flink's default degree of parallelism.
+    flink_master: Optional[str] = None  # host:port of the Flink REST endpoint
+    spark_master: Optional[str] = None  # spark://host:7077
+    parallelism: Optional[int] = None
+    # dataflow (Google Cloud): the workers run sdk_container_image (default: the project's image).
+    project: Optional[str] = None
+    region: Optional[str] = None
+    temp_location: Optional[str] = None
+    staging_location: Optional[str] = None
+    machine_type: Optional[str] = None
+    max_workers: Optional[int] = None
+    sdk_container_image: Optional[str] = None
+    service_account: Optional[str] = None
+
+    # field: (CLI flag, runners it applies to)
+    FLAGS = {
+        "job_endpoint": ("--beam-job-endpoint", ("portable", "flink", "spark")),
+        "artifact_endpoint": ("--beam-artifact-endpoint", ("portable", "flink", "spark")),
+        "environment_type": ("--beam-environment-type", ("portable", "flink", "spark")),
+        "environment_config": ("--beam-environment-config", ("portable", "flink", "spark")),
+        "flink_master": ("--flink-master", ("flink",)),
+        "spark_master": ("--spark-master", ("spark",)),
+        "parallelism": ("--beam-parallelism", ("flink",)),
+        "project": ("--dataflow-project", ("dataflow",)),
+        "region": ("--dataflow-region", ("dataflow",)),
+        "temp_location": ("--dataflow-temp-location", ("dataflow",)),
+        "staging_location": ("--dataflow-staging-location", ("dataflow",)),
+        "machine_type": ("--dataflow-machine-type", ("dataflow",)),
+        "max_workers": ("--dataflow-max-workers", ("dataflow",)),
+        "sdk_container_image": ("--beam-sdk-container-image", ("dataflow",)),
+        "service_account": ("--dataflow-service-account", ("dataflow",)),
+    }
+
+    def validate(self) -> "BeamConfig":
+        """Raises ConfigError naming the first invalid setting and its flag."""
+        def fail(field: str, problem: str):
+            flag = "--beam-runner" if field == "runner" else self.FLAGS[field][0]
+            raise ConfigError(f"beam.{field} ({flag}): {problem}")
+
+        if self.runner not in BEAM_RUNNERS:
+            fail("runner", f"{self.runner!r}: use one of " + ", ".join(BEAM_RUNNERS))
+        for field, (_, runners) in self.FLAGS.items():
+            if getattr(self, field) is not None and self.runner not in runners:
+                fail(field, f"applies to --beam-runner {'/'.join(runners)} only, not {self.runner}")
+        if self.environment_type not in (None, *BEAM_ENVIRONMENTS):
+            fail("environment_type", f"{self.environment_type!r}: use one of " + ", ".join(BEAM_ENVIRONMENTS))
+        if self.environment_type in ("EXTERNAL", "PROCESS") and not self.environment_config:
+            fail("environment_config", f"{self.environment_type} needs it: "
+                 + ("the worker pool's host:port" if self.environment_type == "EXTERNAL"
+                    else 'the JSON {"command": "<worker boot executable>"}'))
+        if self.runner == "portable" and not self.job_endpoint:
+            fail("job_endpoint", "the portable runner needs a Beam job server's host:port")
+        if self.runner == "flink" and not (self.job_endpoint or self.flink_master):
+            fail("flink_master", "give the Flink REST endpoint (host:8081) or a Flink job server's "
+                                 "--beam-job-endpoint")
+        if self.runner == "spark" and not (self.job_endpoint or self.spark_master):
+            fail("spark_master", "give the Spark master (spark://host:7077) or a Spark job server's "
+                                 "--beam-job-endpoint")
+        if self.parallelism is not None and self.parallelism < 1:
+            fail("parallelism", "must be positive")
+        if self.runner == "dataflow":
+            for field in ("project", "region"):
+                if not getattr(self, field):
+                    fail(field, "Dataflow needs it")
+            if not (self.temp_location or "").startswith("gs://"):
+                fail("temp_location", f"Dataflow needs a gs:// temp location, got {self.temp_location!r}")
+            if self.staging_location is not None and not self.staging_location.startswith("gs://"):
+                fail("staging_location", f"must be a gs:// location, got {self.staging_location!r}")
+            if self.max_workers is not None and self.max_workers < 1:
+                fail("max_workers", "must be positive")
+        return self
+
+
+def beam_pipeline_args(beam: BeamConfig, project_image: str) -> Tuple[str, ...]:
+    """The Beam pipeline options of the data components for the configured runner.
+
+    project_image: the project's CPU image (--image), the default SDK worker image of DOCKER
+    environments and of Dataflow.
+    """
+    def options(**values) -> Tuple[str, ...]:
+        return tuple(f"--{name}={value}" for name, value in values.items() if value is not None)
+
+    if beam.runner == "local":
+        return DEFAULT_BEAM_ARGS
+    if beam.runner == "dataflow":
+        return options(runner="DataflowRunner", project=beam.project, region=beam.region,
+                       temp_location=beam.temp_location, staging_location=beam.staging_location,
+                       machine_type=beam.machine_type, max_num_workers=beam.max_workers,
+                       sdk_container_image=beam.sdk_container_image or project_image,
+                       service_account_email=beam.service_account)
+    runner = {"portable": "PortableRunner", "flink": "FlinkRunner", "spark": "SparkRunner"}[beam.runner]
+    environment_type = beam.environment_type or "DOCKER"
+    return options(runner=runner, job_endpoint=beam.job_endpoint, artifact_endpoint=beam.artifact_endpoint,
+                   flink_master=beam.flink_master,
+                   spark_master_url=beam.spark_master, parallelism=beam.parallelism,
+                   environment_type=environment_type,
+                   environment_config=beam.environment_config
+                   or (project_image if environment_type == "DOCKER" else None))
+
+
 def _from_dict(cls, values: Dict[str, Any]):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -192,12 +316,19 @@ class PipelineConfig:
     # Where pushed models go (<serving_dir>/<model_name>/<version>/); default under output_root.
     serving_dir: Optional[str] = None
     enable_cache: bool = True
-    beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
+    # Raw Beam options (--beam-arg), appended after the runner's (`beam`), so they win.
+    beam_args: Tuple[str, ...] = ()
+    beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+
+    @property
+    def data_beam_args(self) -> Tuple[str, ...]:
+        """The Beam pipeline options of the data components: the runner's, then --beam-arg."""
+        return beam_pipeline_args(self.beam, self.kubeflow.image) + tuple(self.beam_args)
 
     @property
     def pipeline_root(self) -> str:
@@ -272,6 +403,7 @@ class PipelineConfig:
             if not ok:
                 raise ConfigError(f"{field}: {problem}")
         self._validate_class_split()
+        self.beam.validate()
         return self
 
     def _validate_class_split(self) -> None:

@@ -60,9 +60,10 @@ def data_fingerprint(source_path: str) -> str:
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
-                    baseline: str = "pushed") -> tfx.dsl.Pipeline:
+                    baseline: str = "pushed", data_only: bool = False) -> tfx.dsl.Pipeline:
     """`baseline`: the evaluator's baseline is the latest `pushed` model, or the latest `blessed` one
-    (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies)."""
+    (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies).
+    `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks)."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -93,6 +94,24 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     transform.add_upstream_node(anomaly_gate)
     # TFX's executor, plus the payload_format of the transformed examples (the Trainer warns without).
     transform.executor_spec = executor_spec.BeamExecutorSpec(transform_executor.Executor)
+    # Beam runs in the data components only: they alone get the runner's options, so a
+    # Kubeflow package sends ExampleGen, StatisticsGen and Transform to Dataflow or Flink while
+    # the Trainer and the evaluator stay in their own containers.
+    for component in (example_gen, statistics_gen, transform):
+        component.with_beam_pipeline_args(config.data_beam_args)
+
+    def assemble(components) -> tfx.dsl.Pipeline:
+        return tfx.dsl.Pipeline(
+            pipeline_name=config.pipeline_name,
+            pipeline_root=config.pipeline_root,
+            components=components,
+            enable_cache=config.enable_cache,
+            metadata_connection_config=metadata_connection_config,
+        )
+
+    data_components = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, transform]
+    if data_only:
+        return assemble(data_components)
 
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
@@ -134,12 +153,4 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate,
-                    transform, trainer, baseline_resolver, evaluator, serving_model_builder, pusher],
-        enable_cache=config.enable_cache,
-        metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=list(config.beam_args),
-    )
+    return assemble(data_components + [trainer, baseline_resolver, evaluator, serving_model_builder, pusher])

@@ -122,7 +122,58 @@ def test_only_the_trainer_requests_a_gpu_and_uses_the_gpu_image(compiled):
     for task, container in {**containers}.items():
         assert container["command"] == ["python", "-m",
                                         "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"], task
-        assert container["args"][-2:] == ["--runner=DataflowRunner", "--project=p1"], task
+
+
+DATA_TASKS = {"SourceExampleGen", "StatisticsGen", "Transform"}  # the project's Beam components
+
+
+def beam_args_by_task(spec):
+    """{task: the Beam options of its container}: what follows the executor's own arguments."""
+    result = {}
+    for task, executor in tasks_and_executors(spec).items():
+        if "container" in executor:
+            args = executor["container"]["args"]
+            rest = args[args.index("{{$}}") + 1:]
+            if rest[:1] == ["--json_serialized_inputs_spec_args"]:
+                rest = rest[2:]
+            result[task] = rest
+    return result
+
+
+def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compiled):
+    _, spec, _ = compiled
+    by_task = beam_args_by_task(spec)
+    fn_api = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
+    for task in DATA_TASKS:
+        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1", "--runner=DataflowRunner", "--project=p1"]
+    assert by_task and all(args == [] for args in by_task.values()), by_task
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--beam-runner", "dataflow", "--dataflow-project", "p1", "--dataflow-region", "europe-west4",
+      "--dataflow-temp-location", "gs://b/tmp", "--dataflow-max-workers", "16",
+      "--dataflow-machine-type", "n2-standard-8", "--dataflow-service-account", "beam@p1.iam.gserviceaccount.com"],
+     ["--runner=DataflowRunner", "--project=p1", "--region=europe-west4", "--temp_location=gs://b/tmp",
+      "--machine_type=n2-standard-8", "--max_num_workers=16", "--sdk_container_image=cpu:7",
+      "--service_account_email=beam@p1.iam.gserviceaccount.com"]),
+    # Flink in the same cluster: kubeflow/flink/ (the Beam Flink job server in front of a FlinkDeployment,
+    # SDK worker pools as sidecars of the TaskManagers).
+    (["--beam-runner", "flink", "--beam-job-endpoint", "beam-flink-job-server.flink:8099", "--beam-parallelism", "4",
+      "--beam-artifact-endpoint", "beam-flink-job-server.flink:8098",
+      "--beam-environment-type", "EXTERNAL", "--beam-environment-config", "localhost:50000"],
+     ["--runner=FlinkRunner", "--job_endpoint=beam-flink-job-server.flink:8099",
+      "--artifact_endpoint=beam-flink-job-server.flink:8098", "--parallelism=4",
+      "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
+])
+def test_distributed_runner_options_reach_the_data_components_only(tmp_path, flags, expected):
+    code, path = compile_cli(tmp_path, "--pipeline-root", "gs://b/r", "--image", "cpu:7", *flags)
+    assert code == 0
+    spec = load_documents(path)[0]
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    by_task = beam_args_by_task(spec)
+    assert {task: by_task.pop(task) for task in DATA_TASKS} == {task: expected for task in DATA_TASKS}
+    assert {"Trainer", "EmbeddingEvaluator", "SchemaGen", "ExampleValidator", "Pusher"} <= set(by_task)
+    assert all(args == [] for args in by_task.values()), by_task
 
 
 def test_vertex_accelerator_cpu_trainer_and_component_images(tmp_path):
@@ -182,7 +233,9 @@ def test_compile_help_explains_the_options(capsys):
     text = capsys.readouterr().out
     for needle in ("--pipeline-root", "gs://", "s3://", "minio://", "--pvc", "--image", "--gpu-image",
                    "nvidia.com/gpu", "NVIDIA_TESLA_T4", "--gpu-count", "--trainer-cpu", "--trainer-memory",
-                   "--beam-arg", "DataflowRunner", "FlinkRunner", "--data", "kfp pipeline create"):
+                   "--beam-runner dataflow", "--dataflow-temp-location gs://", "--beam-runner flink",
+                   "--beam-job-endpoint", "--beam-artifact-endpoint", "kubeflow/flink/", "--beam-runner spark", "--beam-arg", "--data",
+                   "kfp pipeline create"):
         assert needle in text, needle
 
 
@@ -202,6 +255,17 @@ def test_dockerfiles_install_the_project_with_the_pinned_constraints(dockerfile)
     with open(os.path.join(REPO, "constraints.txt")) as f:
         pins = f.read()
     assert "tensorflow==2.16.2" in pins and "tfx==1.16.0" in pins  # what the base images match
+
+
+def test_cpu_image_has_beams_worker_boot_of_the_pinned_beam():
+    """The CPU image is the data components' SDK worker image (Dataflow, DOCKER, Flink sidecar):
+    its /opt/apache/beam/boot must come from the Beam release the image installs."""
+    with open(os.path.join(REPO, "kubeflow", "Dockerfile")) as f:
+        text = f.read()
+    with open(os.path.join(REPO, "constraints.txt")) as f:
+        (beam,) = [line.split("==")[1].strip() for line in f if line.startswith("apache-beam==")]
+    assert f"FROM apache/beam_python3.10_sdk:{beam} AS beam-sdk" in text
+    assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in text
 
 
 def test_module_paths_named_by_the_spec_are_importable_from_the_installed_package(compiled, tmp_path):
