@@ -130,6 +130,19 @@ class KubeflowConfig:
     gpu_count: int = 1
     trainer_cpu_limit: Optional[float] = None  # vCPUs
     trainer_memory_limit: Optional[float] = None  # GB
+    # Where the Trainer trains. `kubeflow`: in its own step, or, with trainer_workers > 1, in a
+    # TFJob (Kubeflow Training Operator) of that many workers that the step launches and waits for,
+    # each worker with gpu_image and gpu_count x gpu_type. `vertex`: a Vertex AI CustomJob
+    # (TFX's google_cloud_ai_platform Trainer): one chief plus trainer_workers - 1 workers.
+    trainer_backend: str = "kubeflow"
+    trainer_workers: int = 1
+    # TFJob: namespace (None = the Trainer step's own) and the workers' service account.
+    tfjob_namespace: Optional[str] = None
+    tfjob_service_account: Optional[str] = None
+    # Vertex AI CustomJob: project, region and machine type of every replica.
+    vertex_project: Optional[str] = None
+    vertex_region: str = "us-central1"
+    vertex_machine_type: str = "n1-standard-8"
 
 
 def _from_dict(cls, values: Dict[str, Any]):

@@ -52,8 +52,11 @@ def data_fingerprint(source_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None
+def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
+                    trainer_class: Optional[type] = None, trainer_custom_config: Optional[dict] = None
                     ) -> tfx.dsl.Pipeline:
+    """`trainer_class` / `trainer_custom_config`: where the Trainer trains, for kubeflow/runner.py
+    (TFX's Vertex AI Trainer and its keys, or a `tfjob` section); default: in its own process."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -83,12 +86,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)
 
-    trainer = tfx.components.Trainer(
+    trainer = (trainer_class or tfx.components.Trainer)(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=sections("data", "train"))
+        custom_config={**sections("data", "train"), **(trainer_custom_config or {})})
 
     # The model in production: the latest one this pipeline blessed (none on a first run).
     baseline_resolver = tfx.dsl.Resolver(
