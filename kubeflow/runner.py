@@ -270,8 +270,29 @@ def summarize(package: CompiledPackage) -> List[str]:
             extra.append(f"{resources['cpuLimit']} vCPU")
         if resources.get("memoryLimit"):
             extra.append(f"{resources['memoryLimit']} GB")
+        if task_id == TRAINER_ID:
+            extra.extend(_trainer_launch_note(task))
         lines.append(f"  {task_id:<45} {container['image']}" + (f"  [{', '.join(extra)}]" if extra else ""))
     return lines
+
+
+def _trainer_launch_note(task: Dict[str, Any]) -> List[str]:
+    """Where a launching Trainer trains: its TFJob or Vertex AI job, from its compiled custom_config."""
+    from triplet_tfx.components.training.tfjob import TFJOB_KEY
+
+    value = task["inputs"]["parameters"].get("custom_config", {}).get("runtimeValue", {}).get("constantValue", {})
+    custom_config = json.loads(value.get("stringValue") or "{}")
+    tfjob = custom_config.get(TFJOB_KEY)
+    if tfjob:
+        gpus = f" x {tfjob['gpu_count']} {tfjob['gpu_type']}" if tfjob["gpu_count"] else ""
+        return [f"launches a TFJob: {tfjob['workers']} workers{gpus}, {tfjob['image']}"]
+    pools = custom_config.get("ai_platform_training_args", {}).get("job_spec", {}).get("worker_pool_specs")
+    if pools:
+        machine = pools[0]["machine_spec"]
+        gpus = f" + {machine['accelerator_count']} {machine['accelerator_type']}" if "accelerator_type" in machine else ""
+        return [f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
+                f"{pools[0]['container_spec']['image_uri']}"]
+    return []
 
 
 def image_and_task_ids(spec: Dict[str, Any]) -> Dict[str, Optional[str]]:

@@ -79,7 +79,7 @@ def tfjob_manifest(name: str, namespace: str, section: Dict[str, Any], spec_path
     if section.get("gpu_count"):
         limits[section["gpu_type"]] = str(section["gpu_count"])  # quantities are strings
     if section.get("cpu_limit"):
-        limits["cpu"] = str(section["cpu_limit"])
+        limits["cpu"] = f"{section['cpu_limit']:g}"
     if section.get("memory_limit_gb"):
         limits["memory"] = f"{int(round(section['memory_limit_gb'] * 1000))}M"
     if limits:
