@@ -112,7 +112,8 @@ def measure(setting: Dict, steps: int, warmup: int) -> Dict:
     batches = tf.data.Dataset.from_tensors((images, labels)).cache().repeat()
     try:
         with strategy.scope():
-            model = trainer.compiled_model(IMAGE_SHAPE, train, {"epochs": 1, "steps_per_epoch": warmup + steps})
+            model = trainer.compiled_model(IMAGE_SHAPE, train, {"epochs": 1, "steps_per_epoch": warmup + steps},
+                                           replicas)
         model.jit_compile = setting["xla"]
         model.fit(batches, epochs=1, steps_per_epoch=warmup, verbose=0)
         start = time.perf_counter()

@@ -3,10 +3,10 @@
 It runs inside the Trainer step on the cluster when the pipeline was compiled with
 `--trainer-workers N` (kubeflow/runner.py puts a `tfjob` section into the Trainer's custom_config);
 run_fn then hands over to `launch_and_wait`, which:
-  1. writes the worker spec (this step's FnArgs as JSON, without the `tfjob` section) below the
-     step's model-run output, where every worker reads it (gs://, s3:// or the PVC every task mounts);
-  2. creates a kubeflow.org/v1 TFJob of N `Worker` replicas running
-     `python -m triplet_tfx.components.training.worker --spec PATH`; the operator sets each one's
+  1. writes the worker spec (this step's FnArgs as JSON: `worker.write_spec`) below the step's
+     model-run output, where every worker reads it (gs://, s3:// or the PVC every task mounts);
+  2. creates a kubeflow.org/v1 TFJob of N `Worker` replicas running `worker.py`'s entry point
+     (`python -m triplet_tfx.components.training.worker --spec PATH`); the operator sets each one's
      TF_CONFIG, and worker 0, the chief, exports the model into this step's Model output;
   3. polls the job, logs each change of its conditions and replica counts, and raises TFJobFailed
      with the job's reason and message (status.conditions) and the end of each worker's log.
@@ -16,25 +16,20 @@ pods/log get, which kubeflow/tfjob-rbac.yaml grants to the step's service accoun
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import signal
 import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
+from triplet_tfx.components.training import worker
+
 logger = logging.getLogger(__name__)
 
 TFJOB_KEY = "tfjob"  # the Trainer custom_config section that turns the launcher on
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
-WORKER_MODULE = "triplet_tfx.components.training.worker"
 # The operator requires this container name (it adds the TF_CONFIG port to it).
 CONTAINER_NAME = "tensorflow"
-# FnArgs fields the workers need (all but data_accessor, which each worker rebuilds).
-WORKER_SPEC_FIELDS = ("working_dir", "train_files", "eval_files", "train_steps", "eval_steps", "schema_path",
-                      "schema_file", "transform_graph_path", "transform_output", "serving_model_dir",
-                      "eval_model_dir", "model_run_dir", "base_model", "hyperparameters", "custom_config")
 POLL_SECONDS = 10.0
 RESTART_LIMIT = 3  # worker restarts (preemptions) before the operator fails the job
 LOG_TAIL_LINES = 20
@@ -51,29 +46,12 @@ def job_name(model_run_dir: str) -> str:
     return "triplet-trainer-" + hashlib.sha256(model_run_dir.encode()).hexdigest()[:12]
 
 
-def worker_spec(fn_args) -> Dict[str, Any]:
-    """The JSON the workers read: FnArgs' fields, the `tfjob` section removed (no recursion)."""
-    spec = {field: getattr(fn_args, field) for field in WORKER_SPEC_FIELDS}
-    spec["custom_config"] = {k: v for k, v in (fn_args.custom_config or {}).items() if k != TFJOB_KEY}
-    return spec
-
-
-def write_worker_spec(fn_args) -> str:
-    import tensorflow as tf
-
-    path = f"{fn_args.model_run_dir.rstrip('/')}/tfjob/worker_spec.json"
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(worker_spec(fn_args), indent=2, sort_keys=True))
-    return path
-
-
 def tfjob_manifest(name: str, namespace: str, section: Dict[str, Any], spec_path: str) -> Dict[str, Any]:
     """The TFJob: `workers` Worker replicas (worker 0 is the chief), with the image, GPUs, CPU and
     memory limits, service account and PVC of the `tfjob` section."""
     container: Dict[str, Any] = {
         "name": CONTAINER_NAME, "image": section["image"],
-        "command": ["python", "-m", WORKER_MODULE, "--spec", spec_path],
+        "command": ["python", "-m", worker.WORKER_MODULE, "--spec", spec_path],
     }
     limits: Dict[str, Any] = {}
     if section.get("gpu_count"):
@@ -227,7 +205,7 @@ def launch_and_wait(fn_args, api_client=None, poll_seconds: Optional[float] = No
     section = fn_args.custom_config[TFJOB_KEY]
     namespace = section.get("namespace") or default_namespace()
     name = job_name(fn_args.model_run_dir)
-    spec_path = write_worker_spec(fn_args)
+    spec_path = worker.write_spec(fn_args)
     api_client = api_client or default_api_client()
     api = client.CustomObjectsApi(api_client)
     _create(api, namespace, tfjob_manifest(name, namespace, section, spec_path))

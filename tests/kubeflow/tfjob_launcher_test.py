@@ -14,7 +14,7 @@ from kubernetes import client
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from kubernetes_standin import KubernetesStandIn
-from triplet_tfx.components.training import tfjob
+from triplet_tfx.components.training import tfjob, worker
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline.config import KubeflowConfig
 
@@ -59,7 +59,7 @@ def launch(tmp_path, args, caplog, poll=0.2):
     """Runs the launcher against a stand-in whose workers run WORKER with the container's --spec."""
     standin = KubernetesStandIn(str(tmp_path))
     with standin:
-        spec_path = tfjob.write_worker_spec(args)  # what the launcher will write, to build the workers' argv
+        spec_path = worker.write_spec(args)  # what the launcher will write, to build the workers' argv
         standin.worker_command = [sys.executable, "-c", WORKER, spec_path]
         with caplog.at_level(logging.INFO, logger=tfjob.__name__):
             try:
@@ -99,11 +99,10 @@ def test_launches_n_workers_with_the_operators_tf_config_and_streams_the_status(
     assert len(configs[0]["cluster"]["worker"]) == 3 and list(configs[0]["cluster"]) == ["worker"]
     assert all(address.startswith("127.0.0.1:") for address in configs[0]["cluster"]["worker"])
 
-    # The spec is the step's FnArgs without the tfjob section (workers must not launch again).
+    # The spec is the step's FnArgs, on the storage the workers share.
     spec = json.load(open(spec_path))
     assert spec["serving_model_dir"] == args.serving_model_dir and spec["train_files"] == args.train_files
-    assert spec["custom_config"] == {"train": {"epochs": 1}}
-    assert spec_path.startswith(args.model_run_dir)
+    assert spec["custom_config"]["train"] == {"epochs": 1} and spec_path.startswith(args.model_run_dir)
 
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"Created TFJob team-a/{name}: 3 worker(s)") for m in messages)
@@ -130,7 +129,7 @@ def test_a_retried_launcher_waits_for_the_existing_job_and_a_stopped_one_deletes
     args = fn_args(tmp_path, section(workers=2))
     standin = KubernetesStandIn(str(tmp_path))
     with standin:
-        spec_path = tfjob.write_worker_spec(args)
+        spec_path = worker.write_spec(args)
         standin.worker_command = [sys.executable, "-c", WORKER, spec_path]
         api = api_client(standin.host)
         tfjob.launch_and_wait(args, api, poll_seconds=0.2)
