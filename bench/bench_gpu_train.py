@@ -9,9 +9,9 @@ It needs one or more NVIDIA GPUs and a TensorFlow that sees them (the kubeflow/D
 or `pip install tensorflow[and-cuda]==<the pinned version>`); without one it says so and exits 2.
 Every GPU is used (MirroredStrategy; CUDA_VISIBLE_DEVICES picks them). The network, loss and
 optimizer are the Trainer's (`trainer.compiled_model`, built in the strategy's scope), the batch is
-class-balanced (32 examples per class, whole classes on each replica) and already on the device, so
-the figure is the training step alone (no input pipeline): the mean over --steps steps after
---warmup steps (compilation). Each setting runs in its own process: dtype policies and XLA state
+class-balanced (32 examples per class, whole classes on each replica), one batch cached in memory and
+repeated, so the figure is the training step (plus the batch's copy to the GPUs), without the input
+pipeline's work: the mean over --steps steps after --warmup steps (compilation). Each setting runs in its own process: dtype policies and XLA state
 are per process. A setting that runs out of GPU memory is reported as such.
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     if len(gpus) == 1:
         grid = [s for s in grid if s["mining"] == "global"]  # one replica: `replica` mining is the same
     print(f"GPUs: {len(gpus)} x {', '.join(sorted(set(gpus)))} (MirroredStrategy); {args.steps} timed steps after "
-          f"{args.warmup}; batch of whole classes of {EXAMPLES_PER_CLASS}, already on the device")
+          f"{args.warmup}; one cached batch of whole classes of {EXAMPLES_PER_CLASS}, no input pipeline")
     print("| global batch | per replica | mining | precision | XLA | ms per step | images/s |\n"
           "|---:|---:|---|---|---|---:|---:|")
     for setting in grid:
