@@ -29,6 +29,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,19 @@ class TrainConfig:
     # Stop after this many steps in all (smoke runs and tests); None = full epochs.
     max_steps: Optional[int] = None
     seed: int = 42
+    # Distribution (README "Training on GPUs and many workers"). `auto`: MultiWorkerMirroredStrategy
+    # when TF_CONFIG describes more than one task, MirroredStrategy over all local GPUs when there
+    # are several, else the default (one device); or `one_device`, `mirrored`, `multi_worker`.
+    # batch_size is the global batch, split evenly over the replicas.
+    strategy: str = "auto"
+    # Semi-hard/hard mining over the `global` batch (all replicas' embeddings gathered) or each
+    # `replica`'s own share; the same with one replica.
+    mining: str = "global"
+    # Training state (weights, optimizer, step) backed up every N steps below the pipeline root,
+    # so that a rerun after a kill resumes; removed after the export.
+    checkpoint_every_steps: int = 500
+    # Local processes (chief + workers on 127.0.0.1) training under MultiWorkerMirroredStrategy.
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +247,14 @@ class PipelineConfig:
              "must be one of " + ", ".join(PRECISIONS)),
             (self.train.max_steps is None or self.train.max_steps > 0, "train.max_steps (--max-steps)",
              "must be positive"),
+            (self.train.strategy in STRATEGIES, "train.strategy (--strategy)",
+             "must be one of " + ", ".join(STRATEGIES)),
+            (self.train.mining in ("global", "replica"), "train.mining (--mining)", "must be global or replica"),
+            (self.train.checkpoint_every_steps > 0, "train.checkpoint_every_steps (--checkpoint-every)",
+             "must be positive"),
+            (self.train.workers >= 1, "train.workers (--workers)", "must be at least 1"),
+            (self.train.workers == 1 or self.train.strategy in ("auto", "multi_worker"), "train.strategy (--strategy)",
+             f"{self.train.strategy} trains in one process: --workers {self.train.workers} needs auto or multi_worker"),
             (self.eval.protocol in ("leave_one_out", "eval_vs_train"), "eval.protocol (--eval-protocol)",
              "must be leave_one_out or eval_vs_train"),
             (all(0.0 <= v <= 1.0 for v in self.eval.lower_bounds.values()),
