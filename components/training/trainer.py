@@ -21,7 +21,7 @@ import tensorflow_transform as tft
 
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.serving.export import export_serving_model
-from triplet_tfx.components.training import batching, checkpoints, distribute, losses
+from triplet_tfx.components.training import batching, checkpoints, distribute, losses, tfjob
 from triplet_tfx.components.training.network import build_model
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
@@ -220,7 +220,9 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point (GenericExecutor): trains here, or in `train.workers` local processes."""
     train = PipelineConfig.from_dict({"train": fn_args.custom_config["train"]}).train
-    if train.workers > 1:
+    if tfjob.TFJOB_KEY in fn_args.custom_config:  # compiled with --trainer-workers N: a Kubeflow TFJob trains
+        tfjob.launch_and_wait(fn_args)
+    elif train.workers > 1:
         from triplet_tfx.components.training import worker
 
         worker.run_local_workers(worker.write_spec(fn_args), train.workers)
