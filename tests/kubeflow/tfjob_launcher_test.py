@@ -16,7 +16,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from kubernetes_standin import KubernetesStandIn
 from triplet_tfx.components.training import tfjob, worker
 from triplet_tfx.kubeflow import runner
-from triplet_tfx.pipeline.config import KubeflowConfig
+from triplet_tfx.pipeline.config import KubeflowConfig, PipelineConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RBAC = os.path.join(REPO, "kubeflow", "tfjob-rbac.yaml")
@@ -123,6 +123,18 @@ def test_a_failing_worker_fails_the_step_with_the_jobs_reason_and_log(tmp_path, 
     assert "resources" not in standin.created[0]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
         "containers"][0]  # no GPU, no limits requested
     assert any("Failed (TFJobFailed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_real_worker_failing_on_missing_inputs_fails_the_step_with_its_error(tmp_path, caplog):
+    """The pods' real command (worker.py's entry point) on a spec whose transformed examples do not exist."""
+    config = PipelineConfig().to_dict()
+    args = fn_args(tmp_path, section(workers=2), data=config["data"], train=config["train"])
+    with KubernetesStandIn(str(tmp_path)) as standin:
+        with pytest.raises(tfjob.TFJobFailed) as failure:
+            tfjob.launch_and_wait(args, api_client(standin.host), poll_seconds=0.5)
+    text = str(failure.value)
+    assert "TFJobFailed" in text and "Worker replica(s) failed." in text
+    assert f"no transformed examples match {args.train_files}" in text  # the worker's own error, from its log
 
 
 def test_a_retried_launcher_waits_for_the_existing_job_and_a_stopped_one_deletes_it(tmp_path, caplog, monkeypatch):
