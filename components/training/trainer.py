@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Set
 
 import keras
 import tensorflow as tf
@@ -137,18 +137,19 @@ def learning_rate(train: TrainConfig, plan: Dict[str, int]):
     return train.learning_rate
 
 
-def fit_from(model: keras.Model, batches: tf.data.Dataset, plan: Dict[str, int], start_step: int,
-             **fit_args) -> None:
+def fit_from(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
+             start_step: int, **fit_args) -> None:
     """model.fit from step `start_step` to the plan's end, on the batches an uninterrupted run sees
-    from there (the input pipeline is seeded: skipping `start_step` batches replays it). Keras starts
-    every fit at the first batch of an epoch, so a resume inside an epoch first finishes that epoch in
-    a fit of its own."""
+    from there. Keras starts every fit at the first batch of an epoch, so a resume inside an epoch
+    first finishes that epoch in a fit of its own. Each fit gets a fresh input pipeline: a second
+    iterator over the same one would draw new shuffle orders (reshuffle_each_iteration); a fresh,
+    seeded one replays the uninterrupted run's batches when the first `step` are skipped."""
     steps_per_epoch = plan["steps_per_epoch"]
     step = start_step
     while step < plan["epochs"] * steps_per_epoch:
         epoch, done = divmod(step, steps_per_epoch)
         end_epoch = epoch + 1 if done else plan["epochs"]
-        model.fit(batches.skip(step) if step else batches, initial_epoch=epoch, epochs=end_epoch,
+        model.fit(make_batches().skip(step) if step else make_batches(), initial_epoch=epoch, epochs=end_epoch,
                   steps_per_epoch=steps_per_epoch - done, **fit_args)
         step = end_epoch * steps_per_epoch
 
@@ -193,7 +194,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
         if start:
             logger.info("Resuming from step %d of %d (backup %s)", start, total, backup)
         fit_from(
-            model, training_batches(train_examples, train), plan, start,
+            model, lambda: training_batches(train_examples, train), plan, start,
             # Once, at the end: validating after every epoch left about half of the following epochs
             # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
             # the embedding quality that matters.

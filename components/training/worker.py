@@ -107,7 +107,8 @@ def run_local_workers(spec_path: str, workers: int) -> None:
                 pending.remove(entry)
                 reader.join()
                 if code != 0:
-                    raise WorkerFailed(f"training {name} exited with status {code}; its last lines:\n" + "\n".join(tail))
+                    raise WorkerFailed(f"training {name} exited with status {code}; its last lines:\n"
+                                       + "\n".join(tail))
     finally:
         for _, process, _, _ in procs:
             if process.poll() is None:
