@@ -187,9 +187,9 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
                                     args.custom_config)
     scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
     try:
-        with strategy.scope():
+        with strategy.scope():  # the restore may build the optimizer's variables
             model = compiled_model(config.data.image_shape, train, plan, strategy.num_replicas_in_sync)
-        start = checkpoints.restore(model, backup)
+            start = checkpoints.restore(model, backup)
         total = plan["epochs"] * plan["steps_per_epoch"]
         if start:
             logger.info("Resuming from step %d of %d (backup %s)", start, total, backup)

@@ -1,13 +1,13 @@
 """`--workers 2`: run_fn trains in two local processes (chief + worker, TF_CONFIG on 127.0.0.1) under
-MultiWorkerMirroredStrategy through the worker entry point; both end with the same weights, only the
-chief exports, nothing else is left behind; a failing worker fails run_fn with its log tail."""
+MultiWorkerMirroredStrategy through the worker entry point; both resume from a backup, end with the
+same weights, only the chief exports, nothing else is left behind; a failing worker fails with its log tail."""
 import logging
 import os
 import re
 
 import pytest
 
-from triplet_tfx.components.training import trainer, worker
+from triplet_tfx.components.training import checkpoints, trainer, worker
 
 import tiny_training_inputs
 
@@ -25,12 +25,31 @@ def test_local_tf_configs_name_a_chief_and_workers_on_free_ports():
     assert len(set(addresses)) == 3 and all(a.startswith("127.0.0.1:") for a in addresses)
 
 
-def test_two_local_workers_train_in_sync_and_the_chief_alone_exports(tmp_path, caplog):
+class Killed(Exception):
+    pass
+
+
+def test_two_local_workers_resume_train_in_sync_and_the_chief_alone_exports(tmp_path, caplog, monkeypatch):
     inputs = tiny_training_inputs.make_inputs(str(tmp_path / "inputs"))
-    args = tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 1, **TRAIN)
+    # A first execution, in this process on one device, stops right after its first backup (step 2)...
+    save = checkpoints.save
+
+    def save_then_stop(*args):
+        save(*args)
+        raise Killed()
+
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
+    single = {**TRAIN, "workers": 1}
+    with pytest.raises(Killed):
+        trainer.run_fn(tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 1, **single))
+    monkeypatch.undo()
+    # ...and the rerun, with --workers 2, resumes from it under MultiWorkerMirroredStrategy.
+    args = tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 2, **TRAIN)
     with caplog.at_level(logging.INFO, logger="triplet_tfx"):
         trainer.run_fn(args)
     lines = [r.getMessage() for r in caplog.records]
+    resumed = [line.split("]")[0] for line in lines if "Resuming from step 2 of 4" in line]
+    assert sorted(resumed) == ["[chief 0", "[worker 0"]
     strategy = [line for line in lines
                 if "Strategy: MultiWorkerMirroredStrategy, 2 replica(s), per-replica batch 16" in line]
     assert {line.split("]")[0] for line in strategy} == {"[chief 0", "[worker 0"}
