@@ -103,6 +103,25 @@ def _add_kubeflow_flags(parser: argparse.ArgumentParser) -> None:
                        help="memory limit of the Trainer container in GB, e.g. 16 or 16G or 15Gi")
     group.add_argument("--package-dir", default=None,
                        help="where to write the package (default <output-root>/kubeflow)")
+    workers = parser.add_argument_group(
+        "trainer on several workers",
+        "kubeflow: with --trainer-workers N > 1 the Trainer step launches a TFJob (Kubeflow Training Operator) of "
+        "N workers, each with --gpu-image and --gpu-count x --gpu-type, and waits for it (apply "
+        "kubeflow/tfjob-rbac.yaml first). vertex: the Trainer runs as a Vertex AI CustomJob of one chief and "
+        "N - 1 workers (TFX's google_cloud_ai_platform Trainer).")
+    workers.add_argument("--trainer-backend", choices=("kubeflow", "vertex"), default=k.trainer_backend,
+                         help="where the Trainer trains (default %(default)s)")
+    workers.add_argument("--trainer-workers", type=int, default=k.trainer_workers, metavar="N",
+                         help="training workers (default %(default)s: kubeflow trains in the Trainer step itself)")
+    workers.add_argument("--tfjob-namespace", default=k.tfjob_namespace, metavar="NS",
+                         help="namespace of the TFJob (default: the Trainer step's own)")
+    workers.add_argument("--tfjob-service-account", default=k.tfjob_service_account, metavar="SA",
+                         help="service account of the TFJob's worker pods (e.g. one that can write gs://)")
+    workers.add_argument("--vertex-project", default=k.vertex_project, help="Google Cloud project of the "
+                                                                            "Vertex AI training job")
+    workers.add_argument("--vertex-region", default=k.vertex_region, help="Vertex AI region (default %(default)s)")
+    workers.add_argument("--vertex-machine-type", default=k.vertex_machine_type,
+                         help="machine type of each Vertex AI replica (default %(default)s)")
 
 
 def kubeflow_config_from_args(args: argparse.Namespace) -> KubeflowConfig:
@@ -115,7 +134,11 @@ def kubeflow_config_from_args(args: argparse.Namespace) -> KubeflowConfig:
     return KubeflowConfig(
         pipeline_root=root, pvc_name=args.pvc_name, pvc_mount_path=args.pvc_mount_path, image=args.image,
         gpu_image=args.gpu_image, component_images=tuple(args.component_image), gpu_type=args.gpu_type,
-        gpu_count=args.gpu_count, trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory)
+        gpu_count=args.gpu_count, trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory,
+        trainer_backend=args.trainer_backend, trainer_workers=args.trainer_workers,
+        tfjob_namespace=args.tfjob_namespace, tfjob_service_account=args.tfjob_service_account,
+        vertex_project=args.vertex_project, vertex_region=args.vertex_region,
+        vertex_machine_type=args.vertex_machine_type)
 
 
 def _package_dir(args: argparse.Namespace, config: PipelineConfig) -> str:

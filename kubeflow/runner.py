@@ -25,6 +25,7 @@ TRAINER_ID = "Trainer"
 # TFX's key for "every component not named in the image map".
 DEFAULT_IMAGE_KEY = "default_image_path"
 REMOTE_SCHEMES = ("gs://", "s3://", "minio://")
+TRAINER_BACKENDS = ("kubeflow", "vertex")
 # Open-source KFP: a Kubernetes extended resource name (nvidia.com/gpu, amd.com/gpu...).
 # Vertex AI Pipelines: an accelerator enum name (NVIDIA_TESLA_T4, NVIDIA_L4, TPU_V3...).
 _K8S_RESOURCE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?/[a-zA-Z0-9]([a-zA-Z0-9._-]*[a-zA-Z0-9])?")
@@ -76,6 +77,19 @@ def validate_kubeflow(config: PipelineConfig) -> PipelineConfig:
          "must be positive"),
         (kf.trainer_memory_limit is None or kf.trainer_memory_limit > 0,
          "kubeflow.trainer_memory_limit (--trainer-memory)", "must be positive"),
+        (kf.trainer_backend in TRAINER_BACKENDS, "kubeflow.trainer_backend (--trainer-backend)",
+         f"{kf.trainer_backend!r}: use " + " or ".join(TRAINER_BACKENDS)),
+        (kf.trainer_workers >= 1, "kubeflow.trainer_workers (--trainer-workers)", "must be at least 1"),
+        (kf.trainer_backend != "kubeflow" or kf.trainer_workers == 1 or kf.gpu_count == 0
+         or _K8S_RESOURCE.fullmatch(kf.gpu_type), "kubeflow.gpu_type (--gpu-type)",
+         f"{kf.gpu_type!r}: TFJob workers request a Kubernetes resource such as nvidia.com/gpu"),
+        (kf.trainer_backend != "vertex" or kf.vertex_project, "kubeflow.vertex_project (--vertex-project)",
+         "--trainer-backend vertex needs the Google Cloud project of the training job"),
+        (kf.trainer_backend != "vertex" or root.startswith("gs://"), "kubeflow.pipeline_root (--pipeline-root)",
+         f"{root!r}: Vertex AI training reads and writes the pipeline root: use gs://"),
+        (kf.trainer_backend != "vertex" or kf.gpu_count == 0 or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
+         "kubeflow.gpu_type (--gpu-type)",
+         f"{kf.gpu_type!r}: Vertex AI needs an accelerator type such as NVIDIA_TESLA_T4 or NVIDIA_L4"),
     ]
     for ok, field, problem in checks:
         if not ok:
@@ -93,19 +107,67 @@ def kubeflow_config(config: PipelineConfig) -> PipelineConfig:
     return dataclasses.replace(config, serving_dir=serving_dir)
 
 
+def trains_in_step(kf: KubeflowConfig) -> bool:
+    """Whether the Trainer step trains itself (else it launches a TFJob or a Vertex AI job and waits)."""
+    return kf.trainer_backend == "kubeflow" and kf.trainer_workers == 1
+
+
+def worker_image(kf: KubeflowConfig) -> str:
+    return kf.gpu_image if kf.gpu_count > 0 else kf.image
+
+
+def tfjob_section(kf: KubeflowConfig) -> Dict[str, Any]:
+    """The Trainer's `tfjob` custom_config section: what components/training/tfjob.py launches."""
+    return {"workers": kf.trainer_workers, "image": worker_image(kf), "gpu_type": kf.gpu_type,
+            "gpu_count": kf.gpu_count, "cpu_limit": kf.trainer_cpu_limit, "memory_limit_gb": kf.trainer_memory_limit,
+            "namespace": kf.tfjob_namespace, "service_account": kf.tfjob_service_account,
+            "pvc_name": kf.pvc_name, "pvc_mount_path": kf.pvc_mount_path}
+
+
+def vertex_training_config(kf: KubeflowConfig) -> Dict[str, Any]:
+    """custom_config keys of TFX's Vertex AI Trainer: a CustomJob of one chief (worker pool 0) and
+    trainer_workers - 1 workers (pool 1); Vertex AI sets their TF_CONFIG."""
+    from tfx.v1.extensions import google_cloud_ai_platform as vertex
+
+    machine_spec: Dict[str, Any] = {"machine_type": kf.vertex_machine_type}
+    if kf.gpu_count > 0:
+        machine_spec.update(accelerator_type=kf.gpu_type, accelerator_count=kf.gpu_count)
+    pools = [{"machine_spec": machine_spec, "replica_count": replicas,
+              "container_spec": {"image_uri": worker_image(kf)}}
+             for replicas in (1, kf.trainer_workers - 1) if replicas > 0]
+    return {vertex.ENABLE_VERTEX_KEY: True, vertex.VERTEX_REGION_KEY: kf.vertex_region,
+            vertex.TRAINING_ARGS_KEY: {"project": kf.vertex_project, "job_spec": {"worker_pool_specs": pools}}}
+
+
+def trainer_launch(kf: KubeflowConfig):
+    """(Trainer component class or None for TFX's own, extra custom_config) for create_pipeline."""
+    from triplet_tfx.components.training.tfjob import TFJOB_KEY
+
+    if kf.trainer_backend == "vertex":
+        from tfx.v1.extensions import google_cloud_ai_platform as vertex
+
+        return vertex.Trainer, vertex_training_config(kf)
+    if kf.trainer_workers > 1:
+        return None, {TFJOB_KEY: tfjob_section(kf)}
+    return None, {}
+
+
 def component_images(kf: KubeflowConfig) -> Dict[str, str]:
     """TFX's `default_image` map: {component id: image}, with the default under its key."""
     images = {DEFAULT_IMAGE_KEY: kf.image}
-    if kf.gpu_count > 0:
+    if kf.gpu_count > 0 and trains_in_step(kf):
         images[TRAINER_ID] = kf.gpu_image
     images.update(parse_component_images(kf.component_images))
     return images
 
 
 def trainer_resources(kf: KubeflowConfig):
-    """The Trainer's ResourceSpec, or None when it requests nothing special."""
+    """The Trainer's ResourceSpec, or None when it requests nothing special (nor when it only
+    launches a job: then the workers get the resources)."""
     from kfp.pipeline_spec import pipeline_spec_pb2
 
+    if not trains_in_step(kf):
+        return None
     spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
     if kf.trainer_cpu_limit:
         spec.cpu_limit = kf.trainer_cpu_limit
@@ -122,7 +184,9 @@ def build_pipeline(config: PipelineConfig):
     from triplet_tfx.pipeline.pipeline import create_pipeline
 
     config = kubeflow_config(config)
-    pipeline = create_pipeline(config, baseline="blessed")  # KFP v2 compiles TFX's built-in resolvers only
+    trainer_class, trainer_custom_config = trainer_launch(config.kubeflow)
+    pipeline = create_pipeline(config, baseline="blessed",  # KFP v2 compiles TFX's built-in resolvers only
+                               trainer_class=trainer_class, trainer_custom_config=trainer_custom_config)
     resources = trainer_resources(config.kubeflow)
     if resources is not None:
         trainers = [c for c in pipeline.components if c.id == TRAINER_ID]
@@ -207,8 +271,29 @@ def summarize(package: CompiledPackage) -> List[str]:
             extra.append(f"{resources['cpuLimit']} vCPU")
         if resources.get("memoryLimit"):
             extra.append(f"{resources['memoryLimit']} GB")
+        if task_id == TRAINER_ID:
+            extra.extend(_trainer_launch_note(task))
         lines.append(f"  {task_id:<45} {container['image']}" + (f"  [{', '.join(extra)}]" if extra else ""))
     return lines
+
+
+def _trainer_launch_note(task: Dict[str, Any]) -> List[str]:
+    """Where a launching Trainer trains: its TFJob or Vertex AI job, from its compiled custom_config."""
+    from triplet_tfx.components.training.tfjob import TFJOB_KEY
+
+    value = task["inputs"]["parameters"].get("custom_config", {}).get("runtimeValue", {}).get("constantValue", {})
+    custom_config = json.loads(value.get("stringValue") or "{}")
+    tfjob = custom_config.get(TFJOB_KEY)
+    if tfjob:
+        gpus = f" x {tfjob['gpu_count']} {tfjob['gpu_type']}" if tfjob["gpu_count"] else ""
+        return [f"launches a TFJob: {tfjob['workers']} workers{gpus}, {tfjob['image']}"]
+    pools = custom_config.get("ai_platform_training_args", {}).get("job_spec", {}).get("worker_pool_specs")
+    if pools:
+        machine = pools[0]["machine_spec"]
+        gpus = f" + {machine['accelerator_count']} {machine['accelerator_type']}" if "accelerator_type" in machine else ""
+        return [f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
+                f"{pools[0]['container_spec']['image_uri']}"]
+    return []
 
 
 def image_and_task_ids(spec: Dict[str, Any]) -> Dict[str, Optional[str]]:

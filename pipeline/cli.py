@@ -18,8 +18,8 @@ import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before Tensor
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs, terminal
 from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, CONVERT_CHANNELS_RULES, DEFAULT_BEAM_ARGS,
-                                         NETWORKS, PRECISIONS, PROFILES, SPLITS, BeamConfig, ConfigError, DataConfig,
-                                         EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
+                                         NETWORKS, PRECISIONS, PROFILES, SPLITS, STRATEGIES, BeamConfig, ConfigError,
+                                         DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
 EXIT_NOT_BLESSED = 3  # `run --require-blessed`
@@ -110,6 +110,19 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                             "exported model stay float32. Default: %(default)s")
     train.add_argument("--max-steps", type=int, default=t.max_steps, help="cap on training steps (smoke runs)")
     train.add_argument("--seed", type=int, default=t.seed, help="default %(default)s")
+    dist = parser.add_argument_group("training on several devices or workers")
+    dist.add_argument("--strategy", choices=STRATEGIES, default=t.strategy,
+                      help="tf.distribute strategy; auto: multi-worker when TF_CONFIG names several tasks, "
+                           "mirrored over all local GPUs when there are several, else one device "
+                           "(default %(default)s). --batch-size is the global batch")
+    dist.add_argument("--mining", choices=("global", "replica"), default=t.mining,
+                      help="triplet mining over the global batch or each replica's share (default %(default)s)")
+    dist.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every_steps, metavar="STEPS",
+                      help="back up the training state every STEPS steps; a rerun after a kill resumes "
+                           "(default %(default)s)")
+    dist.add_argument("--workers", type=int, default=t.workers, metavar="N",
+                      help="train in N local processes (chief + workers on 127.0.0.1) under "
+                           "MultiWorkerMirroredStrategy (default %(default)s)")
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--eval-protocol", choices=("leave_one_out", "eval_vs_train"), default=e.protocol,
                     help="eval queries against the rest of the eval split, or against the train split "
@@ -224,7 +237,9 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                           lr_schedule=args.lr_schedule, network=args.network, dropout=args.dropout, loss=args.loss,
                           margin=args.margin, distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, augment_shift=args.augment_shift,
-                          precision=args.precision, max_steps=args.max_steps, seed=args.seed),
+                          precision=args.precision, max_steps=args.max_steps, seed=args.seed,
+                          strategy=args.strategy, mining=args.mining,
+                          checkpoint_every_steps=args.checkpoint_every, workers=args.workers),
         eval=EvalConfig(protocol=args.eval_protocol, lower_bounds=bounds, max_regression=args.max_regression,
                         plot_method=args.plot),
         serving=ServingConfig(index_split=args.index_split),

@@ -36,6 +36,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # The embedding networks of components/training/network.py (NETWORKS there).
 NETWORKS = ("tutorial", "strided")
 CONVERT_CHANNELS_RULES = ("luminance",)  # data.convert_channels: see data_sources.read_image
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,19 @@ class TrainConfig:
     # Stop after this many steps in all (smoke runs and tests); None = full epochs.
     max_steps: Optional[int] = None
     seed: int = 42
+    # Distribution (README "Training on GPUs and many workers"). `auto`: MultiWorkerMirroredStrategy
+    # when TF_CONFIG describes more than one task, MirroredStrategy over all local GPUs when there
+    # are several, else the default (one device); or `one_device`, `mirrored`, `multi_worker`.
+    # batch_size is the global batch, split evenly over the replicas.
+    strategy: str = "auto"
+    # Semi-hard/hard mining over the `global` batch (all replicas' embeddings gathered) or each
+    # `replica`'s own share; the same with one replica.
+    mining: str = "global"
+    # Training state (weights, optimizer, step) backed up every N steps below the pipeline root,
+    # so that a rerun after a kill resumes; removed after the export.
+    checkpoint_every_steps: int = 500
+    # Local processes (chief + workers on 127.0.0.1) training under MultiWorkerMirroredStrategy.
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +179,19 @@ class KubeflowConfig:
     gpu_count: int = 1
     trainer_cpu_limit: Optional[float] = None  # vCPUs
     trainer_memory_limit: Optional[float] = None  # GB
+    # Where the Trainer trains. `kubeflow`: in its own step, or, with trainer_workers > 1, in a
+    # TFJob (Kubeflow Training Operator) of that many workers that the step launches and waits for,
+    # each worker with gpu_image and gpu_count x gpu_type. `vertex`: a Vertex AI CustomJob
+    # (TFX's google_cloud_ai_platform Trainer): one chief plus trainer_workers - 1 workers.
+    trainer_backend: str = "kubeflow"
+    trainer_workers: int = 1
+    # TFJob: namespace (None = the Trainer step's own) and the workers' service account.
+    tfjob_namespace: Optional[str] = None
+    tfjob_service_account: Optional[str] = None
+    # Vertex AI CustomJob: project, region and machine type of every replica.
+    vertex_project: Optional[str] = None
+    vertex_region: str = "us-central1"
+    vertex_machine_type: str = "n1-standard-8"
 
 
 BEAM_RUNNERS = ("local", "portable", "flink", "spark", "dataflow")
@@ -390,6 +417,14 @@ class PipelineConfig:
              "must be one of " + ", ".join(PRECISIONS)),
             (self.train.max_steps is None or self.train.max_steps > 0, "train.max_steps (--max-steps)",
              "must be positive"),
+            (self.train.strategy in STRATEGIES, "train.strategy (--strategy)",
+             "must be one of " + ", ".join(STRATEGIES)),
+            (self.train.mining in ("global", "replica"), "train.mining (--mining)", "must be global or replica"),
+            (self.train.checkpoint_every_steps > 0, "train.checkpoint_every_steps (--checkpoint-every)",
+             "must be positive"),
+            (self.train.workers >= 1, "train.workers (--workers)", "must be at least 1"),
+            (self.train.workers == 1 or self.train.strategy in ("auto", "multi_worker"), "train.strategy (--strategy)",
+             f"{self.train.strategy} trains in one process: --workers {self.train.workers} needs auto or multi_worker"),
             (self.eval.protocol in ("leave_one_out", "eval_vs_train"), "eval.protocol (--eval-protocol)",
              "must be leave_one_out or eval_vs_train"),
             (all(0.0 <= v <= 1.0 for v in self.eval.lower_bounds.values()),

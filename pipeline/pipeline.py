@@ -60,10 +60,13 @@ def data_fingerprint(source_path: str) -> str:
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
-                    baseline: str = "pushed", data_only: bool = False) -> tfx.dsl.Pipeline:
+                    baseline: str = "pushed", data_only: bool = False, trainer_class: Optional[type] = None,
+                    trainer_custom_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
     """`baseline`: the evaluator's baseline is the latest `pushed` model, or the latest `blessed` one
     (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies).
-    `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks)."""
+    `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks).
+    `trainer_class` / `trainer_custom_config`: where the Trainer trains, for kubeflow/runner.py
+    (TFX's Vertex AI Trainer and its keys, or a `tfjob` section); default: in its own process."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -113,12 +116,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     if data_only:
         return assemble(data_components)
 
-    trainer = tfx.components.Trainer(
+    trainer = (trainer_class or tfx.components.Trainer)(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=sections("data", "train"))
+        custom_config={**sections("data", "train"), **(trainer_custom_config or {})})
 
     # The model in production: the latest one this pipeline pushed (none on a first run), so that a
     # blessed model whose push failed is not taken for the baseline and is pushed by the next run.

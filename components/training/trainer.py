@@ -1,15 +1,21 @@
-"""The Trainer's `run_fn`: input pipeline, optimizer, loss, layer arithmetic and the fit.
+"""The Trainer's `run_fn`: input pipeline, optimizer, loss, layer arithmetic, strategy and the fit.
 
-It trains the network of `network.py` with the project's triplet losses and exports the serving
-model (`components/serving/export.py`).
+It trains the network of `network.py` with the project's triplet losses under the strategy of
+`distribute.py`, backs the training state up (`checkpoints.py`), and exports the serving model
+(`components/serving/export.py`). With `train.workers` > 1 it runs `worker.py`'s entry point in
+that many local processes instead, the same code a cluster's workers run.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
-from typing import Dict, List, Set
+from typing import Any, Callable, Dict, List, Set
 
 import keras
 import tensorflow as tf
@@ -17,7 +23,7 @@ import tensorflow_transform as tft
 
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.serving.export import export_serving_model
-from triplet_tfx.components.training import batching, losses
+from triplet_tfx.components.training import batching, checkpoints, distribute, losses, tfjob
 from triplet_tfx.components.training.network import build_model
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
@@ -49,8 +55,8 @@ def machine_precision(precision: str) -> str:
     return choose_precision(gpus, flags)
 
 
-def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> keras.Model:
-    """The network to train, with its optimizer and loss."""
+def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int], replicas: int = 1) -> keras.Model:
+    """The network to train, with its optimizer and loss; under a strategy, build it in its scope."""
     precision = machine_precision(train.precision)
     logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
     model = build_model(image_shape, train.embedding_dim, precision, train.dropout, train.network)
@@ -59,15 +65,16 @@ def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int]) -> ker
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
         # dtype policy (not the layers' own, as here) is mixed_float16.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, loss=make_loss(train))
+    model.compile(optimizer=optimizer, loss=make_loss(train, distribute.uses_global_mining(train, replicas)))
     return model
 
 
-def make_loss(train: TrainConfig) -> keras.losses.Loss:
+def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Loss:
     if train.loss == "hard":
         return losses.TripletHardLoss(margin=train.margin, soft=train.soft,
-                                      distance_metric=train.distance_metric)
-    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance_metric)
+                                      distance_metric=train.distance_metric, global_batch=global_batch)
+    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance_metric,
+                                      global_batch=global_batch)
 
 
 def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
@@ -103,7 +110,17 @@ def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.D
                                                seed=train.seed)
         batches = batches.map(lambda images, labels: (shift(images, training=True), labels),
                               num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Multi-worker input: every worker runs the same seeded pipeline and keeps only its replicas'
+    slices of each global batch (tf.data's DATA auto-sharding), so each global batch is the one a
+    single device would see, with each example once across workers. (FILE sharding would give each
+    worker different files, and class-balanced batches only the classes of its files.)"""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
@@ -122,19 +139,50 @@ def learning_rate(train: TrainConfig, plan: Dict[str, int]):
     return train.learning_rate
 
 
-def run_fn(fn_args) -> None:
-    """TFX Trainer entry point (GenericExecutor)."""
-    config = PipelineConfig.from_dict({k: fn_args.custom_config[k] for k in ("data", "train")})
-    train = config.train
-    keras.utils.set_random_seed(train.seed)
-    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+def fit_from(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
+             start_step: int, **fit_args) -> None:
+    """model.fit from step `start_step` to the plan's end, on the batches an uninterrupted run sees
+    from there. Keras starts every fit at the first batch of an epoch, so a resume inside an epoch
+    first finishes that epoch in a fit of its own. Each fit gets a fresh input pipeline: a second
+    iterator over the same one would draw new shuffle orders (reshuffle_each_iteration); a fresh,
+    seeded one replays the uninterrupted run's batches when the first `step` are skipped."""
+    steps_per_epoch = plan["steps_per_epoch"]
+    step = start_step
+    while step < plan["epochs"] * steps_per_epoch:
+        epoch, done = divmod(step, steps_per_epoch)
+        end_epoch = epoch + 1 if done else plan["epochs"]
+        model.fit(make_batches().skip(step) if step else make_batches(), initial_epoch=epoch, epochs=end_epoch,
+                  steps_per_epoch=steps_per_epoch - done, **fit_args)
+        step = end_epoch * steps_per_epoch
 
-    train_examples = read_transformed(fn_args.train_files, tft_output)
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the model's weights: equal on every worker of a synchronous run."""
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
+
+
+def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
+    """Trains in this process and, on the chief, exports the serving model. `args`: the Trainer's
+    FnArgs or a worker's spec (the same fields); `tf_config`: this process's TF_CONFIG ({}: none).
+    Other workers write TensorBoard logs and backups to a temporary folder, removed at the end."""
+    config = PipelineConfig.from_dict({k: args.custom_config[k] for k in ("data", "train")})
+    train = config.train
+    # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow operation.
+    strategy = distribute.strategy_for(train, tf_config)
+    distribute.log_strategy(strategy, train)
+    chief = distribute.is_chief(tf_config)
+    keras.utils.set_random_seed(train.seed)
+    tft_output = tft.TFTransformOutput(args.transform_output)
+
+    train_examples = read_transformed(args.train_files, tft_output)
     num_train = count(train_examples)  # also fills the cache
     plan = step_plan(num_train, train)
     logger.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
-                 num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
-    eval_examples = read_transformed(fn_args.eval_files, tft_output)
+                num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
+    eval_examples = read_transformed(args.eval_files, tft_output)
     num_eval = count(eval_examples)  # also fills the cache
     logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
     eval_batch = max(train.batch_size, 256)
@@ -143,20 +191,54 @@ def run_fn(fn_args) -> None:
     validation_batches = eval_examples.batch(eval_batch).apply(
         tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch)))
 
-    model = compiled_model(config.data.image_shape, train, plan)
-    fit_start = time.time()
-    model.fit(
-        training_batches(train_examples, train),
-        # Once, at the end: validating after every epoch left about half of the following epochs
-        # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
-        # the embedding quality that matters.
-        validation_data=validation_batches,
-        validation_freq=plan["epochs"],
-        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")],
-        verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
-        **plan,
-    )
-    fit_end = time.time()
-    logger.info("Fit in %.1f s (%d epoch(s), validation after the last)", fit_end - fit_start, plan["epochs"])
-    export_serving_model(model, tft_output, config, fn_args.serving_model_dir)
-    logger.info("Exported the serving model in %.1f s", time.time() - fit_end)
+    backup = checkpoints.backup_dir(args.model_run_dir, [*args.train_files, *args.eval_files, args.transform_output],
+                                    args.custom_config)
+    scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
+    try:
+        with strategy.scope():  # the restore may build the optimizer's variables
+            model = compiled_model(config.data.image_shape, train, plan, strategy.num_replicas_in_sync)
+            start = checkpoints.restore(model, backup)
+        total = plan["epochs"] * plan["steps_per_epoch"]
+        if start:
+            logger.info("Resuming from step %d of %d (backup %s)", start, total, backup)
+        fit_start = time.time()
+        fit_from(
+            model, lambda: training_batches(train_examples, train), plan, start,
+            # Once, at the end: validating after every epoch left about half of the following epochs
+            # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
+            # the embedding quality that matters.
+            validation_data=shard_by_data(validation_batches),
+            validation_freq=plan["epochs"],
+            callbacks=[
+                keras.callbacks.TensorBoard(log_dir=args.model_run_dir if chief else os.path.join(scratch, "logs"),
+                                            update_freq="epoch"),
+                checkpoints.StepBackup(backup if chief else os.path.join(scratch, "backup"),
+                                       train.checkpoint_every_steps, start),
+            ],
+            verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
+        )
+        fit_end = time.time()
+        logger.info("Fit in %.1f s (%d epoch(s), validation after the last)", fit_end - fit_start, plan["epochs"])
+        logger.info("Trained %d steps (optimizer step %d); weights sha256 %s", total,
+                    int(model.optimizer.iterations.numpy()), weights_digest(model))
+        if chief:
+            export_serving_model(model, tft_output, config, args.serving_model_dir)
+            logger.info("Exported the serving model in %.1f s", time.time() - fit_end)
+            checkpoints.remove(backup)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point (GenericExecutor): trains here, or in `train.workers` local processes."""
+    train = PipelineConfig.from_dict({"train": fn_args.custom_config["train"]}).train
+    if tfjob.TFJOB_KEY in fn_args.custom_config:  # compiled with --trainer-workers N: a Kubeflow TFJob trains
+        tfjob.launch_and_wait(fn_args)
+    elif train.workers > 1:
+        from triplet_tfx.components.training import worker
+
+        worker.run_local_workers(worker.write_spec(fn_args), train.workers)
+    else:
+        # TF_CONFIG: set where a platform runs the Trainer on several machines (Vertex AI).
+        train_and_export(fn_args, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))

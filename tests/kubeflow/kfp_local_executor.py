@@ -108,15 +108,32 @@ def resolve_command(container, executor_input: pb.ExecutorInput, python: str) ->
     return argv
 
 
+def upstream_closure(spec: pb.PipelineSpec, task_name: str) -> set:
+    """`task_name` and every task it depends on, directly or not."""
+    tasks = spec.root.dag.tasks
+    needed, pending = set(), [task_name]
+    while pending:
+        name = pending.pop()
+        if name not in needed:
+            needed.add(name)
+            task = tasks[name]
+            pending.extend(task.dependent_tasks)
+            pending.extend(a.task_output_artifact.producer_task for a in task.inputs.artifacts.values()
+                           if a.task_output_artifact.producer_task)
+    return needed
+
+
 def run_pipeline_spec(spec_path: str, pipeline_root: str, python: Optional[str] = None,
                       timeout_per_task: float = 600.0, env: Optional[Dict[str, str]] = None,
-                      log=print) -> Dict[str, Dict[str, List[pb.RuntimeArtifact]]]:
-    """Runs every task; returns {task: {output key: [RuntimeArtifact reported by the executor]}}."""
+                      log=print, until: Optional[str] = None) -> Dict[str, Dict[str, List[pb.RuntimeArtifact]]]:
+    """Runs every task (or only `until` and its upstream tasks); returns
+    {task: {output key: [RuntimeArtifact reported by the executor]}}."""
     python = python or sys.executable
     spec = load_pipeline_spec(spec_path)
+    selected = upstream_closure(spec, until) if until else set(spec.root.dag.tasks)
     run_env = {**os.environ, "TF_USE_LEGACY_KERAS": "0", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     produced: Dict[str, Dict[str, List[pb.RuntimeArtifact]]] = {}
-    for task_name in topological_order(spec):
+    for task_name in [name for name in topological_order(spec) if name in selected]:
         component, executor = _executor(spec, task_name)
         if executor.WhichOneof("spec") == "resolver":
             produced[task_name] = {key: [] for key in component.output_definitions.artifacts}
