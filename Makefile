@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/bench_losses.py
 	$(VENV)/bin/python bench/bench_metrics.py
 	$(VENV)/bin/python bench/bench_train_step.py
+	$(VENV)/bin/python bench/bench_serving.py   # the latest model `make run` pushed under runs/serving
+	$(VENV)/bin/python bench/bench_beam.py
 
 # Re-resolve the pins after changing requirements.in (needs `uv`; not part of set-up).
 constraints:

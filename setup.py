@@ -41,7 +41,12 @@ setuptools.setup(
         # Evaluation plots: 2-D UMAP of the embeddings (PCA fallback) and per-class charts.
         "matplotlib",
         "umap-learn",
+        # Clients: TF Serving's PredictionService (components/serving/), and the Kubernetes API for
+        # the TFJob launcher (components/training/tfjob.py; kfp 2.5 pins kubernetes < 27).
+        "tensorflow-serving-api",
+        "kubernetes",
+        "portpicker",  # free ports for local multi-worker training and Beam's local services
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis", "jsonschema"]},
     entry_points={"console_scripts": ["triplet-tfx=triplet_tfx.pipeline.cli:main"]},
 )

@@ -19,15 +19,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
+from triplet_tfx.components.data.data_sources import IMAGE_SUFFIXES
 from triplet_tfx.components.serving.signatures import (DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE, IDS_OUTPUT,
-                                                       IMAGES_INPUT, K_INPUT, LABELS_OUTPUT, SEARCH_SIGNATURE)
+                                                       IMAGE_MAGIC, IMAGES_INPUT, K_INPUT, LABELS_OUTPUT,
+                                                       SEARCH_SIGNATURE)
 from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
 from triplet_tfx.components.training.network import EMBEDDING_KEY
 
 SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
-# What the embed_images and search signatures decode (tf.io.decode_image), by their first bytes.
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 
 Image = Union[str, os.PathLike, bytes]
 
@@ -46,16 +45,16 @@ def image_files(paths: Sequence[str]) -> List[str]:
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                           if name.lower().endswith(IMAGE_EXTENSIONS))
+                           if name.lower().endswith(IMAGE_SUFFIXES))
             if not found:
-                raise ImageInputError(f"{path}: folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+                raise ImageInputError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
         elif os.path.isfile(path):
             files.append(path)
         else:
             raise ImageInputError(f"{path}: no such file or folder")
     for name in files:  # their first bytes, so that a bad file stops us before any model work
-        _check_image(name, _read(name, size=max(map(len, _IMAGE_MAGIC))))
+        _check_image(name, _read(name, size=max(map(len, IMAGE_MAGIC))))
     return files
 
 
@@ -70,7 +69,7 @@ def _read(name: str, size: int = -1) -> bytes:
 def _check_image(name: str, content: bytes) -> None:
     if not content:
         raise ImageInputError(f"{name}: empty, not an image")
-    if not content.startswith(_IMAGE_MAGIC):
+    if not content.startswith(IMAGE_MAGIC):
         raise ImageInputError(f"{name}: not a PNG, JPEG, GIF or BMP image")
 
 

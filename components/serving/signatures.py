@@ -32,7 +32,7 @@ LABELS_OUTPUT = "labels"
 DISTANCES_OUTPUT = "distances"
 
 # First bytes of the formats tf.io.decode_image reads.
-_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
 _FORMATS = "PNG, JPEG, GIF or BMP"
 # Pillow's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (ITU-R 601-2 luma, rounded).
 _LUMA_WEIGHTS = (19595, 38470, 7471)
@@ -103,7 +103,7 @@ def decode_to_pixels(images: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor
     def one(item):
         encoded, index = item
         magic = tf.strings.substr(encoded, 0, 4)
-        known = tf.reduce_any([tf.strings.substr(magic, 0, len(m)) == m for m in _MAGIC])
+        known = tf.reduce_any([tf.strings.substr(magic, 0, len(m)) == m for m in IMAGE_MAGIC])
         checks = [
             tf.debugging.Assert(tf.strings.length(encoded) > 0, [f"{IMAGES_INPUT}: empty string (0 bytes) at index",
                                                                   index]),
