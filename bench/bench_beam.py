@@ -9,7 +9,7 @@ Flink, Spark and Dataflow Runner v2), one after the other in one session, and th
 
 Beam's local job service runs each job's stages on one SDK worker (its FnApiRunner ignores
 --direct_num_workers); the table says how many SDK worker processes the pool started in all.
-Times per component come from ML Metadata, as in bench_pipeline.py.
+Times per component come from ML Metadata (the run summary's).
 """
 import argparse
 import os
@@ -17,11 +17,8 @@ import sys
 import tempfile
 import time
 
-from triplet_tfx.pipeline import cli, portable_beam
+from triplet_tfx.pipeline import cli, portable_beam, terminal
 from triplet_tfx.pipeline.config import BeamConfig, DataConfig, PipelineConfig
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipeline import component_seconds  # noqa: E402
 
 
 def run(root: str, beam: BeamConfig, max_examples) -> dict:
@@ -33,7 +30,7 @@ def run(root: str, beam: BeamConfig, max_examples) -> dict:
     failed = {name: state for name, state in result.executions.items() if state != "COMPLETE"}
     if failed:
         raise RuntimeError(f"{beam.runner}: not complete: {failed} (outputs in {root})")
-    return {**component_seconds(config.metadata_path), "data components (wall)": total}
+    return {**result.seconds, "data components (wall)": total}
 
 
 def main() -> int:
@@ -41,7 +38,7 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="examples per split (default: all of MNIST)")
     args = parser.parse_args()
-    cli.setup_logging(verbose=False)
+    terminal.setup_logging(verbose=False)
     work = tempfile.mkdtemp(prefix="triplet-tfx-bench-beam-")
     local = run(os.path.join(work, "local"), BeamConfig(), args.max_examples)
     logs = os.path.join(work, "beam-services")
