@@ -30,8 +30,6 @@ _NOISE = (
     # google-api-core and google-cloud-aiplatform, imported by TFX: Python 3.10 and storage < 3 notices.
     ("py.warnings", re.compile(r"/google/(api_core|cloud/aiplatform)/.*: FutureWarning: "
                                r"(You are using a non-supported Python version|Support for google-cloud-storage)")),
-    # umap-learn: a fixed random_state makes it single-threaded, which we want (reproducible plots).
-    ("py.warnings", re.compile(r"/umap/umap_\.py:\d+: UserWarning: n_jobs value")),
     # tensorflow_transform: the project runs Keras 3 on purpose; TFT itself uses tf_keras internally.
     ("absl", re.compile(r"TF_USE_LEGACY_KERAS is set to 0, which will not use Keras 2")),
     # TFX warns about its own resolver query on every run.

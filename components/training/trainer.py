@@ -78,15 +78,23 @@ def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Lo
 
 
 def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
-    """Unbatched (image, label) pairs from Transform's gzipped tf.Example output, cached in memory."""
+    """Unbatched (image, label) pairs: ExampleGen's gzipped tf.Examples through the Transform
+    graph, cached in memory."""
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no transformed examples match {file_patterns}")
-    feature_spec = tft_output.transformed_feature_spec()
+        raise FileNotFoundError(f"no examples match {file_patterns}")
+    raw_spec = tft_output.raw_feature_spec()
+    transform = tft_output.transform_features_layer()
+
+    # Not through AutoGraph: it would spend seconds rewriting tf_keras' model-call code for nothing.
+    @tf.autograph.experimental.do_not_convert
+    def transformed(records):
+        features = transform(tf.io.parse_example(records, raw_spec))
+        return features[IMAGE_KEY], features[LABEL_KEY]
+
     return (tf.data.TFRecordDataset(files, compression_type="GZIP")
             .batch(1024)
-            .map(lambda records: tf.io.parse_example(records, feature_spec), num_parallel_calls=tf.data.AUTOTUNE)
-            .map(lambda f: (f[IMAGE_KEY], f[LABEL_KEY]))
+            .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
             .unbatch()
             .cache())
 

@@ -1,4 +1,7 @@
 """components.report: plots decode as PNG, tables and reports carry the values."""
+import re
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -127,6 +130,25 @@ def test_umap_when_installed(tmp_path):
     out = R.plot_embedding_2d(x, y, str(tmp_path / "u.png"), method="umap", max_points=250)
     assert out["method"] == "umap" and out["num_points"] == 250
     _decode_png(out["path"])
+
+
+def test_umap_keeps_separated_classes_apart_without_warnings():
+    """UMAP on exact neighbours: well-separated classes stay separated in 2-D (each point's
+    nearest 2-D neighbour is of its class), deterministically for a seed, and without the
+    warnings our settings used to cause (n_jobs, no search index)."""
+    pytest.importorskip("umap")
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(5), 60)
+    x = (rng.normal(size=(5, 32)) * 4)[y] + rng.normal(size=(300, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        xy, used = R.project_2d(x, method="umap", seed=3)
+    assert not [w for w in caught if re.search("n_jobs|knn_search_index", str(w.message))]
+    assert used == "umap" and xy.shape == (300, 2)
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (y[d.argmin(1)] == y).mean() >= 0.98
+    np.testing.assert_array_equal(R.project_2d(x, method="umap", seed=3)[0], xy)
 
 
 def test_make_report_end_to_end(tmp_path, monkeypatch):

@@ -145,7 +145,8 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
     by_task = beam_args_by_task(spec)
     fn_api = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
     for task in DATA_TASKS:
-        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1", "--runner=DataflowRunner", "--project=p1"]
+        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1", "--sdk_container_image=registry.example/triplet-tfx:1",
+                                     "--runner=DataflowRunner", "--project=p1"]
     assert by_task and all(args == [] for args in by_task.values()), by_task
 
 
@@ -163,7 +164,7 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
       "--beam-environment-type", "EXTERNAL", "--beam-environment-config", "localhost:50000"],
      ["--runner=FlinkRunner", "--job_endpoint=beam-flink-job-server.flink:8099",
       "--artifact_endpoint=beam-flink-job-server.flink:8098", "--parallelism=4",
-      "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
+      "--environment_type=EXTERNAL", "--environment_config=localhost:50000", "--sdk_container_image=cpu:7"]),
 ])
 def test_distributed_runner_options_reach_the_data_components_only(tmp_path, flags, expected):
     code, path = compile_cli(tmp_path, "--pipeline-root", "gs://b/r", "--image", "cpu:7", *flags)

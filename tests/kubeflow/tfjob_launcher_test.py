@@ -126,7 +126,7 @@ def test_a_failing_worker_fails_the_step_with_the_jobs_reason_and_log(tmp_path, 
 
 
 def test_the_real_worker_failing_on_missing_inputs_fails_the_step_with_its_error(tmp_path, caplog):
-    """The pods' real command (worker.py's entry point) on a spec whose transformed examples do not exist."""
+    """The pods' real command (worker.py's entry point) on a spec whose examples do not exist."""
     config = PipelineConfig().to_dict()
     args = fn_args(tmp_path, section(workers=2), data=config["data"], train=config["train"])
     with KubernetesStandIn(str(tmp_path)) as standin:
@@ -134,7 +134,7 @@ def test_the_real_worker_failing_on_missing_inputs_fails_the_step_with_its_error
             tfjob.launch_and_wait(args, api_client(standin.host), poll_seconds=0.5)
     text = str(failure.value)
     assert "TFJobFailed" in text and "Worker replica(s) failed." in text
-    assert f"no transformed examples match {args.train_files}" in text  # the worker's own error, from its log
+    assert f"no examples match {args.train_files}" in text  # the worker's own error, from its log
 
 
 def test_a_retried_launcher_waits_for_the_existing_job_and_a_stopped_one_deletes_it(tmp_path, caplog, monkeypatch):

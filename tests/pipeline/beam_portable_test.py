@@ -100,18 +100,23 @@ def test_statistics_feature_counts_are_equal(both_runs):
         assert feature_counts(portable, split) == expected, split
 
 
-def canonical(record: bytes):
-    features = tf.train.Example.FromString(record).features.feature
-    image = np.asarray(features["image"].float_list.value, np.float32)
-    return int(features["label"].int64_list.value[0]), image.tobytes()
+def trainer_examples(config, split):
+    """The (label, image) pairs the Trainer trains on: the run's ExampleGen output through its
+    own Transform graph (Transform does not materialize them)."""
+    import tensorflow_transform as tft
+
+    from triplet_tfx.components.training import trainer
+
+    graph = tft.TFTransformOutput(output_dir(config, "Transform", "transform_graph"))
+    pairs = trainer.read_transformed(
+        [os.path.join(output_dir(config, "SourceExampleGen", "examples"), f"Split-{split}", "*")], graph)
+    return collections.Counter((int(label), image.numpy().astype(np.float32).tobytes()) for image, label in pairs)
 
 
 def test_transformed_examples_are_equal_as_sets(both_runs):
     local, portable, _ = both_runs
     for split in SPLITS:
-        examples = [collections.Counter(canonical(r) for r in read_records(
-            os.path.join(output_dir(c, "Transform", "transformed_examples"), f"Split-{split}")))
-            for c in (local, portable)]
+        examples = [trainer_examples(c, split) for c in (local, portable)]
         assert sum(examples[0].values()) == EXAMPLES_PER_SPLIT
         assert len({label for label, _ in examples[0]}) > 1
         assert examples[1] == examples[0], split

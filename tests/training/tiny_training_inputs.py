@@ -1,6 +1,6 @@
 """Tiny Trainer inputs for the training tests: a real Transform output (the project's
-preprocessing_fn through tf.Transform on Beam's FnApiRunner), transformed examples written as
-Transform writes them (gzipped tf.Examples), and the FnArgs fields run_fn and the worker read.
+preprocessing_fn through tf.Transform on Beam's FnApiRunner), raw examples written as ExampleGen
+writes them (gzipped tf.Examples of uint8 pixel bytes), and the FnArgs fields run_fn and the worker read.
 
 Images are 8x8x1, 4 classes, each class a bright 3x3 square at its own place plus noise.
 """
@@ -13,7 +13,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY, make_example
 from triplet_tfx.pipeline.config import DataConfig, PipelineConfig, TrainConfig
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -55,22 +55,19 @@ def write_transform_output(folder: str) -> str:
     return output
 
 
-def write_transformed(path: str, n: int, seed: int) -> None:
+def write_examples(path: str, n: int, seed: int) -> None:
     images, labels = images_and_labels(n, seed)
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
         for image, label in zip(images, labels):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                IMAGE_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=(image / 255.0).ravel().tolist())),
-                LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}))
-            writer.write(example.SerializeToString())
+            writer.write(make_example(image, label))
 
 
 def make_inputs(folder: str, n_train: int = 256, n_eval: int = 64) -> str:
-    """Writes the transform graph and transformed examples below `folder`; returns the folder."""
+    """Writes the transform graph and the examples below `folder`; returns the folder."""
     write_transform_output(folder)
     os.makedirs(os.path.join(folder, "examples"))
-    write_transformed(os.path.join(folder, "examples", "train.gz"), n_train, seed=1)
-    write_transformed(os.path.join(folder, "examples", "eval.gz"), n_eval, seed=2)
+    write_examples(os.path.join(folder, "examples", "train.gz"), n_train, seed=1)
+    write_examples(os.path.join(folder, "examples", "eval.gz"), n_eval, seed=2)
     return folder
 
 
