@@ -1,33 +1,64 @@
-"""Wall times of the main job (full MNIST, the tutorial's settings) and of an identical rerun.
+"""Wall and CPU times of the main job (full MNIST, the tutorial's settings), of an identical rerun,
+and of the seed notebook run just before and just after the main job.
 
-  .venv/bin/python bench/bench_pipeline.py                              # main job + identical rerun
-  .venv/bin/python bench/bench_pipeline.py --seed-seconds 264 -- --epochs 1   # ratios to the seed; run flags after --
+  .venv/bin/python bench/bench_pipeline.py --seed           # seed, main job + identical rerun, seed
+  .venv/bin/python bench/bench_pipeline.py -- --epochs 1    # no seed; run flags after --
 
 Prints, for the first run and the identical rerun (same output root, so TFX's cache and the
-evaluator's earlier result apply): the whole `triplet-tfx run` process's wall time (start-up
+evaluator's earlier result apply): the whole `triplet-tfx run` process's wall and CPU time (start-up
 included), each component's wall time from ML Metadata (creation to last update of its
-execution) and whether it was cached, and the Trainer's fit and after-fit times from the run's
-log file ("Fit in ...", "Exported the serving model in ..."). --seed-seconds (the seed
-notebook's wall time, measured in the same session) adds ratios.
+execution) and whether it was cached, and the Trainer's fit (wall and CPU) and after-fit times
+from the run's log file ("Fit in ...", "Exported the serving model in ..."). With --seed, the
+seed notebook (`../shared/seed/seed_notebook.py`, in the TensorFlow Addons environment
+`bench/.tfa-venv` that bench_losses.py creates) runs before and after, and the ratios are to the
+mean of its two runs: this machine's speed drifts within minutes, and CPU time (user + system,
+all threads) shows the work done whatever else the machine runs.
 """
 import argparse
+import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 
+from triplet_tfx.components.data.data_sources import mnist_pickle_path
 from triplet_tfx.pipeline import cli, summary, terminal
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED_SCRIPT = os.path.join(REPO, "..", "shared", "seed", "seed_notebook.py")
+SEED_PYTHON = os.path.join(REPO, "bench", ".tfa-venv", "bin", "python")
 
-def timed_run(argv) -> float:
-    """Wall time of one `triplet-tfx run` process, as a user starts it."""
+
+def timed(command, **kwargs):
+    """(wall s, CPU s of the process and its children, completed process) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
-    code = subprocess.call([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv])
-    if code:
-        raise SystemExit(f"triplet-tfx {' '.join(argv)} exited with {code}")
-    return time.time() - start
+    completed = subprocess.run(command, **kwargs)
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode:
+        raise SystemExit(f"{' '.join(command)} exited with {completed.returncode}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), completed
+
+
+def timed_run(argv):
+    """(wall s, CPU s) of one `triplet-tfx run` process, as a user starts it."""
+    wall, cpu, _ = timed([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv])
+    return wall, cpu
+
+
+def seed_run(python: str) -> dict:
+    """The seed notebook's wall and CPU time, its fit time and epoch times (its own printout)."""
+    wall, cpu, done = timed([python, SEED_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    epochs = [float(x) for x in re.findall(r"^epoch \d+ ([\d.]+)s", done.stdout, re.M)]
+    print(f"seed notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
+          f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}", flush=True)
+    return {"wall": wall, "cpu": cpu, "fit": result["train_seconds"]}
 
 
 def trainer_seconds(log_path: str) -> dict:
@@ -35,7 +66,8 @@ def trainer_seconds(log_path: str) -> dict:
     with open(log_path) as f:
         text = f.read()
     found = {}
-    for key, pattern in (("fit", r"Fit in ([\d.]+) s"), ("export", r"Exported the serving model in ([\d.]+) s")):
+    for key, pattern in (("fit", r"Fit in ([\d.]+) s"), ("fit_cpu", r"Fit in [\d.]+ s, ([\d.]+) s of CPU"),
+                         ("export", r"Exported the serving model in ([\d.]+) s")):
         match = re.search(pattern, text)
         if match:
             found[key] = float(match.group(1))
@@ -49,35 +81,46 @@ def newest_log(root: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed-seconds", type=float, help="the seed notebook's wall time, for ratios")
+    parser.add_argument("--seed", action="store_true", help="run the seed notebook before and after the main job")
+    parser.add_argument("--seed-python", default=SEED_PYTHON, help="Python of the TensorFlow Addons environment")
     parser.add_argument("run_flags", nargs="*", help="flags for `triplet-tfx run` (after --)")
     args = parser.parse_args()
+    if args.seed and not (os.path.exists(args.seed_python) and os.path.exists(SEED_SCRIPT)):
+        raise SystemExit(f"--seed needs {args.seed_python} (created by bench/bench_losses.py) and {SEED_SCRIPT}")
     root = tempfile.mkdtemp(prefix="triplet-tfx-bench-")
     argv = ["run", "--output-root", root, *args.run_flags]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
+    seeds = [seed_run(args.seed_python)] if args.seed else []
     rows = []
     for name in ("first run", "identical rerun"):
-        wall = timed_run(argv)
+        wall, cpu = timed_run(argv)
         run = summary.latest_run(config)
-        rows.append((name, wall, run, trainer_seconds(newest_log(root))))
+        rows.append((name, wall, cpu, run, trainer_seconds(newest_log(root))))
+    if args.seed:
+        seeds.append(seed_run(args.seed_python))
+    seed = {key: sum(s[key] for s in seeds) / len(seeds) for key in ("wall", "cpu", "fit")} if seeds else None
 
-    def ratio(seconds: float) -> str:
-        return f" ({seconds / args.seed_seconds:.2f}x the seed)" if args.seed_seconds else ""
+    def ratio(seconds: float, key: str = "wall") -> str:
+        return f" ({seconds / seed[key]:.2f}x the seed)" if seed else ""
 
     print("\n| component | first run (s) | identical rerun (s) |\n|---|---:|---:|")
-    first, rerun = rows[0][2], rows[1][2]
+    first, rerun = rows[0][3], rows[1][3]
     for component in first.executions:
         cells = [f"{run.seconds.get(component, 0):.1f} {run.executions.get(component, '').lower()}"
                  for run in (first, rerun)]
         print(f"| {component} | {cells[0]} | {cells[1]} |")
-    walls = [wall for _, wall, _, _ in rows]
-    outside = [wall - sum(run.seconds.values()) for _, wall, run, _ in rows]
+    outside = [wall - sum(run.seconds.values()) for _, wall, _, run, _ in rows]
     print(f"| start-up, set-up and summary (process minus components) | {outside[0]:.1f} | {outside[1]:.1f} |")
-    print(f"| whole `triplet-tfx run` process | {walls[0]:.1f}{ratio(walls[0])} | {walls[1]:.1f}{ratio(walls[1])} |")
-    trainer = rows[0][3]
+    (_, wall0, cpu0, _, trainer), (_, wall1, cpu1, _, _) = rows
+    print(f"| whole `triplet-tfx run` process, wall | {wall0:.1f}{ratio(wall0)} | {wall1:.1f}{ratio(wall1)} |")
+    print(f"| whole `triplet-tfx run` process, CPU | {cpu0:.1f}{ratio(cpu0, 'cpu')} | {cpu1:.1f}{ratio(cpu1, 'cpu')} |")
+    if seed:
+        print(f"\nSeed notebook (mean of {len(seeds)} runs): wall {seed['wall']:.1f} s, CPU {seed['cpu']:.1f} s, "
+              f"fit {seed['fit']:.1f} s")
     if "fit" in trainer:
         outside = first.seconds["Trainer"] - trainer["fit"]
-        print(f"\nTrainer: fit {trainer['fit']:.1f} s (epochs and the validation pass after the last one); "
+        print(f"\nTrainer: fit {trainer['fit']:.1f} s{ratio(trainer['fit'], 'fit')}, "
+              f"{trainer.get('fit_cpu', float('nan')):.1f} s of CPU (epochs and the validation pass after the last one); "
               f"export after the fit {trainer.get('export', float('nan')):.1f} s "
               f"({100 * trainer.get('export', float('nan')) / trainer['fit']:.1f}% of the fit); "
               f"all the Trainer's time outside the fit (reading and caching the data, building, export) "

@@ -209,7 +209,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
         total = plan["epochs"] * plan["steps_per_epoch"]
         if start:
             logger.info("Resuming from step %d of %d (backup %s)", start, total, backup)
-        fit_start = time.time()
+        fit_start, fit_cpu_start = time.time(), time.process_time()
         fit_from(
             model, lambda: training_batches(train_examples, train), plan, start,
             # Once, at the end: validating after every epoch left about half of the following epochs
@@ -226,7 +226,9 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
             verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
         )
         fit_end = time.time()
-        logger.info("Fit in %.1f s (%d epoch(s), validation after the last)", fit_end - fit_start, plan["epochs"])
+        # CPU time too: on a shared machine the wall time varies with what else runs, the work does not.
+        logger.info("Fit in %.1f s, %.1f s of CPU (%d epoch(s), validation after the last)", fit_end - fit_start,
+                    time.process_time() - fit_cpu_start, plan["epochs"])
         logger.info("Trained %d steps (optimizer step %d); weights sha256 %s", total,
                     int(model.optimizer.iterations.numpy()), weights_digest(model))
         if chief:
