@@ -57,7 +57,8 @@ def seed_run(python: str) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     epochs = [float(x) for x in re.findall(r"^epoch \d+ ([\d.]+)s", done.stdout, re.M)]
     print(f"seed notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
-          f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}", flush=True)
+          f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}, "
+          f"R-Precision {result['r_precision']}, MAP@R {result['map_at_r']}", flush=True)
     return {"wall": wall, "cpu": cpu, "fit": result["train_seconds"]}
 
 
