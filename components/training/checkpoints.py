@@ -81,7 +81,8 @@ class StepBackup(keras.callbacks.Callback):
     """Saves the training state every `every` steps. It acts before a batch, not after one: Keras
     turns the step's outputs into Python numbers (waiting for the device) before calling any
     callback's on_train_batch_end, and at a batch's start the previous step's updates are in the
-    variables already."""
+    variables already. Keras calls it once per call of `steps_per_execution` steps, which must
+    divide `every`."""
 
     def __init__(self, directory: str, every: int, start_step: int):
         super().__init__()
@@ -92,4 +93,4 @@ class StepBackup(keras.callbacks.Callback):
         if self.step % self.every == 0 and self.step != self._last_saved:
             save(self.model, self.directory, self.step)
             self._last_saved = self.step
-        self.step += 1
+        self.step += self.model.steps_per_execution
