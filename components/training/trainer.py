@@ -203,8 +203,9 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     train_examples = read_transformed(args.train_files, tft_output)
     num_train = count(train_examples)  # also fills the cache
     plan = step_plan(num_train, train)
-    logger.info("Training on %d examples: %d epoch(s) x %d steps, batch %d, %s loss",
-                num_train, plan["epochs"], plan["steps_per_epoch"], train.batch_size, train.loss)
+    steps_per_call = steps_per_execution(plan, train, strategy.num_replicas_in_sync)
+    logger.info("Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d, %s loss",
+                num_train, plan["epochs"], plan["steps_per_epoch"], steps_per_call, train.batch_size, train.loss)
     eval_examples = read_transformed(args.eval_files, tft_output)
     num_eval = count(eval_examples)  # also fills the cache
     logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
@@ -219,9 +220,8 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
     try:
         with strategy.scope():  # the restore may build the optimizer's variables
-            replicas = strategy.num_replicas_in_sync
-            model = compiled_model(config.data.image_shape, train, plan, replicas,
-                                   steps_per_execution(plan, train, replicas))
+            model = compiled_model(config.data.image_shape, train, plan, strategy.num_replicas_in_sync,
+                                   steps_per_call)
             start = checkpoints.restore(model, backup)
         total = plan["epochs"] * plan["steps_per_epoch"]
         if start:
