@@ -181,9 +181,11 @@ def trainer_resources(kf: KubeflowConfig):
 
 def build_pipeline(config: PipelineConfig):
     """create_pipeline(config), plus the Trainer's resource request. Returns (pipeline, config)."""
+    from triplet_tfx.components.data.data_sources import check_source
     from triplet_tfx.pipeline.pipeline import create_pipeline
 
     config = kubeflow_config(config)
+    check_source(config.data)
     trainer_class, trainer_custom_config = trainer_launch(config.kubeflow)
     pipeline = create_pipeline(config, baseline="blessed",  # KFP v2 compiles TFX's built-in resolvers only
                                trainer_class=trainer_class, trainer_custom_config=trainer_custom_config)

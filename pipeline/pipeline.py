@@ -15,7 +15,6 @@ from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its e
 
 from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
-from triplet_tfx.components.data.data_sources import check_source
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.serving.builder import ServingModelBuilder
@@ -64,7 +63,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies).
     `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks).
     `trainer_class` / `trainer_custom_config`: where the Trainer trains, for kubeflow/runner.py
-    (TFX's Vertex AI Trainer and its keys, or a `tfjob` section); default: in its own process."""
+    (TFX's Vertex AI Trainer and its keys, or a `tfjob` section); default: in its own process.
+    The callers check the data source first (`data_sources.check_source`): `triplet-tfx run` before
+    it creates the output root, the Kubeflow compiler before it compiles."""
     config.validate()
     fingerprint = code_fingerprint()
     everything = config.to_dict()
@@ -75,7 +76,6 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         return {**{name: everything[name] for name in names}, "code_fingerprint": fingerprint}
 
     data = config.data
-    check_source(data)
     example_gen = SourceExampleGen(
         data=data,
         data_fingerprint=data_fingerprint(data.source_path) if data.source_kind in ("tfrecord", "images") else None)

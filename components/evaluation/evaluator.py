@@ -178,12 +178,15 @@ def candidate_part(evaluation_metrics: Dict) -> Dict:
     return {k: v for k, v in evaluation_metrics.items() if k not in ("baseline", "blessed", "reasons")}
 
 
-def copy_result_files(source: str, folder: str, names: Dict[str, str]) -> None:
-    """Copies {source name: target name} from an earlier evaluation folder, and its projector
-    files (tensorboard/, without the metric scalars, which are written again)."""
+def copy_files(source: str, folder: str, names: Dict[str, str]) -> None:
+    """Copies {source name: target name} from an earlier evaluation folder into `folder`."""
     for source_name, target_name in names.items():
-        if tf.io.gfile.exists(os.path.join(source, source_name)):
-            tf.io.gfile.copy(os.path.join(source, source_name), os.path.join(folder, target_name), overwrite=True)
+        tf.io.gfile.copy(os.path.join(source, source_name), os.path.join(folder, target_name), overwrite=True)
+
+
+def copy_projector_files(source: str, folder: str) -> None:
+    """Copies an earlier evaluation's projector files (tensorboard/, without the metric scalars,
+    which are written again)."""
     source_tb, target_tb = os.path.join(source, TENSORBOARD_DIR), os.path.join(folder, TENSORBOARD_DIR)
     if tf.io.gfile.isdir(source_tb):
         tf.io.gfile.makedirs(target_tb)
@@ -272,13 +275,10 @@ def EmbeddingEvaluator(
         logger.info("Reusing the evaluation of %s model %s from %s", role, evaluated.uri, source)
         with tf.io.gfile.GFile(os.path.join(source, METRICS_FILE)) as f:
             result = candidate_part(json.load(f))
-        names = {report.GALLERY_FILENAMES["candidate"]: report.GALLERY_FILENAMES[role]}
+        copy_files(source, folder, {report.GALLERY_FILENAMES["candidate"]: report.GALLERY_FILENAMES[role]})
         if role == "candidate":
-            names[report.SCATTER_FILENAME] = report.SCATTER_FILENAME
-            copy_result_files(source, folder, names)
-        else:
-            for source_name, target_name in names.items():
-                tf.io.gfile.copy(os.path.join(source, source_name), os.path.join(folder, target_name), overwrite=True)
+            copy_files(source, folder, {report.SCATTER_FILENAME: report.SCATTER_FILENAME})
+            copy_projector_files(source, folder)
         return result
 
     candidate = reuse(earlier, model, "candidate") if earlier else evaluate_fresh(model, "candidate")
@@ -299,8 +299,7 @@ def EmbeddingEvaluator(
     comparison_pictures = (report.CONFUSION_FILENAME, report.PER_CLASS_FILENAME)
     if earlier and baseline is None and earlier_baseline_metrics(earlier) is None:
         # No baseline now nor then (an identical rerun): the earlier pictures are this run's too.
-        for name in comparison_pictures:
-            tf.io.gfile.copy(os.path.join(earlier, name), os.path.join(folder, name), overwrite=True)
+        copy_files(earlier, folder, {name: name for name in comparison_pictures})
     else:
         confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
                      for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
