@@ -17,10 +17,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
 
+from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.pipeline.config import DataConfig
 
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
