@@ -325,6 +325,10 @@ def preflight(config: PipelineConfig, verbose: bool) -> str:
             check_source(config.data)  # before TFX loads
             check_writable(config.output_root, "--output-root")
             check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
+            from triplet_tfx.components.serving.serving_folder import clean_serving_folder
+
+            for line in clean_serving_folder(config.serving_model_dir):
+                logger.warning("Serving folder: %s", line)  # the terminal too: a model server may have noticed
         with open(scratch_log, encoding="utf-8") as f:
             return f.read()
 

@@ -18,6 +18,7 @@ from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.serving.builder import ServingModelBuilder
+from triplet_tfx.components.serving.pusher import Pusher
 from triplet_tfx.pipeline.config import PipelineConfig
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
@@ -151,7 +152,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         blessing=evaluator.outputs["blessing"],
         config=json.dumps(sections("serving"), sort_keys=True))
 
-    pusher = tfx.components.Pusher(
+    pusher = Pusher(
         model=serving_model_builder.outputs["serving_model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -124,9 +124,9 @@ def scenario(tmp_path_factory):
     outputs["A_trainer"] = _executions(config, "Trainer")
 
     # B: the destination breaks after the pre-flight check (it becomes a regular file): the push fails.
-    from tfx.components.pusher import executor as pusher_executor
+    from triplet_tfx.components.serving import pusher
 
-    original = pusher_executor.Executor.Do
+    original = pusher.AtomicPushExecutor.Do
 
     def broken_destination(self, *args, **kwargs):
         os.makedirs(os.path.dirname(config.serving_model_dir), exist_ok=True)
@@ -134,11 +134,11 @@ def scenario(tmp_path_factory):
             f.write("not a folder")
         return original(self, *args, **kwargs)
 
-    pusher_executor.Executor.Do = broken_destination
+    pusher.AtomicPushExecutor.Do = broken_destination
     try:
         outputs["B"] = _main(argv)
     finally:
-        pusher_executor.Executor.Do = original
+        pusher.AtomicPushExecutor.Do = original
     os.remove(config.serving_model_dir)
     outputs["C"] = _main(argv + ["--require-blessed"])
     outputs["D"] = _main(argv + ["--require-blessed", "--min-precision-at-1", "1.0"])
