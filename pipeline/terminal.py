@@ -89,7 +89,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _TerminalFormatter(logging.Formatter):
+    """The terminal's format. Another library's error keeps its message line there, and its
+    traceback (Beam's, TFX's: their machinery, not the user's problem) goes to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.name.startswith("triplet_tfx"):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+_TERMINAL_FORMAT = _TerminalFormatter(_FORMAT._fmt, _FORMAT.datefmt)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -97,6 +108,7 @@ def setup_logging(verbose: bool) -> None:
     handler = _StderrHandler()
     handler.setFormatter(_FORMAT)
     if not verbose:
+        handler.setFormatter(_TERMINAL_FORMAT)
         handler.addFilter(TerminalFilter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.captureWarnings(True)  # warnings become records of "py.warnings": filtered and logged

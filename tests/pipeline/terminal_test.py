@@ -80,3 +80,24 @@ def test_filter_rewrites_component_lines_and_drops_only_known_noise():
     assert keep.filter(_record("triplet_tfx.components.training.trainer", logging.INFO, "Fit in 3.0 s"))
     assert not keep.filter(_record("absl", logging.INFO, "Running launcher for node_info"))
     assert keep.filter(_record("absl", logging.ERROR, "a real error"))
+
+
+def test_another_librarys_traceback_goes_to_the_log_file_only(tmp_path, capsys):
+    """A data error inside Beam: the terminal shows its message line, the log file its traceback."""
+    log_path = str(tmp_path / "run.log")
+    terminal.setup_logging(verbose=False)
+    try:
+        with terminal.logged_to_file(log_path, verbose=False):
+            try:
+                raise ValueError("/data/x.png: not an image")
+            except ValueError:
+                logging.getLogger("apache_beam.runners.common").error("/data/x.png: not an image [while running "
+                                                                      "'Read']", exc_info=True)
+                logging.getLogger("triplet_tfx.pipeline.cli").error("ours keeps it", exc_info=True)
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    shown = capsys.readouterr().err
+    assert "ERROR /data/x.png: not an image [while running 'Read']\n" in shown
+    assert shown.count("Traceback (most recent call last)") == 1  # the project's own error only
+    with open(log_path) as f:
+        assert f.read().count("Traceback (most recent call last)") == 2
