@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
@@ -24,11 +26,16 @@ from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, CONVER
 
 OUTPUT_MARKER = "triplet-tfx-output.json"
 EXIT_NOT_BLESSED = 3  # `run --require-blessed`
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
 logger = logging.getLogger(__name__)
 
 
 class OutputRootError(RuntimeError):
     pass
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped the run; its unfinished executions are marked cancelled."""
 
 
 class PipelineRunError(RuntimeError):
@@ -366,7 +373,17 @@ def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = 
                         data_only=data_only))
                 except Exception as err:  # a component failed: its run's summary still tells what happened
                     failure = err
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see run_command)
+                    stopped = recovery.mark_cancelled(config)
+                    where = ", ".join(sorted({s.component for s in stopped})) or "the start"
+                    logger.debug("Interrupted", exc_info=True)  # the traceback: log file only
+                    raise RunInterrupted(
+                        f"interrupted at {where}; run the same command again to resume (finished components "
+                        "come from the cache, the Trainer from its last backup)") from None
                 result = summary.latest_run(config, after_context_id=before)
+        except RunInterrupted:
+            logger.info("The run's log file: %s", log_path)
+            raise
         except BaseException:
             logger.error("The run failed; its log file: %s", log_path)
             raise
@@ -386,13 +403,42 @@ def _data_source_error() -> type:
     return DataSourceError
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (what Kubernetes and CI send) stop the run cleanly: the first raises
+    KeyboardInterrupt in this thread (run_locally marks the run cancelled and releases the lock);
+    a second one exits at once."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def exit_now(number, _frame):
+        os._exit(128 + number)
+
+    def interrupt(_number, _frame):
+        for number in signals:
+            signal.signal(number, exit_now)
+        raise KeyboardInterrupt
+
+    for number in signals:
+        signal.signal(number, interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     terminal.setup_logging(args.verbose)
     logger.info("Beam arguments of the data components: %s", " ".join(config.data_beam_args))
     from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:
-        result = run_locally(config, args.verbose)
+        with _interruptible():
+            result = run_locally(config, args.verbose)
+    except RunInterrupted as err:
+        print(f"triplet-tfx: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (OutputRootError, RunLockError, _data_source_error()) as err:  # evaluated only on an error
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
