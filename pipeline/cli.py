@@ -90,9 +90,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num-classes", type=int, default=d.num_classes,
                       help="default %(default)s; an images: folder must have exactly this many class folders")
     data.add_argument("--convert-channels", choices=CONVERT_CHANNELS_RULES, default=d.convert_channels,
-                      help="images: sources: convert an image whose channel count differs from --image-size's "
-                           "(luminance: colour to grey by ITU-R 601-2 luma, grey to colour by copying), and log "
-                           "how many were converted. Default: such an image is an error naming the file")
+                      help="no effect on encoded sources (images:, manifest:, tfds:, tfrecord: with "
+                           "--tfrecord-encoded), whose images are converted to --image-size's channels anyway; "
+                           "kept for old command lines")
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
                       help="keep only N examples of each split, for smoke runs (the first N; a random N "
                            "of a tfrecord: folder)")
@@ -330,12 +330,25 @@ def preflight(config: PipelineConfig, verbose: bool) -> str:
             from triplet_tfx.components.data.data_sources import check_source
 
             check_source(config.data)  # before TFX loads
+            from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
+
+            try:  # --backbone-weights: ImageNet weights cached or downloadable now, or a file that loads
+                check_backbone_weights(config.train, config.data.image_shape)
+            except BackboneWeightsError as err:  # one line, as the other pre-flight errors
+                raise OutputRootError(str(err)) from None
             check_writable(config.output_root, "--output-root")
             check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
-            from triplet_tfx.components.serving.serving_folder import clean_serving_folder
+            from triplet_tfx.components.serving import serving_folder
 
-            for line in clean_serving_folder(config.serving_model_dir):
+            for line in serving_folder.clean_serving_folder(config.serving_model_dir):
                 logger.warning("Serving folder: %s", line)  # the terminal too: a model server may have noticed
+            if "://" not in config.serving_model_dir:
+                try:
+                    serving_folder.check_free_space(config.serving_model_dir,
+                                                    serving_folder.expected_model_bytes(config.serving_model_dir))
+                except serving_folder.NoSpaceError as err:
+                    raise OutputRootError(f"{'--serving-dir' if config.serving_dir else '--output-root'} "
+                                          f"{err.filename}: {err.strerror} (the newest version's size)") from None
         with open(scratch_log, encoding="utf-8") as f:
             return f.read()
 

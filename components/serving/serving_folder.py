@@ -6,6 +6,8 @@ the kernel releases it however the holder dies), so that runs sharing one servin
   * it is copied to `.push-tmp-<version>-<pid>` (a name TF Serving and KServe ignore: not a
     number), then renamed to `<version>` in one step (POSIX rename within one folder): a model
     server never sees a half-written version;
+  * a push that does not fit the free space is refused before it writes anything, and one that
+    runs out of space midway (ENOSPC) removes what it wrote and says so, with the sizes;
   * leftovers of interrupted pushes are removed before a push and by the pre-flight checks:
     `.push-tmp-*` folders, and numbered folders without `saved_model.pb` (the half-written
     versions of older releases, which copied in place), which are moved aside to
@@ -15,6 +17,7 @@ Standard library only: the pre-flight checks use it before TensorFlow loads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -89,13 +92,50 @@ def clean_serving_folder(base: str) -> List[str]:
         return remove_interrupted_pushes(base) if held else []
 
 
+class NoSpaceError(OSError):
+    """The serving folder's file system has too little free space for the model."""
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
+def _no_space(base: str, needed: int) -> NoSpaceError:
+    free = shutil.disk_usage(base).free
+    return NoSpaceError(errno.ENOSPC, f"no space left on device for the model: it needs {needed / 1e6:.1f} MB, "
+                                      f"{free / 1e6:.1f} MB are free", base)
+
+
+def check_free_space(base: str, needed: int) -> None:
+    """Raises NoSpaceError (naming the folder and both sizes) unless `needed` bytes fit in `base`."""
+    existing = base
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if shutil.disk_usage(existing).free < needed:
+        raise _no_space(existing, needed)
+
+
+def expected_model_bytes(base: str) -> int:
+    """The size of the newest version (the next one is about as big); 0 when there is none."""
+    existing = versions(base)
+    return folder_bytes(os.path.join(base, str(existing[-1]))) if existing else 0
+
+
 def push_atomically(model_path: str, base: str) -> str:
     """Copies the SavedModel folder `model_path` to a new version of `base`; returns its path."""
+    needed = folder_bytes(model_path)
     with serving_folder_lock(base):
         remove_interrupted_pushes(base)
+        check_free_space(base, needed)
         version = next_version(base, time.time())
         temporary = os.path.join(base, f"{TEMP_PREFIX}{version}-{os.getpid()}")
-        shutil.copytree(model_path, temporary)
+        try:
+            shutil.copytree(model_path, temporary)
+        except (OSError, shutil.Error) as err:
+            shutil.rmtree(temporary, ignore_errors=True)  # gives the space back, for the metadata store too
+            if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+                raise _no_space(base, needed) from None
+            raise
         final = os.path.join(base, str(version))
         os.rename(temporary, final)
     return final

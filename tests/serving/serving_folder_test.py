@@ -1,11 +1,15 @@
 """The serving folder: concurrent pushes get their own versions, killed pushes leave nothing a
 model server would load, and leftovers are cleaned up (real processes, killed by the test)."""
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 from triplet_tfx.components.serving import serving_folder
 
@@ -110,3 +114,33 @@ def test_no_clean_up_while_another_process_pushes(tmp_path):
                                 capture_output=True, text=True, timeout=60)
     assert holder.stdout.strip() == "[]"
     assert (base / ".push-tmp-7-1").is_dir()
+
+
+def test_a_push_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    base = tmp_path / "model"
+    model = saved_model(tmp_path / "candidate", "x" * 1000)
+    real = serving_folder.shutil.disk_usage
+    monkeypatch.setattr(serving_folder.shutil, "disk_usage", lambda path: real(path)._replace(free=1500))
+    with pytest.raises(serving_folder.NoSpaceError) as raised:
+        serving_folder.push_atomically(model, str(base))
+    assert str(raised.value) == (f"[Errno 28] no space left on device for the model: it needs 0.0 MB, 0.0 MB are "
+                                 f"free: '{base}'")
+    assert os.listdir(base) == []
+
+
+def test_running_out_of_space_midway_removes_the_partial_copy_and_says_so(tmp_path, monkeypatch):
+    base = tmp_path / "model"
+    model = saved_model(tmp_path / "candidate", "candidate")
+    copytree = serving_folder.shutil.copytree
+
+    def full_disk(src, dst, *_args, **_kwargs):  # also the recursive calls for sub-folders
+        def copy(s, d, **kwargs):
+            if s.endswith("saved_model.pb"):
+                raise OSError(errno.ENOSPC, "No space left on device", d)
+            return shutil.copy2(s, d, **kwargs)
+        return copytree(src, dst, copy_function=copy)
+
+    monkeypatch.setattr(serving_folder.shutil, "copytree", full_disk)
+    with pytest.raises(serving_folder.NoSpaceError, match="no space left on device for the model"):
+        serving_folder.push_atomically(model, str(base))
+    assert os.listdir(base) == []  # no half-written version, no temporary folder
