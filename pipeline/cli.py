@@ -19,7 +19,7 @@ from typing import Iterator, List, Optional
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs, terminal
-from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, CONVERT_CHANNELS_RULES, DEFAULT_BEAM_ARGS,
+from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, DEFAULT_BEAM_ARGS,
                                          ON_BAD_IMAGE, RESIZE_MODES,
                                          NETWORKS, PRECISIONS, PROFILES, SPLITS, STRATEGIES, BeamConfig, ConfigError,
                                          DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)
@@ -89,13 +89,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                       help="tfrecord: sources hold encoded images (PNG, JPEG...), not raw pixels")
     data.add_argument("--num-classes", type=int, default=d.num_classes,
                       help="default %(default)s; an images: folder must have exactly this many class folders")
-    data.add_argument("--convert-channels", choices=CONVERT_CHANNELS_RULES, default=d.convert_channels,
-                      help="no effect on encoded sources (images:, manifest:, tfds:, tfrecord: with "
-                           "--tfrecord-encoded), whose images are converted to --image-size's channels anyway; "
-                           "kept for old command lines")
+    data.add_argument("--convert-channels", choices=("luminance",), default=None,
+                      help="deprecated, no effect: every image is converted to --image-size's channels by one "
+                           "rule (docs/data.md); accepted with a warning until the next release")
     data.add_argument("--max-examples", type=int, default=d.max_examples_per_split, metavar="N",
-                      help="keep only N examples of each split, for smoke runs (the first N; a random N "
-                           "of a tfrecord: folder)")
+                      help="keep only N examples of each split, for smoke runs (the first N of mnist and "
+                           "tfds:, the classes in turn for images: and manifest:, a random N of a tfrecord: folder)")
     split = parser.add_argument_group(
         "unseen-class evaluation", "train on some classes, evaluate on the others (labels keep their class ids)")
     split.add_argument("--train-classes", default=d.train_classes, metavar="IDS",
@@ -242,6 +241,10 @@ def beam_config_from_args(args: argparse.Namespace) -> BeamConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    if args.convert_channels:
+        print("triplet-tfx: warning: --convert-channels is deprecated and has no effect: every image is "
+              "converted to --image-size's channels by one rule (docs/data.md); it will be removed in the next "
+              "release", file=sys.stderr)
     try:
         height, width, channels = (int(v) for v in args.image_size.lower().split("x"))
     except ValueError:
@@ -266,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
                         image_width=width, channels=channels, num_classes=args.num_classes,
                         max_examples_per_split=args.max_examples, train_classes=args.train_classes,
                         eval_classes=args.eval_classes, class_split=args.class_split,
-                        convert_channels=args.convert_channels, resize=args.resize,
+                        resize=args.resize,
                         on_bad_image=args.on_bad_image, tfrecord_image_key=args.tfrecord_image_key,
                         tfrecord_label_key=args.tfrecord_label_key, tfrecord_encoded=args.tfrecord_encoded),
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,

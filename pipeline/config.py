@@ -40,7 +40,6 @@ BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "
 NETWORKS = SMALL_NETWORKS + BACKBONES
 # train.backbone_weights: ImageNet weights (downloaded by Keras, cached), random weights, or a file path.
 BACKBONE_WEIGHTS = ("imagenet", "none")
-CONVERT_CHANNELS_RULES = ("luminance",)  # data.convert_channels: see data_sources.read_image
 # data.resize: how an image of another size becomes the training size (components/images.py).
 RESIZE_MODES = ("stretch", "pad", "crop")
 ON_BAD_IMAGE = ("fail", "skip")  # data.on_bad_image
@@ -71,8 +70,9 @@ class DataConfig:
     # `stretch` to height x width, or keep the aspect ratio and `pad` (black) or centre-`crop`.
     resize: str = "stretch"
     num_classes: int = 10
-    # Keep only N examples of each split (smoke runs and tests): the first N of mnist, tfds: and
-    # images: sources, a random N of a tfrecord: folder (its files are read in parallel). None = all.
+    # Keep only N examples of each split (smoke runs and tests): the first N of mnist and tfds:
+    # sources, the classes in turn for images: and manifest: sources, a random N of a tfrecord:
+    # folder (its files are read in parallel). None = all.
     max_examples_per_split: Optional[int] = None
     # `images:` sources have no predefined split: this share of files goes to eval.
     eval_percent: int = 20
@@ -84,9 +84,6 @@ class DataConfig:
     train_classes: str = ""
     eval_classes: str = ""
     class_split: str = ""
-    # `images:` sources: an image with another channel count than `channels` is an error, unless
-    # this names the rule that converts it (`luminance`: see data_sources.read_image).
-    convert_channels: Optional[str] = None
     # An image that does not decode (corrupt, truncated, empty, not an image, too many pixels):
     # `fail` stops the run naming the file; `skip` leaves it out, counts it and lists it in the
     # Examples artifact's skipped_images.txt and the run summary.
@@ -440,8 +437,6 @@ class PipelineConfig:
              "must be one of " + ", ".join(RESIZE_MODES)),
             (self.data.on_bad_image in ON_BAD_IMAGE, "data.on_bad_image (--on-bad-image)",
              "must be one of " + ", ".join(ON_BAD_IMAGE)),
-            (self.data.convert_channels in (None, *CONVERT_CHANNELS_RULES),
-             "data.convert_channels (--convert-channels)", "must be one of " + ", ".join(CONVERT_CHANNELS_RULES)),
             (self.train.epochs > 0, "train.epochs (--epochs)", "must be positive"),
             (self.train.batch_size >= 2, "train.batch_size (--batch-size)", "must be at least 2"),
             (self.train.learning_rate > 0, "train.learning_rate (--learning-rate)", "must be positive"),

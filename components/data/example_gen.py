@@ -3,15 +3,22 @@
 A thin TFX wrapper around `data_sources`: TFX's own ExampleGen machinery (splits, gzipped
 TFRecord output, span/version properties) with a Beam PTransform that reads the source.
 Split patterns name the source's own splits (`train`/`test` for MNIST, TFDS split names,
-`train`/`eval` sub-folders of a TFRecord folder); `images:` sources are split by hash.
+`train`/`eval` sub-folders of a TFRecord or image folder, a manifest's split column); `images:`
+and `manifest:` sources without splits are split by hash of the serialized example.
+
+Encoded sources check every image before it is written (data/image_check.py); a bad image stops
+the run naming it, or under --on-bad-image skip is left out, listed in the Examples artifact's
+contract.SKIPPED_IMAGES_FILE and counted in its contract.SKIPPED_IMAGES_PROPERTY. Every split must
+hold at least 2 classes, and without a class split all --num-classes classes must appear.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -20,24 +27,39 @@ from tfx.components.example_gen import base_example_gen_executor, driver
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx import types
 from tfx.proto import example_gen_pb2
-from tfx.types import component_spec, standard_artifacts, standard_component_specs
+from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
 
-from triplet_tfx.components.data import class_split, data_sources
+from triplet_tfx.components import contract
+from triplet_tfx.components.data import class_split, data_sources, image_check, image_folder, image_items, manifest
+from triplet_tfx.components.data.errors import BadImageError
 from triplet_tfx.pipeline.config import DataConfig
 
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"
+# Execution property added by the executor: the Examples artifact's folder, where the Beam graph
+# writes each split's skipped images (SKIPPED_PART_PREFIX files, merged into SKIPPED_IMAGES_FILE).
+SKIPPED_DIR_KEY = "_skipped_images_dir"
+SKIPPED_PART_PREFIX = ".skipped_images-"
+SKIPPED = "skipped"  # the Beam output of skipped images: "<where>: <reason>" lines
 _CHUNK = 2000  # examples per Beam element when slicing in-memory arrays
 logger = logging.getLogger(__name__)
 
 
+def named_source(data: DataConfig):
+    """The listing of an images: folder (image_folder.FolderLayout) or a manifest (manifest.Manifest)."""
+    if data.source_kind == "manifest":
+        return manifest.read(data.source_path)
+    return image_folder.scan(data.source_path)
+
+
 def split_patterns(data: DataConfig) -> Dict[str, str]:
     """{output split: source split pattern}; empty for sources split by hash."""
+    if data.source_kind in ("images", "manifest"):
+        return {"train": "train", "eval": "eval"} if named_source(data).has_splits else {}
     return {
         "mnist": {"train": "train", "eval": "test"},
         "tfds": {"train": data.tfds_train_split, "eval": data.tfds_eval_split},
         "tfrecord": {"train": "train", "eval": "eval"},
-        "images": {},
     }[data.source_kind]
 
 
@@ -52,33 +74,59 @@ def _mnist_chunk(bounds: Tuple[int, int], split: str, data: DataConfig) -> Itera
         yield _checked(images[i], labels[i], data, f"mnist {split} example {i}")
 
 
-def _tfds_split(split: str, data: DataConfig) -> Iterator[bytes]:
+def _bad_image(err: BadImageError, data: DataConfig) -> Iterator[beam.pvalue.TaggedOutput]:
+    """A bad image stops the run (raised), or under --on-bad-image skip goes to the skipped output."""
+    if data.on_bad_image != "skip":
+        raise err
+    logger.warning("skipped image %s", err)
+    yield beam.pvalue.TaggedOutput(SKIPPED, str(err))
+
+
+def _encoded(content: bytes, where: str, label: int, class_name: str, item_id: Optional[str],
+             data: DataConfig) -> Iterator[Any]:
+    try:
+        info = image_check.check_image(content, where)
+    except BadImageError as err:
+        yield from _bad_image(err, data)
+        return
+    yield data_sources.make_encoded_example(content, label, class_name, info, item_id)
+
+
+def _image_item(item: image_items.ImageItem, class_ids: Dict[str, int], data: DataConfig) -> Iterator[Any]:
+    """An image of a folder or manifest: its example, or (skip mode) its skipped line."""
+    try:
+        content = image_items.read_item(item)
+    except BadImageError as err:
+        yield from _bad_image(err, data)
+        return
+    yield from _encoded(content, item.where, class_ids[item.class_name], item.class_name, item.id, data)
+
+
+def _tfds_split(split: str, data: DataConfig) -> Iterator[Any]:
     name = data.source_path
     records = data_sources.read_tfds(name, split, data.tfds_data_dir, data.max_examples_per_split)
-    for i, (image, label) in enumerate(records):
-        yield _checked(image, label, data, f"tfds:{name} {split} example {i}")
+    for i, (content, label, class_name, tfds_id) in enumerate(records):
+        where = f"tfds:{name} {split} example {i}" + (f" ({tfds_id})" if tfds_id else "")
+        _check_label(label, data, where)
+        yield from _encoded(content, where, label, class_name, tfds_id, data)
 
 
-def _image_file(path_label: Tuple[str, int], data: DataConfig) -> Tuple[bytes, bool]:
-    """(the checked tf.Example, whether its channels were converted by --convert-channels)."""
-    path, label = path_label
-    image, converted = data_sources.read_image(path, data.channels, data.convert_channels)
-    return _checked(image, label, data, path), converted
+def _check_label(label: int, data: DataConfig, where: str) -> None:
+    if not 0 <= label < data.num_classes:
+        raise data_sources.DataSourceError(f"{where}: label {label} out of range [0, {data.num_classes}) "
+                                           "(--num-classes)")
 
 
-def _log_conversions(count: int, data: DataConfig) -> None:
-    if count:
-        logger.info("%s: converted the channels of %d image(s) to %d by --convert-channels %s",
-                    data.source_path, count, data.channels, data.convert_channels)
-
-
-def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
-    """Each record of one file, checked: an unreadable file or bad record names the file."""
+def _tfrecord_file(path: str, data: DataConfig) -> Iterator[Any]:
+    """Each record of one file, checked: an unreadable file or bad record names the file. Raw
+    records (uint8 pixels of the training shape) are rewritten as today; encoded ones
+    (--tfrecord-encoded) to the encoded layout, with class_name = the label as text."""
     with tf.io.gfile.GFile(path, "rb") as f:
         compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
+    image_key, label_key = data.tfrecord_image_key, data.tfrecord_label_key
     feature_spec = {
-        data_sources.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-        data_sources.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+        image_key: tf.io.FixedLenFeature([], tf.string),
+        label_key: tf.io.FixedLenFeature([], tf.int64),
     }
     expected = int(np.prod(data.image_shape))
     index = -1
@@ -88,24 +136,77 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[bytes]:
                 parsed = tf.io.parse_single_example(record, feature_spec)
             except tf.errors.InvalidArgumentError as err:
                 raise data_sources.DataSourceError(
-                    f"{path} record {index}: not a tf.Example with a bytes '{data_sources.IMAGE_KEY}' "
-                    f"and an int64 '{data_sources.LABEL_KEY}' ({err.message.splitlines()[0]})") from None
-            pixels = parsed[data_sources.IMAGE_KEY].numpy()
-            if len(pixels) != expected:
+                    f"{path} record {index}: not a tf.Example with a bytes '{image_key}' and an int64 "
+                    f"'{label_key}' ({err.message.splitlines()[0]}); name the features with "
+                    "--tfrecord-image-key and --tfrecord-label-key") from None
+            content = parsed[image_key].numpy()
+            label = int(parsed[label_key])
+            where = f"{path} record {index}"
+            if data.tfrecord_encoded:
+                _check_label(label, data, where)
+                yield from _encoded(content, where, label, str(label), None, data)
+                continue
+            if len(content) != expected:
+                encoded = image_check.sniff_format(content)
+                if encoded:
+                    raise data_sources.DataSourceError(
+                        f"{where}: feature '{image_key}' holds an encoded {encoded.upper()} image, not raw "
+                        f"pixels: pass --tfrecord-encoded")
                 raise data_sources.DataSourceError(
-                    f"{path} record {index}: feature '{data_sources.IMAGE_KEY}' has {len(pixels)} bytes, "
+                    f"{where}: feature '{image_key}' has {len(content)} bytes, "
                     f"expected {expected} raw uint8 pixels of shape {data.image_shape}")
-            image = np.frombuffer(pixels, np.uint8).reshape(data.image_shape)
-            yield _checked(image, int(parsed[data_sources.LABEL_KEY]), data, f"{path} record {index}")
+            image = np.frombuffer(content, np.uint8).reshape(data.image_shape)
+            yield _checked(image, label, data, where)
     except tf.errors.OpError as err:  # DataLossError and friends: corrupt or truncated file
         where = "at the first record" if index < 0 else f"after record {index}"
         raise data_sources.DataSourceError(
             f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})") from None
 
 
+def _write_skipped(lines: List[str], folder: Optional[str], split_pattern: str) -> None:
+    """One split's skipped images, to a part file of the Examples folder (the executor merges them)."""
+    if not lines or not folder:
+        return
+    tf.io.gfile.makedirs(folder)
+    name = SKIPPED_PART_PREFIX + hashlib.sha256(split_pattern.encode()).hexdigest()[:12]
+    with tf.io.gfile.GFile(os.path.join(folder, name), "w") as f:
+        f.write("".join(line + "\n" for line in sorted(lines)))
+
+
+def merge_skipped(folder: str) -> int:
+    """Merges the part files of the skipped images into contract.SKIPPED_IMAGES_FILE (written only
+    when images were skipped); returns how many were skipped."""
+    lines: List[str] = []
+    for part in sorted(tf.io.gfile.glob(os.path.join(folder, SKIPPED_PART_PREFIX + "*"))):
+        with tf.io.gfile.GFile(part, "r") as f:
+            lines += [line for line in f.read().splitlines() if line]
+        tf.io.gfile.remove(part)
+    if lines:
+        with tf.io.gfile.GFile(os.path.join(folder, contract.SKIPPED_IMAGES_FILE), "w") as f:
+            f.write("".join(line + "\n" for line in sorted(lines)))
+    return len(lines)
+
+
 def _fail_if_empty(count: int, where: str) -> None:
     if count == 0:
         raise data_sources.DataSourceError(f"{where}: no examples (empty split)")
+
+
+def _read_with_skips(pcoll: beam.pvalue.PCollection, fn, *args) -> Tuple[beam.pvalue.PCollection,
+                                                                           beam.pvalue.PCollection]:
+    outputs = pcoll | "Read" >> beam.FlatMap(fn, *args).with_outputs(SKIPPED, main="examples")
+    return outputs.examples, outputs[SKIPPED]
+
+
+def _named_items(data: DataConfig, split_pattern: str) -> Tuple[List[image_items.ImageItem], Dict[str, int]]:
+    """The items of one split of an images: or manifest: source (stratified --max-examples) and the
+    class ids by name; the source must have --num-classes classes."""
+    source = named_source(data)
+    data_sources.check_class_count(source.class_names, data.num_classes, data.source_path,
+                                   "class folders" if data.source_kind == "images" else "classes")
+    items = source.splits[split_pattern if source.has_splits else "all"]
+    items = image_items.stratified(items, data.max_examples_per_split, source.class_names)
+    return items, {name: i for i, name in enumerate(source.class_names)}
 
 
 @beam.ptransform_fn
@@ -116,6 +217,7 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     data = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY]))
     limit = data.max_examples_per_split
     kind = data.source_kind
+    skipped = None
     if kind == "mnist":
         count = len(data_sources.load_mnist()[split_pattern][1])
         count = min(count, limit) if limit else count
@@ -124,23 +226,22 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                     | "Read" >> beam.FlatMap(_mnist_chunk, split_pattern, data))
         where = f"mnist split {split_pattern!r}"
     elif kind == "tfds":
-        examples = (pipeline | "Split" >> beam.Create([split_pattern])
-                    | "Read" >> beam.FlatMap(_tfds_split, data) | "Spread" >> beam.Reshuffle())
+        examples, skipped = _read_with_skips(pipeline | "Split" >> beam.Create([split_pattern]), _tfds_split, data)
+        examples = examples | "Spread" >> beam.Reshuffle()
         where = f"{data.source} split {split_pattern!r}"
     elif kind == "tfrecord":
         files = data_sources.tfrecord_files(data.source_path, split_pattern)
-        examples = (pipeline | "Files" >> beam.Create(files)
-                    | "Read" >> beam.FlatMap(_tfrecord_file, data))
+        examples, skipped = _read_with_skips(pipeline | "Files" >> beam.Create(files), _tfrecord_file, data)
         if limit:
             examples = examples | "Limit" >> beam.combiners.Sample.FixedSizeGlobally(limit) | beam.FlatMap(lambda x: x)
         where = os.path.join(data.source_path, split_pattern)
-    else:  # images, split afterwards by hash
-        files = data_sources.image_dir_files(data.source_path, data.num_classes)[:limit]  # [:None] keeps all
-        read = pipeline | "Files" >> beam.Create(files) | "Read" >> beam.Map(_image_file, data)
-        examples = read | "Examples" >> beam.Map(lambda example_converted: example_converted[0])
-        _ = (read | "Converted" >> beam.Map(lambda example_converted: int(example_converted[1]))
-             | "CountConverted" >> beam.CombineGlobally(sum) | "LogConverted" >> beam.Map(_log_conversions, data))
-        where = data.source_path
+    else:  # images: and manifest:, split by their split folders or column, or afterwards by hash
+        items, class_ids = _named_items(data, split_pattern)
+        examples, skipped = _read_with_skips(pipeline | "Files" >> beam.Create(items), _image_item, class_ids, data)
+        where = data.source_path + ("" if split_pattern in ("*", "all") else f" split {split_pattern!r}")
+    if skipped is not None and data.on_bad_image == "skip":
+        _ = (skipped | "ListSkipped" >> beam.combiners.ToList()
+             | "WriteSkipped" >> beam.Map(_write_skipped, exec_properties.get(SKIPPED_DIR_KEY), split_pattern))
     _ = (examples | "Count" >> beam.combiners.Count.Globally()
          | "FailIfEmpty" >> beam.Map(_fail_if_empty, where))
     return examples
@@ -157,6 +258,28 @@ def _fail_if_no_class_left(count: int, split: str, classes: Tuple[int, ...]) -> 
             f"(--{split}-classes / --class-split)")
 
 
+def _check_classes(labels: List[int], split: str, data: DataConfig) -> None:
+    if len(labels) == 1:  # an empty split fails by name elsewhere
+        raise data_sources.DataSourceError(
+            f"split {split!r} holds examples of 1 class only (class {labels[0]}): triplet training and "
+            "retrieval evaluation need at least 2 "
+            f"classes in each split ({data.source}; --max-examples keeps classes in turn)")
+
+
+def _check_all_classes(labels: List[int], data: DataConfig) -> None:
+    if len(labels) < data.num_classes:
+        missing = sorted(set(range(data.num_classes)) - set(labels))
+        raise data_sources.DataSourceError(
+            f"{data.source}: the examples hold {len(labels)} of --num-classes {data.num_classes} classes (no "
+            f"example of class {', '.join(map(str, missing[:12]))}{', ...' if len(missing) > 12 else ''}); "
+            "lower --num-classes or raise --max-examples")
+
+
+def _distinct_labels(pcoll: beam.pvalue.PCollection, name: str) -> beam.pvalue.PCollection:
+    return (pcoll | f"Labels[{name}]" >> beam.Map(example_label) | f"Distinct[{name}]" >> beam.Distinct()
+            | f"ListLabels[{name}]" >> beam.combiners.ToList() | f"Sort[{name}]" >> beam.Map(sorted))
+
+
 class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
@@ -165,18 +288,38 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.pvalue.PCollection]:
         """TFX's splits, then the class split: each output split keeps only its own classes (after
-        the hash split of `images:` sources, so every source is filtered the same way)."""
+        the hash split of `images:` sources, so every source is filtered the same way). Then each
+        split must hold at least 2 classes, and, without a class split, all --num-classes appear."""
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
-        classes = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY])).classes_by_split
-        if classes is None:
-            return splits
-        for split, keep in classes.items():
+        data = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY]))
+        classes = data.classes_by_split
+        for split, keep in (classes or {}).items():
             keep_set = frozenset(keep)
             splits[split] = splits[split] | f"KeepClasses[{split}]" >> beam.Filter(
                 lambda example, keep_set=keep_set: example_label(example) in keep_set)
             _ = (splits[split] | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
                  | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep))
+        for split, examples in splits.items():
+            _ = _distinct_labels(examples, split) | f"TwoClasses[{split}]" >> beam.Map(_check_classes, split, data)
+        if classes is None:
+            _ = (tuple(splits.values()) | "AllSplits" >> beam.Flatten() | "AllLabels" >> beam.Map(example_label)
+                 | "DistinctAll" >> beam.Distinct() | "ListAll" >> beam.combiners.ToList()
+                 | "AllClasses" >> beam.Map(_check_all_classes, data))
         return splits
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        """TFX's ExampleGen, then the skipped images of encoded sources (--on-bad-image skip): their
+        list, contract.SKIPPED_IMAGES_FILE, and their count, contract.SKIPPED_IMAGES_PROPERTY."""
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        exec_properties = {**exec_properties, SKIPPED_DIR_KEY: examples.uri}
+        super().Do(input_dict, output_dict, exec_properties)
+        if DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY])).encoded_images:
+            count = merge_skipped(examples.uri)
+            examples.set_int_custom_property(contract.SKIPPED_IMAGES_PROPERTY, count)
+            if count:
+                logger.warning("skipped %d image(s) that cannot be used (--on-bad-image skip): listed in %s", count,
+                               os.path.join(examples.uri, contract.SKIPPED_IMAGES_FILE))
 
 
 class SourceExampleGenSpec(component_spec.ComponentSpec):
@@ -191,7 +334,7 @@ class SourceExampleGenSpec(component_spec.ComponentSpec):
 
 
 class SourceExampleGen(base_beam_component.BaseBeamComponent):
-    """ExampleGen for `mnist`, `tfds:`, `tfrecord:` and `images:` sources."""
+    """ExampleGen for `mnist`, `tfds:`, `tfrecord:`, `images:` and `manifest:` sources."""
 
     SPEC_CLASS = SourceExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(SourceExampleGenExecutor)

@@ -1,7 +1,14 @@
-"""Transform: raw tf.Example (uint8 pixel bytes, int64 label) -> float image in [0, 1] and label.
+"""Transform: ExampleGen's tf.Example -> float image in [0, 1] and label.
 
 `preprocessing_fn` runs in TFX's Transform component and again, as the Transform graph,
-inside the served model, so training and serving decode images the same way.
+inside the served model, so training and serving decode images the same way:
+  * raw sources (MNIST, raw tfrecord:): `image` holds uint8 pixels of the training shape, scaled /255;
+  * encoded sources (`DataConfig.encoded_images`: images:, manifest:, tfds:, encoded tfrecord:):
+    `image` holds the image file's bytes, decoded, converted and resized by `images.decode_to_pixels`
+    (the one image function) inside this graph, then scaled /255 (`images.to_unit_floats`).
+The class id stays ExampleGen's `label`. Examples with a `class_name` feature also get the
+vocabulary of class names (`contract.CLASS_NAMES_VOCABULARY`, analysed over train and eval:
+pipeline.py's splits_config); the id -> name table is `contract.class_order(vocabulary)`.
 """
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from triplet_tfx.components import contract, images
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.pipeline.config import PipelineConfig
 
@@ -24,6 +32,19 @@ def decode_images(image_bytes: tf.Tensor, image_shape) -> tf.Tensor:
     with tf.control_dependencies(checks):
         pixels = tf.io.decode_raw(image_bytes, tf.uint8)
     return tf.reshape(tf.cast(pixels, tf.float32) / 255.0, [-1, height, width, channels])
+
+
+def decode_encoded_images(image_bytes: tf.Tensor, image_shape, resize: str = "stretch") -> tf.Tensor:
+    """Encoded image files [B] -> float32 [B, H, W, C] in [0, 1]: `images.decode_to_pixels`, then /255."""
+    return images.to_unit_floats(images.decode_to_pixels(image_bytes, image_shape, resize, input_name=IMAGE_KEY))
+
+
+def class_names_vocabulary(class_names: tf.Tensor) -> tf.Tensor:
+    """The analysis pass's vocabulary of class names (a Transform asset, `contract.CLASS_NAMES_VOCABULARY`);
+    returns its file name. Its order is tf.Transform's (by frequency); the id order is `contract.class_order`."""
+    import tensorflow_transform as tft
+
+    return tft.vocabulary(class_names, vocab_filename=contract.CLASS_NAMES_VOCABULARY)
 
 
 def checked_labels(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
@@ -46,7 +67,13 @@ def _dense(feature) -> tf.Tensor:
 
 def preprocessing_fn(inputs: Dict[str, Any], custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
     data = PipelineConfig.from_dict({"data": custom_config["data"]}).data
+    if data.encoded_images:
+        image = decode_encoded_images(_dense(inputs[IMAGE_KEY]), data.image_shape, data.resize)
+    else:
+        image = decode_images(_dense(inputs[IMAGE_KEY]), data.image_shape)
+    if contract.CLASS_NAME_KEY in inputs:
+        class_names_vocabulary(_dense(inputs[contract.CLASS_NAME_KEY]))
     return {
-        IMAGE_KEY: decode_images(_dense(inputs[IMAGE_KEY]), data.image_shape),
+        IMAGE_KEY: image,
         LABEL_KEY: checked_labels(_dense(inputs[LABEL_KEY]), data.num_classes),
     }

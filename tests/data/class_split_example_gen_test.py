@@ -11,11 +11,11 @@ from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from triplet_tfx.components.data import data_sources, example_gen
+from triplet_tfx.components.data import data_sources, example_gen, image_check
 from triplet_tfx.pipeline.config import DEFAULT_BEAM_ARGS, DataConfig
 
-from data_sources_test import _write_png, _write_tfrecords, decode
-from tfds_source_test import NUM, TinyDigits
+from data_sources_test import _write_png, _write_tfrecords, decode, first_pixel
+from tfds_source_test import NUM, TinyDigitsFour
 
 
 def generate(data: DataConfig, expected: dict) -> None:
@@ -27,7 +27,7 @@ def generate(data: DataConfig, expected: dict) -> None:
         splits = example_gen.SourceExampleGenExecutor().GenerateExamplesByBeam(pipeline, exec_properties)
         assert sorted(splits) == ["eval", "train"]
         for name, pairs in expected.items():
-            found = splits[name] | f"Decode{name}" >> beam.Map(lambda e: (decode(e)[0][0], decode(e)[1]))
+            found = splits[name] | f"Decode{name}" >> beam.Map(lambda e: (first_pixel(e), decode(e)[1]))
             assert_that(found, equal_to(pairs), label=f"Check{name}")
 
 
@@ -43,11 +43,11 @@ def test_mnist_splits_keep_only_their_classes():
 
 
 def test_tfds_splits_keep_only_their_classes(tmp_path):
-    TinyDigits(data_dir=str(tmp_path)).download_and_prepare()  # label = index % 3, pixels = index
-    data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=str(tmp_path), image_height=8, image_width=8,
-                      num_classes=3, train_classes="0-1", eval_classes="2")
-    generate(data, {"train": [(i, i % 3) for i in range(NUM["train"]) if i % 3 in (0, 1)],
-                    "eval": [(i, 2) for i in range(NUM["test"]) if i % 3 == 2]})
+    TinyDigitsFour(data_dir=str(tmp_path)).download_and_prepare()  # label = index % 4, pixels = index
+    data = DataConfig(source="tfds:tiny_digits_four", tfds_data_dir=str(tmp_path), image_height=8, image_width=8,
+                      num_classes=4, train_classes="0-1", eval_classes="2-3")
+    generate(data, {"train": [(i, i % 4) for i in range(NUM["train"]) if i % 4 in (0, 1)],
+                    "eval": [(i, i % 4) for i in range(NUM["test"]) if i % 4 in (2, 3)]})
 
 
 def _tfrecord_source(root, eval_labels=(0, 1, 2, 3)):
@@ -72,17 +72,24 @@ def test_split_without_examples_of_its_classes_is_named(tmp_path):
 
 
 def test_image_folder_hash_split_then_class_split(tmp_path):
-    for i in range(60):
-        _write_png(str(tmp_path / f"class{i % 3}" / f"{i}.png"), np.full((28, 28), i, np.uint8))
+    for i in range(80):
+        _write_png(str(tmp_path / f"class{i % 4}" / f"{i}.png"), np.full((28, 28), i, np.uint8))
     # Where TFX's hash split puts each image (its own partition function on the serialized example).
     output_config = proto_utils.json_to_proto(example_gen.SourceExampleGen(DataConfig(
-        source=f"images:{tmp_path}", num_classes=3, eval_percent=40)).exec_properties["output_config"],
+        source=f"images:{tmp_path}", num_classes=4, eval_percent=40)).exec_properties["output_config"],
         example_gen_pb2.Output())
-    split_of = {i: ("train", "eval")[base_example_gen_executor._PartitionFn(
-        data_sources.make_example(np.full((28, 28, 1), i, np.uint8), i % 3), 2, [60, 100], output_config.split_config)]
-        for i in range(60)}
-    assert 0 < list(split_of.values()).count("eval") < 60
-    # With one: the same hash split, then each split keeps its own classes (label = index % 3).
-    generate(DataConfig(source=f"images:{tmp_path}", num_classes=3, eval_percent=40, eval_classes="2"),
-             {split: [(i, i % 3) for i in range(60) if split_of[i] == split and (i % 3 == 2) == (split == "eval")]
+
+    def split_of(i):
+        with open(tmp_path / f"class{i % 4}" / f"{i}.png", "rb") as f:
+            content = f.read()
+        example = data_sources.make_encoded_example(content, i % 4, f"class{i % 4}",
+                                                    image_check.check_image(content, "x"), f"class{i % 4}/{i}.png")
+        return ("train", "eval")[base_example_gen_executor._PartitionFn(example, 2, [60, 100],
+                                                                          output_config.split_config)]
+
+    where = {i: split_of(i) for i in range(80)}
+    assert 0 < list(where.values()).count("eval") < 80
+    # With one: the same hash split, then each split keeps its own classes (label = index % 4).
+    generate(DataConfig(source=f"images:{tmp_path}", num_classes=4, eval_percent=40, eval_classes="2-3"),
+             {split: [(i, i % 4) for i in range(80) if where[i] == split and (i % 4 >= 2) == (split == "eval")]
               for split in ("train", "eval")})

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from triplet_tfx.components.data import data_sources, example_gen
+from triplet_tfx.components.data import data_sources, example_gen, image_check, image_items
 from triplet_tfx.pipeline.config import DataConfig
 
 
@@ -61,6 +61,14 @@ def test_make_example_round_trips():
     assert decode(data_sources.make_example(image, 7)) == (bytes([0, 1, 2, 3, 4, 5]), 7)
 
 
+def first_pixel(serialized: bytes) -> int:
+    """The first pixel value of an example's image, raw or encoded (decoded by TensorFlow)."""
+    image = tf.train.Example.FromString(serialized).features.feature["image"].bytes_list.value[0]
+    if image_check.sniff_format(image):
+        return int(tf.io.decode_image(image, expand_animations=False).numpy().reshape(-1)[0])
+    return image[0]
+
+
 def test_check_example_names_the_problem():
     with pytest.raises(data_sources.DataSourceError, match=r"x.png: image has shape \(27, 28, 1\)"):
         data_sources.check_example(np.zeros((27, 28, 1), np.uint8), 1, (28, 28, 1), 10, "x.png")
@@ -78,15 +86,17 @@ def test_image_folder_reads_classes_in_sorted_order(tmp_path):
     _write_png(str(tmp_path / "a" / "1.png"), np.full((28, 28), 100, np.uint8))
     files = data_sources.image_dir_files(str(tmp_path))
     assert [(os.path.basename(os.path.dirname(p)), label) for p, label in files] == [("a", 0), ("b", 1)]
-    image, converted = data_sources.read_image(files[1][0], channels=1)
-    assert image.shape == (28, 28, 1) and image.max() == 200 and not converted
 
 
-def test_image_of_wrong_size_names_the_file(tmp_path):
-    bad = str(tmp_path / "a" / "small.png")
-    _write_png(bad, np.zeros((20, 20), np.uint8))
-    with pytest.raises(data_sources.DataSourceError, match="small.png: image has shape"):
-        example_gen._image_file((bad, 0), DataConfig(source=f"images:{tmp_path}"))
+def test_images_of_any_size_are_written_as_read(tmp_path):
+    path = str(tmp_path / "a" / "small.png")
+    _write_png(path, np.zeros((20, 33), np.uint8))
+    examples = list(example_gen._image_item(image_items.ImageItem(path, "a", "a/small.png", path), {"a": 0},
+                                             DataConfig(source=f"images:{tmp_path}")))
+    feature = tf.train.Example.FromString(examples[0]).features.feature
+    with open(path, "rb") as f:
+        assert feature["image"].bytes_list.value[0] == f.read()
+    assert (feature["image_width"].int64_list.value[0], feature["image_height"].int64_list.value[0]) == (33, 20)
 
 
 def test_missing_and_empty_folders_are_named(tmp_path):
@@ -165,41 +175,10 @@ def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
         splits = example_gen.SourceExampleGenExecutor().GenerateExamplesByBeam(pipeline, exec_properties)
         assert sorted(splits) == ["eval", "train"]
         everything = ((splits["train"], splits["eval"]) | beam.Flatten()
-                      | beam.Map(lambda e: decode(e)[0][0]))  # each image's pixel value = its index
+                      | beam.Map(first_pixel))  # each image's pixel value = its index
         assert_that(everything, equal_to(list(range(40))), label="all_once")
         sizes = [splits[name] | f"Count{name}" >> beam.combiners.Count.Globally() for name in ("train", "eval")]
         assert_that(sizes[1] | beam.Map(lambda n: 0 < n < 40), equal_to([True]), label="eval_nonempty")
-
-
-def _red_digit():
-    image = np.zeros((28, 28, 3), np.uint8)
-    image[10:18, 12:16, 0] = 255  # pure red strokes
-    return image
-
-
-def test_colour_image_in_grey_folder_is_named_unless_converted(tmp_path):
-    _write_png(str(tmp_path / "a" / "grey.png"), np.full((28, 28), 9, np.uint8))
-    _write_png(str(tmp_path / "b" / "red.png"), _red_digit())
-    with pytest.raises(data_sources.DataSourceError, match=r"red.png: colour image \(Pillow mode RGB\) in a folder "
-                                                           r"of 1-channel images.*--convert-channels luminance"):
-        data_sources.read_image(str(tmp_path / "b" / "red.png"), channels=1)
-    image, converted = data_sources.read_image(str(tmp_path / "b" / "red.png"), 1, convert_channels="luminance")
-    assert converted and image.shape == (28, 28, 1)
-    assert image.max() == 76  # ITU-R 601-2 luma of pure red: 0.299 * 255
-    grey, converted = data_sources.read_image(str(tmp_path / "a" / "grey.png"), 3, convert_channels="luminance")
-    assert converted and grey.shape == (28, 28, 3) and (grey == 9).all()
-
-
-def test_channel_conversions_are_counted_in_the_log(tmp_path, caplog):
-    for i in range(3):
-        _write_png(str(tmp_path / "a" / f"{i}.png"), np.full((28, 28), i, np.uint8))
-        _write_png(str(tmp_path / "b" / f"{i}.png"), _red_digit() if i < 2 else np.full((28, 28), i, np.uint8))
-    data = DataConfig(source=f"images:{tmp_path}", num_classes=2, convert_channels="luminance")
-    with caplog.at_level("INFO", logger="triplet_tfx"):
-        with beam.Pipeline() as pipeline:
-            _ = pipeline | example_gen._SourceToExamples(
-                {example_gen.DATA_CONFIG_KEY: __import__("json").dumps(data.__dict__)}, "all")
-    assert f"{tmp_path}: converted the channels of 2 image(s) to 1 by --convert-channels luminance" in caplog.text
 
 
 def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
@@ -214,11 +193,8 @@ def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
 
 
 def test_file_that_is_not_an_image_says_so(tmp_path):
-    fake = tmp_path / "a" / "fake.png"
-    fake.parent.mkdir()
-    fake.write_text("hello, I am text")
-    with pytest.raises(data_sources.DataSourceError, match=r"fake.png: not an image \(cannot identify image file\)"):
-        data_sources.read_image(str(fake), channels=1)
+    with pytest.raises(data_sources.DataSourceError, match=r"fake.png: not an image \(Pillow cannot identify it"):
+        image_check.check_image(b"hello, I am text", "fake.png")
 
 
 def test_tfrecord_unreadable_from_the_start_says_first_record(tmp_path):

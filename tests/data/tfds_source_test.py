@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from triplet_tfx.components.data import data_sources, example_gen
 from triplet_tfx.pipeline.config import DataConfig
 
-from data_sources_test import decode
+from data_sources_test import decode, first_pixel
 
 NUM = {"train": 12, "test": 6}
 
@@ -36,6 +36,21 @@ class TinyDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": np.full((8, 8, 1), i, np.uint8), "label": i % 3}
 
 
+class TinyDigitsFour(TinyDigits):
+    """TinyDigits with label = index % 4 (a class split of 2 + 2 classes)."""
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.ClassLabel(num_classes=4)}),
+            supervised_keys=("image", "label"))
+
+    def _generate_examples(self, split):
+        for i in range(NUM[split]):
+            yield i, {"image": np.full((8, 8, 1), i, np.uint8), "label": i % 4}
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
@@ -43,22 +58,26 @@ def data_dir(tmp_path_factory):
     return path
 
 
-def test_prepared_tfds_is_read(data_dir):
+def test_prepared_tfds_is_read_without_decoding(data_dir):
     records = list(data_sources.read_tfds("tiny_digits", "test", data_dir, limit=None))
-    assert sorted((int(image[0, 0, 0]), label) for image, label in records) == [(i, i % 3) for i in range(6)]
+    assert all(image.startswith(b"\x89PNG") for image, _, _, _ in records)  # as TFDS stores it
+    assert sorted((int(tf.io.decode_png(image)[0, 0, 0]), label, name) for image, label, name, _ in records) == \
+        [(i, i % 3, str(i % 3)) for i in range(6)]
+    assert all(tfds_id.startswith("tiny_digits-test") for _, _, _, tfds_id in records)
 
 
 def test_tfds_source_through_example_gen(data_dir):
     data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=data_dir, image_height=8, image_width=8,
                       num_classes=3, max_examples_per_split=10)
     data_sources.check_source(data)
-    expected = [(bytes([i]) * 64, i % 3) for i in range(NUM["train"])]
+    expected = [(i, i % 3) for i in range(NUM["train"])]
     with beam.Pipeline() as pipeline:
         examples = pipeline | example_gen._SourceToExamples(
             {example_gen.DATA_CONFIG_KEY: json.dumps(data.__dict__)}, "train")
         count = examples | beam.combiners.Count.Globally()
         assert_that(count, equal_to([10]), label="limited")
-        assert_that(examples | beam.Map(lambda e: decode(e) in expected) | beam.combiners.Count.PerElement(),
+        assert_that(examples | beam.Map(lambda e: (first_pixel(e), decode(e)[1]) in expected)
+                    | beam.combiners.Count.PerElement(),
                     equal_to([(True, 10)]), label="genuine")
 
 
