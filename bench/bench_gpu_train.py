@@ -1,9 +1,14 @@
 """Images per second of the Trainer's training step on the GPU(s) of this machine, by global batch,
 mining (global batch vs each replica's own), layer arithmetic and XLA.
 
-  .venv/bin/python bench/bench_gpu_train.py                       # the full grid (48 settings)
+  .venv/bin/python bench/bench_gpu_train.py                       # the full grid (52 settings)
   .venv/bin/python bench/bench_gpu_train.py --batches 256,4096 --precisions mixed_float16 --xla on
   .venv/bin/python bench/bench_gpu_train.py --list                # the settings only (no TensorFlow)
+  .venv/bin/python bench/bench_gpu_train.py --batches 256 --backbones mobilenet_v3_small --backbone-batches 128
+
+Besides the tutorial network on 28x28x1 images, the grid holds Keras Applications backbones
+(--backbones, default MobileNetV3Small and ResNet50V2, random weights) on 224x224x3 images in
+mixed_float16 without XLA, at --backbone-batches (global; one GPU: the whole batch).
 
 It needs one or more NVIDIA GPUs and a TensorFlow that sees them (the kubeflow/Dockerfile.gpu image,
 or `pip install tensorflow[and-cuda]==<the pinned version>`); without one it says so and exits 2.
@@ -26,6 +31,8 @@ from typing import Dict, List, Optional
 
 EXAMPLES_PER_CLASS = 32
 IMAGE_SHAPE = (28, 28, 1)
+BACKBONE_IMAGE_SHAPE = (224, 224, 3)
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2")
 NO_GPU_EXIT = 2
 
 
@@ -34,6 +41,9 @@ def settings(args) -> List[Dict]:
     grid = []
     for batch, mining, precision, xla in itertools.product(args.batches, args.mining, args.precisions, args.xla):
         grid.append({"batch": batch, "mining": mining, "precision": precision, "xla": xla == "on"})
+    for network, batch in itertools.product(args.backbones, args.backbone_batches):
+        grid.append({"batch": batch, "mining": "global", "precision": "mixed_float16", "xla": False,
+                     "network": network, "image": list(BACKBONE_IMAGE_SHAPE)})
     return grid
 
 
@@ -66,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                         default=["float32", "mixed_float16"], help="layer arithmetic (default float32,mixed_float16)")
     parser.add_argument("--xla", type=choices(("off", "on")), default=["off", "on"],
                         help="jit_compile off and/or on (default both)")
+    parser.add_argument("--backbones", type=lambda text: [] if text == "none" else choices(BACKBONES)(text),
+                        default=["mobilenet_v3_small", "resnet50_v2"],
+                        help="backbones at 224x224x3, mixed_float16 (default mobilenet_v3_small,resnet50_v2; none)")
+    parser.add_argument("--backbone-batches", type=positive_multiples, default=[128, 256],
+                        help="global batches of the backbones (default 128,256)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per setting (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default %(default)s)")
     parser.add_argument("--list", action="store_true", help="print the settings and exit (no TensorFlow)")
@@ -81,7 +96,7 @@ def gpu_names() -> List[str]:
             for gpu in tf.config.list_physical_devices("GPU")]
 
 
-def class_balanced_batch(batch: int, replicas: int):
+def class_balanced_batch(batch: int, replicas: int, image_shape=IMAGE_SHAPE):
     """Random images; labels in whole classes of EXAMPLES_PER_CLASS, contiguous, so that each
     replica's share (the strategy splits the batch in order) holds whole classes."""
     import numpy as np
@@ -91,7 +106,7 @@ def class_balanced_batch(batch: int, replicas: int):
         raise ValueError(f"global batch {batch} = {classes} classes does not split into whole classes over "
                          f"{replicas} replicas")
     rng = np.random.default_rng(0)
-    images = rng.random((batch, *IMAGE_SHAPE), np.float32)
+    images = rng.random((batch, *image_shape), np.float32)
     labels = np.repeat(np.arange(classes), EXAMPLES_PER_CLASS).astype(np.int64)
     return images, labels
 
@@ -106,13 +121,16 @@ def measure(setting: Dict, steps: int, warmup: int) -> Dict:
 
     strategy = tf.distribute.MirroredStrategy()
     replicas = strategy.num_replicas_in_sync
+    network = setting.get("network", "tutorial")
+    image_shape = tuple(setting.get("image", IMAGE_SHAPE))
     train = TrainConfig(batch_size=setting["batch"], examples_per_class=EXAMPLES_PER_CLASS, margin=0.2,
-                        dropout=0.0, learning_rate=2e-3, precision=setting["precision"], mining=setting["mining"])
-    images, labels = class_balanced_batch(setting["batch"], replicas)
+                        dropout=0.0, learning_rate=2e-3, precision=setting["precision"], mining=setting["mining"],
+                        network=network, backbone_weights="none")
+    images, labels = class_balanced_batch(setting["batch"], replicas, image_shape)
     batches = tf.data.Dataset.from_tensors((images, labels)).cache().repeat()
     try:
         with strategy.scope():
-            model = trainer.compiled_model(IMAGE_SHAPE, train, {"epochs": 1, "steps_per_epoch": warmup + steps},
+            model = trainer.compiled_model(image_shape, train, {"epochs": 1, "steps_per_epoch": warmup + steps},
                                            replicas)
         model.jit_compile = setting["xla"]
         model.fit(batches, epochs=1, steps_per_epoch=warmup, verbose=0)
@@ -138,7 +156,8 @@ def run_one(setting: Dict, args) -> Dict:
 def table_row(setting: Dict, result: Dict, replicas: Optional[int]) -> str:
     replicas = result.get("replicas", replicas)
     per_replica = setting["batch"] // replicas if replicas else "?"
-    cells = [setting["batch"], per_replica, setting["mining"], setting["precision"], "on" if setting["xla"] else "off"]
+    image = "x".join(str(d) for d in setting.get("image", IMAGE_SHAPE))
+    cells = [setting.get("network", "tutorial"), image, setting["batch"], per_replica, setting["mining"], setting["precision"], "on" if setting["xla"] else "off"]
     if "error" in result:
         cells += [result["error"], ""]
     else:
@@ -166,8 +185,8 @@ def main(argv=None) -> int:
         grid = [s for s in grid if s["mining"] == "global"]  # one replica: `replica` mining is the same
     print(f"GPUs: {len(gpus)} x {', '.join(sorted(set(gpus)))} (MirroredStrategy); {args.steps} timed steps after "
           f"{args.warmup}; one cached batch of whole classes of {EXAMPLES_PER_CLASS}, no input pipeline")
-    print("| global batch | per replica | mining | precision | XLA | ms per step | images/s |\n"
-          "|---:|---:|---|---|---|---:|---:|")
+    print("| network | image | global batch | per replica | mining | precision | XLA | ms per step | images/s |\n"
+          "|---|---|---:|---:|---|---|---|---:|---:|")
     for setting in grid:
         print(table_row(setting, run_one(setting, args), len(gpus)), flush=True)
     return 0

@@ -4,8 +4,10 @@ Keras' own `BackupAndRestore` resumes only at epoch boundaries and has every wor
 file; this is its step-level equivalent. A backup is the model's and optimizer's weights
 (`model.save_weights`: Keras' .weights.h5, Adam's slots and step counter included), the
 non-trainable variables that file leaves out (the dropout layers' random-generator states), and
-`latest.json`, written last (as a temporary file, then renamed), which names the step: a kill
-during a save leaves the previous backup in force.
+`latest.json`, written last (as a temporary file, then renamed), which names the step (and the
+training phase of --freeze-backbone-epochs: `frozen` or `fine_tune`, whose optimizers differ, so the
+rerun compiles the model for the backup's phase before loading it): a kill during a save leaves the
+previous backup in force.
 
 Where: `<two folders above the Trainer's model_run output>/training_backup/<key>`: locally
 `<pipeline root>/Trainer/training_backup/<key>`; on Kubeflow Pipelines and Vertex AI the run's
@@ -19,7 +21,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from typing import Any, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import keras
 import numpy as np
@@ -42,12 +44,19 @@ def backup_dir(model_run_dir: str, input_uris: Iterable[str], custom_config: Dic
     return posixpath.join(root, "training_backup", key)
 
 
-def save(model: keras.Model, directory: str, step: int) -> None:
+def _state_variables(model: keras.Model) -> List:
+    """The non-trainable variables that save_weights leaves out (random-generator states): not the
+    weights (a frozen backbone's weights are all non-trainable, and in the weights file already)."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.non_trainable_variables if id(v) not in weights]
+
+
+def save(model: keras.Model, directory: str, step: int, extra: Optional[Dict[str, Any]] = None) -> None:
     tf.io.gfile.makedirs(directory)
     weights = f"step-{step}.weights.h5"
     model.save_weights(posixpath.join(directory, weights))
-    state = {"step": step, "weights": weights,
-             "non_trainable": [np.asarray(v.numpy()).tolist() for v in model.non_trainable_variables]}
+    state = {**(extra or {}), "step": step, "weights": weights,
+             "non_trainable": [np.asarray(v.numpy()).tolist() for v in _state_variables(model)]}
     latest = posixpath.join(directory, LATEST)
     with tf.io.gfile.GFile(latest + ".tmp", "w") as f:
         f.write(json.dumps(state))
@@ -57,17 +66,25 @@ def save(model: keras.Model, directory: str, step: int) -> None:
             tf.io.gfile.remove(posixpath.join(directory, name))
 
 
-def restore(model: keras.Model, directory: str) -> int:
-    """Loads the latest backup into the compiled `model`; returns its step (0: none)."""
+def read_state(directory: str) -> Optional[Dict[str, Any]]:
+    """The latest backup's latest.json (step, weights file, phase...); None when there is none."""
     latest = posixpath.join(directory, LATEST)
     if not tf.io.gfile.exists(latest):
-        return 0
+        return None
     with tf.io.gfile.GFile(latest) as f:
-        state = json.loads(f.read())
+        return json.loads(f.read())
+
+
+def restore(model: keras.Model, directory: str) -> int:
+    """Loads the latest backup into the compiled `model` (compiled for the backup's phase: see
+    read_state); returns its step (0: none)."""
+    state = read_state(directory)
+    if state is None:
+        return 0
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # its slots must exist to be loaded
     model.load_weights(posixpath.join(directory, state["weights"]))
-    for variable, value in zip(model.non_trainable_variables, state["non_trainable"]):
+    for variable, value in zip(_state_variables(model), state["non_trainable"]):
         variable.assign(np.asarray(value, dtype=variable.dtype))
     return int(state["step"])
 
@@ -82,15 +99,20 @@ class StepBackup(keras.callbacks.Callback):
     turns the step's outputs into Python numbers (waiting for the device) before calling any
     callback's on_train_batch_end, and at a batch's start the previous step's updates are in the
     variables already. Keras calls it once per call of `steps_per_execution` steps, which must
-    divide `every`."""
+    divide `every`. `state(step)`: more fields for latest.json (the training phase)."""
 
-    def __init__(self, directory: str, every: int, start_step: int):
+    def __init__(self, directory: str, every: int, start_step: int,
+                 state: Optional[Callable[[int], Dict[str, Any]]] = None):
         super().__init__()
         self.directory, self.every, self.step = directory, every, start_step
         self._last_saved = start_step
+        self._state = state
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.step % self.every == 0 and self.step != self._last_saved:
-            save(self.model, self.directory, self.step)
+            if self._state is None:
+                save(self.model, self.directory, self.step)
+            else:
+                save(self.model, self.directory, self.step, self._state(self.step))
             self._last_saved = self.step
         self.step += self.model.steps_per_execution

@@ -9,12 +9,18 @@ resolution (28x28x64 per image), so its step is dominated by memory traffic, not
 here two 3x3 convolutions of stride 2 halve the resolution as they go (Conv2D(32, 3, /2) -> BN
 -> ReLU -> Conv2D(64, 3, /2) -> BN -> ReLU -> Flatten -> Dropout -> Dense(256) -> L2-normalise),
 with batch normalisation for fast, stable training at a high learning rate.
+
+The backbones (`mobilenet_v3_small`, `mobilenet_v3_large`, `efficientnet_v2_b0`, `resnet50_v2`):
+the input scaled to the backbone's range, the Keras Applications model without its top, average
+pooled (backbones.py), Dropout, then the same projection head: Dense(embedding_dim) -> L2-normalise.
 """
 from __future__ import annotations
 
 import keras
 
 from triplet_tfx.components.data.data_sources import IMAGE_KEY
+from triplet_tfx.components.training import backbones
+from triplet_tfx.pipeline.config import BACKBONES
 
 EMBEDDING_KEY = "embedding"
 
@@ -39,17 +45,30 @@ def _strided(x, precision: str, dropout: float):
     return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x
 
 
+def _backbone(name: str):
+    def features(x, precision: str, dropout: float, image_shape, backbone_weights: str):
+        x = backbones.input_scaling(name, precision)(x)
+        x = backbones.build_backbone(name, image_shape, backbone_weights, precision)(x)
+        return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x
+    return features
+
+
 # Name -> the layers from the input image to the features that Dense(embedding_dim) projects.
-NETWORKS = {"tutorial": _tutorial, "strided": _strided}
+NETWORKS = {"tutorial": _tutorial, "strided": _strided, **{name: _backbone(name) for name in BACKBONES}}
 
 
 def build_model(image_shape, embedding_dim: int, precision: str = "float32",
-                dropout: float = 0.3, network: str = "tutorial") -> keras.Model:
+                dropout: float = 0.3, network: str = "tutorial", backbone_weights: str = "none") -> keras.Model:
     """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
     the embedding is always float32, so the loss and the metrics see full precision. `dropout`
-    acts in training only: the exported network is the same for any rate."""
+    acts in training only: the exported network is the same for any rate. `backbone_weights`
+    (backbones only): `none` (random: the export's copy, which receives the trained weights),
+    `imagenet` or the path of a weights file of the backbone without its top."""
     inputs = keras.Input(shape=tuple(image_shape), name=IMAGE_KEY)
-    x = NETWORKS[network](inputs, precision, dropout)
+    if network in BACKBONES:
+        x = NETWORKS[network](inputs, precision, dropout, image_shape, backbone_weights)
+    else:
+        x = NETWORKS[network](inputs, precision, dropout)
     x = keras.layers.Dense(embedding_dim, activation=None, dtype=precision)(x)
     outputs = keras.layers.UnitNormalization(axis=1, name=EMBEDDING_KEY, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="triplet_embedding")

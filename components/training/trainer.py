@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import keras
 import tensorflow as tf
@@ -23,7 +23,7 @@ import tensorflow_transform as tft
 
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.serving.export import export_serving_model
-from triplet_tfx.components.training import batching, checkpoints, distribute, losses, tfjob
+from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses, tfjob
 from triplet_tfx.components.training.network import build_model
 from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
 
@@ -68,20 +68,51 @@ def steps_per_execution(plan: Dict[str, int], train: TrainConfig, replicas: int 
     return max(d for d in range(1, min(most, common) + 1) if common % d == 0)
 
 
+# Training phases (--freeze-backbone-epochs): `all` (no freezing: everything at the learning rate),
+# `frozen` (the first N epochs: the head alone, the backbone frozen, its batch norm in inference
+# mode) and `fine_tune` (then everything at learning_rate x fine_tune_lr_factor, a fresh optimizer).
+ALL, FROZEN, FINE_TUNE = "all", "frozen", "fine_tune"
+
+
+def frozen_steps(plan: Dict[str, int], train: TrainConfig) -> int:
+    """Steps of the `frozen` phase: whole epochs (so that it ends between two fits), capped at the plan's."""
+    return min(train.freeze_backbone_epochs, plan["epochs"]) * plan["steps_per_epoch"]
+
+
+def phase_at(step: int, plan: Dict[str, int], train: TrainConfig) -> str:
+    """The phase that trains step `step` (0-based) of the plan."""
+    if not train.freeze_backbone_epochs:
+        return ALL
+    return FROZEN if step < frozen_steps(plan, train) else FINE_TUNE
+
+
 def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int], replicas: int = 1,
-                   steps_per_call: int = 1) -> keras.Model:
-    """The network to train, with its optimizer and loss; under a strategy, build it in its scope."""
+                   steps_per_call: int = 1, phase: Optional[str] = None) -> keras.Model:
+    """The network to train, with its optimizer and loss, compiled for `phase` (default: the
+    first step's); under a strategy, build it in its scope."""
     precision = machine_precision(train.precision)
     logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
-    model = build_model(image_shape, train.embedding_dim, precision, train.dropout, train.network)
-    optimizer = keras.optimizers.Adam(learning_rate(train, plan))
-    if precision == "mixed_float16":
+    model = build_model(image_shape, train.embedding_dim, precision, train.dropout, train.network,
+                        train.backbone_weights)
+    compile_phase(model, train, plan, phase or phase_at(0, plan, train), replicas, steps_per_call)
+    return model
+
+
+def compile_phase(model: keras.Model, train: TrainConfig, plan: Dict[str, int], phase: str, replicas: int = 1,
+                  steps_per_call: int = 1) -> None:
+    """(Re)compiles `model` for a training phase: the backbone frozen or not, a fresh optimizer at the
+    phase's learning rate. Under a strategy, call it in the strategy's scope."""
+    backbone = backbones.backbone_of(model)
+    if backbone is not None:
+        # Keras 3: a frozen BatchNormalization also runs in inference mode (its moving statistics stay).
+        backbone.trainable = phase != FROZEN
+    optimizer = keras.optimizers.Adam(learning_rate(train, plan, phase))
+    if any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers):
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
         # dtype policy (not the layers' own, as here) is mixed_float16.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss=make_loss(train, distribute.uses_global_mining(train, replicas)),
                   steps_per_execution=steps_per_call)
-    return model
 
 
 def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Loss:
@@ -92,12 +123,58 @@ def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Lo
                                       global_batch=global_batch)
 
 
-def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
-    """Unbatched (image, label) pairs: ExampleGen's gzipped tf.Examples through the Transform
-    graph, cached in memory."""
+# Decoded examples are cached in memory when the split's float32 images take at most this share of
+# the machine's memory; the shuffle buffer of plain batches holds at most SHUFFLE_MEMORY_SHARE of it.
+CACHE_MEMORY_SHARE = 0.25
+SHUFFLE_MEMORY_SHARE = 0.125
+SHUFFLE_BUFFER = 100_000  # all of MNIST
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (8 GiB where os.sysconf cannot tell)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def decoded_bytes(num_examples: int, image_shape: Sequence[int]) -> int:
+    """Memory of `num_examples` float32 images of `image_shape`."""
+    return num_examples * math.prod(image_shape) * 4
+
+
+def fits_in_cache(num_examples: int, image_shape: Sequence[int], memory_bytes: Optional[int] = None,
+                  share: float = CACHE_MEMORY_SHARE) -> bool:
+    """Whether a split's decoded images fit the in-memory cache's budget (`share` of the memory)."""
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    return decoded_bytes(num_examples, image_shape) <= share * memory
+
+
+def shuffle_buffer(image_shape: Sequence[int], memory_bytes: Optional[int] = None) -> int:
+    """Elements in the shuffle buffer of plain batches: SHUFFLE_BUFFER, unless that many images take more
+    than SHUFFLE_MEMORY_SHARE of the memory (224x224x3 photos: 600 KB each)."""
+    memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
+    return int(max(1_000, min(SHUFFLE_BUFFER, SHUFFLE_MEMORY_SHARE * memory // decoded_bytes(1, image_shape))))
+
+
+def example_files(file_patterns: List[str]) -> List[str]:
     files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no examples match {file_patterns}")
+    return files
+
+
+def count_records(files: List[str]) -> int:
+    """Examples in ExampleGen's gzipped TFRecord files, without parsing or decoding them."""
+    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).reduce(
+        tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0]))
+
+
+def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput,
+                     cache: bool = True) -> tf.data.Dataset:
+    """Unbatched (image, label) pairs: ExampleGen's gzipped tf.Examples through the Transform
+    graph, cached in memory (`cache`), or decoded again at every pass, in parallel, prefetched."""
+    files = example_files(file_patterns)
     raw_spec = tft_output.raw_feature_spec()
     transform = tft_output.transform_features_layer()
 
@@ -107,11 +184,28 @@ def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput
         features = transform(tf.io.parse_example(records, raw_spec))
         return features[IMAGE_KEY], features[LABEL_KEY]
 
-    return (tf.data.TFRecordDataset(files, compression_type="GZIP")
-            .batch(1024)
-            .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
-            .unbatch()
-            .cache())
+    examples = (tf.data.TFRecordDataset(files, compression_type="GZIP")
+                .batch(1024)
+                .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
+                .unbatch())
+    return examples.cache() if cache else examples.prefetch(tf.data.AUTOTUNE)
+
+
+def read_split(file_patterns: List[str], tft_output: tft.TFTransformOutput, image_shape: Sequence[int],
+               split: str) -> Tuple[tf.data.Dataset, int]:
+    """read_transformed's examples of a split and their number. Cached in memory when the decoded split
+    fits (fits_in_cache; then counted by the pass that fills the cache, as before), else decoded at
+    every pass and counted from the raw records (no decoding)."""
+    files = example_files(file_patterns)
+    num_records = count_records(files)
+    cache = fits_in_cache(num_records, image_shape)
+    budget = CACHE_MEMORY_SHARE * machine_memory_bytes()
+    logger.info("%s split: %d examples, %.2f GB as float32 %s images, %s %.1f GB (%.0f%% of the memory): %s", split,
+                num_records, decoded_bytes(num_records, image_shape) / 1e9, "x".join(map(str, image_shape)),
+                "within" if cache else "over", budget / 1e9, CACHE_MEMORY_SHARE * 100,
+                "cached in memory" if cache else "decoded at every pass (parallel map, prefetch)")
+    examples = read_transformed(files, tft_output, cache=cache)
+    return examples, count(examples) if cache else num_records  # the count fills the cache
 
 
 def count(examples: tf.data.Dataset) -> int:
@@ -125,7 +219,9 @@ def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.D
     else:
         # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
         # (all of MNIST).
-        batches = examples.shuffle(100_000, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
+        buffer = shuffle_buffer(examples.element_spec[0].shape) if examples.element_spec[0].shape.is_fully_defined() \
+            else SHUFFLE_BUFFER
+        batches = examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
     batches = batches.repeat()
     if train.augment_shift:
         # "nearest" repeats the border, which is background for centred objects such as digits.
@@ -156,27 +252,83 @@ def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
     return {"epochs": epochs, "steps_per_epoch": math.ceil(total / epochs)}
 
 
-def learning_rate(train: TrainConfig, plan: Dict[str, int]):
+def learning_rate(train: TrainConfig, plan: Dict[str, int], phase: str = ALL):
+    """The phase's learning rate: learning_rate, x fine_tune_lr_factor when fine-tuning; `cosine`
+    decays it to 0 over the phase's steps (each phase has an optimizer of its own)."""
+    total = plan["epochs"] * plan["steps_per_epoch"]
+    rate, steps = train.learning_rate, total
+    if phase == FROZEN:
+        steps = frozen_steps(plan, train)
+    elif phase == FINE_TUNE:
+        rate, steps = rate * train.fine_tune_lr_factor, total - frozen_steps(plan, train)
     if train.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(train.learning_rate, plan["epochs"] * plan["steps_per_epoch"])
-    return train.learning_rate
+        return keras.optimizers.schedules.CosineDecay(rate, max(1, steps))
+    return rate
 
 
 def fit_from(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
-             start_step: int, **fit_args) -> None:
+             start_step: int, switch_step: Optional[int] = None, on_switch: Optional[Callable[[], None]] = None,
+             **fit_args) -> None:
     """model.fit from step `start_step` to the plan's end, on the batches an uninterrupted run sees
     from there. Keras starts every fit at the first batch of an epoch, so a resume inside an epoch
     first finishes that epoch in a fit of its own. Each fit gets a fresh input pipeline: a second
     iterator over the same one would draw new shuffle orders (reshuffle_each_iteration); a fresh,
-    seeded one replays the uninterrupted run's batches when the first `step` are skipped."""
+    seeded one replays the uninterrupted run's batches when the first `step` are skipped.
+    `on_switch` (the fine-tuning recompile) runs when the training reaches `switch_step`, an epoch
+    boundary: the fits stop there. A start at or after it is compiled for the later phase already."""
     steps_per_epoch = plan["steps_per_epoch"]
+    switching = on_switch is not None and switch_step is not None and start_step < switch_step
+    if switching and switch_step % steps_per_epoch:
+        raise ValueError(f"switch step {switch_step} is not an epoch boundary ({steps_per_epoch} steps per epoch)")
     step = start_step
     while step < plan["epochs"] * steps_per_epoch:
+        if switching and step == switch_step:
+            on_switch()
         epoch, done = divmod(step, steps_per_epoch)
         end_epoch = epoch + 1 if done else plan["epochs"]
+        if switching and step < switch_step:
+            end_epoch = min(end_epoch, switch_step // steps_per_epoch)
         model.fit(make_batches().skip(step) if step else make_batches(), initial_epoch=epoch, epochs=end_epoch,
                   steps_per_epoch=steps_per_epoch - done, **fit_args)
         step = end_epoch * steps_per_epoch
+
+
+def restored_model(image_shape, train: TrainConfig, plan: Dict[str, int], backup: str,
+                   strategy: tf.distribute.Strategy, steps_per_call: int = 1) -> Tuple[keras.Model, int]:
+    """The compiled model, with the backup's training state when there is one; and the step to start
+    from. A backup of the fine-tuning phase holds that phase's optimizer (and an unfrozen backbone's
+    trainable variables): the model is compiled for the backup's phase before loading it."""
+    saved = checkpoints.read_state(backup)
+    phase = saved.get("phase", phase_at(saved["step"], plan, train)) if saved else phase_at(0, plan, train)
+    with strategy.scope():  # the restore may build the optimizer's variables
+        model = compiled_model(image_shape, train, plan, strategy.num_replicas_in_sync, steps_per_call, phase)
+        start = checkpoints.restore(model, backup)
+    if start:
+        logger.info("Resuming from step %d of %d, phase %s (backup %s)", start,
+                    plan["epochs"] * plan["steps_per_epoch"], phase, backup)
+    return model, start
+
+
+def fit_phases(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
+               start_step: int, train: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
+               steps_per_call: int = 1, **fit_args) -> None:
+    """fit_from, with --freeze-backbone-epochs' switch: at the end of the frozen epochs the model is
+    recompiled (in the strategy's scope) to fine-tune everything at the lower learning rate."""
+    strategy = strategy or tf.distribute.get_strategy()
+    switch_step = frozen_steps(plan, train) if train.freeze_backbone_epochs else None
+    if switch_step is not None and start_step < switch_step:
+        logger.info("Backbone frozen for steps %d-%d (the head alone), then fine-tuned at learning rate x %g",
+                    start_step, switch_step - 1, train.fine_tune_lr_factor)
+
+    def fine_tune():
+        logger.info("Step %d: unfreezing the backbone; fine-tuning everything at learning rate %g", switch_step,
+                    train.learning_rate * train.fine_tune_lr_factor)
+        with strategy.scope():
+            compile_phase(model, train, plan, FINE_TUNE, strategy.num_replicas_in_sync, steps_per_call)
+            # Now, not at the first step: a backup at this step holds the fine-tuning optimizer's slots.
+            model.optimizer.build(model.trainable_variables)
+
+    fit_from(model, make_batches, plan, start_step, switch_step, fine_tune, **fit_args)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -200,14 +352,18 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     keras.utils.set_random_seed(train.seed)
     tft_output = tft.TFTransformOutput(args.transform_output)
 
-    train_examples = read_transformed(args.train_files, tft_output)
-    num_train = count(train_examples)  # also fills the cache
+    image_shape = config.data.image_shape
+    train_examples, num_train = read_split(args.train_files, tft_output, image_shape, "train")
+    if train.examples_per_class and not fits_in_cache(num_train, image_shape):
+        # batching.class_balanced_batches reads its input once per class: uncached, each image is decoded
+        # once per class and pass.
+        logger.warning("Class-balanced batches (--examples-per-class) of a train split that is not cached in "
+                       "memory decode every image once per class at every pass: expect a slow input pipeline")
     plan = step_plan(num_train, train)
     steps_per_call = steps_per_execution(plan, train, strategy.num_replicas_in_sync)
     logger.info("Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d, %s loss",
                 num_train, plan["epochs"], plan["steps_per_epoch"], steps_per_call, train.batch_size, train.loss)
-    eval_examples = read_transformed(args.eval_files, tft_output)
-    num_eval = count(eval_examples)  # also fills the cache
+    eval_examples, num_eval = read_split(args.eval_files, tft_output, image_shape, "eval")
     logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
     eval_batch = max(train.batch_size, 256)
     # A known length lets Keras stop at the last batch instead of running into the end of the
@@ -219,16 +375,11 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
                                     args.custom_config)
     scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
     try:
-        with strategy.scope():  # the restore may build the optimizer's variables
-            model = compiled_model(config.data.image_shape, train, plan, strategy.num_replicas_in_sync,
-                                   steps_per_call)
-            start = checkpoints.restore(model, backup)
+        model, start = restored_model(image_shape, train, plan, backup, strategy, steps_per_call)
         total = plan["epochs"] * plan["steps_per_epoch"]
-        if start:
-            logger.info("Resuming from step %d of %d (backup %s)", start, total, backup)
         fit_start, fit_cpu_start = time.time(), time.process_time()
-        fit_from(
-            model, lambda: training_batches(train_examples, train), plan, start,
+        fit_phases(
+            model, lambda: training_batches(train_examples, train), plan, start, train, strategy, steps_per_call,
             # Once, at the end: validating after every epoch left about half of the following epochs
             # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
             # the embedding quality that matters.
@@ -238,7 +389,8 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
                 keras.callbacks.TensorBoard(log_dir=args.model_run_dir if chief else os.path.join(scratch, "logs"),
                                             update_freq="epoch"),
                 checkpoints.StepBackup(backup if chief else os.path.join(scratch, "backup"),
-                                       train.checkpoint_every_steps, start),
+                                       train.checkpoint_every_steps, start,
+                                       state=lambda step: {"phase": phase_at(step, plan, train)}),
             ],
             verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
         )
