@@ -5,6 +5,12 @@ and `report` (plots and the report). It embeds the eval split through the export
 signature, exactly as a client of TF Serving would, so the metrics are those of the model
 that gets pushed. TFX's own Evaluator (TFMA) judges classifiers, not embedding spaces.
 
+Classes are shown by name (the model's class names, `export.read_class_names`: an encoded source's
+class-name vocabulary, or the ids as text) in the report, the confusion matrix, the gallery, the
+projector's meta.tsv ("class_name" column) and metrics.json ("class_names": {id: name}). The pictures
+of encoded examples are decoded by the image function (`images.decode_to_pixels`, traced as the
+Transform graph runs it) at the training shape.
+
 Outputs, in the ModelEvaluation folder:
   metrics.json            candidate metrics (and `baseline` metrics when compared)
   report.md, report.html  metrics table, candidate vs baseline; embedding_2d.png; per_class_precision.png
@@ -12,6 +18,7 @@ Outputs, in the ModelEvaluation folder:
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -27,10 +34,11 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
+from triplet_tfx.components import images as image_function
 from triplet_tfx.components.evaluation import metrics, projector, report, retrievals
 from triplet_tfx.components.progress import Progress
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.components.serving.export import SERVING_SIGNATURE
+from triplet_tfx.components.serving.export import SERVING_SIGNATURE, read_class_names
 from triplet_tfx.components.training.network import EMBEDDING_KEY
 from triplet_tfx.pipeline.config import EvalConfig, PipelineConfig
 
@@ -63,8 +71,27 @@ def read_split(examples: Examples, split: str) -> list:
         raise
 
 
-def parse_examples(serialized: list, image_shape=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(labels, uint8 images) of serialized raw tf.Examples; images only if image_shape is given."""
+@functools.lru_cache(maxsize=8)
+def _image_decoder(image_shape: Tuple[int, int, int], resize: str):
+    """images.decode_to_pixels traced with unknown shapes, as the Transform graph runs it (TensorFlow's
+    resize_with_pad rounds its sizes differently eagerly, when the shapes are known)."""
+    return tf.function(lambda encoded: image_function.decode_to_pixels(encoded, image_shape, resize),
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def decode_images(image_bytes, image_shape, encoded: bool = False, resize: str = "stretch") -> np.ndarray:
+    """uint8 [B, H, W, C] of tf.Examples' `image` values: raw pixels of the training shape, or
+    (`encoded`) image files decoded by the image function, as Transform decodes them."""
+    image_shape = tuple(int(v) for v in image_shape)
+    if encoded:
+        return _image_decoder(image_shape, resize)(tf.reshape(image_bytes, [-1])).numpy()
+    return tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, *image_shape]).numpy()
+
+
+def parse_examples(serialized: list, image_shape=None, encoded: bool = False,
+                   resize: str = "stretch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(labels, uint8 images) of serialized tf.Examples; images only if image_shape is given
+    (`encoded`: ExampleGen's examples of an encoded-image source, `DataConfig.encoded_images`)."""
     spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
     if image_shape is not None:
         spec[IMAGE_KEY] = tf.io.FixedLenFeature([], tf.string)
@@ -73,8 +100,21 @@ def parse_examples(serialized: list, image_shape=None) -> Tuple[np.ndarray, Opti
         parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
         labels.append(parsed[LABEL_KEY].numpy())
         if image_shape is not None:
-            images.append(tf.reshape(tf.io.decode_raw(parsed[IMAGE_KEY], tf.uint8), [-1, *image_shape]).numpy())
+            images.append(decode_images(parsed[IMAGE_KEY], image_shape, encoded, resize))
     return np.concatenate(labels), np.concatenate(images) if images else None
+
+
+def model_class_names(model: Model) -> Optional[List[str]]:
+    """The class names by class id that the model's SavedModel carries (None: a model without them)."""
+    return read_class_names(path_utils.serving_model_path(model.uri))
+
+
+def class_name_map(class_names: Optional[List[str]], labels) -> Dict[str, str]:
+    """{class id as text: name} of the classes in `labels` (metrics.json's "class_names"); an id the
+    names do not cover, or every id without names, is named by itself."""
+    names = class_names or []
+    ids = sorted({int(v) for v in np.asarray(labels).reshape(-1).tolist()})
+    return {str(i): names[i] if 0 <= i < len(names) else str(i) for i in ids}
 
 
 def embed(model: Model, serialized: list) -> np.ndarray:
@@ -132,7 +172,8 @@ def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, refere
 
 
 def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.ndarray, skipped: np.ndarray,
-            references: Optional[list], reference_labels: Optional[np.ndarray], image_shape) -> Dict:
+            references: Optional[list], reference_labels: Optional[np.ndarray], image_shape, encoded: bool = False,
+            resize: str = "stretch") -> Dict:
     """The worst retrievals' images and labels (see `report.plot_worst_retrievals`). Reference
     images of the train split (eval_vs_train) are decoded for the chosen neighbours only."""
     labels_ = query_labels if references is None else reference_labels
@@ -141,7 +182,8 @@ def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.n
     if references is None:
         neighbour_images = query_images[picked]
     else:
-        decoded = parse_examples([references[i] for i in picked.ravel()], image_shape)[1] if picked.size else \
+        decoded = parse_examples([references[i] for i in picked.ravel()], image_shape, encoded, resize)[1] \
+            if picked.size else \
             np.zeros((0, *image_shape), np.uint8)
         neighbour_images = decoded.reshape(*picked.shape, *image_shape)
     return {"query_images": query_images[chosen], "query_labels": query_labels[chosen],
@@ -249,7 +291,8 @@ def EmbeddingEvaluator(
 
     if earlier is None or (compare and earlier_baseline is None):
         queries = read_split(examples, "eval")
-        query_labels, images = parse_examples(queries, cfg.data.image_shape)
+        query_labels, images = parse_examples(queries, cfg.data.image_shape, cfg.data.encoded_images,
+                                              cfg.data.resize)
         references, reference_labels = None, None
         if rule.protocol == "eval_vs_train":
             references = read_split(examples, "train")
@@ -259,16 +302,21 @@ def EmbeddingEvaluator(
         logger.info("Evaluating %s model %s on %d eval queries (%s)", role, evaluated.uri, len(queries), rule.protocol)
         result, per_query, embeddings, neighbours = evaluate_model(evaluated, queries, query_labels, references,
                                                                    reference_labels, rule)
+        all_labels = query_labels if reference_labels is None else np.concatenate([query_labels, reference_labels])
+        names = class_name_map(model_class_names(evaluated), all_labels)
+        result["class_names"] = names
         report.plot_worst_retrievals(
             **gallery(query_labels, images, neighbours, per_query["skipped"], references, reference_labels,
-                      cfg.data.image_shape),
-            path=os.path.join(folder, report.GALLERY_FILENAMES[role]), title=f"model {evaluated.id}: worst retrievals")
+                      cfg.data.image_shape, cfg.data.encoded_images, cfg.data.resize),
+            path=os.path.join(folder, report.GALLERY_FILENAMES[role]), title=f"model {evaluated.id}: worst retrievals",
+            class_names=names)
         if role == "candidate":
             projector.write_projector_bundle(os.path.join(folder, TENSORBOARD_DIR), embeddings, query_labels,
                                              images=images, split=["eval"] * len(query_labels),
-                                             correct_at_1=per_query["correct_at_1"])
+                                             correct_at_1=per_query["correct_at_1"],
+                                             class_names=[names[str(int(v))] for v in query_labels])
             report.plot_embedding_2d(embeddings, query_labels, os.path.join(folder, report.SCATTER_FILENAME),
-                                     method=rule.plot_method)
+                                     method=rule.plot_method, class_names=names)
         return result
 
     def reuse(source: str, evaluated: Model, role: str) -> Dict:
@@ -303,10 +351,12 @@ def EmbeddingEvaluator(
     else:
         confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
                      for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
-        report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME))
+        names = report.report_class_names(candidate, baseline)
+        report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME), class_names=names)
         report.plot_per_class_precision(candidate.get("per_class_precision_at_1") or {},
                                         os.path.join(folder, report.PER_CLASS_FILENAME),
-                                        baseline_per_class=(baseline or {}).get("per_class_precision_at_1"))
+                                        baseline_per_class=(baseline or {}).get("per_class_precision_at_1"),
+                                        class_names=names)
     report.write_report(folder, candidate, baseline, notes=reasons)  # figures: the files in the folder
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
     if earlier is None:

@@ -5,7 +5,7 @@
 * ``vecs.tsv``: one embedding per line, tab-separated floats.
 * ``meta.tsv``: the labels. The projector reads a file whose first line has no tab as one
   column without header, so a single column is written without header; several columns
-  (label, split, correct@1) get a header row.
+  (label, class_name, split, correct@1) get a header row.
 * ``sprite.png``: the images in a square grid, row-major, as the projector expects.
 * ``projector_config.pbtxt``: a ``ProjectorConfig`` with paths relative to ``out_dir``.
 
@@ -110,6 +110,7 @@ def write_projector_bundle(
     split=None,
     correct_at_1=None,
     *,
+    class_names=None,
     max_points: Optional[int] = None,
     seed: int = 0,
     float_format: str = "%.5g",
@@ -126,6 +127,8 @@ def write_projector_bundle(
         [0, 255]) for the sprite.
       split: optional [N] strings or one string for all (metadata column "split").
       correct_at_1: optional [N] bools (metadata column "correct@1").
+      class_names: optional [N] strings, each label's class name (metadata column "class_name",
+        beside "label").
       max_points: optional cap on the number of points written; with images it is further
         capped so that the sprite fits in 8192 x 8192 pixels.
       seed: seed of the random subset taken when capping.
@@ -145,6 +148,11 @@ def write_projector_bundle(
     if labels.shape[0] != n:
         raise ValueError("labels and embeddings differ in length")
     columns = [("label", labels)]
+    if class_names is not None:
+        class_names = np.asarray(class_names, dtype=object).reshape(-1)
+        if class_names.shape[0] != n:
+            raise ValueError("class_names and embeddings differ in length")
+        columns.append(("class_name", class_names))
     if split is not None:
         if isinstance(split, (str, bytes)):
             split = np.array([split] * n, dtype=object)

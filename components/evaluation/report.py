@@ -141,6 +141,13 @@ def _label_str(v) -> str:
     return str(v)
 
 
+def class_label(c, class_names: Optional[Mapping[str, str]] = None) -> str:
+    """How a class is shown: its name in `class_names` ({class id as text: name}, metrics.json's
+    "class_names"), else its id (integer-labelled sources: the names are the ids)."""
+    text = _label_str(c)
+    return str((class_names or {}).get(text, text))
+
+
 def plot_embedding_2d(
     embeddings,
     labels,
@@ -150,6 +157,7 @@ def plot_embedding_2d(
     max_points: Optional[int] = 3000,
     seed: int = 0,
     title: Optional[str] = None,
+    class_names: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, object]:
     """Scatter PNG of a 2-D projection coloured by class.
 
@@ -174,7 +182,7 @@ def plot_embedding_2d(
     for i, c in enumerate(classes):
         m = y == c
         ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.7, color=_PALETTE[i % len(_PALETTE)],
-                   label=_label_str(c))  # fmt: skip
+                   label=class_label(c, class_names))  # fmt: skip
     ax.set_title(full_title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -192,6 +200,7 @@ def plot_per_class_precision(
     *,
     baseline_per_class: Optional[Mapping[str, Optional[float]]] = None,
     title: str = "Precision@1 per class",
+    class_names: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, object]:
     """Bar chart PNG of per-class Precision@1 (candidate, and baseline side by side when
     given). None values (class fully skipped) are drawn as 0 and marked "n/a" in the table.
@@ -210,7 +219,9 @@ def plot_per_class_precision(
         ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
         ax.legend(loc="lower right")
     ax.set_xticks(pos)
-    ax.set_xticklabels(classes)
+    ax.set_xticklabels([class_label(c, class_names) for c in classes],
+                       rotation=90 if class_names and any(len(class_label(c, class_names)) > 4 for c in classes)
+                       else 0)
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("Precision@1")
     ax.set_xlabel("class")
@@ -222,24 +233,28 @@ def plot_per_class_precision(
     return {"path": path}
 
 
-def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], path: str) -> Dict[str, object]:
+def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], path: str,
+                            class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
     """Heat map PNG of 1-NN confusion matrices, one panel per model ({"candidate": (counts,
     classes), "baseline": ...}, side by side): colour = fraction of the row's queries, text =
-    count (up to 20 classes). Returns {"path"}."""
+    count (up to 20 classes); axes labelled with the class names (`class_label`). Returns {"path",
+    "class_labels": {panel: the axis labels}}."""
     from triplet_tfx.components.evaluation.retrievals import row_normalised
 
     plt = _pyplot()
     n = len(matrices)
     size = max(4.5, 0.45 * max(len(classes) for _, classes in matrices.values()) + 2)
     fig, axes = plt.subplots(1, n, figsize=(size * n, size), dpi=100, squeeze=False)
+    class_labels = {}
     for ax, (name, (counts, classes)) in zip(axes[0], matrices.items()):
         fractions = row_normalised(counts)
         image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
         ticks = np.arange(len(classes))
         ax.set_xticks(ticks)
-        ax.set_xticklabels([_label_str(c) for c in classes], rotation=90 if len(classes) > 10 else 0)
+        shown = class_labels[name] = [class_label(c, class_names) for c in classes]
+        ax.set_xticklabels(shown, rotation=90 if len(classes) > 10 or any(len(t) > 4 for t in shown) else 0)
         ax.set_yticks(ticks)
-        ax.set_yticklabels([_label_str(c) for c in classes])
+        ax.set_yticklabels(shown)
         ax.set_xlabel("class of the nearest neighbour")
         ax.set_ylabel("query class")
         ax.set_title(f"{name}: 1-NN confusion")
@@ -254,14 +269,14 @@ def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], pat
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)
-    return {"path": path}
+    return {"path": path, "class_labels": class_labels}
 
 
 def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbour_labels, path: str,
-                          title: str) -> Dict[str, object]:
+                          title: str, class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
     """Gallery PNG: one row per query (its image, then its nearest neighbours' images), each
-    titled with its label; neighbours of another class framed and titled in red.
-    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows"}."""
+    titled with its class (`class_label`); neighbours of another class framed and titled in red.
+    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows", "captions"}."""
     plt = _pyplot()
     rows, k = len(query_labels), (neighbour_images.shape[1] if len(query_labels) else 0)
     fig, axes = plt.subplots(max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5),
@@ -269,13 +284,16 @@ def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbou
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    captions = []
     for i in range(rows):
-        cells = [(query_images[i], query_labels[i], f"query: {_label_str(query_labels[i])}", "black")]
+        cells = [(query_images[i], query_labels[i], f"query: {class_label(query_labels[i], class_names)}", "black")]
         for j in range(k):
             wrong = neighbour_labels[i][j] != query_labels[i]
             cells.append((neighbour_images[i, j], neighbour_labels[i][j],
-                          f"{j + 1}: {_label_str(neighbour_labels[i][j])}" + (" \u2717" if wrong else ""),
+                          f"{j + 1}: {class_label(neighbour_labels[i][j], class_names)}"
+                          + (" \u2717" if wrong else ""),
                           "red" if wrong else "green"))
+        captions.append([cell[2] for cell in cells])
         for ax, (image, _, caption, colour) in zip(axes[i], cells):
             image = np.asarray(image)
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
@@ -290,7 +308,7 @@ def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbou
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)
-    return {"path": path, "rows": rows}
+    return {"path": path, "rows": rows, "captions": captions}
 
 
 def _num(v) -> float:
@@ -393,16 +411,33 @@ def format_metrics_table(candidate: Mapping, baseline: Optional[Mapping] = None)
 
 def unseen_classes_line(metrics: Mapping) -> str:
     """One line for reports and the run summary under unseen-class evaluation."""
-    return (f"Unseen classes: eval classes {format_classes(metrics['eval_classes'])} were not in training "
-            f"(train classes {format_classes(metrics['train_classes'])}); classes_seen_in_training: false")
+    names = metrics.get("class_names") or {}
+    return (f"Unseen classes: eval classes {format_classes(metrics['eval_classes'])}"
+            f"{_names_of(metrics['eval_classes'], names)} were not in training "
+            f"(train classes {format_classes(metrics['train_classes'])}{_names_of(metrics['train_classes'], names)}); "
+            f"classes_seen_in_training: false")
+
+
+def _names_of(ids: Sequence[int], names: Mapping[str, str], most: int = 10) -> str:
+    """" (cat, dog, ...)": the names of classes, when they are not just their ids."""
+    shown = [names[str(i)] for i in ids if str(i) in names]
+    if not shown or all(names[str(i)] == str(i) for i in ids if str(i) in names):
+        return ""
+    return " (" + ", ".join(shown[:most]) + (", ..." if len(shown) > most else "") + ")"
+
+
+def report_class_names(candidate: Mapping, baseline: Optional[Mapping] = None) -> Dict[str, str]:
+    """{class id as text: name} of metrics.json's "class_names" (the candidate's, then the baseline's)."""
+    return {**((baseline or {}).get("class_names") or {}), **(candidate.get("class_names") or {})}
 
 
 def _per_class_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[List[str]]:
     cp = candidate.get("per_class_precision_at_1") or {}
     bp = (baseline or {}).get("per_class_precision_at_1") or {}
+    names = report_class_names(candidate, baseline)
     rows = []
     for c in _sorted_class_keys(list(cp) + list(bp)):
-        row = [str(c), _fmt(cp.get(c), False)]
+        row = [class_label(c, names), _fmt(cp.get(c), False)]
         if baseline is not None:
             row += [_fmt(bp.get(c), False), _delta(cp.get(c), bp.get(c), False)]
         rows.append(row)
@@ -550,24 +585,26 @@ def make_report(
       neighbour_images, neighbour_labels (see `plot_worst_retrievals`).
     Returns {"scatter", "per_class", "markdown", "html" (paths), "projection" ("umap"/"pca")}."""
     figures = {}
+    names = report_class_names(candidate_metrics, baseline_metrics)
     if galleries:
         figures[GALLERY_CAPTION] = [
             os.path.basename(plot_worst_retrievals(
                 gallery["query_images"], gallery["query_labels"], gallery["neighbour_images"],
                 gallery["neighbour_labels"], os.path.join(out_dir, GALLERY_FILENAMES[name]),
-                title=f"{name}: worst retrievals")["path"])
+                title=f"{name}: worst retrievals", class_names=names)["path"])
             for name, gallery in galleries.items()]
     if confusion:
-        plot_confusion_matrices(confusion, os.path.join(out_dir, CONFUSION_FILENAME))
+        plot_confusion_matrices(confusion, os.path.join(out_dir, CONFUSION_FILENAME), class_names=names)
         figures[CONFUSION_CAPTION] = CONFUSION_FILENAME
     scatter = plot_embedding_2d(
         embeddings, labels, os.path.join(out_dir, SCATTER_FILENAME),
-        method=method, max_points=max_points, seed=seed,
+        method=method, max_points=max_points, seed=seed, class_names=names,
     )  # fmt: skip
     bars = plot_per_class_precision(
         candidate_metrics.get("per_class_precision_at_1") or {},
         os.path.join(out_dir, PER_CLASS_FILENAME),
         baseline_per_class=(baseline_metrics or {}).get("per_class_precision_at_1"),
+        class_names=names,
     )
     figures[f"2-D projection of the embeddings ({scatter['method'].upper()})"] = SCATTER_FILENAME
     figures["Precision@1 per class"] = PER_CLASS_FILENAME

@@ -4,7 +4,7 @@
     with Client(model="runs/serving/triplet_mnist") as client:            # in-process, latest version
         vectors = client.embed(["digit.png", open("other.png", "rb").read()])
     with Client(server="http://localhost:8501", model_name="triplet_mnist") as client:  # TF Serving REST
-        result = client.search(["digit.png"], k=5)      # result.ids / .labels / .distances: [N, k]
+        result = client.search(["digit.png"], k=5)      # result.ids / .labels / .class_names / .distances: [N, k]
     Client(server="grpc://localhost:8500", model_name="triplet_mnist", version=1795891345)  # gRPC
 
 Images are file paths or encoded bytes (PNG, JPEG, GIF, BMP); the served model decodes and resizes
@@ -20,13 +20,17 @@ import numpy as np
 
 from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
 from triplet_tfx.components.data.data_sources import IMAGE_SUFFIXES
-from triplet_tfx.components.serving.signatures import (DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE, IDS_OUTPUT,
-                                                       IMAGE_MAGIC, IMAGES_INPUT, K_INPUT, LABELS_OUTPUT,
+from triplet_tfx.components.images import IMAGE_MAGIC
+from triplet_tfx.components.serving.signatures import (CLASS_NAMES_OUTPUT, DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE,
+                                                       IDS_OUTPUT, IMAGES_INPUT, K_INPUT, LABELS_OUTPUT,
                                                        SEARCH_SIGNATURE)
 from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
 from triplet_tfx.components.training.network import EMBEDDING_KEY
 
 SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
+# Served models built before class names have no class_names output: asked for when the first search
+# finds it (the labels as text stand in for it otherwise).
+_WITH_CLASS_NAMES = SEARCH_OUTPUTS + (CLASS_NAMES_OUTPUT,)
 
 Image = Union[str, os.PathLike, bytes]
 
@@ -37,6 +41,7 @@ class SearchResult:
     ids: np.ndarray  # str
     labels: np.ndarray  # int64
     distances: np.ndarray  # float32
+    class_names: Optional[np.ndarray] = None  # str: the labels' class names (the ids as text for integer labels)
 
 
 def image_files(paths: Sequence[str]) -> List[str]:
@@ -92,6 +97,10 @@ def read_images(images: Union[Image, Sequence[Image]]) -> Tuple[List[str], List[
     return names, data
 
 
+def _texts(arrays) -> List[List[str]]:
+    return [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row] for a in arrays for row in a]
+
+
 class Client:
     """One of: `model=` a SavedModel folder or TF Serving base directory (in-process), or
     `server=` "http://HOST:8501" (REST) / "grpc://HOST:8500" (gRPC) with `model_name`.
@@ -144,13 +153,21 @@ class Client:
         """The k nearest items of the served index for each image."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
-        ids = [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row]
-               for p in parts for row in p[IDS_OUTPUT]]
+        try:
+            parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, _WITH_CLASS_NAMES))
+        except (KeyError, TypeError):  # a model without class names: that output is missing
+            parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
+        labels = np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64).reshape(-1, k)
+        if all(CLASS_NAMES_OUTPUT in p for p in parts):
+            names = np.array(_texts(p[CLASS_NAMES_OUTPUT] for p in parts), dtype=str).reshape(len(labels), k)
+        else:
+            names = labels.astype(str)
+        ids = _texts(p[IDS_OUTPUT] for p in parts)
         return SearchResult(
             ids=np.array(ids, dtype=str).reshape(len(ids), k),
-            labels=np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64),
-            distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32))
+            labels=labels,
+            distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32),
+            class_names=names)
 
     def close(self) -> None:
         self._transport.close()

@@ -2,15 +2,22 @@
 embedding signatures of `signatures.py` (`serving_default`, `embed_images`, `embed_pixels`).
 
 The evaluator scores this SavedModel; the ServingModelBuilder (`builder.py`) wraps these very
-functions with the `search` index for the Pusher.
+functions with the `search` index for the Pusher. The SavedModel also holds the class names by class
+id, one a line, in assets/`contract.CLASS_NAMES_ASSET` (`class_names`, `read_class_names`): the
+Transform vocabulary of `class_name` in `contract.class_order`, or the ids as text "0".."N-1" for
+sources without class names.
 """
 from __future__ import annotations
+
+import os
+from typing import List, Optional
 
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components import contract
+from triplet_tfx.components.data.data_sources import IMAGE_KEY
 from triplet_tfx.components.serving import signatures
 from triplet_tfx.components.training.network import EMBEDDING_KEY, build_model
 from triplet_tfx.pipeline.config import PipelineConfig
@@ -27,6 +34,37 @@ def image_features(image_bytes: tf.Tensor, spec) -> dict:
     return {IMAGE_KEY: tf.SparseTensor(indices, image_bytes, [rows, 1])}
 
 
+def class_names(tft_output: tft.TFTransformOutput, num_classes: int) -> List[str]:
+    """The class names by class id: `contract.class_order` of Transform's class-name vocabulary
+    (ids it lacks, up to num_classes, are named by their id), or the ids as text."""
+    try:
+        vocabulary = tft_output.vocabulary_by_name(contract.CLASS_NAMES_VOCABULARY)
+    except (ValueError, OSError, tf.errors.NotFoundError):
+        vocabulary = []
+    names = contract.class_order(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in vocabulary)
+    return names + [str(i) for i in range(len(names), num_classes)]
+
+
+def write_class_names(path: str, names: List[str]) -> str:
+    """Writes the class names (one a line) into the SavedModel folder's assets; returns the file."""
+    assets = os.path.join(path, "assets")
+    tf.io.gfile.makedirs(assets)
+    file = os.path.join(assets, contract.CLASS_NAMES_ASSET)
+    with tf.io.gfile.GFile(file, "w") as f:
+        f.write("".join(name.replace("\n", " ") + "\n" for name in names))
+    return file
+
+
+def read_class_names(path: str) -> Optional[List[str]]:
+    """The class names by class id of an embedding or serving SavedModel; None if it has none
+    (a model exported before class names)."""
+    file = os.path.join(path, "assets", contract.CLASS_NAMES_ASSET)
+    if not tf.io.gfile.exists(file):
+        return None
+    with tf.io.gfile.GFile(file) as f:
+        return f.read().splitlines()
+
+
 def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
                          path: str) -> None:
     """SavedModel with the three embedding signatures, without optimizer state."""
@@ -34,7 +72,9 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
     inference = build_model(config.data.image_shape, config.train.embedding_dim, network=config.train.network)
     inference.set_weights(model.get_weights())
     tft_layer = tft_output.transform_features_layer()
-    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items() if k != LABEL_KEY}
+    # The image alone: the image output of the Transform graph depends on nothing else, and clients
+    # of serving_default need not send the label, class name or image size features.
+    raw_spec = {IMAGE_KEY: tft_output.raw_feature_spec()[IMAGE_KEY]}
 
     def embed_features(features):
         transformed = tft_layer(features)
@@ -50,7 +90,9 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
     archive.track(inference)
     archive.track(tft_layer)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[signatures.examples_spec()])
-    for name, (function, spec) in signatures.embedding_functions(embed_image_bytes,
-                                                                 config.data.image_shape).items():
+    for name, (function, spec) in signatures.embedding_functions(
+            embed_image_bytes, config.data.image_shape, config.data.resize,
+            encoded=config.data.encoded_images).items():
         archive.add_endpoint(name, function, input_signature=[spec])
     archive.write_out(path, verbose=False)
+    write_class_names(path, class_names(tft_output, config.data.num_classes))

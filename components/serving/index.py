@@ -7,16 +7,18 @@ the three embedding signatures, unchanged (the very functions the evaluator scor
 Distances are Euclidean, computed as `metrics.nearest_neighbors` computes them
 (|q|^2 - 2 q.r + |r|^2, clamped at zero, in float32); equal distances are ordered by the smaller
 reference index (tf.math.top_k keeps the lower index first), as the evaluator orders them.
+`search` also gives the neighbours' class names (the embedding SavedModel's id-ordered class
+names, `export.read_class_names`), which the serving SavedModel keeps in its assets as well.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from triplet_tfx.components.serving import signatures
-from triplet_tfx.components.serving.export import SERVING_SIGNATURE
+from triplet_tfx.components.serving.export import SERVING_SIGNATURE, read_class_names, write_class_names
 from triplet_tfx.components.training.network import EMBEDDING_KEY
 
 EMBEDDING_SIGNATURES = (SERVING_SIGNATURE, signatures.EMBED_IMAGES_SIGNATURE, signatures.EMBED_PIXELS_SIGNATURE)
@@ -25,6 +27,13 @@ EMBEDDING_SIGNATURES = (SERVING_SIGNATURE, signatures.EMBED_IMAGES_SIGNATURE, si
 def reference_ids(split: str, count: int) -> np.ndarray:
     """Stable ids of a split's examples: "<split>/<position in the split>" (ExampleGen's order)."""
     return np.array([f"{split}/{i}" for i in range(count)], dtype=object)
+
+
+def names_of(labels: np.ndarray, class_names: Optional[Sequence[str]]) -> np.ndarray:
+    """The class name of each class id (the id as text where the table has none)."""
+    table = list(class_names or [])
+    return np.array([table[i] if 0 <= i < len(table) else str(i) for i in np.asarray(labels, np.int64).tolist()],
+                    dtype=object)
 
 
 def nearest(queries: tf.Tensor, references: tf.Tensor, reference_squared_norms: tf.Tensor, k: tf.Tensor):
@@ -39,7 +48,8 @@ def nearest(queries: tf.Tensor, references: tf.Tensor, reference_squared_norms: 
 class ServingModel(tf.Module):
     """The embedding model and its reference index, saved together."""
 
-    def __init__(self, embedding_model, ids: Sequence[str], labels: np.ndarray, embeddings: np.ndarray):
+    def __init__(self, embedding_model, ids: Sequence[str], labels: np.ndarray, embeddings: np.ndarray,
+                 class_names: Optional[Sequence[str]] = None):
         super().__init__()
         embeddings = np.asarray(embeddings, np.float32)
         if not len(ids) == len(labels) == embeddings.shape[0] > 0:
@@ -52,6 +62,8 @@ class ServingModel(tf.Module):
         self.reference_labels = tf.Variable(np.asarray(labels, np.int64), trainable=False, name="reference_labels")
         self.reference_ids = tf.Variable(np.asarray(ids, dtype=object), dtype=tf.string, trainable=False,
                                          name="reference_ids")
+        self.reference_class_names = tf.Variable(names_of(labels, class_names), dtype=tf.string, trainable=False,
+                                                 name="reference_class_names")
 
     @tf.function(input_signature=[signatures.images_spec(), tf.TensorSpec([], tf.int32, name=signatures.K_INPUT)])
     def search(self, images, k):
@@ -64,13 +76,17 @@ class ServingModel(tf.Module):
         indices, distances = nearest(queries, self.reference_embeddings, self.reference_squared_norms, k)
         return {signatures.IDS_OUTPUT: tf.gather(self.reference_ids, indices),
                 signatures.LABELS_OUTPUT: tf.gather(self.reference_labels, indices),
+                signatures.CLASS_NAMES_OUTPUT: tf.gather(self.reference_class_names, indices),
                 signatures.DISTANCES_OUTPUT: distances}
 
 
 def build_serving_model(embedding_model_path: str, ids: Sequence[str], labels: np.ndarray,
                         embeddings: np.ndarray, path: str) -> None:
-    """Writes the SavedModel with the four signatures to `path`."""
+    """Writes the SavedModel with the four signatures, and the class names, to `path`."""
     embedding_model = tf.saved_model.load(embedding_model_path)
-    model = ServingModel(embedding_model, ids, labels, embeddings)
+    class_names = read_class_names(embedding_model_path)
+    model = ServingModel(embedding_model, ids, labels, embeddings, class_names)
     served = {name: embedding_model.signatures[name] for name in EMBEDDING_SIGNATURES}
     tf.saved_model.save(model, path, signatures={**served, signatures.SEARCH_SIGNATURE: model.search})
+    if class_names is not None:
+        write_class_names(path, class_names)

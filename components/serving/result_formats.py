@@ -2,8 +2,10 @@
 
   embed  jsonl: {"input": "a.png", "embedding": [0.01, ...]}           one line per image
          tsv:   input, e0 ... e<D-1>                                  header, then one row per image
-  search jsonl: {"input": "a.png", "neighbours": [{"id": "train/7", "label": 3, "distance": 0.12}, ...]}
-         tsv:   input, rank, id, label, distance                      header, then one row per neighbour
+  search jsonl: {"input": "a.png", "neighbours": [{"id": "train/7", "label": 3, "class_name": "cat",
+                                                  "distance": 0.12}, ...]}
+         tsv:   input, rank, id, label, distance, class_name          header, then one row per neighbour
+(class_name: the label's class name; the id as text for integer-labelled sources.)
 Floats are written in the shortest form that reads back as the same float32.
 """
 from __future__ import annotations
@@ -37,17 +39,21 @@ def write_embeddings(stream: TextIO, names: Sequence[str], embeddings: np.ndarra
 
 
 def write_neighbours(stream: TextIO, names: Sequence[str], result, fmt: str) -> None:
-    """`result`: a client SearchResult (ids, labels, distances of shape [N, k])."""
+    """`result`: a client SearchResult (ids, labels, class_names, distances of shape [N, k])."""
     if fmt == "tsv":
-        stream.write("input\trank\tid\tlabel\tdistance\n")
-    for name, ids, labels, distances in zip(names, result.ids, result.labels, result.distances):
-        neighbours = [{"id": str(i), "label": int(label), "distance": _float(d)}
-                      for i, label, d in zip(ids, labels, distances)]
+        stream.write("input\trank\tid\tlabel\tdistance\tclass_name\n")
+    class_names = result.class_names if getattr(result, "class_names", None) is not None else \
+        np.asarray(result.labels).astype(str)
+    for name, ids, labels, classes, distances in zip(names, result.ids, result.labels, class_names,
+                                                     result.distances):
+        neighbours = [{"id": str(i), "label": int(label), "class_name": str(c), "distance": _float(d)}
+                      for i, label, c, d in zip(ids, labels, classes, distances)]
         if fmt == "jsonl":
             stream.write(json.dumps({"input": name, "neighbours": neighbours}) + "\n")
             continue
         for rank, n in enumerate(neighbours, 1):
-            stream.write(f"{_cell(name)}\t{rank}\t{_cell(n['id'])}\t{n['label']}\t{n['distance']}\n")
+            stream.write(f"{_cell(name)}\t{rank}\t{_cell(n['id'])}\t{n['label']}\t{n['distance']}\t"
+                         f"{_cell(n['class_name'])}\n")
 
 
 def write_projector(out_dir: str, names: Sequence[str], embeddings: np.ndarray) -> dict:

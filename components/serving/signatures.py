@@ -1,24 +1,32 @@
 """The embedding signatures of the serving SavedModel, and how client images become training pixels.
 
-  serving_default  examples tf.string [None] (serialized raw tf.Examples) -> embedding float32 [None, D]
+  serving_default  examples tf.string [None] (serialized tf.Examples, as ExampleGen writes them) -> embedding
+                   float32 [None, D]
   embed_images     images   tf.string [None] (encoded PNG, JPEG, GIF or BMP) -> embedding
   embed_pixels     pixels   tf.uint8  [None, H, W, C] (the training shape)    -> embedding
   search           images tf.string [None], k tf.int32 [] -> ids tf.string, labels tf.int64,
-                   distances float32 [None, k] (`index.py`; added by the ServingModelBuilder)
+                   class_names tf.string, distances float32 [None, k] (`index.py`; added by the
+                   ServingModelBuilder)
 
-The three embedding signatures run the same Transform graph and network, so the same picture gives the same embedding
-whichever way it is sent. Encoded images are converted as `data_sources.read_image` converts the
-training images (Pillow's `convert("L")` / `convert("RGB")`, reproduced exactly in integer arithmetic)
-and, when their size differs from the training size, resized by one rule: bilinear with
-antialiasing to H x W (the aspect ratio is not kept), rounded to uint8. Training images are
-never resized (`check_example` refuses other sizes), so an image of the training size passes
-unchanged. Bad input fails with InvalidArgument and a message naming the problem.
+The three embedding signatures run the same Transform graph and network, so the same picture gives the
+same embedding whichever way it is sent. Images are decoded, converted and resized by the one image
+function, `components/images.py` (`decode_to_pixels`; its docstring states the rule):
+  * encoded-image sources (images:, manifest:, tfds:, encoded tfrecord:): the Transform graph itself
+    decodes the tf.Example's `image` file bytes, so `embed_images` hands the files to it unchanged
+    and `embed_pixels` encodes its pixels losslessly (PNG) for it: the very graph the Trainer read
+    its examples through;
+  * raw sources (MNIST, raw tfrecord:): `embed_images` decodes with `images.decode_to_pixels`, then
+    the pixels go through the Transform graph as the raw bytes the tf.Examples carry.
+Bad input fails with InvalidArgument and a message naming the problem. The embedding SavedModel also
+holds the class names by class id (`contract.CLASS_NAMES_ASSET`, `export.read_class_names`).
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Sequence
 
 import tensorflow as tf
+
+from triplet_tfx.components import images
 
 EMBED_IMAGES_SIGNATURE = "embed_images"
 EMBED_PIXELS_SIGNATURE = "embed_pixels"
@@ -30,12 +38,12 @@ K_INPUT = "k"
 IDS_OUTPUT = "ids"
 LABELS_OUTPUT = "labels"
 DISTANCES_OUTPUT = "distances"
+CLASS_NAMES_OUTPUT = "class_names"
 
-# First bytes of the formats tf.io.decode_image reads.
-IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
-_FORMATS = "PNG, JPEG, GIF or BMP"
-# Pillow's RGB -> L: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (ITU-R 601-2 luma, rounded).
-_LUMA_WEIGHTS = (19595, 38470, 7471)
+# The image rule lives in components/images.py (one definition, run by Transform and by these
+# signatures); these names are kept for the modules that import them from here.
+IMAGE_MAGIC = images.IMAGE_MAGIC
+_FORMATS = images.FORMATS
 # Every byte value as a one-byte string: uint8 pixels -> the raw bytes tf.Examples carry.
 _BYTE_STRINGS = [bytes([value]) for value in range(256)]
 
@@ -58,66 +66,44 @@ def assert_not_empty(batch: tf.Tensor, input_name: str) -> tf.Operation:
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
-    """uint8 [h, w, 1..4] -> uint8 [h, w, channels] as Pillow converts to L (1) or RGB (3): gray
-    (+alpha) keeps its gray value, RGB(A) becomes luma; alpha is dropped, not composited. Image
-    folders are read as L or RGB only; a model trained on other channel counts (tfrecord: data)
-    takes images with exactly that many channels."""
-    if channels not in (1, 3):
-        check = tf.debugging.Assert(tf.shape(image)[-1] == channels,
-                                    [f"{IMAGES_INPUT}: the model takes images of {channels} channels, got",
-                                     tf.shape(image)[-1]])
-        with tf.control_dependencies([check]):
-            return tf.ensure_shape(tf.identity(image), [None, None, channels])
-
-    def gray():
-        if channels == 1:
-            return image[..., :1]
-        return tf.repeat(image[..., :1], channels, axis=-1)
-
-    def color():
-        rgb = image[..., :3]
-        if channels == 3:
-            return rgb
-        luma = tf.reduce_sum(tf.cast(rgb, tf.int32) * tf.constant(_LUMA_WEIGHTS, tf.int32), axis=-1,
-                             keepdims=True)
-        return tf.cast(tf.bitwise.right_shift(luma + 0x8000, 16), tf.uint8)
-
-    return tf.cond(tf.shape(image)[-1] <= 2, gray, color)
+    """`images.to_channels`, naming the `images` input in its errors."""
+    return images.to_channels(image, channels, IMAGES_INPUT)
 
 
-def to_size(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """uint8 [h, w, c] -> uint8 [height, width, c]: unchanged at that size, else bilinear with
-    antialiasing, rounded."""
-    def resize():
-        resized = tf.image.resize(tf.cast(image, tf.float32), [height, width], method="bilinear", antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
-    return tf.cond(same, lambda: image, resize)
+def to_size(image: tf.Tensor, height: int, width: int, resize: str = "stretch") -> tf.Tensor:
+    """`images.to_size`."""
+    return images.to_size(image, height, width, resize)
 
 
-def decode_to_pixels(images: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
-    """Encoded images [B] -> uint8 [B, H, W, C] at the training shape."""
-    height, width, channels = image_shape
+def decode_to_pixels(encoded: tf.Tensor, image_shape: Sequence[int], resize: str = "stretch") -> tf.Tensor:
+    """`images.decode_to_pixels` of the `images` input: encoded images [B] -> uint8 [B, H, W, C]."""
+    return images.decode_to_pixels(encoded, image_shape, resize, input_name=IMAGES_INPUT)
+
+
+def check_encoded(encoded: tf.Tensor, input_name: str = IMAGES_INPUT) -> tf.Tensor:
+    """The encoded images [B], after the checks `images.decode_to_pixels` makes (not empty, each a
+    known format), so that errors name the signature's input rather than the tf.Example feature."""
+    encoded = tf.reshape(encoded, [-1])
 
     def one(item):
-        encoded, index = item
-        magic = tf.strings.substr(encoded, 0, 4)
-        known = tf.reduce_any([tf.strings.substr(magic, 0, len(m)) == m for m in IMAGE_MAGIC])
+        value, index = item
         checks = [
-            tf.debugging.Assert(tf.strings.length(encoded) > 0, [f"{IMAGES_INPUT}: empty string (0 bytes) at index",
-                                                                  index]),
-            tf.debugging.Assert(known, [f"{IMAGES_INPUT}: not a {_FORMATS} image at index", index]),
+            tf.debugging.Assert(tf.strings.length(value) > 0, [f"{input_name}: empty string (0 bytes) at index",
+                                                                index]),
+            tf.debugging.Assert(images.is_known_format(value), [f"{input_name}: not a {_FORMATS} image at index",
+                                                                index]),
         ]
         with tf.control_dependencies(checks):
-            # Broken and zero-size images fail here, with the decoder's InvalidArgument message
-            # ("Invalid PNG...", "Width must be positive"...); GIFs give their first frame.
-            image = tf.io.decode_image(encoded, expand_animations=False)
-        return to_size(to_channels(image, channels), height, width)
+            return tf.identity(value)
 
-    with tf.control_dependencies([assert_not_empty(images, IMAGES_INPUT)]):
-        indices = tf.range(tf.shape(images)[0])
-    return tf.map_fn(one, (images, indices), fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
+    with tf.control_dependencies([assert_not_empty(encoded, input_name)]):
+        indices = tf.range(tf.shape(encoded)[0])
+    return tf.map_fn(one, (encoded, indices), fn_output_signature=tf.TensorSpec([], tf.string))
+
+
+def pixels_to_png(pixels: tf.Tensor) -> tf.Tensor:
+    """uint8 [B, H, W, C] -> [B] lossless PNG files (decoded, they give these pixels back)."""
+    return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
 def pixels_to_raw_bytes(pixels: tf.Tensor) -> tf.Tensor:
@@ -127,16 +113,26 @@ def pixels_to_raw_bytes(pixels: tf.Tensor) -> tf.Tensor:
 
 
 def embedding_functions(embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
-                        image_shape: Sequence[int]) -> Dict[str, tuple]:
+                        image_shape: Sequence[int], resize: str = "stretch",
+                        encoded: bool = False) -> Dict[str, tuple]:
     """{signature name: (function, input spec)} of the image and pixel signatures, both built on
-    `embed_image_bytes` (raw pixel bytes [B], the tf.Example `image` feature -> Transform graph ->
-    network -> {"embedding": ...}), which `serving_default` uses too."""
+    `embed_image_bytes` (the tf.Example `image` feature [B] -> Transform graph -> network ->
+    {"embedding": ...}), which `serving_default` uses too.
+
+    `encoded` (an encoded-image source): the `image` feature holds image files and the Transform
+    graph decodes and resizes them, so `embed_images` hands the files to it as they are, and
+    `embed_pixels` encodes its pixels losslessly as PNG for it. Otherwise (raw pixels of the training
+    shape): `embed_images` decodes with the same image function, and pixels go in as raw bytes."""
     def embed_pixels(pixels):
         with tf.control_dependencies([assert_not_empty(pixels, PIXELS_INPUT)]):
+            if encoded:
+                return embed_image_bytes(pixels_to_png(pixels))
             return embed_image_bytes(pixels_to_raw_bytes(pixels))
 
-    def embed_images(images):
-        return embed_pixels(decode_to_pixels(images, image_shape))
+    def embed_images(encoded_images):
+        if encoded:
+            return embed_image_bytes(check_encoded(encoded_images))
+        return embed_pixels(decode_to_pixels(encoded_images, image_shape, resize))
 
     return {
         EMBED_IMAGES_SIGNATURE: (embed_images, images_spec()),

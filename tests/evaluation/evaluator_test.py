@@ -51,3 +51,65 @@ def test_gallery_decodes_the_chosen_train_neighbours_only():
     shown = gallery(query_labels, query_images, np.array([[1], [0], [1]]), np.zeros(3, bool), None, None, shape)
     np.testing.assert_array_equal(shown["query_labels"], [0, 1])
     np.testing.assert_array_equal(shown["neighbour_images"][:, 0, 0, 0, 0], [11, 10])
+
+
+# Encoded-source examples: the pictures are decoded by the image function; classes are named.
+import io  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from triplet_tfx.components import contract  # noqa: E402
+from triplet_tfx.components.evaluation import evaluator  # noqa: E402
+
+
+def _example(pixels: np.ndarray, label: int, name: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    feature = {contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[out.getvalue()])),
+               contract.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+               contract.CLASS_NAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_encoded_examples_are_decoded_at_the_training_shape_as_transform_decodes_them():
+    from triplet_tfx.components import images
+
+    white = np.full((40, 80, 3), 255, np.uint8)
+    examples = [_example(white, 1, "bee"), _example(np.zeros((12, 12, 3), np.uint8), 0, "ant")]
+    labels, pictures = evaluator.parse_examples(examples, (16, 12, 3), encoded=True, resize="pad")
+    assert labels.tolist() == [1, 0] and pictures.shape == (2, 16, 12, 3) and pictures.dtype == np.uint8
+    traced = tf.function(lambda x: images.decode_to_pixels(x, (16, 12, 3), "pad"),
+                         input_signature=[tf.TensorSpec([None], tf.string)])
+    files = tf.io.parse_example(tf.constant(examples), {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+    np.testing.assert_array_equal(pictures, traced(files).numpy())
+    assert evaluator.parse_examples(examples)[1] is None  # labels only
+
+
+def test_raw_examples_are_decoded_as_today():
+    from triplet_tfx.components.data import data_sources
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 3, 1), dtype=np.uint8)
+    examples = [data_sources.make_example(p, i) for i, p in enumerate(pixels)]
+    labels, pictures = evaluator.parse_examples(examples, (4, 3, 1))
+    np.testing.assert_array_equal(pictures, pixels)
+    assert labels.tolist() == [0, 1]
+
+
+def test_class_name_map_and_the_models_class_names(tmp_path):
+    from tfx.types.standard_artifacts import Model
+    from tfx.utils import path_utils
+
+    from triplet_tfx.components.serving import export
+
+    assert evaluator.class_name_map(["ant", "bee", "cat"], np.array([2, 0, 2])) == {"0": "ant", "2": "cat"}
+    assert evaluator.class_name_map(None, np.array([1, 0])) == {"0": "0", "1": "1"}
+    assert evaluator.class_name_map(["ant"], np.array([0, 3])) == {"0": "ant", "3": "3"}
+    model = Model()
+    model.uri = str(tmp_path)
+    assert evaluator.model_class_names(model) is None  # a model from before class names
+    export.write_class_names(path_utils.serving_model_path(model.uri), ["ant", "bee"])
+    assert evaluator.model_class_names(model) == ["ant", "bee"]
+    assert os.path.basename(export.write_class_names(str(tmp_path / "x"), ["a"])) == contract.CLASS_NAMES_ASSET

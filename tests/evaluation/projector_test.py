@@ -148,3 +148,14 @@ def test_rejects_bad_shapes(tmp_path):
         projector.write_projector_bundle(str(tmp_path), np.zeros((3, 2)), [1, 2])
     with pytest.raises(ValueError):
         projector.write_projector_bundle(str(tmp_path), np.zeros((3, 2)), [1, 2, 3], images=np.zeros((3, 2)))
+
+
+def test_class_name_column_beside_the_label(tmp_path):
+    emb, labels, _ = _data(n=4)
+    names = np.array(["ant", "bee", "cat", "dog"], dtype=object)[labels]
+    paths = projector.write_projector_bundle(str(tmp_path), emb, labels, split="eval", class_names=names)
+    rows = [line.split("\t") for line in open(paths["meta"]).read().splitlines()]
+    assert rows[0] == ["label", "class_name", "split"]
+    assert rows[1:] == [[str(l), n, "eval"] for l, n in zip(labels, names)]
+    with pytest.raises(ValueError, match="class_names and embeddings differ in length"):
+        projector.write_projector_bundle(str(tmp_path), emb, labels, class_names=names[:2])

@@ -124,6 +124,7 @@ def test_scatter_falls_back_to_pca_when_umap_fails(tmp_path, monkeypatch):
     _decode_png(out["path"])
 
 
+@pytest.mark.slow
 def test_umap_when_installed(tmp_path):
     pytest.importorskip("umap")
     x, y = _data(n=300)
@@ -209,3 +210,43 @@ def test_confusion_heat_map_colours_follow_the_counts(tmp_path):
     image = _decode_png(out["path"])[..., :3].astype(int)
     dark_blue = (image[..., 2] > image[..., 0] + 60) & (image[..., 0] < 60)  # "Blues" near 1.0: (8, 48, 107)
     assert dark_blue.sum() > 1000  # two diagonal cells of many pixels each
+
+
+NAMES = {"0": "ant", "1": "bee", "2": "cat", "10": "dog"}
+
+
+def test_report_shows_class_names(tmp_path):
+    cand, base = {**CAND, "class_names": NAMES}, {**BASE, "class_names": NAMES}
+    paths = R.write_report(str(tmp_path), cand, base)
+    md = open(paths["markdown"]).read()
+    for name, value in (("ant", "0.8000"), ("bee", "1.0000"), ("dog", "0.9000")):
+        assert any(line.startswith(f"| {name} | {value}") for line in md.splitlines()), name
+    page = open(paths["html"]).read()
+    assert "<td>cat</td>" in page and "<td>10</td>" not in page
+
+
+def test_integer_classes_are_shown_by_their_ids(tmp_path):
+    ids = {c: c for c in ("0", "1", "2", "10")}
+    md = open(R.write_report(str(tmp_path), {**CAND, "class_names": ids}, None)["markdown"]).read()
+    assert "| 10 | 0.9000 |" in md and "| 0 | 0.8000 |" in md
+
+
+def test_confusion_axes_and_gallery_captions_use_class_names(tmp_path):
+    out = R.plot_confusion_matrices({"candidate": (np.array([[9, 1], [0, 9]]), [0, 1])}, str(tmp_path / "c.png"),
+                                    class_names=NAMES)
+    assert out["class_labels"] == {"candidate": ["ant", "bee"]}
+    assert R.plot_confusion_matrices({"candidate": (np.eye(2, dtype=int), [0, 1])},
+                                     str(tmp_path / "d.png"))["class_labels"] == {"candidate": ["0", "1"]}
+    rng = np.random.default_rng(0)
+    out = R.plot_worst_retrievals(rng.integers(0, 255, (1, 8, 8, 1), dtype=np.uint8), np.array([0]),
+                                  rng.integers(0, 255, (1, 2, 8, 8, 1), dtype=np.uint8), np.array([[1, 0]]),
+                                  str(tmp_path / "g.png"), title="t", class_names=NAMES)
+    assert out["captions"] == [["query: ant", "1: bee \u2717", "2: ant"]]
+
+
+def test_unseen_classes_line_names_the_classes():
+    metrics = {"eval_classes": [2, 10], "train_classes": [0, 1], "class_names": NAMES}
+    assert R.unseen_classes_line(metrics) == ("Unseen classes: eval classes 2,10 (cat, dog) were not in training "
+                                              "(train classes 0-1 (ant, bee)); classes_seen_in_training: false")
+    metrics["class_names"] = {c: c for c in NAMES}
+    assert "(cat, dog)" not in R.unseen_classes_line(metrics)

@@ -9,7 +9,8 @@ be tested in seconds. The contract (input/output names, dtypes, shapes) is the o
   embed_images:    images   tf.string [None]        -> embedding
   embed_pixels:    pixels   tf.uint8 [None, H, W, C] -> embedding
   search:          images tf.string [None], k tf.int32 [] -> ids tf.string [None, k],
-                   labels tf.int64 [None, k], distances float32 [None, k]
+                   labels tf.int64 [None, k], distances float32 [None, k], class_names tf.string [None, k]
+                   (`class_names=False`: a model from before class names, without that output)
 
 `write_contract_model(base_dir)` writes it as `<base_dir>/<version>/`, the layout TF Serving loads.
 """
@@ -24,11 +25,16 @@ from PIL import Image
 
 IMAGE_SHAPE = (28, 28, 1)
 EMBEDDING_DIM = 8
+# The class names by class id of the contract model (not the ids as text, so that tests can tell them apart).
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class ContractModel(tf.Module):
-    def __init__(self, reference_pixels: np.ndarray, reference_labels: np.ndarray, seed: int = 0):
+    def __init__(self, reference_pixels: np.ndarray, reference_labels: np.ndarray, seed: int = 0,
+                 class_names: bool = True):
         super().__init__()
+        self.with_class_names = class_names
+        self.class_names = tf.Variable(list(CLASS_NAMES))
         rng = np.random.default_rng(seed)
         pixels = int(np.prod(IMAGE_SHAPE))
         self.projection = tf.Variable(rng.normal(size=(pixels, EMBEDDING_DIM)).astype(np.float32))
@@ -75,8 +81,11 @@ class ContractModel(tf.Module):
             queries = self._embed(self._decode(images))
         distances = tf.sqrt(tf.maximum(2.0 - 2.0 * tf.matmul(queries, self.index, transpose_b=True), 0.0))
         negative, indices = tf.math.top_k(-distances, k=k)
-        return {"ids": tf.gather(self.index_ids, indices), "labels": tf.gather(self.index_labels, indices),
-                "distances": -negative}
+        labels = tf.gather(self.index_labels, indices)
+        out = {"ids": tf.gather(self.index_ids, indices), "labels": labels, "distances": -negative}
+        if self.with_class_names:
+            out["class_names"] = tf.gather(self.class_names, labels)
+        return out
 
 
 def random_digits(count: int, seed: int = 0):
@@ -92,10 +101,10 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_contract_model(base_dir: str, version: int = 1, num_references: int = 50) -> str:
+def write_contract_model(base_dir: str, version: int = 1, num_references: int = 50, class_names: bool = True) -> str:
     """Saves the fixture as <base_dir>/<version>/; returns that path."""
     pixels, labels = random_digits(num_references, seed=version)
-    module = ContractModel(pixels, labels)
+    module = ContractModel(pixels, labels, class_names=class_names)
     path = os.path.join(base_dir, str(version))
     tf.saved_model.save(module, path, signatures={
         name: getattr(module, name).get_concrete_function()

@@ -14,7 +14,7 @@ from tensorflow.python.tools import saved_model_cli
 import tiny_serving_model
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
-from triplet_tfx.components.serving import index
+from triplet_tfx.components.serving import export, index
 
 DIM = tiny_serving_model.CONFIG.train.embedding_dim
 
@@ -69,8 +69,18 @@ def test_saved_model_cli_shows_the_four_signatures(served):
         "embed_pixels": {"inputs": {"pixels": ("DT_UINT8", "(-1, 28, 28, 1)")}, "outputs": embedding},
         "search": {"inputs": {"images": ("DT_STRING", "(-1)"), "k": ("DT_INT32", "()")},
                    "outputs": {"ids": ("DT_STRING", "(-1, -1)"), "labels": ("DT_INT64", "(-1, -1)"),
-                               "distances": ("DT_FLOAT", "(-1, -1)")}},
+                               "distances": ("DT_FLOAT", "(-1, -1)"),
+                               "class_names": ("DT_STRING", "(-1, -1)")}},
     }
+
+
+def test_search_gives_the_class_names_of_integer_labels(served):
+    """An integer-labelled (MNIST) model: the class names are the ids as text, kept in the assets."""
+    path, _, _ = served
+    assert export.read_class_names(path) == [str(i) for i in range(10)]
+    out = tf.saved_model.load(path).signatures["search"](images=tf.constant([png(np.zeros((28, 28, 1), np.uint8))]), k=tf.constant(3))
+    assert [[n.decode() for n in row] for row in out["class_names"].numpy()] == \
+        out["labels"].numpy().astype(str).tolist()
 
 
 def test_the_index_is_in_variables_not_in_the_graph(served, model):

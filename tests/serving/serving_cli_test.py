@@ -8,7 +8,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from contract_model import reference_embeddings, reference_search, write_contract_model, write_pngs
+from contract_model import CLASS_NAMES, reference_embeddings, reference_search, write_contract_model, write_pngs
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
 from triplet_tfx.pipeline import cli
 
@@ -78,14 +78,17 @@ def test_search_jsonl_and_tsv(capsys, version_dir, files, servers):
     assert [r["input"] for r in rows] == files
     assert [[n["id"] for n in r["neighbours"]] for r in rows] == ids
     assert [[n["label"] for n in r["neighbours"]] for r in rows] == labels.tolist()
+    assert [[n["class_name"] for n in r["neighbours"]] for r in rows] == \
+        [[CLASS_NAMES[v] for v in row] for row in labels]
     np.testing.assert_allclose([[n["distance"] for n in r["neighbours"]] for r in rows], distances, atol=1e-5)
     code, out, _ = run(capsys, "search", *files, "--server", servers["grpc"], "--k", "3", "--format", "tsv")
     assert code == 0
     header, *lines = out.splitlines()
-    assert header == "input\trank\tid\tlabel\tdistance"
+    assert header == "input\trank\tid\tlabel\tdistance\tclass_name"
     cells = [line.split("\t") for line in lines]
     assert [(c[0], int(c[1]), c[2], int(c[3])) for c in cells] == [
         (f, rank + 1, ids[i][rank], int(labels[i][rank])) for i, f in enumerate(files) for rank in range(3)]
+    assert [c[5] for c in cells] == [CLASS_NAMES[labels[i][rank]] for i in range(len(files)) for rank in range(3)]
 
 
 def test_projector_files(capsys, tmp_path, version_dir, files, servers):

@@ -11,7 +11,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from contract_model import (png_bytes, random_digits, reference_embeddings, reference_search,
+from contract_model import (CLASS_NAMES, png_bytes, random_digits, reference_embeddings, reference_search,
                             write_contract_model, write_pngs)
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
 from triplet_tfx.components.serving.client import Client
@@ -25,7 +25,7 @@ MODEL = "digits"
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("serving") / MODEL)
-    write_contract_model(base, version=1)
+    write_contract_model(base, version=1, class_names=False)  # a model from before class names
     write_contract_model(base, version=2)  # the latest: what TF Serving (and the stand-ins) load
     return base
 
@@ -85,6 +85,7 @@ def test_search_is_the_same_everywhere_and_matches_a_numpy_search(base_dir, clie
         assert result.ids.shape == (5, 3), name
         assert result.ids.tolist() == ids, name
         np.testing.assert_array_equal(result.labels, labels)
+        assert result.class_names.tolist() == [[CLASS_NAMES[v] for v in row] for row in labels], name
         np.testing.assert_allclose(result.distances, distances, atol=1e-5)
     local = clients["local"].search(images, k=3)
     for name in ("rest", "grpc"):
@@ -105,7 +106,8 @@ def test_rest_wire_format_is_tf_servings(servers, images):
     embed = post({"signature_name": "embed_images", "instances": [{"b64": b64}]})
     assert list(embed) == ["predictions"] and len(embed["predictions"][0]) == 8
     search = post({"signature_name": "search", "inputs": {"images": [{"b64": b64}], "k": 2}})
-    assert sorted(search["outputs"]) == ["distances", "ids", "labels"]
+    assert sorted(search["outputs"]) == ["class_names", "distances", "ids", "labels"]
+    assert search["outputs"]["class_names"][0][0] in CLASS_NAMES
     assert isinstance(search["outputs"]["ids"][0][0], str) and len(search["outputs"]["labels"][0]) == 2
     with urllib.request.urlopen(f"{servers['rest']}/v1/models/{MODEL}", timeout=10) as response:
         status = json.loads(response.read())
@@ -198,3 +200,20 @@ def test_client_arguments():
         Client()
     with pytest.raises(ValueError, match="expected http://HOST:8501"):
         Client(server="ftp://host:1")
+
+
+def test_a_model_without_class_names_gives_the_labels_as_text(tmp_path, images):
+    """A model served before class names: its search has no class_names output."""
+    base = str(tmp_path / "old")
+    write_contract_model(base, version=1, class_names=False)
+    registry = ModelRegistry({"old": base})
+    rest, grpc_server = RestStandin(registry), GrpcStandin(registry)
+    try:
+        for client in (Client(model=base), Client(server=rest.url, model_name="old"),
+                       Client(server=grpc_server.url, model_name="old")):
+            with client:
+                result = client.search(images, k=2)
+                assert result.class_names.tolist() == result.labels.astype(str).tolist(), client.target
+    finally:
+        rest.stop()
+        grpc_server.stop()
