@@ -6,16 +6,17 @@ signatures run the same Transform graph, so a photo is decoded, converted and re
 same way in training and in serving, by construction.
 
 The rule, in order:
-  1. decode with TensorFlow's decoders (`tf.io.decode_image`): PNG (8 and 16 bit, palette
-     expanded), JPEG (grey, RGB, CMYK), GIF (the first frame) and BMP; 16-bit values are scaled
-     to 8 bits. WebP and other formats are refused. EXIF orientation is ignored, as
+  1. decode with TensorFlow's decoders: PNG (8 and 16 bit, palette expanded), JPEG (grey, RGB,
+     CMYK; the accurate integer DCT, as Pillow decodes), GIF (the first frame) and BMP; 16-bit
+     values are scaled to 8 bits. WebP and other formats are refused. EXIF orientation is ignored, as
      TensorFlow's decoders ignore it: the pixels are used as stored, in training and serving.
   2. channels (`to_channels`), as Pillow converts to L or RGB: grey (+alpha) keeps its grey
      value, or is copied into R, G and B; RGB(A) to grey is ITU-R 601-2 luma rounded as Pillow
      rounds it; alpha is dropped, not composited.
   3. size (`to_size`): unchanged at the training size; otherwise bilinear with antialiasing,
      rounded to uint8, by `resize`: `stretch` to height x width; `pad`: the largest size with the
-     image's aspect ratio that fits, centred on black; `crop`: the centred largest box with the
+     image's aspect ratio that fits (rounded to whole pixels), centred on black (the extra pixel of
+     an odd margin goes to the bottom or right); `crop`: the centred largest box with the
      training aspect ratio, then resized.
 """
 from __future__ import annotations
@@ -69,7 +70,19 @@ def to_size(image: tf.Tensor, height: int, width: int, resize: str = "stretch") 
     def resized():
         pixels = tf.cast(image, tf.float32)
         if resize == "pad":
-            return _rounded(tf.image.resize_with_pad(pixels, height, width, method="bilinear", antialias=True))
+            # The largest size of the image's aspect ratio inside height x width, in integers (a
+            # float32 size, as tf.image.resize_with_pad computes it, rounds differently traced).
+            shape = tf.shape(image, out_type=tf.int64)[:2]
+            fits_height = shape[0] * width >= shape[1] * height  # the height is the binding side
+            inner = tf.where(fits_height,
+                             tf.stack([tf.constant(height, tf.int64),
+                                       tf.maximum((shape[1] * height + shape[0] // 2) // shape[0], 1)]),
+                             tf.stack([tf.maximum((shape[0] * width + shape[1] // 2) // shape[1], 1),
+                                       tf.constant(width, tf.int64)]))
+            inner = tf.cast(tf.minimum(inner, [height, width]), tf.int32)
+            scaled = tf.image.resize(pixels, inner, method="bilinear", antialias=True)
+            offset = (tf.constant([height, width]) - inner) // 2
+            return _rounded(tf.image.pad_to_bounding_box(scaled, offset[0], offset[1], height, width))
         if resize == "crop":
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
             # The largest centred box of aspect width/height inside the image.
@@ -84,9 +97,17 @@ def to_size(image: tf.Tensor, height: int, width: int, resize: str = "stretch") 
 
 
 def decode(encoded: tf.Tensor) -> tf.Tensor:
-    """One encoded image (scalar string) -> uint8 [h, w, 1..4]. Broken images fail with the
-    decoder's InvalidArgument ("Invalid PNG data", "Invalid JPEG data"...)."""
-    return tf.io.decode_image(encoded, dtype=tf.uint8, expand_animations=False)
+    """One encoded image (scalar string) -> uint8 [h, w, 1..4]. JPEGs with the accurate integer
+    DCT (the pixels Pillow and libjpeg's defaults give; TensorFlow's default fast DCT is up to 8
+    levels off). Broken images fail with the decoder's InvalidArgument ("Invalid PNG data"...)."""
+    def jpeg():
+        return tf.io.decode_jpeg(encoded, dct_method="INTEGER_ACCURATE")
+
+    def other():
+        return tf.io.decode_image(encoded, dtype=tf.uint8, expand_animations=False)
+
+    is_jpeg = tf.strings.substr(encoded, 0, 3) == IMAGE_MAGIC[1]
+    return tf.ensure_shape(tf.cond(is_jpeg, jpeg, other), [None, None, None])
 
 
 def is_known_format(encoded: tf.Tensor) -> tf.Tensor:

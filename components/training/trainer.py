@@ -243,13 +243,14 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
-    """Epochs and steps per epoch: full epochs, capped at max_steps in all."""
+    """Epochs and steps per epoch: full epochs; with max_steps, at most that many steps in all
+    (equal epochs, so up to epochs - 1 fewer)."""
     steps_per_epoch = max(1, math.ceil(num_examples / train.batch_size))
     total = steps_per_epoch * train.epochs
     if train.max_steps:
         total = min(total, train.max_steps)
     epochs = math.ceil(total / steps_per_epoch)
-    return {"epochs": epochs, "steps_per_epoch": math.ceil(total / epochs)}
+    return {"epochs": epochs, "steps_per_epoch": total // epochs}
 
 
 def learning_rate(train: TrainConfig, plan: Dict[str, int], phase: str = ALL):

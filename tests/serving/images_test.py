@@ -69,8 +69,6 @@ def test_jpeg_channels_close_to_pillow(kind, channels):
     assert np.abs(got - pillow(data, channels)).max() <= 10
 
 
-@pytest.mark.xfail(strict=True, reason="images.decode uses tf.io.decode_image (JDCT_IFAST); "
-                                       "tf.io.decode_jpeg(dct_method='INTEGER_ACCURATE') would equal Pillow exactly")
 @pytest.mark.parametrize("kind", sorted(JPEG))
 def test_jpeg_decodes_exactly_as_pillow(kind):
     data = JPEG[kind](Image.fromarray(photo()))
@@ -127,9 +125,6 @@ def test_stretch_fills_the_training_size():
     np.testing.assert_array_equal(got[:, 17:], 0)
 
 
-@pytest.mark.xfail(strict=True, reason="tf.image.resize_with_pad floors float32 sizes: with shapes unknown "
-                                       "(traced) 40x80 into 16x12 gives 5x11, eagerly 6x12; images.to_size should "
-                                       "compute the padded size in integers")
 def test_pad_is_the_same_eagerly_and_traced():
     data = encode(Image.fromarray(np.full((40, 80, 3), 255, np.uint8)), "PNG")
     eager = images.decode_to_pixels(tf.constant([data]), (16, 12, 3), "pad").numpy()

@@ -1,6 +1,7 @@
 """The tutorial's network, the step plan, and the serving export."""
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from triplet_tfx.components.training import network, trainer
@@ -30,7 +31,10 @@ def test_step_plan_full_epochs_and_cap():
     assert trainer.step_plan(60000, TrainConfig()) == {"epochs": 5, "steps_per_epoch": 1875}
     assert trainer.step_plan(100, TrainConfig(batch_size=32)) == {"epochs": 5, "steps_per_epoch": 4}
     plan = trainer.step_plan(2000, TrainConfig(batch_size=32, epochs=5, max_steps=100))
-    assert plan["epochs"] * plan["steps_per_epoch"] >= 100 and plan["epochs"] == 2
+    assert plan == {"epochs": 2, "steps_per_epoch": 50}
+    # --max-steps caps the total: 94 steps per epoch, 20 epochs, at most 1,600 steps (not 18 x 89 = 1,602).
+    plan = trainer.step_plan(3000, TrainConfig(batch_size=32, epochs=20, max_steps=1600))
+    assert plan == {"epochs": 18, "steps_per_epoch": 88}
 
 
 def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
@@ -41,6 +45,7 @@ def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch):
     """Steps per execution change how often Python runs, not the training: the same batches, the same
     dropout masks and updates, and the backups at the same steps."""
