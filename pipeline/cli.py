@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -419,6 +421,29 @@ def _data_source_error() -> type:
     return DataSourceError
 
 
+def disk_full(error: BaseException, config: PipelineConfig) -> Optional[str]:
+    """One line for a run that ran out of disk space, naming where and how much is free; None for
+    other errors. The space may run out in a component's own write (ENOSPC, with the file) or in
+    ML Metadata's (SQLite's "database or disk is full", which then hides the first one)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    no_space = [e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC]
+    if no_space:
+        where = no_space[-1].filename or config.output_root  # the first to run out
+    elif any("database or disk is full" in str(e) for e in chain):
+        where = config.metadata_path
+    else:
+        return None
+    existing = str(where)
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing or ".").free
+    return (f"no space left on device writing {where} ({free / 1e6:.1f} MB free there); free some space, "
+            "then run the same command again to resume")
+
+
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """Ctrl-C and SIGTERM (what Kubernetes and CI send) stop the run cleanly: the first raises
@@ -461,7 +486,8 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     except PipelineRunError as err:
         if err.summary is not None:
             print("\n" + err.summary.format())
-        print(f"triplet-tfx: error: {err} (the log above has the details)", file=sys.stderr)
+        full = disk_full(err, config)
+        print(f"triplet-tfx: error: {full or err} (the log above has the details)", file=sys.stderr)
         return 2 if isinstance(err.__cause__, _data_source_error()) else 1
     if result is not None:
         print("\n" + result.format())

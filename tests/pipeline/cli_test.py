@@ -1,4 +1,5 @@
 """The command line: flags, --help, and clear errors before anything runs."""
+import errno
 import json
 
 import pytest
@@ -90,3 +91,19 @@ def test_profile_sets_defaults_and_flags_still_win(capsys):
     train = json.loads(capsys.readouterr().out)["train"]
     expected = {**PROFILES["recommended"]["train"], "epochs": 3}
     assert {key: train[key] for key in expected} == expected
+
+
+def test_a_full_disk_is_one_line_naming_where(tmp_path):
+    config = PipelineConfig(output_root=str(tmp_path))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "Trainer" / "model.keras"))
+        except OSError as first:
+            raise RuntimeError("InternalError: database or disk is full query: UPDATE Execution") from first
+    except RuntimeError as wrapped:
+        line = cli.disk_full(wrapped, config)
+    assert line.startswith(f"no space left on device writing {tmp_path / 'Trainer' / 'model.keras'} (")
+    assert line.endswith("MB free there); free some space, then run the same command again to resume")
+    metadata_only = RuntimeError("database or disk is full query: UPDATE Execution")
+    assert cli.disk_full(metadata_only, config).startswith(f"no space left on device writing {config.metadata_path}")
+    assert cli.disk_full(ValueError("something else"), config) is None

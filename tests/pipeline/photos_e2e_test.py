@@ -1,8 +1,10 @@
 """End to end, photos as users have them: a folder of named classes holding JPEGs and PNGs of many
 sizes (a grey image, a CMYK JPEG, a PNG with alpha and an EXIF-rotated JPEG among them) through
 the real pipeline, with the `strided` network and with a Keras Applications backbone."""
+import dataclasses
 import glob
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -123,10 +125,25 @@ def test_the_report_and_projector_show_class_names(photo_run):
 
 
 def test_a_backbone_trains_and_serves_through_the_whole_pipeline(photos, tmp_path):
-    config = photo_config(tmp_path / "backbone_run", photos[0], network="mobilenet_v3_small",
+    """MobileNetV3Small with random weights, on a copy of the photos with a truncated JPEG that
+    --on-bad-image skip leaves out, counts and lists."""
+    folder = str(tmp_path / "collection")
+    shutil.copytree(photos[0], folder)
+    broken = os.path.join(folder, CLASSES[0], "broken.jpg")
+    with open(next(p.path for p in photos[1] if p.format == "jpeg"), "rb") as f:
+        truncated = f.read()[:200]
+    with open(broken, "wb") as f:
+        f.write(truncated)
+    config = photo_config(tmp_path / "backbone_run", folder, network="mobilenet_v3_small",
                           backbone_weights="none", max_steps=3, batch_size=8)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, on_bad_image="skip"))
     summary = cli.run_locally(config)
     assert summary.executions == {name: "COMPLETE" for name in COMPONENTS}
+    assert summary.skipped_images.startswith("1 image(s) that cannot be used were left out (--on-bad-image skip)")
+    listed = summary.skipped_images.rsplit("listed in ", 1)[1]
+    with open(listed) as f:
+        assert f.read().startswith(broken)
+    assert "Skipped images: 1 image(s)" in summary.format()
     served = tf.saved_model.load(summary.pushed_to)
     assert {"serving_default", "embed_images", "embed_pixels", "search"} <= set(served.signatures)
     files = []
