@@ -8,7 +8,7 @@ PYTHON310 := $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv run test bench constraints clean
+.PHONY: venv run test test-fast bench constraints clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)
+
+# The fast tier: every test not marked slow (CONTRIBUTING.md, "Test tiers"); target: under a minute.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests $(ARGS)
 
 # Benchmarks (figures in README.md); each script's --help tells its options.
 bench: $(STAMP)

@@ -17,6 +17,8 @@ from triplet_tfx.pipeline.summary import RunSummary
 from example_gen_helpers import generate, read_split, run_example_gen
 from photo_collection import make_photo_collection
 
+pytestmark = pytest.mark.slow
+
 
 def _encoded(fmt: str, size=(60, 80)) -> bytes:
     pixels = (np.random.default_rng(0).random((*size, 3)) * 255).astype(np.uint8)

@@ -17,6 +17,8 @@ from triplet_tfx.pipeline.config import DEFAULT_BEAM_ARGS, DataConfig
 from data_sources_test import _write_png, _write_tfrecords, decode, first_pixel
 from tfds_source_test import NUM, TinyDigitsFour
 
+pytestmark = pytest.mark.slow
+
 
 def generate(data: DataConfig, expected: dict) -> None:
     """Runs the ExampleGen executor's Beam graph; asserts each split's sorted (pixel, label) pairs."""

@@ -12,6 +12,8 @@ from triplet_tfx.pipeline.config import DataConfig
 from example_gen_helpers import features, generate, read_split, run_example_gen
 from photo_collection import make_photo_collection
 
+pytestmark = pytest.mark.slow
+
 
 def _slim_example(content: bytes, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature={

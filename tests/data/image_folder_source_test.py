@@ -14,6 +14,8 @@ from triplet_tfx.pipeline.config import DataConfig
 from example_gen_helpers import features, generate, read_split, run_example_gen
 from photo_collection import CLASSES, make_photo_collection
 
+pytestmark = pytest.mark.slow
+
 CLASS_IDS = {name: i for i, name in enumerate(contract.class_order(CLASSES))}  # one, three, two, zero
 
 

@@ -12,6 +12,8 @@ from triplet_tfx.pipeline.config import DataConfig
 from example_gen_helpers import features, generate, read_split, run_example_gen
 from photo_collection import make_photo_collection
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture()
 def photos(tmp_path):

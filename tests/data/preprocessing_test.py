@@ -78,6 +78,7 @@ def test_encoded_images_go_through_the_image_function(resize):
     assert out["label"].numpy().tolist() == [0, 1, 1]
 
 
+@pytest.mark.slow
 def test_class_name_vocabulary_through_tf_transform(tmp_path):
     """A real analysis pass (Beam's in-process runner) over train and eval examples: the vocabulary
     holds every class name, and contract.class_order gives the id -> name table the model carries."""
@@ -101,6 +102,7 @@ def test_class_name_vocabulary_through_tf_transform(tmp_path):
     assert set(transformed) == {"image", "label"}
 
 
+@pytest.mark.slow
 def test_integer_named_classes_keep_numeric_ids(tmp_path):
     """Folders named 0..10 (an integer-labelled images: source): ids in numeric order, names = ids."""
     import encoded_model

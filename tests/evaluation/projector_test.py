@@ -114,6 +114,7 @@ def test_config_parses_with_proto_and_paths_are_relative(tmp_path):
     np.testing.assert_allclose(tensor, emb, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cap_keeps_sprite_within_8192_pixels(tmp_path):
     n = 300
     rng = np.random.default_rng(1)

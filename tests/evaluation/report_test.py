@@ -133,6 +133,7 @@ def test_umap_when_installed(tmp_path):
     _decode_png(out["path"])
 
 
+@pytest.mark.slow
 def test_umap_keeps_separated_classes_apart_without_warnings():
     """UMAP on exact neighbours: well-separated classes stay separated in 2-D (each point's
     nearest 2-D neighbour is of its class), deterministically for a seed, and without the

@@ -269,6 +269,7 @@ def test_cpu_image_has_beams_worker_boot_of_the_pinned_beam():
     assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in text
 
 
+@pytest.mark.slow
 def test_module_paths_named_by_the_spec_are_importable_from_the_installed_package(compiled, tmp_path):
     _, spec, _ = compiled
     classes, functions = set(), set()

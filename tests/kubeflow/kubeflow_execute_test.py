@@ -15,6 +15,8 @@ from kfp_local_executor import run_pipeline_spec
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 
+pytestmark = pytest.mark.slow
+
 CONTAINER_TASKS = {"SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate",
                    "Transform", "Trainer", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"}
 

@@ -125,6 +125,7 @@ def test_a_failing_worker_fails_the_step_with_the_jobs_reason_and_log(tmp_path, 
     assert any("Failed (TFJobFailed" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_the_real_worker_failing_on_missing_inputs_fails_the_step_with_its_error(tmp_path, caplog):
     """The pods' real command (worker.py's entry point) on a spec whose examples do not exist."""
     config = PipelineConfig().to_dict()

@@ -21,6 +21,8 @@ from kubernetes_standin import KubernetesStandIn
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 
+pytestmark = pytest.mark.slow
+
 
 def write_kubeconfig(path, host):
     config = {"apiVersion": "v1", "kind": "Config", "current-context": "standin",

@@ -19,6 +19,8 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 from triplet_tfx.pipeline import cli, portable_beam
 from triplet_tfx.pipeline.config import BeamConfig, DataConfig, PipelineConfig
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES_PER_SPLIT = 40
 SPLITS = ("train", "eval")
 DATA_COMPONENT_IDS = ("SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate",

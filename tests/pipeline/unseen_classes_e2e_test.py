@@ -14,6 +14,8 @@ from triplet_tfx.pipeline import cli
 from triplet_tfx.pipeline import summary as summary_module
 from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def unseen_run(tmp_path_factory):

@@ -23,6 +23,7 @@ def images(n=8, seed=0):
     return np.random.default_rng(seed).random((n, *SHAPE), np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_builds_and_embeds_unit_norm_float32(name):
     model = network.build_model(SHAPE, 16, network=name, dropout=0.0)
@@ -37,6 +38,7 @@ def test_small_networks_have_no_backbone():
     assert backbones.backbone_of(network.build_model((28, 28, 1), 8)) is None
 
 
+@pytest.mark.slow
 def test_each_backbone_sees_its_own_input_range():
     ends = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32)])
     resnet = network.build_model(SHAPE, 8, network="resnet50_v2")
@@ -58,6 +60,7 @@ def test_mixed_float16_backbone_computes_in_float16_and_embeds_float32():
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
 
 
+@pytest.mark.slow
 def test_export_copy_equals_the_trained_model():
     """export.py builds a fresh network (random backbone weights) and copies the trained weights,
     batch-norm statistics included."""
@@ -76,6 +79,7 @@ def test_export_copy_equals_the_trained_model():
 
 # -- --backbone-weights ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_imagenet_file_table_is_what_keras_downloads(monkeypatch):
     from keras.src.utils import file_utils
 
@@ -142,6 +146,7 @@ def test_small_networks_and_none_need_no_weights(offline_imagenet):
     backbones.check_backbone_weights(TrainConfig(network="resnet50_v2", backbone_weights="none"), SHAPE)
 
 
+@pytest.mark.slow
 def test_weights_file_checked_and_loaded(tmp_path):
     saved = backbones.build_backbone("mobilenet_v3_small", SHAPE, "none")
     path = str(tmp_path / "mobilenet.weights.h5")

@@ -61,6 +61,7 @@ def test_config_checks_name_the_flags():
     assert TrainConfig().strategy == "auto" and TrainConfig().mining == "global"
 
 
+@pytest.mark.slow
 def test_mirrored_step_equals_one_device_on_the_global_batch():
     """Tolerances: the loss to 1e-6 (relative); weights to 1e-5 after one Adam step of 1e-2 (Adam's
     first step is lr * g / (|g| + eps): float32 summation order moves tiny gradients' updates a little)."""

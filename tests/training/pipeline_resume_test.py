@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import pytest
+
+pytestmark = pytest.mark.slow
 
 FLAGS = ["--max-examples", "256", "--batch-size", "32", "--examples-per-class", "8", "--max-steps", "40",
          "--checkpoint-every", "5", "--min-precision-at-1", "0", "--plot", "pca"]

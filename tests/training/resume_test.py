@@ -14,6 +14,8 @@ from triplet_tfx.components.training import checkpoints, worker
 
 import tiny_training_inputs
 
+pytestmark = pytest.mark.slow
+
 # 256 examples / batch 32 = 8 steps per epoch, 6 epochs: 48 steps, a backup every 5; dropout 0.3 and
 # a cosine schedule, so that the dropout generators and the step counter must be restored too.
 TRAIN = dict(batch_size=32, examples_per_class=8, epochs=6, embedding_dim=16, lr_schedule="cosine",
