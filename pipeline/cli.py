@@ -503,6 +503,16 @@ under <output-root>/serving/<model-name>. --server URL calls a running TF Servin
 http://HOST:8501 (REST, /v1/models/<model-name>[/versions/<v>]:predict) or grpc://HOST:8500 (gRPC
 PredictionService). Unreachable servers (connection refused, HTTP 503, gRPC UNAVAILABLE) are
 retried --retries times with exponential backoff. Results go to standard output.
+
+Folders are searched recursively for PNG, JPEG, GIF and BMP files (and WebP, TIFF, HEIF files, to
+refuse them by name), by the rule of the pipeline's images: folders: hidden files and folders (.*,
+macOS's AppleDouble ._* files, __MACOSX) are ignored; symbolic links are followed, each folder once
+(a link back to a folder on the way, such as loop -> ., is left out with a warning); a broken link
+is an error naming it. Only regular files are read: anything else named like an image (a FIFO
+x.png, a socket, a device) is refused by name, one line, before any model work.
+
+TensorFlow's own lines (CUDA and CPU-feature notes, "Local rendezvous is aborting...") and library
+warnings are not shown; --verbose shows them.
 """
 
 
@@ -536,16 +546,29 @@ def _add_serving_commands(commands) -> None:
         command.add_argument("--retries", type=int, default=3, help="retries of an unreachable server "
                              "(default %(default)s)")
         command.add_argument("--batch-size", type=int, default=64, help="images per request (default %(default)s)")
+        command.add_argument("--verbose", action="store_true",
+                             help="show TensorFlow's own lines and library warnings on the terminal (by default "
+                                  "they are dropped)")
         command.set_defaults(handler=serving_command, uses_config=False)
 
 
 def serving_command(args: argparse.Namespace) -> int:
+    """`embed` and `search`: TensorFlow's native lines and library warnings are dropped unless
+    --verbose (`terminal.quiet`), as `triplet-tfx run` keeps them off the terminal."""
+    with terminal.quiet(getattr(args, "verbose", False)):
+        return _serving_command(args)
+
+
+def _serving_command(args: argparse.Namespace) -> int:
     from triplet_tfx.components.serving import client_errors, result_formats
-    from triplet_tfx.components.serving.client import Client, image_files
+    from triplet_tfx.components.serving.client import Client, IndexSizeError, image_files
 
     def fail(message: str) -> int:
         print(f"triplet-tfx: error: {message}", file=sys.stderr)
         return 2
+
+    def warn(message: str) -> None:
+        print(f"triplet-tfx: warning: {message}", file=sys.stderr)
 
     for flag, value, low in (("--k", getattr(args, "k", 1), 1), ("--retries", args.retries, 0),
                              ("--batch-size", args.batch_size, 1), ("--timeout", args.timeout, 1e-9)):
@@ -559,10 +582,11 @@ def serving_command(args: argparse.Namespace) -> int:
         output_root=os.path.abspath(args.output_root), serving_dir=args.serving_dir,
         model_name=args.model_name).serving_model_dir)
     try:
-        files = image_files(args.inputs)
+        files = image_files(args.inputs, warn=warn)
         with Client(model=model, server=args.server, model_name=args.model_name, version=args.model_version,
                     timeout=args.timeout, retries=args.retries, batch_size=args.batch_size) as client:
             if args.command == "search":
+                client.check_k(args.k)  # the index size, where the model tells it: before any image work
                 result_formats.write_neighbours(sys.stdout, files, client.search(files, args.k), args.format)
             embeddings = client.embed(files) if args.command == "embed" or args.projector else None
             if args.command == "embed":
@@ -577,6 +601,8 @@ def serving_command(args: argparse.Namespace) -> int:
                                          "--model PATH or --server URL"))
     except client_errors.ImageInputError as err:
         return fail(str(err))
+    except IndexSizeError as err:
+        return fail(f"--k {args.k}: {err.detail}")
     except client_errors.ServingError as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 1

@@ -11,7 +11,8 @@ from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components import contract
 from triplet_tfx.components.evaluation import report
-from triplet_tfx.components.evaluation.evaluator import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.evaluation.evaluator import (ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR,
+                                                      verdict_line)
 from triplet_tfx.components.serving import builder
 from triplet_tfx.pipeline.config import PipelineConfig
 
@@ -43,10 +44,8 @@ class RunSummary:
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
             if self.metrics.get("classes_seen_in_training") is False:
                 lines.append(report.unseen_classes_line(self.metrics))
-        if self.already_pushed:
-            lines.append(f"Model BLESSED by an earlier run and already pushed: {self.blessing_message}")
-        elif self.blessed is not None:
-            lines.append(f"Model {'BLESSED' if self.blessed else 'NOT BLESSED'}: {self.blessing_message}")
+        if self.already_pushed or self.blessed is not None:  # the evaluator's own line
+            lines.append(verdict_line(self.blessed, self.already_pushed, self.blessing_message))
         lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
                      "Pushed model: none (nothing was pushed by this run)")
         if self.skipped_images:

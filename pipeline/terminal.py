@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from typing import Dict, Iterator, Optional
 
 LOG_DIR = "logs"
@@ -162,3 +163,22 @@ def logged_to_file(path: str, verbose: bool) -> Iterator[None]:
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
         log_file.close()
+
+
+@contextlib.contextmanager
+def quiet(verbose: bool) -> Iterator[None]:
+    """For a short command (`embed`, `search`): unless verbose, the native libraries' fd 2 goes to
+    /dev/null (`logged_to_file`'s mechanism) and Python warnings and log records go nowhere visible
+    (to the logging handlers there are, /dev/null's among them), while Python's sys.stderr keeps
+    writing to the terminal, for the command's own lines."""
+    if verbose:
+        yield
+        return
+
+    def log_warning(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("py.warnings").warning(
+            "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    with logged_to_file(os.devnull, verbose=False), warnings.catch_warnings():
+        warnings.showwarning = log_warning
+        yield

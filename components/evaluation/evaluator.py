@@ -128,6 +128,19 @@ def embed(model: Model, serialized: list) -> np.ndarray:
     return np.concatenate(batches)
 
 
+def blessing_message(reasons: List[str], already_pushed: bool) -> str:
+    """The blessing's message: the checks' outcomes, and for the model already in production (blessed
+    and pushed by an earlier run) that there is nothing new to push."""
+    return "; ".join(list(reasons) + (["nothing new to push"] if already_pushed else []))
+
+
+def verdict_line(blessed: Optional[bool], already_pushed: bool, message: str) -> str:
+    """What became of the model, in one line: the evaluator's log line and the run summary's alike."""
+    if already_pushed:
+        return f"Model already in production (blessed and pushed by an earlier run): {message}"
+    return f"Model {'BLESSED' if blessed else 'NOT BLESSED'}: {message}"
+
+
 def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfig) -> Tuple[bool, List[str]]:
     """(blessed, reasons): every lower bound met and, given a baseline, no regression beyond tolerance."""
     reasons, blessed = [], True
@@ -337,10 +350,11 @@ def EmbeddingEvaluator(
             evaluate_fresh(baseline_model, "baseline")
     blessed, reasons = blessing_decision(candidate, baseline, rule)
     already_pushed = same_model and blessed
+    message = blessing_message(reasons, already_pushed)
     if already_pushed:
         blessed = False
         reasons.append(f"model {model.id} is already the model in production (blessed and pushed by an "
-                       f"earlier run): nothing new to push")
+                       f"earlier run): nothing new to push")  # metrics.json's and the report's notes
 
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
@@ -367,7 +381,6 @@ def EmbeddingEvaluator(
         evaluation.set_float_custom_property(key, value)
     evaluation.set_int_custom_property("classes_seen_in_training", int(candidate["classes_seen_in_training"]))
 
-    message = "; ".join(reasons)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(blessed))
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, message)
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
@@ -379,4 +392,4 @@ def EmbeddingEvaluator(
     # Marker files too, as TFX's own Evaluator writes, for readers of the pipeline root.
     with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(message + "\n")
-    logger.info("Model %s: %s", "BLESSED" if blessed else "NOT BLESSED", message)
+    logger.info("%s", verdict_line(blessed, already_pushed, message))

@@ -1,27 +1,30 @@
-"""Evaluation report: 2-D embedding scatter, per-class Precision@1 chart, Markdown/HTML report
-and a plain-text metrics table for the terminal.
-
-Plots use matplotlib (Agg backend). The 2-D projection is UMAP (umap-learn)
-on a seeded subsample (default 3000 points), with PCA (scikit-learn) when umap-learn cannot
-be imported or fails; the title says which one was used.
+"""Evaluation report: Markdown/HTML report (Jinja2 templates in ``templates/``) and a
+plain-text metrics table for the terminal; ``make_report`` also draws the plots (``plots.py``).
 
 The metrics dicts are those of ``components.metrics.evaluate_embeddings``.
 """
 from __future__ import annotations
 
-import html
-import logging
 import os
 import re
-import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import jinja2
 import numpy as np
 
 from triplet_tfx.components.data.class_split import format_classes
-from triplet_tfx.components.evaluation.metrics import nearest_neighbors
-
-logger = logging.getLogger(__name__)
+# The plots, re-exported: callers use them as `report.plot_...`.
+from triplet_tfx.components.evaluation.plots import (  # noqa: F401
+    _pca_2d,
+    _sorted_class_keys,
+    class_label,
+    plot_confusion_matrices,
+    plot_embedding_2d,
+    plot_per_class_precision,
+    plot_worst_retrievals,
+    project_2d,
+    subsample,
+)
 
 SCATTER_FILENAME = "embedding_2d.png"
 PER_CLASS_FILENAME = "per_class_precision_at_1.png"
@@ -32,13 +35,6 @@ GALLERY_FILENAMES = {"candidate": "worst_retrievals.png", "baseline": "worst_ret
 MARKDOWN_FILENAME = "report.md"
 HTML_FILENAME = "report.html"
 
-# Colours of matplotlib's "tab10" then "tab20".
-_PALETTE = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
-]  # fmt: skip
 
 # Row order of the metrics table; recall_at_<k> rows are inserted sorted by k.
 _HEAD_KEYS = ("precision_at_1",)
@@ -57,279 +53,14 @@ _LABELS = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Projection and plots
-# --------------------------------------------------------------------------------------------
 
-
-def _pyplot():
-    """pyplot with the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def subsample(n: int, max_points: Optional[int], seed: int = 0) -> np.ndarray:
-    """Sorted indices of a seeded random subset of size min(n, max_points)."""
-    if max_points is None or n <= max_points:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
-
-
-def project_2d(embeddings, method: str = "umap", seed: int = 0) -> Tuple[np.ndarray, str]:
-    """2-D projection of [N, D] embeddings; returns (xy [N, 2], method actually used:
-    "umap" or "pca"). UMAP falls back to PCA when umap-learn is missing or fails."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D, got shape {x.shape}")
-    if method not in ("umap", "pca"):
-        raise ValueError(f"method must be 'umap' or 'pca', got {method!r}")
-    if method == "umap" and x.shape[0] >= 4:
-        try:
-            import umap  # umap-learn
-
-            # Exact neighbours (self first) instead of UMAP's approximate search: as fast, and it
-            # spares compiling pynndescent's numba code (~10 s per process on 2 cores).
-            n_neighbors = min(15, x.shape[0] - 1)
-            knn = nearest_neighbors(x, x, n_neighbors)
-            reducer = umap.UMAP(
-                n_components=2,
-                n_neighbors=n_neighbors,
-                min_dist=0.1,
-                random_state=seed,
-                n_jobs=1,  # what a fixed random_state implies (UMAP warns when asked for more)
-                # UMAP's own choice above 10k points; enough for a picture (500 below 10k).
-                n_epochs=200,
-                precomputed_knn=(*knn, None),
-            )
-            with warnings.catch_warnings():
-                # No search index: we never map new points into this projection.
-                warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\] \(knn_search_index\)")
-                xy = np.asarray(reducer.fit_transform(x), dtype=np.float32)
-            if xy.shape == (x.shape[0], 2) and np.isfinite(xy).all():
-                return xy, "umap"
-            logger.warning("UMAP returned an unusable projection; using PCA")
-        except Exception as e:  # ImportError or any failure inside umap/numba
-            logger.warning("UMAP unavailable (%s: %s); using PCA", type(e).__name__, e)
-    return _pca_2d(x, seed), "pca"
-
-
-def _pca_2d(x: np.ndarray, seed: int) -> np.ndarray:
-    out = np.zeros((x.shape[0], 2), dtype=np.float32)
-    if x.shape[0] < 2:
-        return out
-    from sklearn.decomposition import PCA
-
-    n_comp = int(min(2, x.shape[1], x.shape[0]))
-    xy = PCA(n_components=n_comp, random_state=seed).fit_transform(x)
-    out[:, :n_comp] = xy
-    return out
-
-
-def _class_order(labels: np.ndarray) -> List:
-    return list(np.unique(labels))
-
-
-def _label_str(v) -> str:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.integer):
-        return str(int(v))
-    return str(v)
-
-
-def class_label(c, class_names: Optional[Mapping[str, str]] = None) -> str:
-    """How a class is shown: its name in `class_names` ({class id as text: name}, metrics.json's
-    "class_names"), else its id (integer-labelled sources: the names are the ids)."""
-    text = _label_str(c)
-    return str((class_names or {}).get(text, text))
-
-
-def plot_embedding_2d(
-    embeddings,
-    labels,
-    path: str,
-    *,
-    method: str = "umap",
-    max_points: Optional[int] = 3000,
-    seed: int = 0,
-    title: Optional[str] = None,
-    class_names: Optional[Mapping[str, str]] = None,
-) -> Dict[str, object]:
-    """Scatter PNG of a 2-D projection coloured by class.
-
-    UMAP on 10k points is slow on few cores, so at most ``max_points`` points (seeded random
-    subset) are projected. Returns {"path", "method" ("umap" or "pca"), "num_points"}.
-    """
-    x = np.asarray(embeddings, dtype=np.float32)
-    y = np.asarray(labels).reshape(-1)
-    if x.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError("embeddings must be [N, D] with N labels")
-    keep = subsample(x.shape[0], max_points, seed)
-    x, y = x[keep], y[keep]
-    xy, used = project_2d(x, method=method, seed=seed)
-    name = "UMAP" if used == "umap" else "PCA"
-    if method == "umap" and used != "umap":
-        name = "PCA (UMAP unavailable)"
-    full_title = f"{title + ': ' if title else ''}{name} of {len(y)} embeddings"
-    classes = _class_order(y)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 8), dpi=100)
-    for i, c in enumerate(classes):
-        m = y == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=4, alpha=0.7, color=_PALETTE[i % len(_PALETTE)],
-                   label=class_label(c, class_names))  # fmt: skip
-    ax.set_title(full_title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if len(classes) <= 30:
-        ax.legend(markerscale=3, fontsize=8, loc="best", title="class")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return {"path": path, "method": used, "num_points": int(len(y))}
-
-
-def plot_per_class_precision(
-    per_class: Mapping[str, Optional[float]],
-    path: str,
-    *,
-    baseline_per_class: Optional[Mapping[str, Optional[float]]] = None,
-    title: str = "Precision@1 per class",
-    class_names: Optional[Mapping[str, str]] = None,
-) -> Dict[str, object]:
-    """Bar chart PNG of per-class Precision@1 (candidate, and baseline side by side when
-    given). None values (class fully skipped) are drawn as 0 and marked "n/a" in the table.
-    Returns {"path"}."""
-    classes = _sorted_class_keys(list(per_class) + list(baseline_per_class or {}))
-    cand = [_num(per_class.get(c)) for c in classes]
-    base = [_num(baseline_per_class.get(c)) for c in classes] if baseline_per_class else None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 4.5), dpi=100)
-    pos = np.arange(len(classes))
-    width = 0.4 if base is not None else 0.8
-    ax.bar(pos - (width / 2 if base is not None else 0), cand, width, label="candidate",
-           color=_PALETTE[0])  # fmt: skip
-    if base is not None:
-        ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
-        ax.legend(loc="lower right")
-    ax.set_xticks(pos)
-    ax.set_xticklabels([class_label(c, class_names) for c in classes],
-                       rotation=90 if class_names and any(len(class_label(c, class_names)) > 4 for c in classes)
-                       else 0)
-    ax.set_ylim(0, 1.0)
-    ax.set_ylabel("Precision@1")
-    ax.set_xlabel("class")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return {"path": path}
-
-
-def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], path: str,
-                            class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
-    """Heat map PNG of 1-NN confusion matrices, one panel per model ({"candidate": (counts,
-    classes), "baseline": ...}, side by side): colour = fraction of the row's queries, text =
-    count (up to 20 classes); axes labelled with the class names (`class_label`). Returns {"path",
-    "class_labels": {panel: the axis labels}}."""
-    from triplet_tfx.components.evaluation.retrievals import row_normalised
-
-    plt = _pyplot()
-    n = len(matrices)
-    size = max(4.5, 0.45 * max(len(classes) for _, classes in matrices.values()) + 2)
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size), dpi=100, squeeze=False)
-    class_labels = {}
-    for ax, (name, (counts, classes)) in zip(axes[0], matrices.items()):
-        fractions = row_normalised(counts)
-        image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-        ticks = np.arange(len(classes))
-        ax.set_xticks(ticks)
-        shown = class_labels[name] = [class_label(c, class_names) for c in classes]
-        ax.set_xticklabels(shown, rotation=90 if len(classes) > 10 or any(len(t) > 4 for t in shown) else 0)
-        ax.set_yticks(ticks)
-        ax.set_yticklabels(shown)
-        ax.set_xlabel("class of the nearest neighbour")
-        ax.set_ylabel("query class")
-        ax.set_title(f"{name}: 1-NN confusion")
-        if len(classes) <= 20:
-            for i in range(len(classes)):
-                for j in range(len(classes)):
-                    if counts[i, j]:
-                        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
-                                color="white" if fractions[i, j] > 0.5 else "black")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the class's queries")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return {"path": path, "class_labels": class_labels}
-
-
-def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbour_labels, path: str,
-                          title: str, class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
-    """Gallery PNG: one row per query (its image, then its nearest neighbours' images), each
-    titled with its class (`class_label`); neighbours of another class framed and titled in red.
-    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows", "captions"}."""
-    plt = _pyplot()
-    rows, k = len(query_labels), (neighbour_images.shape[1] if len(query_labels) else 0)
-    fig, axes = plt.subplots(max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5),
-                             dpi=100, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    captions = []
-    for i in range(rows):
-        cells = [(query_images[i], query_labels[i], f"query: {class_label(query_labels[i], class_names)}", "black")]
-        for j in range(k):
-            wrong = neighbour_labels[i][j] != query_labels[i]
-            cells.append((neighbour_images[i, j], neighbour_labels[i][j],
-                          f"{j + 1}: {class_label(neighbour_labels[i][j], class_names)}"
-                          + (" \u2717" if wrong else ""),
-                          "red" if wrong else "green"))
-        captions.append([cell[2] for cell in cells])
-        for ax, (image, _, caption, colour) in zip(axes[i], cells):
-            image = np.asarray(image)
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-            ax.set_title(caption, fontsize=8, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2.5 if colour == "red" else 1)
-    if not rows:
-        axes[0, 0].set_title("no query with a wrong neighbour", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return {"path": path, "rows": rows, "captions": captions}
-
-
-def _num(v) -> float:
-    return float(v) if v is not None else 0.0
-
-
-def _sorted_class_keys(keys: Sequence[str]) -> List[str]:
-    uniq = list(dict.fromkeys(keys))
-
-    def key(k):
-        try:
-            return (0, float(k), "")
-        except ValueError:
-            return (1, 0.0, k)
-
-    return sorted(uniq, key=key)
-
-
-# --------------------------------------------------------------------------------------------
-# Tables and report
-# --------------------------------------------------------------------------------------------
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def _metric_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[str]:
@@ -444,19 +175,6 @@ def _per_class_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[Lis
     return rows
 
 
-def _md_table(header: List[str], rows: List[List[str]]) -> List[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
-
-
-def _html_table(header: List[str], rows: List[List[str]]) -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
 
 def write_report(
     out_dir: str,
@@ -516,49 +234,15 @@ def write_report(
         info.append(unseen_classes_line(candidate_metrics))
     info += list(notes or [])
 
-    md = [f"# {title}", ""]
-    md += [f"- {line}" for line in info] + ([""] if info else [])
     # The pictures people look at before numbers (worst retrievals, confusion) come first.
-    first = [c for c in rel if c in (GALLERY_CAPTION, CONFUSION_CAPTION)]
-    later = [c for c in rel if c not in first]
-    for caption in first:
-        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
-    md += ["## Metrics", ""] + _md_table(header, rows) + [""]
-    if pc_rows:
-        md += ["## Precision@1 per class", ""] + _md_table(pc_header, pc_rows) + [""]
-    for caption in later:
-        md += [" ".join(f"![{caption}]({r})" for r in rel[caption]), ""]
+    first = [(c, rel[c]) for c in rel if c in (GALLERY_CAPTION, CONFUSION_CAPTION)]
+    later = [(c, rel[c]) for c in rel if c not in (GALLERY_CAPTION, CONFUSION_CAPTION)]
+    context = {"title": title, "info": info, "first": first, "later": later, "header": header, "rows": rows,
+               "pc_header": pc_header, "pc_rows": pc_rows}
     paths = {"markdown": os.path.join(out_dir, MARKDOWN_FILENAME), "html": os.path.join(out_dir, HTML_FILENAME)}
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
-
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-        "table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%;min-width:0}"
-        ".row{display:flex;gap:1em;align-items:flex-start}.row img{flex:1 1 0}"
-    )
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if info:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in info) + "</ul>")
-    def html_figure(caption: str) -> str:
-        images = "".join(f"<img src='{html.escape(r, quote=True)}' alt='{html.escape(caption, quote=True)}'>"
-                         for r in rel[caption])
-        return f"<figure><div class='row'>{images}</div><figcaption>{html.escape(caption)}</figcaption></figure>"
-
-    parts += [html_figure(caption) for caption in first]
-    parts += ["<h2>Metrics</h2>", _html_table(header, rows)]
-    if pc_rows:
-        parts += ["<h2>Precision@1 per class</h2>", _html_table(pc_header, pc_rows)]
-    parts += [html_figure(caption) for caption in later]
-    parts.append("</body></html>")
-    with open(paths["html"], "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    for kind, template in (("markdown", "report.md.j2"), ("html", "report.html.j2")):
+        with open(paths[kind], "w", encoding="utf-8") as f:
+            f.write(_TEMPLATES.get_template(template).render(context))
     return paths
 
 

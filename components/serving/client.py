@@ -13,13 +13,18 @@ them (`embed_images`, `search` signatures). All three ways give the same numbers
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+import re
+import stat
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
-from triplet_tfx.components.data.data_sources import IMAGE_SUFFIXES
+from triplet_tfx.components.data.image_folder import IMAGE_SUFFIXES, is_image_name
+from triplet_tfx.components.data.image_items import file_kind
 from triplet_tfx.components.images import IMAGE_MAGIC
 from triplet_tfx.components.serving.signatures import (CLASS_NAMES_OUTPUT, DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE,
                                                        IDS_OUTPUT, IMAGES_INPUT, K_INPUT, LABELS_OUTPUT,
@@ -33,6 +38,7 @@ SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
 _WITH_CLASS_NAMES = SEARCH_OUTPUTS + (CLASS_NAMES_OUTPUT,)
 
 Image = Union[str, os.PathLike, bytes]
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,26 +50,118 @@ class SearchResult:
     class_names: Optional[np.ndarray] = None  # str: the labels' class names (the ids as text for integer labels)
 
 
-def image_files(paths: Sequence[str]) -> List[str]:
-    """Files as given, folders expanded to their image files (recursively, sorted)."""
+class IndexSizeError(InvalidRequestError):
+    """k is larger than the served index: "k 501: the index holds 500 references". `size` is None
+    where the model does not say (then `detail` is the server's own message, on one line)."""
+
+    def __init__(self, k: int, size: Optional[int], detail: str = ""):
+        self.k, self.size = k, size
+        self.detail = f"the index holds {size} references" if size is not None else \
+            f"larger than the served index ({detail})"
+        super().__init__(f"k {k}: {self.detail}")
+
+
+# The `search` signature's assertion on k (index.py, and older served models): its message names the
+# index size as "[y (...) = ] [500]".
+_K_ASSERTION = re.compile(r"k must be at most the index size")
+_INDEX_SIZE = re.compile(r"\[y \([^)]*\) = \] \[(\d+)\]")
+
+
+def _hidden(name: str) -> bool:
+    """Hidden files and folders (.*, among them macOS's AppleDouble ._* files) and __MACOSX folders:
+    left out, as the pipeline's images: folders leave them out (components/data/image_folder.py)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _warn(message: str) -> None:
+    logger.warning("%s", message)
+
+
+def _regular_file(path: str, missing: str = "no such file or folder") -> None:
+    """Raises ImageInputError naming `path` unless it is (a symbolic link to) a regular file: only
+    those are opened, so that a FIFO named x.png cannot block the client."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as err:
+        if os.path.islink(path):
+            raise ImageInputError(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+        raise ImageInputError(f"{path}: {missing or f'cannot read it ({err.strerror})'}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageInputError(f"{path}: symbolic link loop") from None
+        raise ImageInputError(f"{path}: cannot read it ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ImageInputError(f"{path}: not a regular file ({file_kind(mode)})")
+
+
+def _walk(folder: str, warn: Callable[[str], None]) -> List[str]:
+    """The image files below `folder` by the pipeline's rule for image folders: visible entries only;
+    symbolic links followed, each folder listed once (a link back to a folder on the way, e.g.
+    `loop -> .`, is a loop: left out with a warning); a broken link or a link loop in the file system
+    (`a -> a`) is an error or a warning naming it; image names (IMAGE_SUFFIXES, and the suffixes
+    refused by name: WebP, TIFF, HEIF...) are listed whatever they are, so that a FIFO or a WebP
+    file is refused by name when checked rather than left out unnoticed."""
+    found: List[str] = []
+    listed: Dict[Tuple[int, int], str] = {}
+
+    def visit(path: str, info: os.stat_result, ancestors: Tuple[Tuple[int, int], ...]) -> None:
+        key = (info.st_dev, info.st_ino)
+        if key in ancestors or key in listed:
+            target = os.readlink(path) if os.path.islink(path) else path
+            warn(f"{path}: symbolic link loop (to {target}), left out" if key in ancestors else
+                 f"{path}: the same folder as {listed[key]}, left out")
+            return
+        listed[key] = path
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as err:
+            raise ImageInputError(f"{path}: cannot list it ({err.strerror})") from None
+        for name in names:
+            if _hidden(name):
+                continue
+            child = os.path.join(path, name)
+            try:
+                child_info = os.stat(child)
+            except FileNotFoundError:
+                if os.path.islink(child):
+                    raise ImageInputError(f"{child}: broken symbolic link (to {os.readlink(child)})") from None
+                continue  # removed meanwhile
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    warn(f"{child}: symbolic link loop (to {os.readlink(child)}), left out")
+                    continue
+                raise ImageInputError(f"{child}: cannot read it ({err.strerror})") from None
+            if stat.S_ISDIR(child_info.st_mode):
+                visit(child, child_info, ancestors + (key,))
+            elif is_image_name(name):
+                found.append(child)
+
+    visit(folder, os.stat(folder), ())
+    return sorted(found)
+
+
+def image_files(paths: Sequence[str], warn: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Files as given, folders expanded to their image files (recursively, sorted; the rule is
+    `_walk`'s: regular files only, links followed once, hidden files ignored). `warn` gets the lines
+    about what was left out (default: logged as warnings)."""
+    warn = warn or _warn
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                           if name.lower().endswith(IMAGE_SUFFIXES))
+            found = _walk(path, warn)
             if not found:
                 raise ImageInputError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-        elif os.path.isfile(path):
-            files.append(path)
         else:
-            raise ImageInputError(f"{path}: no such file or folder")
+            _regular_file(path)
+            files.append(path)
     for name in files:  # their first bytes, so that a bad file stops us before any model work
         _check_image(name, _read(name, size=max(map(len, IMAGE_MAGIC))))
     return files
 
 
 def _read(name: str, size: int = -1) -> bytes:
+    _regular_file(name, missing="")
     try:
         with open(name, "rb") as f:
             return f.read(size)
@@ -149,14 +247,34 @@ class Client:
         return np.concatenate([out[EMBEDDING_KEY].astype(np.float32) for out in
                                self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_KEY,))])
 
+    def index_size(self) -> Optional[int]:
+        """The number of reference items of the served index, where the model says (a SavedModel
+        loaded in this process: its `reference_ids` variable); None otherwise (TF Serving's model
+        metadata has the signatures only)."""
+        return self._transport.index_size()
+
+    def check_k(self, k: int) -> None:
+        """IndexSizeError if k is larger than the index, where its size is known (`index_size`)."""
+        size = self.index_size()
+        if size is not None and k > size:
+            raise IndexSizeError(k, size)
+
     def search(self, images: Union[Image, Sequence[Image]], k: int = 5) -> SearchResult:
-        """The k nearest items of the served index for each image."""
+        """The k nearest items of the served index for each image. IndexSizeError: k is larger than
+        the index (checked before any image is read, where the model tells its index size)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.check_k(k)
         try:
-            parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, _WITH_CLASS_NAMES))
-        except (KeyError, TypeError):  # a model without class names: that output is missing
-            parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
+            try:
+                parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, _WITH_CLASS_NAMES))
+            except (KeyError, TypeError):  # a model without class names: that output is missing
+                parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
+        except InvalidRequestError as err:
+            if not _K_ASSERTION.search(str(err)):
+                raise
+            size = _INDEX_SIZE.search(str(err))
+            raise IndexSizeError(k, int(size.group(1)) if size else None, str(err)) from None
         labels = np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64).reshape(-1, k)
         if all(CLASS_NAMES_OUTPUT in p for p in parts):
             names = np.array(_texts(p[CLASS_NAMES_OUTPUT] for p in parts), dtype=str).reshape(len(labels), k)

@@ -81,7 +81,7 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
         return {EMBEDDING_KEY: inference(transformed[IMAGE_KEY], training=False)}
 
     def serve(examples):
-        return embed_features(tf.io.parse_example(examples, raw_spec))
+        return embed_features(tf.io.parse_example(signatures.check_examples(examples, raw_spec), raw_spec))
 
     def embed_image_bytes(image_bytes):
         return embed_features(image_features(image_bytes, raw_spec[IMAGE_KEY]))

@@ -17,7 +17,9 @@ function, `components/images.py` (`decode_to_pixels`; its docstring states the r
     its examples through;
   * raw sources (MNIST, raw tfrecord:): `embed_images` decodes with `images.decode_to_pixels`, then
     the pixels go through the Transform graph as the raw bytes the tf.Examples carry.
-Bad input fails with InvalidArgument and a message naming the problem. The embedding SavedModel also
+Bad input fails with InvalidArgument and a message naming the input and the problem: bytes that are
+not a tf.Example (`check_examples`), pixels of any shape but [B, H, W, C] (`check_pixels`), images
+that are empty or of an unknown format. The embedding SavedModel also
 holds the class names by class id (`contract.CLASS_NAMES_ASSET`, `export.read_class_names`).
 """
 from __future__ import annotations
@@ -101,6 +103,77 @@ def check_encoded(encoded: tf.Tensor, input_name: str = IMAGES_INPUT) -> tf.Tens
     return tf.map_fn(one, (encoded, indices), fn_output_signature=tf.TensorSpec([], tf.string))
 
 
+def check_pixels(pixels: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
+    """The `pixels` input after checking its shape at run time: [B, H, W, C] of the training shape,
+    nothing else. A loaded signature does not check the shape it is fed against its input spec, and
+    the raw-bytes reshape lets any shape of H*W*C values per item through ([1, 28, 28], [1, 784, 1, 1]).
+    The run-time shape is padded to a fixed length before it is compared, so that no check depends on
+    the rank known when the graph was built (graph optimisation would fold such a check away)."""
+    expected = [int(v) for v in image_shape]
+    width = len(expected) + 5
+    shape = tf.shape(pixels, out_type=tf.int64)
+    dims = tf.concat([shape, tf.fill([width], tf.constant(-1, tf.int64))], axis=0)[1:1 + width]
+    ok = tf.reduce_all(tf.equal(dims, tf.constant(expected + [-1] * (width - len(expected)), tf.int64)))
+    check = tf.debugging.Assert(ok, [f"{PIXELS_INPUT}: expected uint8 pixels of shape [B, "
+                                     f"{', '.join(map(str, expected))}] (the training shape), got shape", shape],
+                                summarize=width + 1)
+    with tf.control_dependencies([check]):
+        # Ranks beyond the padding: the op's own check (it names the expected shape too).
+        return tf.ensure_shape(pixels, [None, *expected])
+
+
+def _parsed_size(examples: tf.Tensor, features: dict) -> tf.Tensor:
+    """A count computed from the values tf.io.parse_example reads from `examples`: from the values
+    themselves, not their shape, which graph optimisation would compute without running the parse."""
+    parsed = tf.io.parse_example(examples, features)
+    values = [v.values if isinstance(v, tf.SparseTensor) else v for v in parsed.values()]
+    return tf.add_n([tf.shape(tf.where(tf.equal(v, v)), out_type=tf.int64)[0] for v in values])
+
+
+def _plain_dataset_options() -> tf.data.Options:
+    """No graph rewriting nor autotuning of the checks' tiny datasets: their cost per request."""
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
+
+
+_PLAIN_DATASET = _plain_dataset_options()
+
+
+def check_examples(examples: tf.Tensor, features: dict) -> tf.Tensor:
+    """The `examples` input [B] after checking that tf.io.parse_example reads every item with
+    `features`: a clear InvalidArgument naming the input and the index otherwise. (The parser's own
+    error quotes the bytes, which the eager runtime cannot turn into a Python message when they are
+    not UTF-8: a UnicodeDecodeError instead of InvalidArgument.) Errors inside tf.data are dropped
+    there (ignore_errors): the whole batch is tried first, each item only when it fails."""
+    def parses(batch):
+        return _parsed_size(batch, features)
+
+    whole = tf.data.Dataset.from_tensors(examples).map(parses).ignore_errors().with_options(_PLAIN_DATASET)
+    ok = whole.reduce(tf.constant(False), lambda _, size: tf.greater_equal(size, 0))
+
+    def first_bad() -> tf.Tensor:
+        count = tf.size(examples, out_type=tf.int64)
+        items = tf.data.Dataset.from_tensor_slices((tf.range(count), tf.reshape(examples, [-1])))
+        # The parse's result is used (a size is never negative), or tf.data would optimise the parse away.
+        parsed = items.map(lambda i, item: (i, parses(item[None]))).ignore_errors().with_options(_PLAIN_DATASET)
+
+        def step(state, item):
+            (position, bad), (i, size) = state, item
+            missing = tf.not_equal(i, position) | tf.less(size, 0)
+            return position + 1, tf.where((bad < 0) & missing, position, bad)
+
+        position, bad = parsed.reduce((tf.constant(0, tf.int64), tf.constant(-1, tf.int64)), step)
+        return tf.where((bad < 0) & (position < count), position, bad)
+
+    bad = tf.cond(ok, lambda: tf.constant(-1, tf.int64), first_bad)
+    check = tf.debugging.Assert(bad < 0, [f"{EXAMPLES_INPUT}: not a serialized tf.Example holding the training "
+                                          "data's image feature (as ExampleGen writes it), at index", bad])
+    with tf.control_dependencies([check]):
+        return tf.identity(examples)
+
+
 def pixels_to_png(pixels: tf.Tensor) -> tf.Tensor:
     """uint8 [B, H, W, C] -> [B] lossless PNG files (decoded, they give these pixels back)."""
     return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
@@ -134,7 +207,10 @@ def embedding_functions(embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Te
             return embed_image_bytes(check_encoded(encoded_images))
         return embed_pixels(decode_to_pixels(encoded_images, image_shape, resize))
 
+    def embed_pixels_input(pixels):
+        return embed_pixels(check_pixels(pixels, image_shape))
+
     return {
         EMBED_IMAGES_SIGNATURE: (embed_images, images_spec()),
-        EMBED_PIXELS_SIGNATURE: (embed_pixels, pixels_spec(image_shape)),
+        EMBED_PIXELS_SIGNATURE: (embed_pixels_input, pixels_spec(image_shape)),
     }

@@ -101,6 +101,12 @@ class LocalTransport:
         self.target = f"SavedModel {self.path}"
         self._model = tf.saved_model.load(self.path)
 
+    def index_size(self) -> Optional[int]:
+        """The length of the served index's `reference_ids` variable (index.py); None without one."""
+        ids = getattr(self._model, "reference_ids", None)
+        shape = getattr(ids, "shape", None)
+        return int(shape[0]) if shape is not None and shape.rank == 1 and shape[0] is not None else None
+
     def predict(self, signature: str, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         function = self._model.signatures.get(signature)
         if function is None:
@@ -211,6 +217,10 @@ class RestTransport:
             return {output_names[0]: np.array(_from_json(outputs))}
         return {n: np.array(_from_json(outputs[n])) for n in output_names}
 
+    def index_size(self) -> Optional[int]:
+        """Unknown: TF Serving's model metadata holds the signatures, not the index size."""
+        return None
+
     def _not_found(self, message: str) -> ModelNotFoundError:
         status, payload = self._call(self._model_url(with_version=False), None)
         if status != 200:
@@ -282,6 +292,10 @@ class GrpcTransport:
                 raise ServingTimeoutError(f"{self.target}: no answer within {self.timeout} s") from None
             raise ServingError(f"{self.target}: {code.name}: {details}") from None
         return {name: self._tf.make_ndarray(response.outputs[name]) for name in output_names}
+
+    def index_size(self) -> Optional[int]:
+        """Unknown: TF Serving's model metadata holds the signatures, not the index size."""
+        return None
 
     def _not_found(self, message: str) -> ModelNotFoundError:
         from tensorflow_serving.apis import get_model_status_pb2

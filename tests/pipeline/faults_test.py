@@ -20,6 +20,8 @@ from ml_metadata.proto import metadata_store_pb2
 from triplet_tfx.pipeline import cli, recovery, summary
 from triplet_tfx.pipeline.run_lock import LOCK_FILE, RunLock, RunLockError
 
+pytestmark = pytest.mark.slow
+
 SMALL = ["--max-examples", "200", "--max-steps", "5", "--min-precision-at-1", "0", "--plot", "pca"]
 
 

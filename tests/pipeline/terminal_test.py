@@ -9,6 +9,8 @@ import pytest
 
 from triplet_tfx.pipeline import terminal
 
+pytestmark = pytest.mark.slow
+
 # Lines of third-party origin that must not reach the terminal at the default verbosity.
 NOISE = re.compile("|".join([
     r"FutureWarning", r"cuda", r"cuDNN", r"cuBLAS", r"cuFFT", r"TensorRT", r"oneDNN", r"cpu_feature_guard",

@@ -17,6 +17,8 @@ from triplet_tfx.components.serving import export, index, signatures  # noqa: E4
 from triplet_tfx.components.training import trainer  # noqa: E402
 from triplet_tfx.components.training.network import EMBEDDING_KEY  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 NAMES = ["zebra", "ant", "moth"]  # class ids by contract.class_order: ant 0, moth 1, zebra 2
 
 

@@ -16,6 +16,8 @@ from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
 from triplet_tfx.components.serving import export, index
 
+pytestmark = pytest.mark.slow
+
 DIM = tiny_serving_model.CONFIG.train.embedding_dim
 
 

@@ -17,6 +17,8 @@ from triplet_tfx.components.serving import index
 from triplet_tfx.components.serving.client import Client
 from triplet_tfx.pipeline import cli
 
+pytestmark = pytest.mark.slow
+
 MODEL = "triplet_mnist"
 
 

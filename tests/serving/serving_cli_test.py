@@ -112,7 +112,8 @@ def test_errors_name_the_file_or_flag(capsys, tmp_path, version_dir, files):
         (["embed", files[0], str(text), "--model", version_dir], 2, f"{text}: not a PNG, JPEG, GIF or BMP image"),
         (["embed", str(tmp_path / "empty_dir_missing")], 2, "no such file or folder"),
         (["search", files[0], "--model", version_dir, "--k", "0"], 2, "--k: must be at least 1, got 0"),
-        (["search", files[0], "--model", version_dir, "--k", "51"], 1, "k must be at most the index size"),
+        (["search", files[0], "--model", version_dir, "--k", "51"], 2, "^triplet-tfx: error: --k 51: the index holds "
+         "50 references\n$"),
         (["embed", files[0], "--server", "localhost:8501"], 2, "--server localhost:8501: expected http://HOST:8501"),
         (["embed", files[0], "--model", os.path.dirname(version_dir), "--model-version", "9"], 2,
          "--model-version 9: model .* has no version 9 \\(versions: 3\\)"),

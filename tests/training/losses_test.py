@@ -91,7 +91,7 @@ def test_golden_parity(case, golden_arrays):
 @pytest.mark.parametrize("impl", ["tf", pytest.param("xla", marks=pytest.mark.slow), "numpy"])
 def test_golden_parity_each_code_path(impl, golden_arrays, monkeypatch):
     """tf.sort (XLA - Keras' default -, GPU, small batches) and NumPy (CPU, larger batches)."""
-    monkeypatch.setattr(L, "SORT_IMPL", "numpy" if impl == "numpy" else "tf")
+    monkeypatch.setattr(L.sorting, "SORT_IMPL", "numpy" if impl == "numpy" else "tf")
     cases = [c for c in CASES if c["name"] not in ("edge_one_class", "edge_all_distinct")]
     cases = cases[::12] if impl == "xla" else cases
     for case in cases:
@@ -231,10 +231,10 @@ class _sort_impl:
         self.impl = impl
 
     def __enter__(self):
-        self.saved, L.SORT_IMPL = L.SORT_IMPL, self.impl
+        self.saved, L.sorting.SORT_IMPL = L.sorting.SORT_IMPL, self.impl
 
     def __exit__(self, *exc):
-        L.SORT_IMPL = self.saved
+        L.sorting.SORT_IMPL = self.saved
 
 
 @_hyp
@@ -405,7 +405,7 @@ def test_row_chunked_mining_matches_one_block(monkeypatch, static_shape):
     x = np.round(rng.normal(size=(70, 3)) * 2).astype(np.float32) / 2  # with ties
     x[5] = x[4]
     full_value, full_grad = _value_and_grad(L.triplet_semihard_loss, labels, x, margin=0.6)
-    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", 300)  # blocks of 4 rows, the last one shorter
+    monkeypatch.setattr(L.mining, "_CHUNK_ELEMENTS", 300)  # blocks of 4 rows, the last one shorter
     signature = None if static_shape else [tf.TensorSpec([None], tf.int64),
                                             tf.TensorSpec([None, 3], tf.float32)]
 
@@ -417,7 +417,7 @@ def test_row_chunked_mining_matches_one_block(monkeypatch, static_shape):
         return value, tape.gradient(value, e)
 
     if static_shape:  # a static batch this small would be one block: force the loop
-        monkeypatch.setattr(L, "_CHUNK_ELEMENTS", 30)
+        monkeypatch.setattr(L.mining, "_CHUNK_ELEMENTS", 30)
     value, grad = step(tf.constant(labels), tf.constant(x))
     np.testing.assert_allclose(value.numpy(), full_value, rtol=1e-6)
     np.testing.assert_allclose(grad.numpy(), full_grad, atol=1e-6)
@@ -484,11 +484,11 @@ _GLOBAL_SCRIPT = textwrap.dedent("""
     out = {"replicas": R}
 
     def numpy_sort(fn, *args, **kwargs):  # the CPU path of larger batches, traced here
-        saved, L.SORT_IMPL = L.SORT_IMPL, "numpy"
+        saved, L.sorting.SORT_IMPL = L.sorting.SORT_IMPL, "numpy"
         try:
             return fn(*args, **kwargs)
         finally:
-            L.SORT_IMPL = saved
+            L.sorting.SORT_IMPL = saved
     fns = {
         "semihard": (lambda l, e: L.triplet_semihard_loss(l, e, margin=0.7, global_batch=True),
                      lambda l, e: L.triplet_semihard_loss(l, e, margin=0.7)),
