@@ -28,6 +28,8 @@ setuptools.setup(
     python_requires=">=3.10,<3.11",
     packages=PACKAGES,
     package_dir=PACKAGE_DIRS,
+    # Non-Python files that the code loads: the evaluation report's Jinja2 templates.
+    package_data={"triplet_tfx.components.evaluation": ["templates/*.j2"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow>=2.16,<2.17",

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.pipeline.config import ConfigError, KubeflowConfig, PipelineConfig
@@ -296,16 +296,6 @@ def _trainer_launch_note(task: Dict[str, Any]) -> List[str]:
         return [f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
                 f"{pools[0]['container_spec']['image_uri']}"]
     return []
-
-
-def image_and_task_ids(spec: Dict[str, Any]) -> Dict[str, Optional[str]]:
-    """{task id: image (None for resolver tasks)} of a compiled PipelineSpec dict."""
-    executors = spec["deploymentSpec"]["executors"]
-    result = {}
-    for task_id, task in spec["root"]["dag"]["tasks"].items():
-        executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
-        result[task_id] = executor.get("container", {}).get("image")
-    return result
 
 
 def default_package_dir(config: PipelineConfig) -> str:

@@ -52,8 +52,7 @@ _LABELS = {
     "num_classes": "classes",
 }
 
-
-
+# report.md.j2 and report.html.j2 (autoescaped), shipped as package data (setup.py).
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")),
     autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),

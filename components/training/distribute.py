@@ -40,11 +40,6 @@ def is_chief(tf_config: Dict[str, Any]) -> bool:
     return kind == "worker" and index == 0 and not tf_config.get("cluster", {}).get("chief")
 
 
-def task_name(tf_config: Dict[str, Any]) -> str:
-    task = tf_config.get("task", {})
-    return f"{task['type']} {task.get('index', 0)}" if task else "single process"
-
-
 def choose_strategy(requested: str, tasks: int, gpus: int) -> str:
     """What `--strategy` means on this machine: `multi_worker`, `mirrored`, `one_device` or
     `default` (TensorFlow's default strategy: no replica machinery at all)."""

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from triplet_tfx.components.evaluation import plots as P
 from triplet_tfx.components.evaluation import report as R
 
 
@@ -154,7 +155,7 @@ def test_umap_keeps_separated_classes_apart_without_warnings():
 
 
 def test_make_report_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
+    monkeypatch.setattr(P, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
     x, y = _data(n=100)
     out = R.make_report(str(tmp_path), x, y, CAND, BASE)
     for key in ("scatter", "per_class", "markdown", "html"):
@@ -175,7 +176,7 @@ def test_subsample_is_seeded_and_sorted():
 
 
 def test_gallery_and_confusion_in_the_report_side_by_side(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
+    monkeypatch.setattr(P, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
     x, y = _data(n=60)
     rng = np.random.default_rng(0)
     gallery = {"query_images": rng.integers(0, 255, (3, 8, 8, 1), dtype=np.uint8),
