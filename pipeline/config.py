@@ -38,8 +38,6 @@ SMALL_NETWORKS = ("tutorial", "strided")
 # ...and Keras Applications backbones with a projection head (components/training/backbones.py).
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2")
 NETWORKS = SMALL_NETWORKS + BACKBONES
-# train.backbone_weights: ImageNet weights (downloaded by Keras, cached), random weights, or a file path.
-BACKBONE_WEIGHTS = ("imagenet", "none")
 # data.resize: how an image of another size becomes the training size (components/images.py).
 RESIZE_MODES = ("stretch", "pad", "crop")
 ON_BAD_IMAGE = ("fail", "skip")  # data.on_bad_image

@@ -1,4 +1,4 @@
-"""Tests of components/losses.py: parity with TensorFlow Addons, properties, gradients, Keras.
+"""Tests of components/training/losses/: parity with TensorFlow Addons, properties, gradients, Keras.
 
 - Golden parity: values and gradients recorded with TFA 0.23.0 (tests/golden/, see its README.md).
 - Property tests (hypothesis) against a NumPy loop written from the definition.
