@@ -12,7 +12,7 @@ ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): constraints.txt setup.py
+$(STAMP): constraints.txt setup.py pyproject.toml
 	@test -n "$(PYTHON310)" || { echo "error: Python 3.10 not found (TFX 1.16 needs Python 3.10)"; exit 1; }
 	$(PYTHON310) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
@@ -23,11 +23,14 @@ $(STAMP): constraints.txt setup.py
 run: $(STAMP)
 	$(VENV)/bin/triplet-tfx run $(ARGS)
 
+# The import contracts first (pyproject.toml's [tool.importlinter], docs/architecture.md), then every test.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)
 
 # The fast tier: every test not marked slow (CONTRIBUTING.md, "Test tiers"); target: under a minute.
 test-fast: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -m "not slow" tests $(ARGS)
 
 # Benchmarks (figures in README.md); each script's --help tells its options.

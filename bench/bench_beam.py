@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from triplet_tfx.pipeline import cli, portable_beam, terminal
-from triplet_tfx.pipeline.config import BeamConfig, DataConfig, PipelineConfig
+from triplet_tfx.components.config import BeamConfig, DataConfig, PipelineConfig
 
 
 def run(root: str, beam: BeamConfig, max_examples, beam_args=()) -> dict:

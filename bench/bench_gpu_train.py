@@ -117,7 +117,7 @@ def measure(setting: Dict, steps: int, warmup: int) -> Dict:
     import tensorflow as tf
 
     from triplet_tfx.components.training import trainer
-    from triplet_tfx.pipeline.config import TrainConfig
+    from triplet_tfx.components.config import TrainConfig
 
     strategy = tf.distribute.MirroredStrategy()
     replicas = strategy.num_replicas_in_sync

@@ -95,7 +95,7 @@ def input_rate(records: list, image_shape, encoded: bool, batch: int, seconds: f
 def model_rate(network: str, image_shape, batch: int, steps: int) -> float:
     """Images per second of the training step at `batch` (float32, random weights)."""
     from triplet_tfx.components.training import trainer
-    from triplet_tfx.pipeline.config import TrainConfig
+    from triplet_tfx.components.config import TrainConfig
 
     train = TrainConfig(network=network, backbone_weights="none", batch_size=batch, examples_per_class=4,
                         dropout=0.0 if network != "tutorial" else 0.3)

@@ -30,9 +30,10 @@ from PIL import Image  # noqa: E402
 
 from triplet_tfx.components.data import data_sources  # noqa: E402
 from triplet_tfx.components.evaluation import metrics  # noqa: E402
-from triplet_tfx.components.serving import index, signatures  # noqa: E402
-from triplet_tfx.components.training.network import EMBEDDING_KEY  # noqa: E402
-from triplet_tfx.pipeline.config import PipelineConfig  # noqa: E402
+from triplet_tfx.components import contract  # noqa: E402
+from triplet_tfx.components.serving import index  # noqa: E402
+from triplet_tfx.components.contract import EMBEDDING_KEY  # noqa: E402
+from triplet_tfx.components.config import PipelineConfig  # noqa: E402
 
 BATCHES = (1, 32, 256)
 SEARCH_BATCHES = (1, 32)
@@ -92,13 +93,13 @@ def main() -> int:
     start = time.perf_counter()
     model = tf.saved_model.load(path)
     load_seconds = time.perf_counter() - start
-    missing = set(index.EMBEDDING_SIGNATURES + (signatures.SEARCH_SIGNATURE,)) - set(model.signatures)
+    missing = set(index.EMBEDDING_SIGNATURES + (contract.SEARCH_SIGNATURE,)) - set(model.signatures)
     if missing:
         sys.exit(f"{path}: no signature {', '.join(sorted(missing))} (a model pushed before the search index existed?)")
-    embed_images = model.signatures[signatures.EMBED_IMAGES_SIGNATURE]
-    embed_pixels = model.signatures[signatures.EMBED_PIXELS_SIGNATURE]
-    search = model.signatures[signatures.SEARCH_SIGNATURE]
-    shape = embed_pixels.structured_input_signature[1][signatures.PIXELS_INPUT].shape[1:]
+    embed_images = model.signatures[contract.EMBED_IMAGES_SIGNATURE]
+    embed_pixels = model.signatures[contract.EMBED_PIXELS_SIGNATURE]
+    search = model.signatures[contract.SEARCH_SIGNATURE]
+    shape = embed_pixels.structured_input_signature[1][contract.PIXELS_INPUT].shape[1:]
     references = model.reference_embeddings.numpy()
     reference_ids = model.reference_ids.numpy()
     print(f"Model {path}: {len(references):,} references of dim {references.shape[1]}, images {tuple(shape)}")

@@ -39,7 +39,7 @@ def measure(setting: dict, steps: int) -> float:
     import tensorflow as tf
 
     from triplet_tfx.components.training import trainer
-    from triplet_tfx.pipeline.config import TrainConfig
+    from triplet_tfx.components.config import TrainConfig
 
     setting = dict(setting)
     jit = setting.pop("jit", False)
@@ -64,7 +64,7 @@ def input_pipeline_ms(batch_size: int, steps: int) -> float:
     import tensorflow as tf
 
     from triplet_tfx.components.training import trainer
-    from triplet_tfx.pipeline.config import TrainConfig
+    from triplet_tfx.components.config import TrainConfig
 
     labels = np.tile(np.arange(10), 6000).astype(np.int64)
     images = np.zeros((60000, 28, 28, 1), np.float32)

@@ -5,7 +5,7 @@ held in memory, then scores the 10k test embeddings leave-one-out with the proje
 the quick way to compare configurations (the README's experiments table). With a class split
 (--train-classes 0-4 --eval-classes 5-9, or --class-split random:SEED) it trains on the train
 classes only and scores the test images of the other classes: unseen-class quality. The configuration
-that wins goes into pipeline/config.py PROFILES and is then measured through the pipeline
+that wins goes into components/config.py PROFILES and is then measured through the pipeline
 with bench/bench_pipeline.py.
 
   # the recommended profile (flags: TrainConfig's fields)
@@ -26,7 +26,7 @@ import tensorflow as tf
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
 from triplet_tfx.components.training import network, trainer
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 
 
 def main() -> None:

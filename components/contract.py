@@ -47,3 +47,48 @@ def class_order(names: Iterable[str]) -> List[str]:
     if unique and all(_INTEGER.fullmatch(name) for name in unique):
         return sorted(unique, key=int)
     return unique
+
+# Image file names: what the image sources read, and what the serving client sends.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Image formats refused with a message (not silently skipped as other files are).
+REFUSED_SUFFIXES = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
+
+
+def is_image_name(name: str) -> bool:
+    """A file name with an image suffix, read or refused (`IMAGE_SUFFIXES`, `REFUSED_SUFFIXES`)."""
+    return name.lower().endswith(IMAGE_SUFFIXES + REFUSED_SUFFIXES)
+
+
+# The embedding SavedModel's signatures (the Trainer's export; the serving model adds `search`).
+SERVING_SIGNATURE = "serving_default"
+EMBED_IMAGES_SIGNATURE = "embed_images"
+EMBED_PIXELS_SIGNATURE = "embed_pixels"
+SEARCH_SIGNATURE = "search"
+# Their inputs...
+EXAMPLES_INPUT = "examples"
+IMAGES_INPUT = "images"
+PIXELS_INPUT = "pixels"
+K_INPUT = "k"
+# ...and outputs: the embedding signatures give EMBEDDING_KEY, `search` the others.
+EMBEDDING_KEY = "embedding"
+IDS_OUTPUT = "ids"
+LABELS_OUTPUT = "labels"
+DISTANCES_OUTPUT = "distances"
+CLASS_NAMES_OUTPUT = "class_names"
+
+# In the ModelEvaluation folder: the metrics, the report and one folder for TensorBoard (the metric
+# scalars and the Embedding Projector bundle).
+METRICS_FILE = "metrics.json"
+MARKDOWN_REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
+TENSORBOARD_DIR = "tensorboard"
+# Blessing property: 1 when the candidate passed every check but is the model already in production
+# (blessed and pushed by an earlier run), so it is not blessed, and so not pushed, a second time.
+ALREADY_PUSHED_KEY = "already_pushed"
+
+# Custom properties of the serving Model artifact (ServingModelBuilder): the search index's size,
+# the split it holds, what building it cost, and its bytes in the SavedModel.
+INDEX_SIZE = "index_size"
+INDEX_SPLIT = "index_split"
+INDEX_BUILD_SECONDS = "index_build_seconds"
+INDEX_BYTES = "index_bytes"

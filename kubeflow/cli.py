@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Callable
 
-from triplet_tfx.pipeline.config import ConfigError, KubeflowConfig, PipelineConfig
+from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
 
 COMPILE_EPILOG = """\
 The package is <package-dir>/<pipeline-name>.yaml: a KFP PipelineSpec (what `kfp pipeline create`,

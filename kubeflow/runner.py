@@ -19,7 +19,7 @@ import re
 from typing import Any, Dict, List
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
-from triplet_tfx.pipeline.config import ConfigError, KubeflowConfig, PipelineConfig
+from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
 
 TRAINER_ID = "Trainer"
 # TFX's key for "every component not named in the image map".

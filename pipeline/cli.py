@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.kubeflow import cli as kubeflow_cli
 from triplet_tfx.pipeline import runs, terminal
-from triplet_tfx.pipeline.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, DEFAULT_BEAM_ARGS,
+from triplet_tfx.components.config import (BEAM_ENVIRONMENTS, BEAM_RUNNERS, DEFAULT_BEAM_ARGS,
                                          ON_BAD_IMAGE, RESIZE_MODES,
                                          NETWORKS, PRECISIONS, PROFILES, SPLITS, STRATEGIES, BeamConfig, ConfigError,
                                          DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig)

@@ -22,26 +22,25 @@ from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.serving.builder import ServingModelBuilder
 from triplet_tfx.components.serving.pusher import Pusher
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
 # packages nothing, and the code fingerprint below tells its cache when that code changed.
 PREPROCESSING_FN = "triplet_tfx.components.data.preprocessing.preprocessing_fn"
-RUN_FN = "triplet_tfx.components.training.trainer.run_fn"
+RUN_FN = "triplet_tfx.components.training.run.run_fn"
 BASELINE_RESOLVER_ID = "BaselineModelResolver"
 
 
 def code_fingerprint() -> str:
-    """SHA-256 of the code that runs inside the components: every module below components/ and
-    the config."""
+    """SHA-256 of the code that runs inside the components: every module below components/ (the
+    config among them)."""
     import triplet_tfx.components
-    import triplet_tfx.pipeline.config
 
     root = os.path.dirname(triplet_tfx.components.__file__)
     paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
                    for name in names if name.endswith(".py"))
     digest = hashlib.sha256()
-    for path in paths + [triplet_tfx.pipeline.config.__file__]:
+    for path in paths:
         digest.update(os.path.relpath(path, os.path.dirname(root)).encode())
         with open(path, "rb") as f:
             digest.update(f.read())

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Iterator
 
-from triplet_tfx.pipeline.config import BeamConfig
+from triplet_tfx.components.config import BeamConfig
 
 JOB_SERVICE_MODULE = "apache_beam.runners.portability.local_job_service_main"
 WORKER_POOL_MODULE = "apache_beam.runners.worker.worker_pool_main"

@@ -18,7 +18,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.pipeline import summary
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 INTERRUPTED_PROPERTY = "interrupted"  # custom property of an execution marked failed here
 _UNFINISHED = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)

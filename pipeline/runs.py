@@ -11,7 +11,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 if TYPE_CHECKING:  # summary loads TensorFlow and TFX: imported where used, so that --help stays fast
     from triplet_tfx.pipeline import summary

@@ -10,11 +10,10 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components import contract
+from triplet_tfx.components.contract import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.components.evaluation import report
-from triplet_tfx.components.evaluation.evaluator import (ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR,
-                                                      verdict_line)
-from triplet_tfx.components.serving import builder
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.evaluation.report import verdict_line
+from triplet_tfx.components.config import PipelineConfig
 
 
 @dataclasses.dataclass
@@ -138,13 +137,13 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
     pushed_to = None
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
         pushed_to = pushed.custom_properties["pushed_destination"].string_value
-    serving_models = [a for a in latest.get("Model", []) if builder.INDEX_BYTES in a.custom_properties]
+    serving_models = [a for a in latest.get("Model", []) if contract.INDEX_BYTES in a.custom_properties]
     search_index = ""
     if serving_models:
         properties = max(serving_models, key=lambda a: a.id).custom_properties
-        search_index = (f"{properties[builder.INDEX_SIZE].int_value} {properties[builder.INDEX_SPLIT].string_value} "
-                        f"references, built in {properties[builder.INDEX_BUILD_SECONDS].double_value:.1f} s "
-                        f"(ServingModelBuilder), {properties[builder.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
+        search_index = (f"{properties[contract.INDEX_SIZE].int_value} {properties[contract.INDEX_SPLIT].string_value} "
+                        f"references, built in {properties[contract.INDEX_BUILD_SECONDS].double_value:.1f} s "
+                        f"(ServingModelBuilder), {properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
     skipped_images = ""
     examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
     if examples:

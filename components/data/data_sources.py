@@ -26,9 +26,9 @@ from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.data import image_folder, manifest
 from triplet_tfx.components.data.errors import BadImageError, DataSourceError  # noqa: F401 (re-exported)
 from triplet_tfx.components.data.image_check import ImageInfo
-from triplet_tfx.pipeline.config import DataConfig
+from triplet_tfx.components.config import DataConfig
 
-IMAGE_SUFFIXES = image_folder.IMAGE_SUFFIXES
+IMAGE_SUFFIXES = contract.IMAGE_SUFFIXES
 
 
 def mnist_pickle_path() -> str:

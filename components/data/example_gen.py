@@ -30,9 +30,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
 
 from triplet_tfx.components import contract
-from triplet_tfx.components.data import class_split, data_sources, image_check, image_folder, image_items, manifest
+from triplet_tfx.components import class_split
+from triplet_tfx.components.data import data_sources, image_check, image_folder, image_items, manifest
 from triplet_tfx.components.data.errors import BadImageError
-from triplet_tfx.pipeline.config import DataConfig
+from triplet_tfx.components.config import DataConfig
 
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"

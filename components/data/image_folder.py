@@ -17,11 +17,11 @@ import stat
 from typing import Dict, List, NamedTuple, Tuple
 
 from triplet_tfx.components import contract
+from triplet_tfx.components.contract import IMAGE_SUFFIXES, REFUSED_SUFFIXES, is_image_name
 from triplet_tfx.components.data.errors import DataSourceError
-from triplet_tfx.components.data.image_items import ImageItem, file_kind, is_remote, stat_followed
+from triplet_tfx.components.data.image_items import ImageItem, is_remote, stat_followed
+from triplet_tfx.components.files import file_kind
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-REFUSED_SUFFIXES = (".webp", ".tif", ".tiff", ".heic", ".heif", ".avif")
 SPLIT_FOLDERS = ("train", "eval")
 
 
@@ -59,10 +59,6 @@ def _entries(folder: str) -> List[Tuple[str, str, str]]:
         mode = info.st_mode
         found.append((name, path, "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else file_kind(mode)))
     return found
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES + REFUSED_SUFFIXES)
 
 
 def _class_items(folder: str, class_name: str, root: str) -> List[ImageItem]:

@@ -9,6 +9,7 @@ import stat
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from triplet_tfx.components.data.errors import BadImageError, DataSourceError
+from triplet_tfx.components.files import file_kind
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +24,6 @@ class ImageItem(NamedTuple):
 
 def is_remote(path: str) -> bool:
     return "://" in path
-
-
-def file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
-        if test(mode):
-            return name
-    return "special file"
 
 
 def stat_followed(path: str) -> Optional[os.stat_result]:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from triplet_tfx.components import contract, images
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 
 def decode_images(image_bytes: tf.Tensor, image_shape) -> tf.Tensor:

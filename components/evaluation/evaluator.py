@@ -5,7 +5,7 @@ and `report` (plots and the report). It embeds the eval split through the export
 signature, exactly as a client of TF Serving would, so the metrics are those of the model
 that gets pushed. TFX's own Evaluator (TFMA) judges classifiers, not embedding spaces.
 
-Classes are shown by name (the model's class names, `export.read_class_names`: an encoded source's
+Classes are shown by name (the model's class names, `signatures.read_class_names`: an encoded source's
 class-name vocabulary, or the ids as text) in the report, the confusion matrix, the gallery, the
 projector's meta.tsv ("class_name" column) and metrics.json ("class_names": {id: name}). The pictures
 of encoded examples are decoded by the image function (`images.decode_to_pixels`, traced as the
@@ -18,7 +18,6 @@ Outputs, in the ModelEvaluation folder:
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -30,78 +29,23 @@ import tensorflow as tf
 from tfx.components.evaluator import constants
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
-from triplet_tfx.components import images as image_function
-from triplet_tfx.components.evaluation import metrics, projector, report, retrievals
+from triplet_tfx.components import projector
+from triplet_tfx.components.contract import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
+from triplet_tfx.components.evaluation import metrics, report, retrievals
+from triplet_tfx.components.evaluation.report import verdict_line
+from triplet_tfx.components.examples_io import embed, parse_examples, read_split
 from triplet_tfx.components.progress import Progress
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.components.serving.export import SERVING_SIGNATURE, read_class_names
-from triplet_tfx.components.training.network import EMBEDDING_KEY
-from triplet_tfx.pipeline.config import EvalConfig, PipelineConfig
+from triplet_tfx.components.signatures import read_class_names
+from triplet_tfx.components.config import EvalConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
-# One folder for TensorBoard: the metric scalars and the Embedding Projector bundle.
-TENSORBOARD_DIR = "tensorboard"
-# Blessing property: 1 when the candidate passed every check but is the model already in production
-# (blessed and pushed by an earlier run), so it is not blessed, and so not pushed, a second time.
-ALREADY_PUSHED_KEY = "already_pushed"
-_BATCH = 1024
 # The report's gallery: the worst-retrieved queries and their nearest neighbours.
 GALLERY_QUERIES, GALLERY_NEIGHBOURS = 8, 5
 # Next to the evaluation folders: {result_key: evaluation folder} of every model evaluated.
 RESULT_INDEX_DIR = "results_by_key"
-
-
-def read_split(examples: Examples, split: str) -> list:
-    """Serialized tf.Examples of one split of an Examples artifact."""
-    files = sorted(tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*")))
-    if not files:
-        return []
-    # One batch of the whole split: ~10x faster than a Python loop over the records.
-    whole = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(2**31 - 1)
-    try:
-        return whole.get_single_element().numpy().tolist()
-    except tf.errors.InvalidArgumentError as e:
-        if "empty" in e.message:  # no records at all
-            return []
-        raise
-
-
-@functools.lru_cache(maxsize=8)
-def _image_decoder(image_shape: Tuple[int, int, int], resize: str):
-    """images.decode_to_pixels traced with unknown shapes, as the Transform graph runs it (TensorFlow's
-    resize_with_pad rounds its sizes differently eagerly, when the shapes are known)."""
-    return tf.function(lambda encoded: image_function.decode_to_pixels(encoded, image_shape, resize),
-                       input_signature=[tf.TensorSpec([None], tf.string)])
-
-
-def decode_images(image_bytes, image_shape, encoded: bool = False, resize: str = "stretch") -> np.ndarray:
-    """uint8 [B, H, W, C] of tf.Examples' `image` values: raw pixels of the training shape, or
-    (`encoded`) image files decoded by the image function, as Transform decodes them."""
-    image_shape = tuple(int(v) for v in image_shape)
-    if encoded:
-        return _image_decoder(image_shape, resize)(tf.reshape(image_bytes, [-1])).numpy()
-    return tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, *image_shape]).numpy()
-
-
-def parse_examples(serialized: list, image_shape=None, encoded: bool = False,
-                   resize: str = "stretch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(labels, uint8 images) of serialized tf.Examples; images only if image_shape is given
-    (`encoded`: ExampleGen's examples of an encoded-image source, `DataConfig.encoded_images`)."""
-    spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
-    if image_shape is not None:
-        spec[IMAGE_KEY] = tf.io.FixedLenFeature([], tf.string)
-    labels, images = [], []
-    for start in range(0, len(serialized), _BATCH):
-        parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
-        labels.append(parsed[LABEL_KEY].numpy())
-        if image_shape is not None:
-            images.append(decode_images(parsed[IMAGE_KEY], image_shape, encoded, resize))
-    return np.concatenate(labels), np.concatenate(images) if images else None
 
 
 def model_class_names(model: Model) -> Optional[List[str]]:
@@ -117,28 +61,10 @@ def class_name_map(class_names: Optional[List[str]], labels) -> Dict[str, str]:
     return {str(i): names[i] if 0 <= i < len(names) else str(i) for i in ids}
 
 
-def embed(model: Model, serialized: list) -> np.ndarray:
-    """Embeddings of serialized raw tf.Examples through the model's serving signature."""
-    serve = tf.saved_model.load(path_utils.serving_model_path(model.uri)).signatures[SERVING_SIGNATURE]
-    batches = []
-    with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
-        for start in range(0, len(serialized), _BATCH):
-            batches.append(serve(examples=tf.constant(serialized[start:start + _BATCH]))[EMBEDDING_KEY].numpy())
-            progress.advance(len(batches[-1]))
-    return np.concatenate(batches)
-
-
 def blessing_message(reasons: List[str], already_pushed: bool) -> str:
     """The blessing's message: the checks' outcomes, and for the model already in production (blessed
     and pushed by an earlier run) that there is nothing new to push."""
     return "; ".join(list(reasons) + (["nothing new to push"] if already_pushed else []))
-
-
-def verdict_line(blessed: Optional[bool], already_pushed: bool, message: str) -> str:
-    """What became of the model, in one line: the evaluator's log line and the run summary's alike."""
-    if already_pushed:
-        return f"Model already in production (blessed and pushed by an earlier run): {message}"
-    return f"Model {'BLESSED' if blessed else 'NOT BLESSED'}: {message}"
 
 
 def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfig) -> Tuple[bool, List[str]]:

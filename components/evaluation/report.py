@@ -12,7 +12,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import jinja2
 import numpy as np
 
-from triplet_tfx.components.data.class_split import format_classes
+from triplet_tfx.components import contract
+from triplet_tfx.components.class_split import format_classes
 # The plots, re-exported: callers use them as `report.plot_...`.
 from triplet_tfx.components.evaluation.plots import (  # noqa: F401
     _pca_2d,
@@ -32,8 +33,6 @@ CONFUSION_FILENAME = "confusion_matrix_1nn.png"
 CONFUSION_CAPTION = "1-nearest-neighbour confusion matrix (colour: fraction of the query class; text: count)"
 GALLERY_CAPTION = "Worst retrievals: query, then its nearest neighbours (wrong class in red)"
 GALLERY_FILENAMES = {"candidate": "worst_retrievals.png", "baseline": "worst_retrievals_baseline.png"}
-MARKDOWN_FILENAME = "report.md"
-HTML_FILENAME = "report.html"
 
 
 # Row order of the metrics table; recall_at_<k> rows are inserted sorted by k.
@@ -139,6 +138,13 @@ def format_metrics_table(candidate: Mapping, baseline: Optional[Mapping] = None)
     return "\n".join(out)
 
 
+def verdict_line(blessed: Optional[bool], already_pushed: bool, message: str) -> str:
+    """What became of the model, in one line: the evaluator's log line and the run summary's alike."""
+    if already_pushed:
+        return f"Model already in production (blessed and pushed by an earlier run): {message}"
+    return f"Model {'BLESSED' if blessed else 'NOT BLESSED'}: {message}"
+
+
 def unseen_classes_line(metrics: Mapping) -> str:
     """One line for reports and the run summary under unseen-class evaluation."""
     names = metrics.get("class_names") or {}
@@ -238,7 +244,7 @@ def write_report(
     later = [(c, rel[c]) for c in rel if c not in (GALLERY_CAPTION, CONFUSION_CAPTION)]
     context = {"title": title, "info": info, "first": first, "later": later, "header": header, "rows": rows,
                "pc_header": pc_header, "pc_rows": pc_rows}
-    paths = {"markdown": os.path.join(out_dir, MARKDOWN_FILENAME), "html": os.path.join(out_dir, HTML_FILENAME)}
+    paths = {"markdown": os.path.join(out_dir, contract.MARKDOWN_REPORT_FILE), "html": os.path.join(out_dir, contract.HTML_REPORT_FILE)}
     for kind, template in (("markdown", "report.md.j2"), ("html", "report.html.j2")):
         with open(paths[kind], "w", encoding="utf-8") as f:
             f.write(_TEMPLATES.get_template(template).render(context))

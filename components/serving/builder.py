@@ -24,16 +24,12 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing
 from tfx.utils import path_utils
 
-from triplet_tfx.components.evaluation.evaluator import embed, parse_examples, read_split
+from triplet_tfx.components import contract
+from triplet_tfx.components.examples_io import embed, parse_examples, read_split
 from triplet_tfx.components.serving import index
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-# Custom properties of the output Model: the cost of the index, for the run summary.
-INDEX_SIZE = "index_size"
-INDEX_SPLIT = "index_split"
-INDEX_BUILD_SECONDS = "index_build_seconds"
-INDEX_BYTES = "index_bytes"
 
 
 def folder_bytes(folder: str) -> int:
@@ -52,7 +48,7 @@ def ServingModelBuilder(
     """Embeds the reference split with the blessed model and writes model + index as one SavedModel."""
     if not model_utils.is_model_blessed(blessing):
         logger.info("Model %s is not blessed: no serving model built, nothing to push", model.uri)
-        serving_model.set_int_custom_property(INDEX_SIZE, 0)
+        serving_model.set_int_custom_property(contract.INDEX_SIZE, 0)
         return
     split = PipelineConfig.from_dict({"serving": json.loads(config)["serving"]}).serving.index_split
     start = time.monotonic()
@@ -63,9 +59,9 @@ def ServingModelBuilder(
     index.build_serving_model(path_utils.serving_model_path(model.uri), index.reference_ids(split, len(labels)),
                               labels, embeddings, path)
     seconds, size = time.monotonic() - start, folder_bytes(path)
-    serving_model.set_int_custom_property(INDEX_SIZE, len(labels))
-    serving_model.set_string_custom_property(INDEX_SPLIT, split)
-    serving_model.set_float_custom_property(INDEX_BUILD_SECONDS, seconds)
-    serving_model.set_int_custom_property(INDEX_BYTES, size)
+    serving_model.set_int_custom_property(contract.INDEX_SIZE, len(labels))
+    serving_model.set_string_custom_property(contract.INDEX_SPLIT, split)
+    serving_model.set_float_custom_property(contract.INDEX_BUILD_SECONDS, seconds)
+    serving_model.set_int_custom_property(contract.INDEX_BYTES, size)
     logger.info("Search index: %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
                 len(labels), split, seconds, size / 1e6, path)

@@ -1,14 +1,14 @@
 """The `search` signature: exact k nearest neighbours among reference embeddings kept in the
 SavedModel as variables (a checkpoint, not graph constants: no 2 GB proto limit).
 
-`build_serving_model` wraps an embedding SavedModel (the Trainer's export, `export.py`) and an
+`build_serving_model` wraps an embedding SavedModel (the Trainer's export, `training/export.py`) and an
 index of its own embeddings of the reference examples into one SavedModel with four signatures:
 the three embedding signatures, unchanged (the very functions the evaluator scored), and `search`.
 Distances are Euclidean, computed as `metrics.nearest_neighbors` computes them
 (|q|^2 - 2 q.r + |r|^2, clamped at zero, in float32); equal distances are ordered by the smaller
 reference index (tf.math.top_k keeps the lower index first), as the evaluator orders them.
 `search` also gives the neighbours' class names (the embedding SavedModel's id-ordered class
-names, `export.read_class_names`), which the serving SavedModel keeps in its assets as well.
+names, `signatures.read_class_names`), which the serving SavedModel keeps in its assets as well.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components.serving import signatures
-from triplet_tfx.components.serving.export import SERVING_SIGNATURE, read_class_names, write_class_names
-from triplet_tfx.components.training.network import EMBEDDING_KEY
+from triplet_tfx.components import contract, signatures
+from triplet_tfx.components.contract import EMBEDDING_KEY, SERVING_SIGNATURE
+from triplet_tfx.components.signatures import read_class_names, write_class_names
 
-EMBEDDING_SIGNATURES = (SERVING_SIGNATURE, signatures.EMBED_IMAGES_SIGNATURE, signatures.EMBED_PIXELS_SIGNATURE)
+EMBEDDING_SIGNATURES = (SERVING_SIGNATURE, contract.EMBED_IMAGES_SIGNATURE, contract.EMBED_PIXELS_SIGNATURE)
 
 
 def reference_ids(split: str, count: int) -> np.ndarray:
@@ -65,19 +65,19 @@ class ServingModel(tf.Module):
         self.reference_class_names = tf.Variable(names_of(labels, class_names), dtype=tf.string, trainable=False,
                                                  name="reference_class_names")
 
-    @tf.function(input_signature=[signatures.images_spec(), tf.TensorSpec([], tf.int32, name=signatures.K_INPUT)])
+    @tf.function(input_signature=[signatures.images_spec(), tf.TensorSpec([], tf.int32, name=contract.K_INPUT)])
     def search(self, images, k):
         size = tf.shape(self.reference_ids)[0]
-        checks = [tf.debugging.assert_greater_equal(k, 1, message=f"{signatures.K_INPUT} must be at least 1"),
-                  tf.debugging.assert_less_equal(k, size, message=f"{signatures.K_INPUT} must be at most the "
+        checks = [tf.debugging.assert_greater_equal(k, 1, message=f"{contract.K_INPUT} must be at least 1"),
+                  tf.debugging.assert_less_equal(k, size, message=f"{contract.K_INPUT} must be at most the "
                                                                   "index size (the number of reference items)")]
         with tf.control_dependencies(checks):
-            queries = self.embedding_model.signatures[signatures.EMBED_IMAGES_SIGNATURE](images=images)[EMBEDDING_KEY]
+            queries = self.embedding_model.signatures[contract.EMBED_IMAGES_SIGNATURE](images=images)[EMBEDDING_KEY]
         indices, distances = nearest(queries, self.reference_embeddings, self.reference_squared_norms, k)
-        return {signatures.IDS_OUTPUT: tf.gather(self.reference_ids, indices),
-                signatures.LABELS_OUTPUT: tf.gather(self.reference_labels, indices),
-                signatures.CLASS_NAMES_OUTPUT: tf.gather(self.reference_class_names, indices),
-                signatures.DISTANCES_OUTPUT: distances}
+        return {contract.IDS_OUTPUT: tf.gather(self.reference_ids, indices),
+                contract.LABELS_OUTPUT: tf.gather(self.reference_labels, indices),
+                contract.CLASS_NAMES_OUTPUT: tf.gather(self.reference_class_names, indices),
+                contract.DISTANCES_OUTPUT: distances}
 
 
 def build_serving_model(embedding_model_path: str, ids: Sequence[str], labels: np.ndarray,
@@ -87,6 +87,6 @@ def build_serving_model(embedding_model_path: str, ids: Sequence[str], labels: n
     class_names = read_class_names(embedding_model_path)
     model = ServingModel(embedding_model, ids, labels, embeddings, class_names)
     served = {name: embedding_model.signatures[name] for name in EMBEDDING_SIGNATURES}
-    tf.saved_model.save(model, path, signatures={**served, signatures.SEARCH_SIGNATURE: model.search})
+    tf.saved_model.save(model, path, signatures={**served, contract.SEARCH_SIGNATURE: model.search})
     if class_names is not None:
         write_class_names(path, class_names)

@@ -15,7 +15,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from triplet_tfx.components.evaluation.projector import write_projector_bundle
+from triplet_tfx.components.projector import write_projector_bundle
 
 FORMATS = ("jsonl", "tsv")
 

@@ -24,7 +24,7 @@ from typing import Dict, NamedTuple, Optional, Sequence
 
 import keras
 
-from triplet_tfx.pipeline.config import BACKBONES, ConfigError
+from triplet_tfx.components.config import BACKBONES, ConfigError
 
 FLAG = "train.backbone_weights (--backbone-weights)"
 CONNECT_TIMEOUT_S = 5.0  # the pre-flight reachability probe of the download host (DNS included)

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from triplet_tfx.pipeline.config import ConfigError, TrainConfig
+from triplet_tfx.components.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import keras
 
-from triplet_tfx.components.data.data_sources import IMAGE_KEY
+from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY
 from triplet_tfx.components.training import backbones
-from triplet_tfx.pipeline.config import BACKBONES
+from triplet_tfx.components.config import BACKBONES
 
-EMBEDDING_KEY = "embedding"
 
 
 def _tutorial(x, precision: str, dropout: float):

@@ -1,9 +1,10 @@
-"""The Trainer's `run_fn`: input pipeline, optimizer, loss, layer arithmetic, strategy and the fit.
+"""Training in this process (`train_and_export`): input pipeline, optimizer, loss, layer arithmetic,
+strategy and the fit.
 
 It trains the network of `network.py` with the project's triplet losses under the strategy of
 `distribute.py`, backs the training state up (`checkpoints.py`), and exports the serving model
-(`components/serving/export.py`). With `train.workers` > 1 it runs `worker.py`'s entry point in
-that many local processes instead, the same code a cluster's workers run.
+(`components/training/export.py`). The Trainer's `run_fn` (`run.py`) calls it, or runs `worker.py`'s
+entry point, which calls it, in `train.workers` local processes or a TFJob's pods.
 """
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.components.serving.export import export_serving_model
-from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses, tfjob
+from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
+from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses
+from triplet_tfx.components.training.export import export_serving_model
 from triplet_tfx.components.training.network import build_model
-from triplet_tfx.pipeline.config import PipelineConfig, TrainConfig
+from triplet_tfx.components.config import PipelineConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -408,17 +409,3 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def run_fn(fn_args) -> None:
-    """TFX Trainer entry point (GenericExecutor): trains here, or in `train.workers` local processes."""
-    train = PipelineConfig.from_dict({"train": fn_args.custom_config["train"]}).train
-    if tfjob.TFJOB_KEY in fn_args.custom_config:  # compiled with --trainer-workers N: a Kubeflow TFJob trains
-        tfjob.launch_and_wait(fn_args)
-    elif train.workers > 1:
-        from triplet_tfx.components.training import worker
-
-        worker.run_local_workers(worker.write_spec(fn_args), train.workers)
-    else:
-        # TF_CONFIG: set where a platform runs the Trainer on several machines (Vertex AI).
-        train_and_export(fn_args, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))

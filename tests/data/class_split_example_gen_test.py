@@ -12,7 +12,7 @@ from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
 from triplet_tfx.components.data import data_sources, example_gen, image_check
-from triplet_tfx.pipeline.config import DEFAULT_BEAM_ARGS, DataConfig
+from triplet_tfx.components.config import DEFAULT_BEAM_ARGS, DataConfig
 
 from data_sources_test import _write_png, _write_tfrecords, decode, first_pixel
 from tfds_source_test import NUM, TinyDigitsFour

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from triplet_tfx.components.data import class_split
-from triplet_tfx.pipeline.config import ConfigError, DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components import class_split
+from triplet_tfx.components.config import ConfigError, DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 
 def test_lists_and_ranges_are_parsed():

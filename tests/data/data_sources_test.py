@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from triplet_tfx.components.data import data_sources, example_gen, image_check, image_items
-from triplet_tfx.pipeline.config import DataConfig
+from triplet_tfx.components.config import DataConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 from triplet_tfx.components.data import example_gen
-from triplet_tfx.pipeline.config import DEFAULT_BEAM_ARGS, DataConfig
+from triplet_tfx.components.config import DEFAULT_BEAM_ARGS, DataConfig
 
 
 def exec_properties(data: DataConfig) -> dict:

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_tfx.components.data import preprocessing
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig
+from triplet_tfx.components.config import DataConfig, PipelineConfig
 
 
 def _config(**data):
@@ -85,7 +85,7 @@ def test_class_name_vocabulary_through_tf_transform(tmp_path):
     import encoded_model
     import tensorflow_transform as tft
 
-    from triplet_tfx.components.serving import export
+    from triplet_tfx.components.training import export
 
     config = encoded_model.encoded_config(height=6, width=8, num_classes=3)
     names = ["moth", "ant", "zebra", "ant"]  # "zebra": only in the eval split
@@ -108,7 +108,7 @@ def test_integer_named_classes_keep_numeric_ids(tmp_path):
     import encoded_model
     import tensorflow_transform as tft
 
-    from triplet_tfx.components.serving import export
+    from triplet_tfx.components.training import export
 
     names = [str(i) for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]
     config = encoded_model.encoded_config(height=4, width=4, num_classes=11)
@@ -123,7 +123,7 @@ def test_raw_source_has_the_ids_as_class_names(tmp_path):
     import tiny_serving_model
 
     from triplet_tfx.components.data import data_sources
-    from triplet_tfx.components.serving import export
+    from triplet_tfx.components.training import export
 
     examples = [data_sources.make_example(np.zeros((28, 28, 1), np.uint8), i) for i in range(3)]
     output = tft.TFTransformOutput(tiny_serving_model.write_transform_graph(str(tmp_path), examples))

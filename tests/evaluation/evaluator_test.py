@@ -1,6 +1,6 @@
 """The blessing rule: absolute lower bounds, and no regression against a baseline beyond a tolerance."""
 from triplet_tfx.components.evaluation.evaluator import blessing_decision
-from triplet_tfx.pipeline.config import EvalConfig
+from triplet_tfx.components.config import EvalConfig
 
 RULE = EvalConfig(lower_bounds={"precision_at_1": 0.9, "map_at_r": 0.5},
                   compared_metrics=("precision_at_1", "map_at_r"), max_regression=0.01)
@@ -62,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from triplet_tfx.components import contract  # noqa: E402
+from triplet_tfx.components import examples_io  # noqa: E402
 from triplet_tfx.components.evaluation import evaluator  # noqa: E402
 
 
@@ -79,13 +80,13 @@ def test_encoded_examples_are_decoded_at_the_training_shape_as_transform_decodes
 
     white = np.full((40, 80, 3), 255, np.uint8)
     examples = [_example(white, 1, "bee"), _example(np.zeros((12, 12, 3), np.uint8), 0, "ant")]
-    labels, pictures = evaluator.parse_examples(examples, (16, 12, 3), encoded=True, resize="pad")
+    labels, pictures = examples_io.parse_examples(examples, (16, 12, 3), encoded=True, resize="pad")
     assert labels.tolist() == [1, 0] and pictures.shape == (2, 16, 12, 3) and pictures.dtype == np.uint8
     traced = tf.function(lambda x: images.decode_to_pixels(x, (16, 12, 3), "pad"),
                          input_signature=[tf.TensorSpec([None], tf.string)])
     files = tf.io.parse_example(tf.constant(examples), {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
     np.testing.assert_array_equal(pictures, traced(files).numpy())
-    assert evaluator.parse_examples(examples)[1] is None  # labels only
+    assert examples_io.parse_examples(examples)[1] is None  # labels only
 
 
 def test_raw_examples_are_decoded_as_today():
@@ -93,7 +94,7 @@ def test_raw_examples_are_decoded_as_today():
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 3, 1), dtype=np.uint8)
     examples = [data_sources.make_example(p, i) for i, p in enumerate(pixels)]
-    labels, pictures = evaluator.parse_examples(examples, (4, 3, 1))
+    labels, pictures = examples_io.parse_examples(examples, (4, 3, 1))
     np.testing.assert_array_equal(pictures, pixels)
     assert labels.tolist() == [0, 1]
 
@@ -102,7 +103,7 @@ def test_class_name_map_and_the_models_class_names(tmp_path):
     from tfx.types.standard_artifacts import Model
     from tfx.utils import path_utils
 
-    from triplet_tfx.components.serving import export
+    from triplet_tfx.components import signatures
 
     assert evaluator.class_name_map(["ant", "bee", "cat"], np.array([2, 0, 2])) == {"0": "ant", "2": "cat"}
     assert evaluator.class_name_map(None, np.array([1, 0])) == {"0": "0", "1": "1"}
@@ -110,6 +111,6 @@ def test_class_name_map_and_the_models_class_names(tmp_path):
     model = Model()
     model.uri = str(tmp_path)
     assert evaluator.model_class_names(model) is None  # a model from before class names
-    export.write_class_names(path_utils.serving_model_path(model.uri), ["ant", "bee"])
+    signatures.write_class_names(path_utils.serving_model_path(model.uri), ["ant", "bee"])
     assert evaluator.model_class_names(model) == ["ant", "bee"]
-    assert os.path.basename(export.write_class_names(str(tmp_path / "x"), ["a"])) == contract.CLASS_NAMES_ASSET
+    assert os.path.basename(signatures.write_class_names(str(tmp_path / "x"), ["a"])) == contract.CLASS_NAMES_ASSET

@@ -12,7 +12,7 @@ from tensorboard.plugins.projector import projector_plugin
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 from werkzeug.test import Client
 
-from triplet_tfx.components.evaluation import projector
+from triplet_tfx.components import projector
 
 
 def _plugin_client(logdir):

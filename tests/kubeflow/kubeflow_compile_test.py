@@ -282,7 +282,7 @@ def test_module_paths_named_by_the_spec_are_importable_from_the_installed_packag
     for task, key in (("Transform", "preprocessing_fn"), ("Trainer", "run_fn")):
         functions.add(tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constantValue"]["stringValue"])
     assert functions == {"triplet_tfx.components.data.preprocessing.preprocessing_fn",
-                         "triplet_tfx.components.training.trainer.run_fn"}
+                         "triplet_tfx.components.training.run.run_fn"}
     assert not any("module_file" in t.get("inputs", {}).get("parameters", {}) for t in tasks.values())
     # A fresh interpreter outside the repository, as in the image: nothing but installed packages.
     script = (

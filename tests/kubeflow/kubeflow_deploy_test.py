@@ -16,7 +16,7 @@ import pytest
 from kfp_fake_server import FakeKfpServer
 from triplet_tfx.kubeflow import deploy, runner
 from triplet_tfx.pipeline import cli
-from triplet_tfx.pipeline.config import KubeflowConfig, PipelineConfig
+from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 
 
 @pytest.fixture(scope="module")

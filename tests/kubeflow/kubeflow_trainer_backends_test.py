@@ -13,7 +13,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
-from triplet_tfx.pipeline.config import ConfigError, KubeflowConfig, PipelineConfig
+from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
 
 IMAGES = ["--image", "registry.example/triplet-tfx:1", "--gpu-image", "registry.example/triplet-tfx-gpu:1"]
 

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from kubernetes import client as k8s
 from tensorflow_serving.config import model_server_config_pb2
 
-from triplet_tfx.pipeline.config import PipelineConfig
+from triplet_tfx.components.config import PipelineConfig
 
 # Flags of tensorflow_model_server, from tensorflow_serving/model_servers/main.cc at tag 2.16.1 (the ones used here).
 TF_SERVING_FLAGS = {"port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",

@@ -2,7 +2,7 @@
 import pytest
 
 from triplet_tfx.pipeline import cli, pipeline
-from triplet_tfx.pipeline.config import BeamConfig, ConfigError, PipelineConfig, beam_pipeline_args
+from triplet_tfx.components.config import BeamConfig, ConfigError, PipelineConfig, beam_pipeline_args
 
 IMAGE = "registry.example/triplet-tfx:1"
 FNAPI = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from triplet_tfx.pipeline import cli, portable_beam
-from triplet_tfx.pipeline.config import BeamConfig, DataConfig, PipelineConfig
+from triplet_tfx.components.config import BeamConfig, DataConfig, PipelineConfig
 
 pytestmark = pytest.mark.slow
 

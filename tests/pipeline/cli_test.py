@@ -5,7 +5,7 @@ import json
 import pytest
 
 from triplet_tfx.pipeline import cli, pipeline
-from triplet_tfx.pipeline.config import PROFILES, ConfigError, DataConfig, PipelineConfig, ServingConfig
+from triplet_tfx.components.config import PROFILES, ConfigError, DataConfig, PipelineConfig, ServingConfig
 
 
 def test_help_lists_the_flags(capsys):
@@ -112,19 +112,19 @@ def test_a_full_disk_is_one_line_naming_where(tmp_path):
 def test_an_identical_rerun_says_one_true_thing_in_the_log_and_the_summary():
     """The model already in production (blessed and pushed by an earlier run): the evaluator's log line
     and the run summary's are the same line, neither "NOT BLESSED" nor "BLESSED by an earlier run"."""
-    from triplet_tfx.components.evaluation import evaluator
+    from triplet_tfx.components.evaluation import evaluator, report
     from triplet_tfx.pipeline.summary import RunSummary
 
     line = ("Model already in production (blessed and pushed by an earlier run): precision_at_1 0.8700 >= "
             "threshold 0.1000; nothing new to push")
     message = evaluator.blessing_message(["precision_at_1 0.8700 >= threshold 0.1000"], already_pushed=True)
-    assert evaluator.verdict_line(False, True, message) == line  # the evaluator logs it with blessed=False
+    assert report.verdict_line(False, True, message) == line  # the evaluator logs it with blessed=False
     text = RunSummary(run_id="r", executions={}, metrics={}, blessed=True, blessing_message=message, pushed_to=None,
                       evaluation_dir=None, already_pushed=True).format()
     assert line in text.splitlines() and "BLESSED" not in text
-    assert evaluator.verdict_line(False, False, "map_at_r 0.1 < threshold 0.2") == \
+    assert report.verdict_line(False, False, "map_at_r 0.1 < threshold 0.2") == \
         "Model NOT BLESSED: map_at_r 0.1 < threshold 0.2"
-    assert evaluator.verdict_line(True, False, "ok") == "Model BLESSED: ok"
+    assert report.verdict_line(True, False, "ok") == "Model BLESSED: ok"
 
 
 @pytest.mark.parametrize("command", ["embed", "search"])

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.pipeline import cli, summary
-from triplet_tfx.pipeline.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
 
     from PIL import Image
 
-    from triplet_tfx.components.evaluation.evaluator import parse_examples
+    from triplet_tfx.components.examples_io import parse_examples
 
     config, first = first_run
     (examples,) = [a for a in summary.open_store(config.metadata_path).get_artifacts_by_type("Examples")

@@ -1,6 +1,6 @@
 """Test fixture: a small SavedModel with exactly the served model's signature contract.
 
-Not the project's model (that is components/serving/export.py): a fixed random projection of
+Not the project's model (that is components/training/export.py): a fixed random projection of
 the pixels stands in for the network, so that the client, the stand-in servers and the CLI can
 be tested in seconds. The contract (input/output names, dtypes, shapes) is the one in
 /work/wt/serve-client-notes.md:

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from triplet_tfx.components import contract
 from triplet_tfx.components.data import preprocessing
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", mode: Optional[str] = None, **options) -> bytes:
@@ -101,7 +101,7 @@ def export_untrained(folder: str, transform_output: str, config: PipelineConfig)
     import keras
     import tensorflow_transform as tft
 
-    from triplet_tfx.components.serving.export import export_serving_model
+    from triplet_tfx.components.training.export import export_serving_model
     from triplet_tfx.components.training.network import build_model
 
     keras.utils.set_random_seed(0)

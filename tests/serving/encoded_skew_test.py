@@ -13,9 +13,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import encoded_model  # noqa: E402
 
 from triplet_tfx.components import contract, images  # noqa: E402
-from triplet_tfx.components.serving import export, index, signatures  # noqa: E402
+from triplet_tfx.components import signatures  # noqa: E402
+from triplet_tfx.components.serving import index  # noqa: E402
 from triplet_tfx.components.training import trainer  # noqa: E402
-from triplet_tfx.components.training.network import EMBEDDING_KEY  # noqa: E402
+from triplet_tfx.components.contract import EMBEDDING_KEY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +65,9 @@ def _trainer_input_embeddings(built) -> np.ndarray:
 
 def test_embed_images_equals_serving_default_and_trainer_input(built):
     loaded = built["loaded"]
-    by_file = loaded.signatures[signatures.EMBED_IMAGES_SIGNATURE](
+    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](
         images=tf.constant(built["files"]))[EMBEDDING_KEY].numpy()
-    by_example = loaded.signatures[export.SERVING_SIGNATURE](
+    by_example = loaded.signatures[contract.SERVING_SIGNATURE](
         examples=tf.constant(built["examples"]))[EMBEDDING_KEY].numpy()
     np.testing.assert_allclose(by_file, by_example, atol=1e-6, rtol=0)
     np.testing.assert_allclose(by_file, _trainer_input_embeddings(built), atol=1e-6, rtol=0)
@@ -77,8 +78,8 @@ def test_embed_pixels_equals_embed_images_of_the_decoded_photo(built):
     data = built["config"].data
     loaded = built["loaded"]
     pixels = graph_pixels(built["files"], data)
-    by_pixels = loaded.signatures[signatures.EMBED_PIXELS_SIGNATURE](pixels=pixels)[EMBEDDING_KEY].numpy()
-    by_file = loaded.signatures[signatures.EMBED_IMAGES_SIGNATURE](
+    by_pixels = loaded.signatures[contract.EMBED_PIXELS_SIGNATURE](pixels=pixels)[EMBEDDING_KEY].numpy()
+    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](
         images=tf.constant(built["files"]))[EMBEDDING_KEY].numpy()
     np.testing.assert_allclose(by_pixels, by_file, atol=1e-6, rtol=0)
 
@@ -98,13 +99,13 @@ def test_transform_output_is_the_image_function(built):
 def test_serving_default_needs_only_the_image_feature(built):
     bare = [tf.train.Example(features=tf.train.Features(feature={contract.IMAGE_KEY: tf.train.Feature(
         bytes_list=tf.train.BytesList(value=[f]))})).SerializeToString() for f in built["files"][:3]]
-    serve = built["loaded"].signatures[export.SERVING_SIGNATURE]
+    serve = built["loaded"].signatures[contract.SERVING_SIGNATURE]
     np.testing.assert_allclose(serve(examples=tf.constant(bare))[EMBEDDING_KEY].numpy(),
                                serve(examples=tf.constant(built["examples"][:3]))[EMBEDDING_KEY].numpy(), atol=1e-7)
 
 
 def test_bad_images_name_the_signature_input(built):
-    function = built["loaded"].signatures[signatures.EMBED_IMAGES_SIGNATURE]
+    function = built["loaded"].signatures[contract.EMBED_IMAGES_SIGNATURE]
     with pytest.raises(tf.errors.InvalidArgumentError, match="images: not a PNG, JPEG, GIF or BMP image at index"):
         function(images=tf.constant([built["files"][0], b"GIF7 not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="images: empty string"):
@@ -114,20 +115,20 @@ def test_bad_images_name_the_signature_input(built):
 
 
 def test_class_names_travel_with_the_model_and_search(built, tmp_path):
-    assert export.read_class_names(built["path"]) == ["ant", "moth", "zebra"]
+    assert signatures.read_class_names(built["path"]) == ["ant", "moth", "zebra"]
     loaded = built["loaded"]
-    embeddings = loaded.signatures[export.SERVING_SIGNATURE](
+    embeddings = loaded.signatures[contract.SERVING_SIGNATURE](
         examples=tf.constant(built["examples"]))[EMBEDDING_KEY].numpy()
     labels = np.array([_label(n) for n in built["names"]])
     served = str(tmp_path / "served")
     index.build_serving_model(built["path"], index.reference_ids("eval", len(labels)), labels, embeddings, served)
-    assert export.read_class_names(served) == ["ant", "moth", "zebra"]
-    out = tf.saved_model.load(served).signatures[signatures.SEARCH_SIGNATURE](
+    assert signatures.read_class_names(served) == ["ant", "moth", "zebra"]
+    out = tf.saved_model.load(served).signatures[contract.SEARCH_SIGNATURE](
         images=tf.constant(built["files"][:4]), k=tf.constant(3))
-    assert out[signatures.CLASS_NAMES_OUTPUT].dtype == tf.string
-    assert out[signatures.CLASS_NAMES_OUTPUT].shape == (4, 3)
-    got_labels = out[signatures.LABELS_OUTPUT].numpy()
-    assert [[n.decode() for n in row] for row in out[signatures.CLASS_NAMES_OUTPUT].numpy()] == \
+    assert out[contract.CLASS_NAMES_OUTPUT].dtype == tf.string
+    assert out[contract.CLASS_NAMES_OUTPUT].shape == (4, 3)
+    got_labels = out[contract.LABELS_OUTPUT].numpy()
+    assert [[n.decode() for n in row] for row in out[contract.CLASS_NAMES_OUTPUT].numpy()] == \
         [[["ant", "moth", "zebra"][i] for i in row] for row in got_labels]
-    assert set(out) == {signatures.IDS_OUTPUT, signatures.LABELS_OUTPUT, signatures.DISTANCES_OUTPUT,
-                        signatures.CLASS_NAMES_OUTPUT}
+    assert set(out) == {contract.IDS_OUTPUT, contract.LABELS_OUTPUT, contract.DISTANCES_OUTPUT,
+                        contract.CLASS_NAMES_OUTPUT}

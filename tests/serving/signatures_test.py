@@ -9,7 +9,7 @@ from PIL import Image
 
 import tiny_serving_model
 from triplet_tfx.components.data import data_sources
-from triplet_tfx.components.serving import signatures
+from triplet_tfx.components import signatures
 
 
 def encode(pixels: np.ndarray, fmt: str, mode: str = None) -> bytes:

@@ -13,10 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_tfx.components.data import data_sources, preprocessing
-from triplet_tfx.components.serving.export import export_serving_model
+from triplet_tfx.components.training.export import export_serving_model
 from triplet_tfx.components.training import losses
 from triplet_tfx.components.training.network import build_model
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 
 NUM_TRAIN, NUM_EVAL = 600, 200
 CONFIG = PipelineConfig(data=DataConfig(), train=TrainConfig(embedding_dim=32))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_tfx.components.training import backbones, checkpoints, network, trainer
-from triplet_tfx.pipeline.config import BACKBONES, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import BACKBONES, PipelineConfig, TrainConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPE = (32, 32, 3)

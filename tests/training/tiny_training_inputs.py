@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY, make_example
-from triplet_tfx.pipeline.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 
 IMAGE_SHAPE = (8, 8, 1)
 CLASSES = 4

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from triplet_tfx.components.training import network, trainer
-from triplet_tfx.pipeline.config import TrainConfig
+from triplet_tfx.components.config import TrainConfig
 
 
 def test_network_is_the_tutorials():

@@ -14,7 +14,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 
 from triplet_tfx.components.training import backbones, trainer  # noqa: E402
-from triplet_tfx.pipeline.config import TrainConfig  # noqa: E402
+from triplet_tfx.components.config import TrainConfig  # noqa: E402
 
 
 class Losses(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from triplet_tfx.components.training import distribute, trainer  # noqa: E402
-from triplet_tfx.pipeline.config import TrainConfig  # noqa: E402
+from triplet_tfx.components.config import TrainConfig  # noqa: E402
 from tiny_training_inputs import IMAGE_SHAPE, images_and_labels  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from triplet_tfx.components.training import checkpoints, trainer, worker
+from triplet_tfx.components.training import checkpoints, run, trainer, worker
 
 import tiny_training_inputs
 
@@ -43,12 +43,12 @@ def test_two_local_workers_resume_train_in_sync_and_the_chief_alone_exports(tmp_
     monkeypatch.setattr(checkpoints, "save", save_then_stop)
     single = {**TRAIN, "workers": 1}
     with pytest.raises(Killed):
-        trainer.run_fn(tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 1, **single))
+        run.run_fn(tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 1, **single))
     monkeypatch.undo()
     # ...and the rerun, with --workers 2, resumes from it under MultiWorkerMirroredStrategy.
     args = tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 2, **TRAIN)
     with caplog.at_level(logging.INFO, logger="triplet_tfx"):
-        trainer.run_fn(args)
+        run.run_fn(args)
     lines = [r.getMessage() for r in caplog.records]
     resumed = [line.split("]")[0] for line in lines if "Resuming from step 2 of 4" in line]
     assert sorted(resumed) == ["[chief 0", "[worker 0"]

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional, Tuple
 
-from triplet_tfx.components.data.class_split import ClassSplitError, resolve as resolve_class_split
+from triplet_tfx.components.class_split import ClassSplitError, resolve as resolve_class_split
 
 # Beam's DirectRunner first tries its Prism runner, which it downloads: the FnApiRunner runs
 # in-process and needs nothing from the network.
@@ -74,7 +74,7 @@ class DataConfig:
     max_examples_per_split: Optional[int] = None
     # `images:` sources have no predefined split: this share of files goes to eval.
     eval_percent: int = 20
-    # Unseen-class evaluation (components/data/class_split.py): the train split keeps only
+    # Unseen-class evaluation (components/class_split.py): the train split keeps only
     # `train_classes`, the eval split only `eval_classes` (ids and ranges, e.g. "0-4" and "5-9";
     # one alone means the other is its complement), or `class_split` = "random:SEED" (a seeded
     # random half to train on). Empty: every split keeps every class. --max-examples counts the

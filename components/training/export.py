@@ -3,26 +3,22 @@ embedding signatures of `signatures.py` (`serving_default`, `embed_images`, `emb
 
 The evaluator scores this SavedModel; the ServingModelBuilder (`builder.py`) wraps these very
 functions with the `search` index for the Pusher. The SavedModel also holds the class names by class
-id, one a line, in assets/`contract.CLASS_NAMES_ASSET` (`class_names`, `read_class_names`): the
+id, one a line, in assets/`contract.CLASS_NAMES_ASSET` (`class_names`; `signatures.read_class_names` reads them): the
 Transform vocabulary of `class_name` in `contract.class_order`, or the ids as text "0".."N-1" for
 sources without class names.
 """
 from __future__ import annotations
 
-import os
-from typing import List, Optional
+from typing import List
 
 import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from triplet_tfx.components import contract
-from triplet_tfx.components.data.data_sources import IMAGE_KEY
-from triplet_tfx.components.serving import signatures
-from triplet_tfx.components.training.network import EMBEDDING_KEY, build_model
-from triplet_tfx.pipeline.config import PipelineConfig
-
-SERVING_SIGNATURE = "serving_default"
+from triplet_tfx.components import contract, signatures
+from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY, SERVING_SIGNATURE
+from triplet_tfx.components.training.network import build_model
+from triplet_tfx.components.config import PipelineConfig
 
 
 def image_features(image_bytes: tf.Tensor, spec) -> dict:
@@ -43,26 +39,6 @@ def class_names(tft_output: tft.TFTransformOutput, num_classes: int) -> List[str
         vocabulary = []
     names = contract.class_order(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in vocabulary)
     return names + [str(i) for i in range(len(names), num_classes)]
-
-
-def write_class_names(path: str, names: List[str]) -> str:
-    """Writes the class names (one a line) into the SavedModel folder's assets; returns the file."""
-    assets = os.path.join(path, "assets")
-    tf.io.gfile.makedirs(assets)
-    file = os.path.join(assets, contract.CLASS_NAMES_ASSET)
-    with tf.io.gfile.GFile(file, "w") as f:
-        f.write("".join(name.replace("\n", " ") + "\n" for name in names))
-    return file
-
-
-def read_class_names(path: str) -> Optional[List[str]]:
-    """The class names by class id of an embedding or serving SavedModel; None if it has none
-    (a model exported before class names)."""
-    file = os.path.join(path, "assets", contract.CLASS_NAMES_ASSET)
-    if not tf.io.gfile.exists(file):
-        return None
-    with tf.io.gfile.GFile(file) as f:
-        return f.read().splitlines()
 
 
 def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
@@ -95,4 +71,4 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
             encoded=config.data.encoded_images).items():
         archive.add_endpoint(name, function, input_signature=[spec])
     archive.write_out(path, verbose=False)
-    write_class_names(path, class_names(tft_output, config.data.num_classes))
+    signatures.write_class_names(path, class_names(tft_output, config.data.num_classes))

@@ -20,27 +20,18 @@ function, `components/images.py` (`decode_to_pixels`; its docstring states the r
 Bad input fails with InvalidArgument and a message naming the input and the problem: bytes that are
 not a tf.Example (`check_examples`), pixels of any shape but [B, H, W, C] (`check_pixels`), images
 that are empty or of an unknown format. The embedding SavedModel also
-holds the class names by class id (`contract.CLASS_NAMES_ASSET`, `export.read_class_names`).
+holds the class names by class id (`contract.CLASS_NAMES_ASSET`, `read_class_names`, written by `write_class_names`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+import os
+from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from triplet_tfx.components import images
-
-EMBED_IMAGES_SIGNATURE = "embed_images"
-EMBED_PIXELS_SIGNATURE = "embed_pixels"
-SEARCH_SIGNATURE = "search"
-EXAMPLES_INPUT = "examples"
-IMAGES_INPUT = "images"
-PIXELS_INPUT = "pixels"
-K_INPUT = "k"
-IDS_OUTPUT = "ids"
-LABELS_OUTPUT = "labels"
-DISTANCES_OUTPUT = "distances"
-CLASS_NAMES_OUTPUT = "class_names"
+from triplet_tfx.components import contract, images
+from triplet_tfx.components.contract import (EMBED_IMAGES_SIGNATURE, EMBED_PIXELS_SIGNATURE, EXAMPLES_INPUT,
+                                             IMAGES_INPUT, PIXELS_INPUT)
 
 # The image rule lives in components/images.py (one definition, run by Transform and by these
 # signatures); these names are kept for the modules that import them from here.
@@ -214,3 +205,23 @@ def embedding_functions(embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Te
         EMBED_IMAGES_SIGNATURE: (embed_images, images_spec()),
         EMBED_PIXELS_SIGNATURE: (embed_pixels_input, pixels_spec(image_shape)),
     }
+
+
+def write_class_names(path: str, names: List[str]) -> str:
+    """Writes the class names (one a line) into the SavedModel folder's assets; returns the file."""
+    assets = os.path.join(path, "assets")
+    tf.io.gfile.makedirs(assets)
+    file = os.path.join(assets, contract.CLASS_NAMES_ASSET)
+    with tf.io.gfile.GFile(file, "w") as f:
+        f.write("".join(name.replace("\n", " ") + "\n" for name in names))
+    return file
+
+
+def read_class_names(path: str) -> Optional[List[str]]:
+    """The class names by class id of an embedding or serving SavedModel; None if it has none
+    (a model exported before class names)."""
+    file = os.path.join(path, "assets", contract.CLASS_NAMES_ASSET)
+    if not tf.io.gfile.exists(file):
+        return None
+    with tf.io.gfile.GFile(file) as f:
+        return f.read().splitlines()

@@ -1,0 +1,81 @@
+"""Examples and embeddings as the evaluation and serving stages read them: the serialized tf.Examples
+of an Examples artifact's split, their labels and pixels, and their embeddings through an embedding
+SavedModel's serving signature (as a client of TF Serving would embed them).
+
+Shared by the EmbeddingEvaluator (evaluation/evaluator.py) and the ServingModelBuilder
+(serving/builder.py), so that neither stage reaches into the other.
+"""
+import functools
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tfx.types import artifact_utils
+from tfx.types.standard_artifacts import Examples, Model
+from tfx.utils import path_utils
+
+from triplet_tfx.components import images as image_function
+from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY, LABEL_KEY, SERVING_SIGNATURE
+from triplet_tfx.components.progress import Progress
+
+_BATCH = 1024
+
+
+def read_split(examples: Examples, split: str) -> list:
+    """Serialized tf.Examples of one split of an Examples artifact."""
+    files = sorted(tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*")))
+    if not files:
+        return []
+    # One batch of the whole split: ~10x faster than a Python loop over the records.
+    whole = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(2**31 - 1)
+    try:
+        return whole.get_single_element().numpy().tolist()
+    except tf.errors.InvalidArgumentError as e:
+        if "empty" in e.message:  # no records at all
+            return []
+        raise
+
+
+@functools.lru_cache(maxsize=8)
+def _image_decoder(image_shape: Tuple[int, int, int], resize: str):
+    """images.decode_to_pixels traced with unknown shapes, as the Transform graph runs it (TensorFlow's
+    resize_with_pad rounds its sizes differently eagerly, when the shapes are known)."""
+    return tf.function(lambda encoded: image_function.decode_to_pixels(encoded, image_shape, resize),
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+
+
+def decode_images(image_bytes, image_shape, encoded: bool = False, resize: str = "stretch") -> np.ndarray:
+    """uint8 [B, H, W, C] of tf.Examples' `image` values: raw pixels of the training shape, or
+    (`encoded`) image files decoded by the image function, as Transform decodes them."""
+    image_shape = tuple(int(v) for v in image_shape)
+    if encoded:
+        return _image_decoder(image_shape, resize)(tf.reshape(image_bytes, [-1])).numpy()
+    return tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, *image_shape]).numpy()
+
+
+def parse_examples(serialized: list, image_shape=None, encoded: bool = False,
+                   resize: str = "stretch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(labels, uint8 images) of serialized tf.Examples; images only if image_shape is given
+    (`encoded`: ExampleGen's examples of an encoded-image source, `DataConfig.encoded_images`)."""
+    spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    if image_shape is not None:
+        spec[IMAGE_KEY] = tf.io.FixedLenFeature([], tf.string)
+    labels, images = [], []
+    for start in range(0, len(serialized), _BATCH):
+        parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
+        labels.append(parsed[LABEL_KEY].numpy())
+        if image_shape is not None:
+            images.append(decode_images(parsed[IMAGE_KEY], image_shape, encoded, resize))
+    return np.concatenate(labels), np.concatenate(images) if images else None
+
+
+def embed(model: Model, serialized: list) -> np.ndarray:
+    """Embeddings of serialized raw tf.Examples through the model's serving signature."""
+    serve = tf.saved_model.load(path_utils.serving_model_path(model.uri)).signatures[SERVING_SIGNATURE]
+    batches = []
+    with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
+        for start in range(0, len(serialized), _BATCH):
+            batches.append(serve(examples=tf.constant(serialized[start:start + _BATCH]))[EMBEDDING_KEY].numpy())
+            progress.advance(len(batches[-1]))
+    return np.concatenate(batches)

@@ -1,0 +1,28 @@
+"""`triplet-tfx --help` and `triplet-tfx runs` start without TensorFlow: they import only the contract,
+the configuration and the pipeline's own light modules (docs/architecture.md, "Dependency rule").
+Each runs in a fresh interpreter, as the console script does, since this test process may already
+hold TensorFlow."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_WRAPPER = textwrap.dedent("""
+    import sys
+    from triplet_tfx.pipeline import cli
+    try:
+        code = cli.main(sys.argv[1:])
+    except SystemExit as exit:
+        code = exit.code
+    heavy = sorted(name for name in ("tensorflow", "keras", "tfx", "apache_beam") if name in sys.modules)
+    assert not heavy, f"triplet-tfx {' '.join(sys.argv[1:])} loaded {heavy}"
+    sys.exit(code)
+""")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["runs", "--output-root", "{root}"]], ids=["help", "runs"])
+def test_the_light_commands_do_not_load_tensorflow(tmp_path, args):
+    argv = [arg.format(root=tmp_path) for arg in args]
+    done = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
