@@ -8,7 +8,7 @@ PYTHON310 := $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: venv run test test-fast bench constraints clean
+.PHONY: venv run lint test test-fast bench constraints clean
 
 venv: $(STAMP)
 
@@ -23,14 +23,22 @@ $(STAMP): constraints.txt setup.py pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/triplet-tfx run $(ARGS)
 
-# The import contracts first (pyproject.toml's [tool.importlinter], docs/architecture.md), then every test.
-test: $(STAMP)
+# Static checks, configured in pyproject.toml: ruff (pycodestyle, pyflakes, isort, bugbear; not
+# `ruff format`, which is configured but not enforced yet), mypy on the modules listed in
+# [tool.mypy], vulture (dead code) and the import contracts ([tool.importlinter], docs/architecture.md).
+# .pre-commit-config.yaml runs the same checks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/vulture
 	$(VENV)/bin/lint-imports
+
+# The static checks first (`lint`), then every test.
+test: lint
 	$(VENV)/bin/python -m pytest -q tests $(ARGS)
 
 # The fast tier: every test not marked slow (CONTRIBUTING.md, "Test tiers"); target: under a minute.
-test-fast: $(STAMP)
-	$(VENV)/bin/lint-imports
+test-fast: lint
 	$(VENV)/bin/python -m pytest -q -m "not slow" tests $(ARGS)
 
 # Benchmarks (figures in README.md); each script's --help tells its options.

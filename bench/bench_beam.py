@@ -19,8 +19,8 @@ import sys
 import tempfile
 import time
 
-from triplet_tfx.pipeline import cli, portable_beam, terminal
 from triplet_tfx.components.config import BeamConfig, DataConfig, PipelineConfig
+from triplet_tfx.pipeline import cli, portable_beam, terminal
 
 
 def run(root: str, beam: BeamConfig, max_examples, beam_args=()) -> dict:

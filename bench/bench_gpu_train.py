@@ -16,8 +16,9 @@ Every GPU is used (MirroredStrategy; CUDA_VISIBLE_DEVICES picks them). The netwo
 optimizer are the Trainer's (`trainer.compiled_model`, built in the strategy's scope), the batch is
 class-balanced (32 examples per class, whole classes on each replica), one batch cached in memory and
 repeated, so the figure is the training step (plus the batch's copy to the GPUs), without the input
-pipeline's work: the mean over --steps steps after --warmup steps (compilation). Each setting runs in its own process: dtype policies and XLA state
-are per process. A setting that runs out of GPU memory is reported as such.
+pipeline's work: the mean over --steps steps after --warmup steps (compilation). Each setting runs in
+its own process: dtype policies and XLA state are per process. A setting that runs out of GPU memory
+is reported as such.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def gpu_names() -> List[str]:
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+    # isort: split
     import tensorflow as tf
 
     return [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
@@ -114,10 +116,11 @@ def class_balanced_batch(batch: int, replicas: int, image_shape=IMAGE_SHAPE):
 def measure(setting: Dict, steps: int, warmup: int) -> Dict:
     """Trains `warmup` then `steps` steps of one setting; ms per step and images per second."""
     import triplet_tfx.pipeline  # noqa: F401
+    # isort: split
     import tensorflow as tf
 
-    from triplet_tfx.components.training import trainer
     from triplet_tfx.components.config import TrainConfig
+    from triplet_tfx.components.training import trainer
 
     strategy = tf.distribute.MirroredStrategy()
     replicas = strategy.num_replicas_in_sync
@@ -157,7 +160,8 @@ def table_row(setting: Dict, result: Dict, replicas: Optional[int]) -> str:
     replicas = result.get("replicas", replicas)
     per_replica = setting["batch"] // replicas if replicas else "?"
     image = "x".join(str(d) for d in setting.get("image", IMAGE_SHAPE))
-    cells = [setting.get("network", "tutorial"), image, setting["batch"], per_replica, setting["mining"], setting["precision"], "on" if setting["xla"] else "off"]
+    cells = [setting.get("network", "tutorial"), image, setting["batch"], per_replica, setting["mining"],
+             setting["precision"], "on" if setting["xla"] else "off"]
     if "error" in result:
         cells += [result["error"], ""]
     else:

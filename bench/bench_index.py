@@ -12,9 +12,10 @@ so cluster sizes vary about 2x either way); a point is centre + isotropic Gaussi
                       cluster; the easy case, and the one the brief names);
   --data overlapping: [1.8, 2.2]: the clusters overlap (a query's 10th neighbour is ~0.83 x as far
                       as a random item): a stress case where partitions cut through neighbourhoods.
-The 1,000 queries are fresh draws from the same mixture (not in the index). Recall@10 is |found ∩ true top-10| / 10 averaged over
-the queries, the truth being exact k-NN by NumPy in float32. Real embeddings are not this: measure
-recall on them (a held-out sample against exact search) before choosing nprobe.
+The 1,000 queries are fresh draws from the same mixture (not in the index). Recall@10 is
+|found ∩ true top-10| / 10 averaged over the queries, the truth being exact k-NN by NumPy in
+float32. Real embeddings are not this: measure recall on them (a held-out sample against exact
+search) before choosing nprobe.
 
 Each index is built once, saved with tf.saved_model.save, loaded in process (tf.saved_model.load)
 and queried through its saved signature: batch-1 latency p50/p99 over --latency-queries queries,
@@ -124,8 +125,9 @@ def reference_worker(folder: str) -> None:
         build = time.perf_counter() - start
 
         def ivf_search(q, nprobe):
-            index.nprobe = nprobe
-            return index.search(q, K)[1]
+            # F821: pyflakes reads the `del index` below; the sweep calls this before it
+            index.nprobe = nprobe  # noqa: F821
+            return index.search(q, K)[1]  # noqa: F821
         sweep("faiss IndexIVFFlat", [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= lists],
               ivf_search, build, int(faiss.serialize_index(index).nbytes))
         del index
@@ -283,8 +285,8 @@ def ids_for(n):
 
 def run_size(n, data, args, rows):
     import tensorflow as tf
-    from triplet_tfx.components.serving import index as exact_index
-    from triplet_tfx.components.serving import ivf_index as ivf
+
+    from triplet_tfx.components.serving import index as exact_index, ivf_index as ivf
 
     print(f"\n[N={n:,}] generating {data} data...", file=sys.stderr, flush=True)
     x, labels, queries = synthetic(n, args.queries, data)
@@ -329,7 +331,8 @@ def run_size(n, data, args, rows):
     k = tf.constant(K)
     found = np.concatenate([signature(q=tf.constant(queries[s:s + 50]), k=k)["output_0"].numpy()
                             for s in range(0, len(queries), 50)])
-    p50, p99 = timed_single(lambda q: signature(q=tf.constant(q), k=k), latency_queries[:args.exact_latency_queries])
+    p50, p99 = timed_single(lambda q, signature=signature: signature(q=tf.constant(q), k=k),
+                            latency_queries[:args.exact_latency_queries])
     add("exact (matmul + top_k)", "-", build, n * DIM * 4 + 4 * n + 8 * n + id_bytes, recall_at(found, truth), p50, p99)
     del signature
     gc.collect()
@@ -344,7 +347,8 @@ def run_size(n, data, args, rows):
     start = time.perf_counter()
     list_ids = ivf.assign(x, centroids)
     assign_s = time.perf_counter() - start
-    print(f"[N={n:,}] k-means {lists} lists {quantizer_s:.1f}s, assignment {assign_s:.1f}s", file=sys.stderr, flush=True)
+    print(f"[N={n:,}] k-means {lists} lists {quantizer_s:.1f}s, assignment {assign_s:.1f}s",
+          file=sys.stderr, flush=True)
     default = ivf.default_nprobe(lists)
     sweep = sorted({p for p in (default // 4, default // 2, default, default * 2, default * 4) if 1 <= p <= lists})
     target = 0.95
@@ -367,7 +371,8 @@ def run_size(n, data, args, rows):
             found = np.concatenate([signature(queries=tf.constant(queries[s:s + 25]), k=k, nprobe=p)["output_0"].numpy()
                                     for s in range(0, len(queries), 25)])
             rec = recall_at(stored_to_input[found], truth)
-            p50, p99 = timed_single(lambda q: signature(queries=tf.constant(q), k=k, nprobe=p), latency_queries)
+            p50, p99 = timed_single(
+                lambda q, signature=signature, p=p: signature(queries=tf.constant(q), k=k, nprobe=p), latency_queries)
             add(name, f"lists {lists}, nprobe {nprobe}" + (" (default)" if nprobe == default else ""),
                 build, memory, rec, p50, p99)
             if name == "ivf int8 per-vector" and nprobe == default:
@@ -404,8 +409,8 @@ def print_table(rows, sizes_skipped):
         if "error" in r:
             print(f"| {r['n']:,} | {r['data']} | {r['method']} | {r['error']} | | | | | |")
         else:
-            print(f"| {r['n']:,} | {r['data']} | {r['method']} | {r['setting']} | {r['build_s']:.1f} | {r['memory'] / 1e9:.3f} | "
-                  f"{r['p50']:.2f} | {r['p99']:.2f} | {r['recall']:.4f} |")
+            print(f"| {r['n']:,} | {r['data']} | {r['method']} | {r['setting']} | {r['build_s']:.1f} | "
+                  f"{r['memory'] / 1e9:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['recall']:.4f} |")
     for line in sizes_skipped:
         print(line)
 

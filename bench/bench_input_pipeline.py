@@ -22,6 +22,8 @@ import tempfile
 import time
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -94,8 +96,8 @@ def input_rate(records: list, image_shape, encoded: bool, batch: int, seconds: f
 
 def model_rate(network: str, image_shape, batch: int, steps: int) -> float:
     """Images per second of the training step at `batch` (float32, random weights)."""
-    from triplet_tfx.components.training import trainer
     from triplet_tfx.components.config import TrainConfig
+    from triplet_tfx.components.training import trainer
 
     train = TrainConfig(network=network, backbone_weights="none", batch_size=batch, examples_per_class=4,
                         dropout=0.0 if network != "tutorial" else 0.3)

@@ -127,7 +127,7 @@ def run_worker(python: str, impl: str, batch: int, dim: int, repeats: int, timeo
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         oom = proc.returncode in (-9, 137) or "MemoryError" in proc.stderr or "OOM" in proc.stderr
         return {"error": "OOM" if oom else f"failed (rc={proc.returncode}): {proc.stderr[-400:]}"}
@@ -172,7 +172,10 @@ def main(argv=None):
         else:
             tfa = run_worker(tfa_python, "tfa", batch, args.dim, default_repeats(batch, "tfa"), args.timeout)
         raw.append({"batch": batch, "ours": ours, "tfa": tfa})
-        fmt = lambda r, k, f: f.format(r[k]) if k in r else r.get("error", "-")
+
+        def fmt(r, k, f):
+            return f.format(r[k]) if k in r else r.get("error", "-")
+
         if "ms_median" in ours and "ms_median" in tfa:
             r = tfa["ms_median"] / ours["ms_median"]
             ratio = f"{r:.1f}x" if r < 10 else f"{r:.0f}x"

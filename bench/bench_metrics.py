@@ -121,7 +121,8 @@ def main() -> None:
         notes = ", ".join(f"{key}={r[key]:.4f}" for key in ("precision_at_1", "map_at_r") if key in r)
         if "checksum" in r:
             notes = f"checksum={r['checksum']}"
-        print(f"| {desc} | {r['seconds']:.2f} | {r['data_mb']} | {r['peak_mb']} | {r['work_mb']} | {notes} |", flush=True)
+        print(f"| {desc} | {r['seconds']:.2f} | {r['data_mb']} | {r['peak_mb']} | {r['work_mb']} | {notes} |",
+              flush=True)
 
 
 if __name__ == "__main__":

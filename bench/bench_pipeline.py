@@ -121,7 +121,8 @@ def main() -> int:
     if "fit" in trainer:
         outside = first.seconds["Trainer"] - trainer["fit"]
         print(f"\nTrainer: fit {trainer['fit']:.1f} s{ratio(trainer['fit'], 'fit')}, "
-              f"{trainer.get('fit_cpu', float('nan')):.1f} s of CPU (epochs and the validation pass after the last one); "
+              f"{trainer.get('fit_cpu', float('nan')):.1f} s of CPU "
+              f"(epochs and the validation pass after the last one); "
               f"export after the fit {trainer.get('export', float('nan')):.1f} s "
               f"({100 * trainer.get('export', float('nan')) / trainer['fit']:.1f}% of the fit); "
               f"all the Trainer's time outside the fit (reading and caching the data, building, export) "

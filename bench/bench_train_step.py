@@ -35,11 +35,12 @@ EPOCH = 60_000  # MNIST's training examples
 
 def measure(setting: dict, steps: int) -> float:
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+    # isort: split
     import numpy as np
     import tensorflow as tf
 
-    from triplet_tfx.components.training import trainer
     from triplet_tfx.components.config import TrainConfig
+    from triplet_tfx.components.training import trainer
 
     setting = dict(setting)
     jit = setting.pop("jit", False)
@@ -60,11 +61,12 @@ def measure(setting: dict, steps: int) -> float:
 
 def input_pipeline_ms(batch_size: int, steps: int) -> float:
     import triplet_tfx.pipeline  # noqa: F401
+    # isort: split
     import numpy as np
     import tensorflow as tf
 
-    from triplet_tfx.components.training import trainer
     from triplet_tfx.components.config import TrainConfig
+    from triplet_tfx.components.training import trainer
 
     labels = np.tile(np.arange(10), 6000).astype(np.int64)
     images = np.zeros((60000, 28, 28, 1), np.float32)
@@ -110,7 +112,8 @@ def main() -> int:
         seed_epoch = seed_epoch or epoch
         m = setting.get("examples_per_class", 32)
         print(f"| {label} | {setting['batch_size']}" + (f" = {setting['batch_size'] // m} x {m}" if m else "")
-              + f" | {setting.get('precision', 'float32')} | {setting['dropout']} | {'yes' if setting.get('jit') else 'no'}"
+              + f" | {setting.get('precision', 'float32')} | {setting['dropout']}"
+              f" | {'yes' if setting.get('jit') else 'no'}"
               f" | {ms:.1f} | {epoch:.1f} | {epoch / seed_epoch:.2f} |")
     return 0
 

@@ -19,14 +19,16 @@ import json
 import time
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+
+# isort: split
 import keras
 import numpy as np
 import tensorflow as tf
 
+from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
 from triplet_tfx.components.training import network, trainer
-from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
 
 
 def main() -> None:
@@ -66,7 +68,8 @@ def main() -> None:
     start = time.time()
     net.fit(batches, verbose=2, **plan)
     seconds = time.time() - start
-    inference = network.build_model(train_images.shape[1:], train.embedding_dim, network=train.network)  # float32, as exported
+    # float32, as exported
+    inference = network.build_model(train_images.shape[1:], train.embedding_dim, network=train.network)
     inference.set_weights(net.get_weights())
 
     def scores(images, labels, prefix=""):

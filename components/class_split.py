@@ -9,7 +9,7 @@ Pure Python, no TensorFlow: the configuration validates with it, ExampleGen filt
 from __future__ import annotations
 
 import random
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 Classes = Tuple[int, ...]
 
@@ -24,7 +24,7 @@ class ClassSplitError(ValueError):
 
 def parse_classes(text: str, num_classes: int, field: str) -> Classes:
     """"0-4", "0,2,7" or "0-2,7" -> sorted distinct class ids, each in [0, num_classes)."""
-    classes = set()
+    classes: Set[int] = set()
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
@@ -62,10 +62,11 @@ def resolve(train_classes: str, eval_classes: str, class_split: str,
         train, evaluated = random_half(num_classes, int(seed))
     elif train_classes or eval_classes:
         everything = set(range(num_classes))
-        train = parse_classes(train_classes, num_classes, "train_classes") if train_classes else None
-        evaluated = parse_classes(eval_classes, num_classes, "eval_classes") if eval_classes else None
-        train = train if train is not None else tuple(sorted(everything - set(evaluated)))
-        evaluated = evaluated if evaluated is not None else tuple(sorted(everything - set(train)))
+        train_given = parse_classes(train_classes, num_classes, "train_classes") if train_classes else None
+        eval_given = parse_classes(eval_classes, num_classes, "eval_classes") if eval_classes else None
+        # One of the two is given (this branch's condition): `or ()` only narrows the type.
+        train = train_given if train_given is not None else tuple(sorted(everything - set(eval_given or ())))
+        evaluated = eval_given if eval_given is not None else tuple(sorted(everything - set(train)))
         overlap = set(train) & set(evaluated)
         if overlap:
             raise ClassSplitError("eval_classes", f"{format_classes(overlap)} also among the train classes: "
@@ -78,9 +79,10 @@ def resolve(train_classes: str, eval_classes: str, class_split: str,
     return {"train": train, "eval": evaluated}
 
 
-def format_classes(classes: Sequence[int]) -> str:
+def format_classes(classes: Iterable[int]) -> str:
     """Sorted ids as compact ranges: (0, 1, 2, 4) -> "0-2,4"."""
-    ids, parts = sorted(set(classes)), []
+    ids = sorted(set(classes))
+    parts: List[List[int]] = []
     for i in ids:
         if parts and parts[-1][1] == i - 1:
             parts[-1][1] = i

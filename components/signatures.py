@@ -30,8 +30,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from triplet_tfx.components import contract, images
-from triplet_tfx.components.contract import (EMBED_IMAGES_SIGNATURE, EMBED_PIXELS_SIGNATURE, EXAMPLES_INPUT,
-                                             IMAGES_INPUT, PIXELS_INPUT)
+from triplet_tfx.components.contract import (
+    EMBED_IMAGES_SIGNATURE,
+    EMBED_PIXELS_SIGNATURE,
+    EXAMPLES_INPUT,
+    IMAGES_INPUT,
+    PIXELS_INPUT,
+)
 
 # The image rule lives in components/images.py (one definition, run by Transform and by these
 # signatures); these names are kept for the modules that import them from here.

@@ -62,7 +62,8 @@ def target_from_env(host=None, namespace=None, token=None, sa_token_path=None, c
     host = host or os.environ.get(ENDPOINT_ENV)
     if not host:
         raise DeployError(f"no Kubeflow Pipelines host: pass --host URL or set {ENDPOINT_ENV} "
-                          "(e.g. http://localhost:8080 after `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)")
+                          "(e.g. http://localhost:8080 after "
+                          "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)")
     return DeployTarget(host=normalize_host(host), namespace=namespace or None,
                         token=token or os.environ.get(TOKEN_ENV) or None,
                         sa_token_path=sa_token_path or os.environ.get(SA_TOKEN_PATH_ENV) or None,

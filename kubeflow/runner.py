@@ -221,8 +221,7 @@ def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackag
     import yaml
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
-    from tfx import v1 as tfx
-    from tfx import version as tfx_version
+    from tfx import v1 as tfx, version as tfx_version
 
     pipeline, config = build_pipeline(config)
     kf = config.kubeflow
@@ -292,7 +291,8 @@ def _trainer_launch_note(task: Dict[str, Any]) -> List[str]:
     pools = custom_config.get("ai_platform_training_args", {}).get("job_spec", {}).get("worker_pool_specs")
     if pools:
         machine = pools[0]["machine_spec"]
-        gpus = f" + {machine['accelerator_count']} {machine['accelerator_type']}" if "accelerator_type" in machine else ""
+        gpus = (f" + {machine['accelerator_count']} {machine['accelerator_type']}"
+                if "accelerator_type" in machine else "")
         return [f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
                 f"{pools[0]['container_spec']['image_uri']}"]
     return []

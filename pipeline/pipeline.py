@@ -13,16 +13,15 @@ from typing import Optional
 
 from tfx.proto import transform_pb2
 
-from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
-
-from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
-from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
+from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.components.data import manifest
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
+from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
+from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
 from triplet_tfx.components.serving.builder import ServingModelBuilder
 from triplet_tfx.components.serving.pusher import Pusher
-from triplet_tfx.components.config import PipelineConfig
+from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
 # packages nothing, and the code fingerprint below tells its cache when that code changed.

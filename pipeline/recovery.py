@@ -17,8 +17,8 @@ from typing import List
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from triplet_tfx.pipeline import summary
 from triplet_tfx.components.config import PipelineConfig
+from triplet_tfx.pipeline import summary
 
 INTERRUPTED_PROPERTY = "interrupted"  # custom property of an execution marked failed here
 _UNFINISHED = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)

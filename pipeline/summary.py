@@ -10,10 +10,10 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from triplet_tfx.components import contract
+from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.components.contract import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.components.evaluation import report
 from triplet_tfx.components.evaluation.report import verdict_line
-from triplet_tfx.components.config import PipelineConfig
 
 
 @dataclasses.dataclass
@@ -143,7 +143,8 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
         properties = max(serving_models, key=lambda a: a.id).custom_properties
         search_index = (f"{properties[contract.INDEX_SIZE].int_value} {properties[contract.INDEX_SPLIT].string_value} "
                         f"references, built in {properties[contract.INDEX_BUILD_SECONDS].double_value:.1f} s "
-                        f"(ServingModelBuilder), {properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
+                        f"(ServingModelBuilder), "
+                        f"{properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
     skipped_images = ""
     examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
     if examples:

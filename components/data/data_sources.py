@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
 
 from triplet_tfx.components import contract
+from triplet_tfx.components.config import DataConfig
 from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.data import image_folder, manifest
 from triplet_tfx.components.data.errors import BadImageError, DataSourceError  # noqa: F401 (re-exported)
 from triplet_tfx.components.data.image_check import ImageInfo
-from triplet_tfx.components.config import DataConfig
 
 IMAGE_SUFFIXES = contract.IMAGE_SUFFIXES
 
@@ -82,8 +82,9 @@ def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num
 def make_example(image: np.ndarray, label: int) -> bytes:
     """Serialized tf.Example: raw uint8 pixels and an int64 label. Deterministic bytes (the
     feature map's order is otherwise random), so that the hash split of `images:` sources is stable."""
+    pixels = np.ascontiguousarray(image, np.uint8).tobytes()
     return tf.train.Example(features=tf.train.Features(feature={
-        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, np.uint8).tobytes()])),
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
     })).SerializeToString(deterministic=True)
 

@@ -23,17 +23,16 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from tfx import types
 from tfx.components.example_gen import base_example_gen_executor, driver
 from tfx.dsl.components.base import base_beam_component, executor_spec
-from tfx import types
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, component_spec, standard_artifacts, standard_component_specs
 
-from triplet_tfx.components import contract
-from triplet_tfx.components import class_split
+from triplet_tfx.components import class_split, contract
+from triplet_tfx.components.config import DataConfig
 from triplet_tfx.components.data import data_sources, image_check, image_folder, image_items, manifest
 from triplet_tfx.components.data.errors import BadImageError
-from triplet_tfx.components.config import DataConfig
 
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"

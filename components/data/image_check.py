@@ -63,8 +63,8 @@ def check_image(data: bytes, where: str) -> ImageInfo:
         raise BadImageError(where, "empty file (0 bytes)")
     pillow_format, width, height = _header(data, where)
     if pillow_format == "WEBP":
-        raise BadImageError(where, f"WebP image: TensorFlow cannot decode WebP; convert it to PNG or JPEG "
-                                   f"(e.g. `dwebp in.webp -o out.png` or Pillow)")
+        raise BadImageError(where, "WebP image: TensorFlow cannot decode WebP; convert it to PNG or JPEG "
+                                   "(e.g. `dwebp in.webp -o out.png` or Pillow)")
     image_format = sniff_format(data)
     if not image_format:
         raise BadImageError(where, f"{pillow_format or 'unknown'} image: TensorFlow decodes only {SUPPORTED}; "
@@ -75,6 +75,7 @@ def check_image(data: bytes, where: str) -> ImageInfo:
     if width <= 0 or height <= 0:
         raise BadImageError(where, f"image of size {width}x{height}")
     import tensorflow as tf
+
     from triplet_tfx.components import images
 
     try:

@@ -17,7 +17,7 @@ import stat
 from typing import Dict, List, NamedTuple, Tuple
 
 from triplet_tfx.components import contract
-from triplet_tfx.components.contract import IMAGE_SUFFIXES, REFUSED_SUFFIXES, is_image_name
+from triplet_tfx.components.contract import IMAGE_SUFFIXES, is_image_name
 from triplet_tfx.components.data.errors import DataSourceError
 from triplet_tfx.components.data.image_items import ImageItem, is_remote, stat_followed
 from triplet_tfx.components.files import file_kind

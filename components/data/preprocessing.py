@@ -17,8 +17,8 @@ from typing import Any, Dict
 import tensorflow as tf
 
 from triplet_tfx.components import contract, images
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.config import PipelineConfig
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 
 
 def decode_images(image_bytes: tf.Tensor, image_shape) -> tf.Tensor:

@@ -33,13 +33,13 @@ from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEv
 from tfx.utils import path_utils
 
 from triplet_tfx.components import projector
+from triplet_tfx.components.config import EvalConfig, PipelineConfig
 from triplet_tfx.components.contract import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
 from triplet_tfx.components.evaluation import metrics, report, retrievals
 from triplet_tfx.components.evaluation.report import verdict_line
 from triplet_tfx.components.examples_io import embed, parse_examples, read_split
 from triplet_tfx.components.progress import Progress
 from triplet_tfx.components.signatures import read_class_names
-from triplet_tfx.components.config import EvalConfig, PipelineConfig
 
 logger = logging.getLogger(__name__)
 # The report's gallery: the worst-retrieved queries and their nearest neighbours.

@@ -159,6 +159,7 @@ def _knn_keys(
         if best is not None:
             keys = np.concatenate([best, keys], axis=1)
         best = _select_k(keys, k)
+    assert best is not None  # the callers check k <= the number of references, so there is one block
     best.sort(axis=1)
     return best
 

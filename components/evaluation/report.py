@@ -14,6 +14,7 @@ import numpy as np
 
 from triplet_tfx.components import contract
 from triplet_tfx.components.class_split import format_classes
+
 # The plots, re-exported: callers use them as `report.plot_...`.
 from triplet_tfx.components.evaluation.plots import (  # noqa: F401
     _pca_2d,
@@ -244,7 +245,8 @@ def write_report(
     later = [(c, rel[c]) for c in rel if c not in (GALLERY_CAPTION, CONFUSION_CAPTION)]
     context = {"title": title, "info": info, "first": first, "later": later, "header": header, "rows": rows,
                "pc_header": pc_header, "pc_rows": pc_rows}
-    paths = {"markdown": os.path.join(out_dir, contract.MARKDOWN_REPORT_FILE), "html": os.path.join(out_dir, contract.HTML_REPORT_FILE)}
+    paths = {"markdown": os.path.join(out_dir, contract.MARKDOWN_REPORT_FILE),
+             "html": os.path.join(out_dir, contract.HTML_REPORT_FILE)}
     for kind, template in (("markdown", "report.md.j2"), ("html", "report.html.j2")):
         with open(paths[kind], "w", encoding="utf-8") as f:
             f.write(_TEMPLATES.get_template(template).render(context))

@@ -25,9 +25,9 @@ from tfx.types.standard_artifacts import Examples, Model, ModelBlessing
 from tfx.utils import path_utils
 
 from triplet_tfx.components import contract
+from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.components.examples_io import embed, parse_examples, read_split
 from triplet_tfx.components.serving import index
-from triplet_tfx.components.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 

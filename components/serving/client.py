@@ -22,13 +22,22 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
-from triplet_tfx.components.contract import IMAGE_SUFFIXES, is_image_name
+from triplet_tfx.components.contract import (
+    CLASS_NAMES_OUTPUT,
+    DISTANCES_OUTPUT,
+    EMBED_IMAGES_SIGNATURE,
+    EMBEDDING_KEY,
+    IDS_OUTPUT,
+    IMAGE_SUFFIXES,
+    IMAGES_INPUT,
+    K_INPUT,
+    LABELS_OUTPUT,
+    SEARCH_SIGNATURE,
+    is_image_name,
+)
 from triplet_tfx.components.files import file_kind
 from triplet_tfx.components.images import IMAGE_MAGIC
-from triplet_tfx.components.contract import (CLASS_NAMES_OUTPUT, DISTANCES_OUTPUT, EMBED_IMAGES_SIGNATURE,
-                                             EMBEDDING_KEY, IDS_OUTPUT, IMAGES_INPUT, K_INPUT, LABELS_OUTPUT,
-                                             SEARCH_SIGNATURE)
+from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
 from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
 
 SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, cast
 
 import numpy as np
 import tensorflow as tf
@@ -226,7 +226,8 @@ class IvfState:
             return self.vectors
         if self.float_vectors is not None:
             return self.float_vectors
-        return dequantize(self.vectors, self.scales, self.scale)
+        # int8 storage always has its scales
+        return dequantize(self.vectors, cast(np.ndarray, self.scales), self.scale)
 
 
 def _group(list_ids: np.ndarray, lists: int):
@@ -321,7 +322,8 @@ def rebuild_reasons(state: IvfState, recall_at_10: Optional[float] = None, targe
         reasons.append(f"list sizes unbalanced: largest list {int(state.lengths.max())} items, "
                        f"> {IMBALANCE_LIMIT:g} x the mean {mean:.1f}")
     if state.trained_size and state.size > (1.0 + GROWTH_LIMIT) * state.trained_size:
-        reasons.append(f"catalogue grew from {state.trained_size} to {state.size} items since the quantizer was trained")
+        reasons.append(f"catalogue grew from {state.trained_size} to {state.size} items "
+                       "since the quantizer was trained")
     if state.clipped_fraction > SATURATION_LIMIT:
         reasons.append(f"{state.clipped_fraction:.2%} of the int8 codes are clipped (per-dimension scales "
                        "of the build no longer cover the added items)")
@@ -370,7 +372,8 @@ class IvfIndex(tf.Module):
             return tf.Variable(value, trainable=False, name=name, dtype=dtype)
 
         self.centroids = variable(state.centroids, "centroids")
-        self.centroid_squared_norms = variable(np.einsum("ij,ij->i", state.centroids, state.centroids), "centroid_squared_norms")
+        self.centroid_squared_norms = variable(np.einsum("ij,ij->i", state.centroids, state.centroids),
+                                               "centroid_squared_norms")
         self.offsets = variable(state.offsets.astype(np.int32), "offsets")
         self.lengths = variable(state.lengths.astype(np.int32), "lengths")
         self.list_ids = variable(state.list_ids.astype(np.int32), "list_ids")
@@ -381,12 +384,12 @@ class IvfIndex(tf.Module):
         if state.storage == "float32":
             approximate = np.zeros([0], np.float32)
         else:
-            restored = dequantize(state.vectors, state.scales, state.scale)
+            restored = dequantize(state.vectors, cast(np.ndarray, state.scales), state.scale)  # int8: scales set
             approximate = np.einsum("ij,ij->i", restored, restored)
         self.code_squared_norms = variable(approximate.astype(np.float32), "code_squared_norms")
         self.scales = variable(state.scales if state.scales is not None else np.zeros([0], np.float32), "scales")
-        self.float_vectors = variable(state.float_vectors if self.reranks else np.zeros([0, self.dimension], np.float32),
-                                      "float_vectors")
+        self.float_vectors = variable(
+            state.float_vectors if self.reranks else np.zeros([0, self.dimension], np.float32), "float_vectors")
         self.ids = variable(np.asarray(state.ids, dtype=object), "ids", dtype=tf.string)
         self.labels = variable(np.asarray(state.labels, np.int64), "labels")
         self.layout = variable(f"{state.storage}/{state.scale}", "layout", tf.string)
@@ -399,7 +402,8 @@ class IvfIndex(tf.Module):
         size = tf.shape(self.list_ids)[0]
         lists = tf.shape(self.offsets)[0]
         checks = [tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1"),
-                  tf.debugging.assert_less_equal(k, size, message="k must be at most the index size (the number of items)"),
+                  tf.debugging.assert_less_equal(
+                      k, size, message="k must be at most the index size (the number of items)"),
                   tf.debugging.assert_greater_equal(nprobe, 1, message="nprobe must be at least 1"),
                   tf.debugging.assert_less_equal(nprobe, lists, message="nprobe must be at most the number of lists")]
         with tf.control_dependencies(checks):

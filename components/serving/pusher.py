@@ -15,8 +15,7 @@ import os
 from typing import Any, Dict, List
 
 from tfx import types
-from tfx.components.pusher import component as pusher_component
-from tfx.components.pusher import executor as pusher_executor
+from tfx.components.pusher import component as pusher_component, executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs

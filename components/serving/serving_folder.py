@@ -67,7 +67,7 @@ def next_version(base: str, now: float) -> int:
 def remove_interrupted_pushes(base: str) -> List[str]:
     """Cleans up after pushes that were killed midway; call it holding the lock. Returns one
     line per folder removed or moved aside."""
-    done = []
+    done: List[str] = []
     if not os.path.isdir(base):
         return done
     for name in sorted(os.listdir(base)):

@@ -30,9 +30,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from triplet_tfx.components.serving.client_errors import (InvalidRequestError, ModelNotFoundError,
-                                                          ServerUnavailableError, ServingError,
-                                                          ServingTimeoutError, VersionNotLoadedError)
+from triplet_tfx.components.serving.client_errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServerUnavailableError,
+    ServingError,
+    ServingTimeoutError,
+    VersionNotLoadedError,
+)
 
 Arrays = Dict[str, np.ndarray]
 MAX_BACKOFF_SECONDS = 8.0
@@ -243,7 +248,7 @@ class GrpcTransport:
                  backoff: float):
         import grpc
         import tensorflow as tf
-        from tensorflow_serving.apis import (model_service_pb2_grpc, prediction_service_pb2_grpc)
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self._grpc, self._tf = grpc, tf
         self.address, self.model_name, self.version = address, model_name, version

@@ -128,7 +128,9 @@ def class_balanced_batches(
 
     def merge(features, labels):
         # [classes_per_batch, m, ...] -> [batch_size, ...]
-        flat = lambda x: tf.reshape(x, tf.concat([[batch_size], tf.shape(x)[2:]], axis=0))
+        def flat(x):
+            return tf.reshape(x, tf.concat([[batch_size], tf.shape(x)[2:]], axis=0))
+
         return tf.nest.map_structure(flat, features), flat(labels)
 
     ds = ds.batch(classes_per_batch, drop_remainder=True).map(

@@ -16,9 +16,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from triplet_tfx.components import contract, signatures
+from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY, SERVING_SIGNATURE
 from triplet_tfx.components.training.network import build_model
-from triplet_tfx.components.config import PipelineConfig
 
 
 def image_features(image_bytes: tf.Tensor, spec) -> dict:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import keras
 
+from triplet_tfx.components.config import BACKBONES
 from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY
 from triplet_tfx.components.training import backbones
-from triplet_tfx.components.config import BACKBONES
-
 
 
 def _tutorial(x, precision: str, dropout: float):

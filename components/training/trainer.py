@@ -22,11 +22,11 @@ import keras
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from triplet_tfx.components.config import PipelineConfig, TrainConfig
 from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses
 from triplet_tfx.components.training.export import export_serving_model
 from triplet_tfx.components.training.network import build_model
-from triplet_tfx.components.config import PipelineConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import triplet_tfx.components  # noqa: F401  (pins Keras 3 before TensorFlow loads)
 
+# isort: split
 import argparse
 import collections
 import json

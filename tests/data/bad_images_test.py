@@ -7,15 +7,14 @@ import zlib
 
 import numpy as np
 import pytest
+from example_gen_helpers import generate, read_split, run_example_gen
+from photo_collection import make_photo_collection
 from PIL import Image
 
 from triplet_tfx.components import contract
-from triplet_tfx.components.data import data_sources, image_check
 from triplet_tfx.components.config import DataConfig
+from triplet_tfx.components.data import data_sources, image_check
 from triplet_tfx.pipeline.summary import RunSummary
-
-from example_gen_helpers import generate, read_split, run_example_gen
-from photo_collection import make_photo_collection
 
 pytestmark = pytest.mark.slow
 

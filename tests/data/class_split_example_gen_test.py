@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
+from data_sources_test import _write_png, _write_tfrecords, decode, first_pixel
+from tfds_source_test import NUM, TinyDigitsFour
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from triplet_tfx.components.data import data_sources, example_gen, image_check
 from triplet_tfx.components.config import DEFAULT_BEAM_ARGS, DataConfig
-
-from data_sources_test import _write_png, _write_tfrecords, decode, first_pixel
-from tfds_source_test import NUM, TinyDigitsFour
+from triplet_tfx.components.data import data_sources, example_gen, image_check
 
 pytestmark = pytest.mark.slow
 

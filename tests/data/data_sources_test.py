@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from triplet_tfx.components.data import data_sources, example_gen, image_check, image_items
 from triplet_tfx.components.config import DataConfig
+from triplet_tfx.components.data import data_sources, example_gen, image_check, image_items
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ import os
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from example_gen_helpers import features, generate, read_split, run_example_gen
+from photo_collection import make_photo_collection
 
 from triplet_tfx.components import contract
 from triplet_tfx.components.config import DataConfig
-
-from example_gen_helpers import features, generate, read_split, run_example_gen
-from photo_collection import make_photo_collection
 
 pytestmark = pytest.mark.slow
 

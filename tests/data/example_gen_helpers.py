@@ -10,8 +10,8 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from triplet_tfx.components.data import example_gen
 from triplet_tfx.components.config import DEFAULT_BEAM_ARGS, DataConfig
+from triplet_tfx.components.data import example_gen
 
 
 def exec_properties(data: DataConfig) -> dict:

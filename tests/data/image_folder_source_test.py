@@ -5,14 +5,13 @@ import os
 import signal
 
 import pytest
-
-from triplet_tfx.components import contract
-from triplet_tfx.components.data import data_sources, image_folder
-from triplet_tfx.pipeline import pipeline
-from triplet_tfx.components.config import DataConfig
-
 from example_gen_helpers import features, generate, read_split, run_example_gen
 from photo_collection import CLASSES, make_photo_collection
+
+from triplet_tfx.components import contract
+from triplet_tfx.components.config import DataConfig
+from triplet_tfx.components.data import data_sources, image_folder
+from triplet_tfx.pipeline import pipeline
 
 pytestmark = pytest.mark.slow
 

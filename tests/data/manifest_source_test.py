@@ -5,12 +5,11 @@ import os
 
 import pytest
 import tensorflow as tf
-
-from triplet_tfx.components.data import data_sources, example_gen, manifest
-from triplet_tfx.components.config import DataConfig
-
 from example_gen_helpers import features, generate, read_split, run_example_gen
 from photo_collection import make_photo_collection
+
+from triplet_tfx.components.config import DataConfig
+from triplet_tfx.components.data import data_sources, example_gen, manifest
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.data import preprocessing
 from triplet_tfx.components.config import DataConfig, PipelineConfig
+from triplet_tfx.components.data import preprocessing
 
 
 def _config(**data):

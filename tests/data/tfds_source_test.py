@@ -7,11 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from apache_beam.testing.util import assert_that, equal_to
-
-from triplet_tfx.components.data import data_sources, example_gen
-from triplet_tfx.components.config import DataConfig
-
 from data_sources_test import decode, first_pixel
+
+from triplet_tfx.components.config import DataConfig
+from triplet_tfx.components.data import data_sources, example_gen
 
 NUM = {"train": 12, "test": 6}
 

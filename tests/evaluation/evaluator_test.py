@@ -1,6 +1,6 @@
 """The blessing rule: absolute lower bounds, and no regression against a baseline beyond a tolerance."""
-from triplet_tfx.components.evaluation.evaluator import blessing_decision
 from triplet_tfx.components.config import EvalConfig
+from triplet_tfx.components.evaluation.evaluator import blessing_decision
 
 RULE = EvalConfig(lower_bounds={"precision_at_1": 0.9, "map_at_r": 0.5},
                   compared_metrics=("precision_at_1", "map_at_r"), max_regression=0.01)
@@ -61,8 +61,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from triplet_tfx.components import contract  # noqa: E402
-from triplet_tfx.components import examples_io  # noqa: E402
+from triplet_tfx.components import contract, examples_io  # noqa: E402
 from triplet_tfx.components.evaluation import evaluator  # noqa: E402
 
 

@@ -8,7 +8,6 @@ from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_s
 
 from triplet_tfx.components.evaluation import metrics as M
 
-
 # ------------------------------------------------------------------ brute-force references
 
 

@@ -157,6 +157,6 @@ def test_class_name_column_beside_the_label(tmp_path):
     paths = projector.write_projector_bundle(str(tmp_path), emb, labels, split="eval", class_names=names)
     rows = [line.split("\t") for line in open(paths["meta"]).read().splitlines()]
     assert rows[0] == ["label", "class_name", "split"]
-    assert rows[1:] == [[str(l), n, "eval"] for l, n in zip(labels, names)]
+    assert rows[1:] == [[str(label), n, "eval"] for label, n in zip(labels, names)]
     with pytest.raises(ValueError, match="class_names and embeddings differ in length"):
         projector.write_projector_bundle(str(tmp_path), emb, labels, class_names=names[:2])

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triplet_tfx.components.evaluation import plots as P
-from triplet_tfx.components.evaluation import report as R
+from triplet_tfx.components.evaluation import plots as P, report as R
 
 
 def _metrics(p1, per_class, skipped=0):

@@ -21,7 +21,6 @@ It is not an orchestrator (no caching, no retries, no parallelism, no conditions
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

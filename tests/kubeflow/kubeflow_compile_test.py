@@ -16,7 +16,6 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 from triplet_tfx.pipeline.pipeline import create_pipeline
 
@@ -145,7 +144,8 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
     by_task = beam_args_by_task(spec)
     fn_api = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
     for task in DATA_TASKS:
-        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1", "--sdk_container_image=registry.example/triplet-tfx:1",
+        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1",
+                                     "--sdk_container_image=registry.example/triplet-tfx:1",
                                      "--runner=DataflowRunner", "--project=p1"]
     assert by_task and all(args == [] for args in by_task.values()), by_task
 
@@ -235,7 +235,8 @@ def test_compile_help_explains_the_options(capsys):
     for needle in ("--pipeline-root", "gs://", "s3://", "minio://", "--pvc", "--image", "--gpu-image",
                    "nvidia.com/gpu", "NVIDIA_TESLA_T4", "--gpu-count", "--trainer-cpu", "--trainer-memory",
                    "--beam-runner dataflow", "--dataflow-temp-location gs://", "--beam-runner flink",
-                   "--beam-job-endpoint", "--beam-artifact-endpoint", "kubeflow/flink/", "--beam-runner spark", "--beam-arg", "--data",
+                   "--beam-job-endpoint", "--beam-artifact-endpoint", "kubeflow/flink/", "--beam-runner spark",
+                   "--beam-arg", "--data",
                    "kfp pipeline create"):
         assert needle in text, needle
 

@@ -7,16 +7,15 @@ packages with kfp's PipelineSpec proto, and answers 401 / 409 as a real server d
 KFP server or cluster is involved: this proves the requests the deploy command makes and how
 it reports failures, not the cluster's behaviour.
 """
-import os
 import socket
 import time
 
 import pytest
-
 from kfp_fake_server import FakeKfpServer
+
+from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 from triplet_tfx.kubeflow import deploy, runner
 from triplet_tfx.pipeline import cli
-from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 
 
 @pytest.fixture(scope="module")

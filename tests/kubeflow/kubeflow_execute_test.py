@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 import pytest
-
 from kfp_local_executor import run_pipeline_spec
+
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 

@@ -11,9 +11,9 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
-from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
 
 IMAGES = ["--image", "registry.example/triplet-tfx:1", "--gpu-image", "registry.example/triplet-tfx-gpu:1"]
 
@@ -89,7 +89,8 @@ def test_vertex_backend_compiles_tfxs_vertex_trainer_with_worker_pools(vertex_pa
     assert custom_config["ai_platform_training_args"] == {"project": "my-project", "job_spec": {"worker_pool_specs": [
         {"machine_spec": machine, "replica_count": 1, "container_spec": image},  # the chief
         {"machine_spec": machine, "replica_count": 2, "container_spec": image}]}}
-    (line,) = [line for line in runner.summarize(runner.CompiledPackage("", "", vertex_package[0])) if "Trainer" in line]
+    summary = runner.summarize(runner.CompiledPackage("", "", vertex_package[0]))
+    (line,) = [line for line in summary if "Trainer" in line]
     assert line.endswith("[Vertex AI job: 3 replicas of a2-highgpu-2g + 2 NVIDIA_TESLA_A100, "
                          "registry.example/triplet-tfx-gpu:1]")
 

@@ -11,12 +11,12 @@ import sys
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes_standin import KubernetesStandIn
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from kubernetes_standin import KubernetesStandIn
+from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 from triplet_tfx.components.training import tfjob, worker
 from triplet_tfx.kubeflow import runner
-from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RBAC = os.path.join(REPO, "kubeflow", "tfjob-rbac.yaml")

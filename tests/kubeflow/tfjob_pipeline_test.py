@@ -15,9 +15,9 @@ import re
 import numpy as np
 import pytest
 import yaml
-
 from kfp_local_executor import run_pipeline_spec
 from kubernetes_standin import KubernetesStandIn
+
 from triplet_tfx.kubeflow import runner
 from triplet_tfx.pipeline import cli
 

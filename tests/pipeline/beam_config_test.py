@@ -1,8 +1,8 @@
 """The `beam` section: --beam-runner and its settings -> the data components' Beam options."""
 import pytest
 
-from triplet_tfx.pipeline import cli, pipeline
 from triplet_tfx.components.config import BeamConfig, ConfigError, PipelineConfig, beam_pipeline_args
+from triplet_tfx.pipeline import cli, pipeline
 
 IMAGE = "registry.example/triplet-tfx:1"
 FNAPI = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
@@ -13,7 +13,8 @@ def config_of(*flags):
 
 
 def test_local_is_the_in_process_fn_api_runner_and_raw_args_come_last():
-    assert beam_pipeline_args(BeamConfig(), IMAGE) == (FNAPI, "--direct_num_workers=1", f"--sdk_container_image={IMAGE}")
+    assert beam_pipeline_args(BeamConfig(), IMAGE) == (FNAPI, "--direct_num_workers=1",
+                                                       f"--sdk_container_image={IMAGE}")
     config = config_of("--beam-arg=--direct_num_workers=2")
     assert config.data_beam_args == (FNAPI, "--direct_num_workers=1", f"--sdk_container_image={IMAGE}",
                                      "--direct_num_workers=2")
@@ -59,8 +60,14 @@ def test_runner_flags_become_beam_options(flags, expected):
 
 
 def test_beam_options_parse_as_beams_own_pipeline_options():
-    from apache_beam.options.pipeline_options import (FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions,
-                                                      PortableOptions, StandardOptions, WorkerOptions)
+    from apache_beam.options.pipeline_options import (
+        FlinkRunnerOptions,
+        GoogleCloudOptions,
+        PipelineOptions,
+        PortableOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
 
     options = PipelineConfig(beam=BeamConfig(
         runner="dataflow", project="p1", region="r1", temp_location="gs://b/t", machine_type="n2-standard-4",
@@ -92,7 +99,8 @@ def test_beam_options_parse_as_beams_own_pipeline_options():
     (["--beam-runner", "dataflow", "--dataflow-region", "r", "--dataflow-temp-location", "gs://b/t"],
      "beam.project (--dataflow-project): Dataflow needs it"),
     (["--beam-runner", "dataflow", "--dataflow-project", "p", "--dataflow-region", "r",
-      "--dataflow-temp-location", "gs://b/t", "--dataflow-max-workers", "0"], "beam.max_workers (--dataflow-max-workers)"),
+      "--dataflow-temp-location", "gs://b/t", "--dataflow-max-workers", "0"],
+     "beam.max_workers (--dataflow-max-workers)"),
     (["--dataflow-project", "p"], "beam.project (--dataflow-project): applies to --beam-runner dataflow only, "
                                   "not local"),
     (["--beam-runner", "dataflow", "--beam-job-endpoint", "j:1"],

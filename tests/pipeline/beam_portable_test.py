@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from triplet_tfx.pipeline import cli, portable_beam
 from triplet_tfx.components.config import BeamConfig, DataConfig, PipelineConfig
+from triplet_tfx.pipeline import cli, portable_beam
 
 pytestmark = pytest.mark.slow
 

@@ -109,8 +109,8 @@ def scenario(tmp_path_factory):
     outputs = {}
 
     # A: a real process, killed once its Trainer execution has begun (its output folders exist).
-    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         models = os.path.join(config.pipeline_root, "Trainer", "model")
         deadline = time.time() + 300

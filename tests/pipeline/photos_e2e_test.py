@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from triplet_tfx.components import contract
-from triplet_tfx.pipeline import cli
 from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from triplet_tfx.pipeline import cli
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "data"))
 from photo_collection import CLASSES, make_photo_collection  # noqa: E402

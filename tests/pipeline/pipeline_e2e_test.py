@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.pipeline import cli, summary
-from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -4,15 +4,14 @@ import glob
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
-import pytest
 
+from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.examples_io import parse_examples
-from triplet_tfx.pipeline import cli
-from triplet_tfx.pipeline import summary as summary_module
-from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from triplet_tfx.pipeline import cli, summary as summary_module
 
 pytestmark = pytest.mark.slow
 

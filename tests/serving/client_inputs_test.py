@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-
 from contract_model import EMBEDDING_DIM, random_digits, write_contract_model, write_pngs
 from tfserving_standin import ModelRegistry, RestStandin
+
 from triplet_tfx.components.serving import index
 from triplet_tfx.components.serving.client import image_files
 from triplet_tfx.pipeline import cli

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from triplet_tfx.components import contract
-from triplet_tfx.components.data import preprocessing
 from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.data import preprocessing
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", mode: Optional[str] = None, **options) -> bytes:

@@ -12,11 +12,10 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(__file__))
 import encoded_model  # noqa: E402
 
-from triplet_tfx.components import contract, images  # noqa: E402
-from triplet_tfx.components import signatures  # noqa: E402
+from triplet_tfx.components import contract, images, signatures  # noqa: E402
+from triplet_tfx.components.contract import EMBEDDING_KEY  # noqa: E402
 from triplet_tfx.components.serving import index  # noqa: E402
 from triplet_tfx.components.training import trainer  # noqa: E402
-from triplet_tfx.components.contract import EMBEDDING_KEY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
+import tiny_serving_model
 from PIL import Image
 from tensorflow.python.tools import saved_model_cli
 
-import tiny_serving_model
+from triplet_tfx.components import signatures
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
-from triplet_tfx.components import signatures
 from triplet_tfx.components.serving import index
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,8 @@ def test_search_gives_the_class_names_of_integer_labels(served):
     """An integer-labelled (MNIST) model: the class names are the ids as text, kept in the assets."""
     path, _, _ = served
     assert signatures.read_class_names(path) == [str(i) for i in range(10)]
-    out = tf.saved_model.load(path).signatures["search"](images=tf.constant([png(np.zeros((28, 28, 1), np.uint8))]), k=tf.constant(3))
+    search = tf.saved_model.load(path).signatures["search"]
+    out = search(images=tf.constant([png(np.zeros((28, 28, 1), np.uint8))]), k=tf.constant(3))
     assert [[n.decode() for n in row] for row in out["class_names"].numpy()] == \
         out["labels"].numpy().astype(str).tolist()
 

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tiny_serving_model
 from contract_model import png_bytes
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.serving import index
 from triplet_tfx.components.serving.client import Client

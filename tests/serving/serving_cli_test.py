@@ -1,15 +1,15 @@
 """`triplet-tfx embed` / `search`: JSON lines, TSV and Projector outputs, in-process and through the REST
 and gRPC stand-ins (contract tests, see tfserving_standin.py), and errors that name the file or flag."""
 import json
-import re
 import os
+import re
 
 import numpy as np
 import portpicker
 import pytest
-
 from contract_model import CLASS_NAMES, reference_embeddings, reference_search, write_contract_model, write_pngs
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+
 from triplet_tfx.pipeline import cli
 
 

@@ -10,14 +10,26 @@ import urllib.request
 import numpy as np
 import portpicker
 import pytest
-
-from contract_model import (CLASS_NAMES, png_bytes, random_digits, reference_embeddings, reference_search,
-                            write_contract_model, write_pngs)
+from contract_model import (
+    CLASS_NAMES,
+    png_bytes,
+    random_digits,
+    reference_embeddings,
+    reference_search,
+    write_contract_model,
+    write_pngs,
+)
 from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+
 from triplet_tfx.components.serving.client import Client
-from triplet_tfx.components.serving.client_errors import (ImageInputError, InvalidRequestError,
-                                                          ModelNotFoundError, ServerUnavailableError,
-                                                          ServingTimeoutError, VersionNotLoadedError)
+from triplet_tfx.components.serving.client_errors import (
+    ImageInputError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServerUnavailableError,
+    ServingTimeoutError,
+    VersionNotLoadedError,
+)
 
 MODEL = "digits"
 

@@ -4,8 +4,8 @@ any shape other than [B, H, W, C] of the training shape."""
 import numpy as np
 import pytest
 import tensorflow as tf
-
 import tiny_serving_model
+
 from triplet_tfx.components.data import data_sources
 
 H, W, C = tiny_serving_model.CONFIG.data.image_shape
@@ -65,6 +65,7 @@ def test_an_encoded_source_export_refuses_the_same(tmp_path):
         loaded.signatures["serving_default"](examples=tf.constant([examples[0], NOT_UTF8]))
     assert loaded.signatures["serving_default"](examples=tf.constant(examples))["embedding"].shape[0] == 2
     h, w, c = config.data.image_shape
-    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"pixels: expected uint8 pixels of shape \[B, {h}, {w}, {c}\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"pixels: expected uint8 pixels of shape \[B, {h}, {w}, {c}\]"):
         loaded.signatures["embed_pixels"](pixels=tf.zeros([1, h * w, c], tf.uint8))
     assert loaded.signatures["embed_pixels"](pixels=tf.zeros([3, h, w, c], tf.uint8))["embedding"].shape[0] == 3

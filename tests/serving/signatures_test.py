@@ -5,11 +5,11 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+import tiny_serving_model
 from PIL import Image
 
-import tiny_serving_model
-from triplet_tfx.components.data import data_sources
 from triplet_tfx.components import signatures
+from triplet_tfx.components.data import data_sources
 
 
 def encode(pixels: np.ndarray, fmt: str, mode: str = None) -> bytes:

@@ -12,11 +12,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components.data import data_sources, preprocessing
-from triplet_tfx.components.training.export import export_serving_model
-from triplet_tfx.components.training import losses
-from triplet_tfx.components.training.network import build_model
 from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.data import data_sources, preprocessing
+from triplet_tfx.components.training import losses
+from triplet_tfx.components.training.export import export_serving_model
+from triplet_tfx.components.training.network import build_model
 
 NUM_TRAIN, NUM_EVAL = 600, 200
 CONFIG = PipelineConfig(data=DataConfig(), train=TrainConfig(embedding_dim=32))
@@ -33,9 +33,9 @@ def write_transform_graph(folder: str, examples: list) -> str:
     """Transform's output folder for the project's preprocessing_fn, with the schema SchemaGen infers
     (FixedLen [1] features)."""
     import apache_beam as beam
+    import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-    import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
     spec = {data_sources.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.training import backbones, checkpoints, network, trainer
 from triplet_tfx.components.config import BACKBONES, PipelineConfig, TrainConfig
+from triplet_tfx.components.training import backbones, checkpoints, network, trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPE = (32, 32, 3)
@@ -236,7 +236,8 @@ def test_resume_in_either_phase_trains_as_an_uninterrupted_run(tmp_path, monkeyp
         keras.utils.set_random_seed(3)
         model, start = trainer.restored_model(SHAPE, FREEZE, PLAN, start_dir or str(tmp_path / "none"),
                                               tf.distribute.get_strategy())
-        callbacks = [checkpoints.StepBackup(backup, 1, start, state=lambda s: {"phase": trainer.phase_at(s, PLAN, FREEZE)})] \
+        callbacks = [checkpoints.StepBackup(backup, 1, start,
+                                            state=lambda s: {"phase": trainer.phase_at(s, PLAN, FREEZE)})] \
             if start_dir is None else []
         trainer.fit_phases(model, batches, PLAN, start, FREEZE, callbacks=callbacks, verbose=0)
         return start, model.get_weights()

@@ -43,14 +43,14 @@ def test_classes_are_mixed_and_all_used():
 
 def test_seed_reproducible_and_column_labels():
     ds, _ = _dataset(label_shape=(1,))
-    a = [l for _, l in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
-    b = [l for _, l in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
+    a = [labels for _, labels in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
+    b = [labels for _, labels in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
     assert a[0].shape == (8, 1)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     # Without a seed it still works.
-    _, l = next(iter(class_balanced_batches(ds, 8, 2).take(1)))
-    assert sorted(collections.Counter(l.numpy().ravel().tolist()).values()) == [2, 2, 2, 2]
+    _, labels = next(iter(class_balanced_batches(ds, 8, 2).take(1)))
+    assert sorted(collections.Counter(labels.numpy().ravel().tolist()).values()) == [2, 2, 2, 2]
 
 
 def test_rare_classes_dropped_and_errors():
@@ -58,8 +58,8 @@ def test_rare_classes_dropped_and_errors():
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((21, 2), np.float32), labels))
     assert dataset_classes(ds) == [0, 1, 2]
     assert dataset_classes(ds, min_count=2) == [0, 1]
-    for _, l in class_balanced_batches(ds, 4, 2, seed=0).take(5).as_numpy_iterator():
-        assert set(l.tolist()) == {0, 1}
+    for _, batch_labels in class_balanced_batches(ds, 4, 2, seed=0).take(5).as_numpy_iterator():
+        assert set(batch_labels.tolist()) == {0, 1}
     with pytest.raises(ValueError):
         class_balanced_batches(ds, 6, 2)  # 3 classes per batch, only 2 usable
     with pytest.raises(ValueError):

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from triplet_tfx.components.config import ConfigError, PipelineConfig, TrainConfig
 from triplet_tfx.components.training import distribute
 from triplet_tfx.pipeline import cli
-from triplet_tfx.components.config import ConfigError, PipelineConfig, TrainConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

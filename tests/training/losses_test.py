@@ -19,8 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from triplet_tfx.components.training import losses as L
 
@@ -102,7 +101,7 @@ def test_golden_parity_each_code_path(impl, golden_arrays, monkeypatch):
         def step(labels, e):
             with tf.GradientTape() as tape:
                 tape.watch(e)
-                value = fn(labels, e, **kwargs)
+                value = fn(labels, e, **kwargs)  # noqa: B023  (called in this iteration only)
             return value, tape.gradient(value, e)
 
         if impl == "xla":
@@ -318,8 +317,8 @@ def test_gradient_finite_differences_float64(metric, kind):
         return np_hard(labels, d, margin, soft=kind == "soft")
 
     fn = {"semihard": L.triplet_semihard_loss,
-          "hard": lambda l, e, **k: L.triplet_hard_loss(l, e, **k),
-          "soft": lambda l, e, **k: L.triplet_hard_loss(l, e, soft=True, **k)}[kind]
+          "hard": lambda y, e, **k: L.triplet_hard_loss(y, e, **k),
+          "soft": lambda y, e, **k: L.triplet_hard_loss(y, e, soft=True, **k)}[kind]
     value, grad = _value_and_grad(fn, labels, x, margin=margin, distance_metric=metric)
     assert grad.dtype == np.float64
     np.testing.assert_allclose(value, ref(x), rtol=1e-6)
@@ -336,7 +335,7 @@ def test_gradient_finite_differences_float64(metric, kind):
 
 # --------------------------------------------------------------------------- edge cases
 @pytest.mark.parametrize("fn", [L.triplet_semihard_loss, L.triplet_hard_loss,
-                                lambda l, e: L.triplet_hard_loss(l, e, soft=True)])
+                                lambda y, e: L.triplet_hard_loss(y, e, soft=True)])
 @pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4], [3, 3, 3, 3], [7]], ids=["distinct", "one-class", "single"])
 def test_degenerate_batches_zero_not_nan(fn, labels):
     x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
@@ -374,8 +373,8 @@ def test_labels_shapes_and_dtypes_agree():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=20)
     x = rng.normal(size=(20, 5)).astype(np.float32)
-    values = [L.triplet_semihard_loss(l, x).numpy()
-              for l in (labels.astype(np.int32), labels.astype(np.int64), labels.reshape(-1, 1))]
+    values = [L.triplet_semihard_loss(y, x).numpy()
+              for y in (labels.astype(np.int32), labels.astype(np.int64), labels.reshape(-1, 1))]
     assert values[0] == values[1] == values[2]
 
 
@@ -383,7 +382,10 @@ def test_callable_distance_metric():
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 3, size=12)
     x = rng.normal(size=(12, 4)).astype(np.float32)
-    manhattan = lambda e: tf.reduce_sum(tf.abs(e[:, None, :] - e[None, :, :]), axis=-1)
+
+    def manhattan(e):
+        return tf.reduce_sum(tf.abs(e[:, None, :] - e[None, :, :]), axis=-1)
+
     d = manhattan(tf.constant(x)).numpy().astype(np.float64)
     for margin in (0.5, 2.0):
         np.testing.assert_allclose(
@@ -410,10 +412,10 @@ def test_row_chunked_mining_matches_one_block(monkeypatch, static_shape):
                                             tf.TensorSpec([None, 3], tf.float32)]
 
     @tf.function(input_signature=signature)
-    def step(l, e):
+    def step(y, e):
         with tf.GradientTape() as tape:
             tape.watch(e)
-            value = L.triplet_semihard_loss(l, e, margin=0.6)
+            value = L.triplet_semihard_loss(y, e, margin=0.6)
         return value, tape.gradient(value, e)
 
     if static_shape:  # a static batch this small would be one block: force the loop
@@ -561,7 +563,7 @@ def test_global_batch_mining_matches_single_device():
     env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", _GLOBAL_SCRIPT], capture_output=True, text=True,
                           env=env, timeout=600)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-5000:]
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["replicas"] == 2

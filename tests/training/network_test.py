@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from triplet_tfx.components.training import network
 from triplet_tfx.components.config import NETWORKS, ConfigError, PipelineConfig, TrainConfig
+from triplet_tfx.components.training import network
 
 
 def test_every_configurable_network_is_built():

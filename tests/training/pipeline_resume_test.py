@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+
 import pytest
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
+import tiny_training_inputs
 
 from triplet_tfx.components.training import checkpoints, worker
-
-import tiny_training_inputs
 
 pytestmark = pytest.mark.slow
 

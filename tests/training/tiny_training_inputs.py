@@ -13,8 +13,8 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY, make_example
 from triplet_tfx.components.config import DataConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY, make_example
 
 IMAGE_SHAPE = (8, 8, 1)
 CLASSES = 4

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.training import network, trainer
 from triplet_tfx.components.config import TrainConfig
+from triplet_tfx.components.training import network, trainer
 
 
 def test_network_is_the_tutorials():
@@ -40,7 +40,8 @@ def test_step_plan_full_epochs_and_cap():
 def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig()) == 25  # gcd 125
     assert trainer.steps_per_execution({"epochs": 6, "steps_per_epoch": 8}, TrainConfig(checkpoint_every_steps=5)) == 1
-    assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 4096}, TrainConfig(checkpoint_every_steps=1024)) == 32
+    assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 4096},
+                                       TrainConfig(checkpoint_every_steps=1024)) == 32
     assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 20}, TrainConfig()) == 20
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
@@ -62,7 +63,7 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
         net = trainer.compiled_model((28, 28, 1), train, plan, steps_per_call=steps_per_call)
         backup = checkpoints.StepBackup(str(tmp_path / f"backup-{steps_per_call}"), train.checkpoint_every_steps, 0)
         steps = []
-        monkeypatch.setattr(checkpoints, "save", lambda model, directory, step: steps.append(step))
+        monkeypatch.setattr(checkpoints, "save", lambda model, directory, step, steps=steps: steps.append(step))
         net.fit(trainer.training_batches(data, train), epochs=2, steps_per_epoch=8, callbacks=[backup], verbose=0)
         assert int(net.optimizer.iterations.numpy()) == 16
         weights.append(net.get_weights())

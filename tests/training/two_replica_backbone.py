@@ -5,6 +5,8 @@ fine-tuning, compiled in the strategy's scope; prints JSON."""
 import json
 
 import triplet_tfx.components  # noqa: F401  (Keras 3)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
@@ -13,8 +15,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import keras  # noqa: E402
 
-from triplet_tfx.components.training import backbones, trainer  # noqa: E402
 from triplet_tfx.components.config import TrainConfig  # noqa: E402
+from triplet_tfx.components.training import backbones, trainer  # noqa: E402
 
 
 class Losses(keras.callbacks.Callback):

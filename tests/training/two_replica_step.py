@@ -5,15 +5,18 @@ import dataclasses
 import json
 
 import triplet_tfx.components  # noqa: F401  (Keras 3)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from triplet_tfx.components.training import distribute, trainer  # noqa: E402
-from triplet_tfx.components.config import TrainConfig  # noqa: E402
 from tiny_training_inputs import IMAGE_SHAPE, images_and_labels  # noqa: E402
+
+from triplet_tfx.components.config import TrainConfig  # noqa: E402
+from triplet_tfx.components.training import distribute, trainer  # noqa: E402
 
 
 def one_step(strategy, train, initial, images, labels):

@@ -6,10 +6,9 @@ import os
 import re
 
 import pytest
-
-from triplet_tfx.components.training import checkpoints, run, trainer, worker
-
 import tiny_training_inputs
+
+from triplet_tfx.components.training import checkpoints, run, worker
 
 pytestmark = pytest.mark.slow
 

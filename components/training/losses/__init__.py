@@ -112,6 +112,7 @@ from triplet_tfx.components.training.losses.keras_losses import (  # noqa: E402
 from triplet_tfx.components.training.losses.semihard import triplet_semihard_loss  # noqa: E402
 
 __all__ = [
+    "DistanceMetric",
     "pairwise_distance",
     "angular_distance",
     "distance_matrix",
