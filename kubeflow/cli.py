@@ -1,16 +1,17 @@
 """`triplet-tfx compile` and `triplet-tfx deploy`: Kubeflow Pipelines v2.
 
-Registered by pipeline/cli.py's build_parser via `add_commands(commands, _add_config_flags)`;
-every pipeline flag (--data, --beam-arg, --epochs...) works as for `run`, plus the flags below.
+Registered by pipeline/cli.py's build_parser via `add_commands(commands, add_config_flags)`;
+every pipeline flag (--data, --beam-arg, --epochs...) works as for `run`, plus the kubeflow
+section's (declared on KubeflowConfig's fields, components/config.py) and the flags below.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable, Dict
 
-from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
+from triplet_tfx.components.config import ConfigError, PipelineConfig
 
 COMPILE_EPILOG = """\
 The package is <package-dir>/<pipeline-name>.yaml: a KFP PipelineSpec (what `kfp pipeline create`,
@@ -66,79 +67,11 @@ Multi-user Kubeflow: --namespace YOUR_PROFILE.
 """
 
 
-def _gigabytes(value: str) -> float:
-    text = value.strip()
-    units = {"gi": 1.073741824, "g": 1.0, "mi": 0.001048576, "m": 0.001}
-    for suffix, factor in units.items():
-        if text.lower().endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
-
-
-def _add_kubeflow_flags(parser: argparse.ArgumentParser) -> None:
-    k = KubeflowConfig()
-    group = parser.add_argument_group("kubeflow")
-    group.add_argument("--pipeline-root", default=k.pipeline_root, metavar="URI",
-                       help="default pipeline root of the package: gs://..., s3://..., minio://... or a PVC path "
-                            "(see below; default %(default)s)")
-    group.add_argument("--pvc", dest="pvc_name", default=k.pvc_name, metavar="CLAIM",
-                       help="PersistentVolumeClaim to mount in every task (for a PVC pipeline root)")
-    group.add_argument("--pvc-mount-path", default=k.pvc_mount_path, help="where the PVC is mounted "
-                                                                           "(default %(default)s)")
-    group.add_argument("--image", default=k.image,
-                       help="container image of every component (build: kubeflow/Dockerfile; default %(default)s)")
-    group.add_argument("--gpu-image", default=k.gpu_image,
-                       help="container image of the Trainer when it requests a GPU (build: "
-                            "kubeflow/Dockerfile.gpu; default %(default)s)")
-    group.add_argument("--component-image", action="append", default=[], metavar="ID=IMAGE",
-                       help="image of one component, by id (e.g. Transform=...), repeatable")
-    group.add_argument("--gpu-type", default=k.gpu_type,
-                       help="Trainer accelerator: nvidia.com/gpu (open-source KFP) or NVIDIA_TESLA_T4-style "
-                            "(Vertex AI); default %(default)s")
-    group.add_argument("--gpu-count", type=int, default=k.gpu_count,
-                       help="GPUs for the Trainer; 0 = train on CPU (default %(default)s)")
-    group.add_argument("--trainer-cpu", type=float, default=k.trainer_cpu_limit, metavar="VCPUS",
-                       help="CPU limit of the Trainer container, e.g. 4")
-    group.add_argument("--trainer-memory", type=_gigabytes, default=k.trainer_memory_limit, metavar="SIZE",
-                       help="memory limit of the Trainer container in GB, e.g. 16 or 16G or 15Gi")
-    group.add_argument("--package-dir", default=None,
-                       help="where to write the package (default <output-root>/kubeflow)")
-    workers = parser.add_argument_group(
-        "trainer on several workers",
-        "kubeflow: with --trainer-workers N > 1 the Trainer step launches a TFJob (Kubeflow Training Operator) of "
-        "N workers, each with --gpu-image and --gpu-count x --gpu-type, and waits for it (apply "
-        "kubeflow/tfjob-rbac.yaml first). vertex: the Trainer runs as a Vertex AI CustomJob of one chief and "
-        "N - 1 workers (TFX's google_cloud_ai_platform Trainer).")
-    workers.add_argument("--trainer-backend", choices=("kubeflow", "vertex"), default=k.trainer_backend,
-                         help="where the Trainer trains (default %(default)s)")
-    workers.add_argument("--trainer-workers", type=int, default=k.trainer_workers, metavar="N",
-                         help="training workers (default %(default)s: kubeflow trains in the Trainer step itself)")
-    workers.add_argument("--tfjob-namespace", default=k.tfjob_namespace, metavar="NS",
-                         help="namespace of the TFJob (default: the Trainer step's own)")
-    workers.add_argument("--tfjob-service-account", default=k.tfjob_service_account, metavar="SA",
-                         help="service account of the TFJob's worker pods (e.g. one that can write gs://)")
-    workers.add_argument("--vertex-project", default=k.vertex_project, help="Google Cloud project of the "
-                                                                            "Vertex AI training job")
-    workers.add_argument("--vertex-region", default=k.vertex_region, help="Vertex AI region (default %(default)s)")
-    workers.add_argument("--vertex-machine-type", default=k.vertex_machine_type,
-                         help="machine type of each Vertex AI replica (default %(default)s)")
-
-
-def kubeflow_config_from_args(args: argparse.Namespace) -> KubeflowConfig:
-    """The kubeflow section from `compile`/`deploy` flags; defaults for other commands."""
-    if not hasattr(args, "pipeline_root"):
-        return KubeflowConfig()
-    root = args.pipeline_root
-    if not root.startswith(("gs://", "s3://", "minio://")) and "://" not in root:
-        root = os.path.abspath(root)
-    return KubeflowConfig(
-        pipeline_root=root, pvc_name=args.pvc_name, pvc_mount_path=args.pvc_mount_path, image=args.image,
-        gpu_image=args.gpu_image, component_images=tuple(args.component_image), gpu_type=args.gpu_type,
-        gpu_count=args.gpu_count, trainer_cpu_limit=args.trainer_cpu, trainer_memory_limit=args.trainer_memory,
-        trainer_backend=args.trainer_backend, trainer_workers=args.trainer_workers,
-        tfjob_namespace=args.tfjob_namespace, tfjob_service_account=args.tfjob_service_account,
-        vertex_project=args.vertex_project, vertex_region=args.vertex_region,
-        vertex_machine_type=args.vertex_machine_type)
+def _add_kubeflow_flags(groups: Dict[str, Any]) -> None:
+    """What `compile` and `deploy` add to the kubeflow section's flags (declared on KubeflowConfig's
+    fields, components/config.py): where the package goes."""
+    groups["kubeflow"].add_argument("--package-dir", default=None,
+                                    help="where to write the package (default <output-root>/kubeflow)")
 
 
 def _package_dir(args: argparse.Namespace, config: PipelineConfig) -> str:
@@ -197,23 +130,22 @@ def deploy_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     return 0
 
 
-def add_commands(commands, add_config_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Adds `compile` and `deploy` to the CLI's sub-parsers."""
+def add_commands(commands, add_config_flags: Callable[[argparse.ArgumentParser], Dict[str, Any]]) -> None:
+    """Adds `compile` and `deploy` to the CLI's sub-parsers. add_config_flags(parser): adds the
+    configuration flags, the kubeflow section's included, and returns their groups by key."""
     formatter = argparse.RawDescriptionHelpFormatter
     compile_parser = commands.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines v2 (writes a PipelineSpec YAML)",
         description="Compile the same pipeline as `run` (same flags) for Kubeflow Pipelines v2 with TFX's "
                     "KubeflowV2DagRunner.", epilog=COMPILE_EPILOG, formatter_class=formatter)
-    add_config_flags(compile_parser)
-    _add_kubeflow_flags(compile_parser)
+    _add_kubeflow_flags(add_config_flags(compile_parser))
     compile_parser.set_defaults(handler=compile_command)
 
     deploy_parser = commands.add_parser(
         "deploy", help="compile, upload to Kubeflow Pipelines and start a run",
         description="Compile (as `compile`), upload to Kubeflow Pipelines, create an experiment and a run.",
         epilog=DEPLOY_EPILOG, formatter_class=formatter)
-    add_config_flags(deploy_parser)
-    _add_kubeflow_flags(deploy_parser)
+    _add_kubeflow_flags(add_config_flags(deploy_parser))
     kfp_group = deploy_parser.add_argument_group("kubeflow pipelines API")
     kfp_group.add_argument("--host", default=None, help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)")
     kfp_group.add_argument("--ui-host", default=None, help="KFP UI for printed links (default: "

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from triplet_tfx.components.config import PROFILES, ConfigError, PipelineConfig, ServingConfig
 from triplet_tfx.pipeline import cli, pipeline
-from triplet_tfx.components.config import PROFILES, ConfigError, DataConfig, PipelineConfig, ServingConfig
 
 
 def test_help_lists_the_flags(capsys):

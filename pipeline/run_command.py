@@ -1,0 +1,270 @@
+"""`triplet-tfx run`: the pipeline on this machine (TFX's LocalDagRunner, Beam's in-process
+FnApiRunner), after pre-flight checks of the data source and the folders; its exit codes."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+from triplet_tfx.components.config import PipelineConfig
+from triplet_tfx.pipeline import terminal
+
+if TYPE_CHECKING:
+    from triplet_tfx.pipeline import summary
+
+OUTPUT_MARKER = "triplet-tfx-output.json"
+EXIT_NOT_BLESSED = 3  # `run --require-blessed`
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as shells report SIGINT
+logger = logging.getLogger(__name__)
+
+
+class OutputRootError(RuntimeError):
+    pass
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped the run; its unfinished executions are marked cancelled."""
+
+
+class PipelineRunError(RuntimeError):
+    """A component failed; `summary` describes the run up to there."""
+
+    def __init__(self, cause: Exception, summary: "Optional[summary.RunSummary]"):
+        super().__init__(f"the run failed: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        self.summary = summary
+
+
+
+
+def claim_output_root(config: PipelineConfig) -> None:
+    """Refuses an output root that holds something else; marks it as this pipeline's."""
+    root = config.output_root
+    marker = os.path.join(root, OUTPUT_MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            owner = json.load(f).get("pipeline_name")
+        if owner != config.pipeline_name:
+            raise OutputRootError(
+                f"--output-root {root} holds the runs of pipeline {owner!r} ({marker}); "
+                f"use --pipeline-name {owner} to continue it, or another --output-root")
+        return
+    if os.path.isdir(root) and os.listdir(root):
+        raise OutputRootError(f"--output-root {root} is not empty and was not written by triplet-tfx "
+                              f"(no {OUTPUT_MARKER}); choose an empty or new folder")
+    os.makedirs(root, exist_ok=True)
+    with open(marker, "w") as f:
+        json.dump({"pipeline_name": config.pipeline_name}, f)
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Fails (naming the flag) unless `path` is, or can be made, a folder this process can write in."""
+    if "://" in path:
+        return  # remote: checked where it is written
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputRootError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise OutputRootError(f"{flag} {path}: cannot write in {existing} ({err.strerror})") from None
+
+
+def preflight(config: PipelineConfig, verbose: bool) -> str:
+    """Checks the source and the folders before anything is created; returns what was logged
+    meanwhile. The source check imports TensorFlow, whose native start-up lines belong in the
+    run's log file, which does not exist yet: they go to a scratch log, returned for the real one."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_log = os.path.join(scratch, "preflight.log")
+        with terminal.logged_to_file(scratch_log, verbose):
+            from triplet_tfx.components.data.data_sources import check_source
+
+            check_source(config.data)  # before TFX loads
+            from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
+
+            try:  # --backbone-weights: ImageNet weights cached or downloadable now, or a file that loads
+                check_backbone_weights(config.train, config.data.image_shape)
+            except BackboneWeightsError as err:  # one line, as the other pre-flight errors
+                raise OutputRootError(str(err)) from None
+            check_writable(config.output_root, "--output-root")
+            check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
+            from triplet_tfx.components.serving import serving_folder
+
+            for line in serving_folder.clean_serving_folder(config.serving_model_dir):
+                logger.warning("Serving folder: %s", line)  # the terminal too: a model server may have noticed
+            if "://" not in config.serving_model_dir:
+                try:
+                    serving_folder.check_free_space(config.serving_model_dir,
+                                                    serving_folder.expected_model_bytes(config.serving_model_dir))
+                except serving_folder.NoSpaceError as err:
+                    raise OutputRootError(f"{'--serving-dir' if config.serving_dir else '--output-root'} "
+                                          f"{err.filename}: {err.strerror} (the newest version's size)") from None
+        with open(scratch_log, encoding="utf-8") as f:
+            return f.read()
+
+
+def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = False
+                ) -> "Optional[summary.RunSummary]":
+    """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
+    root's run lock and logging everything into a new log file in the output root (see `terminal`);
+    returns the summary of this run (None if it reached no component). data_only: its data
+    components alone (ExampleGen through Transform, no training)."""
+    from triplet_tfx.pipeline.run_lock import RunLock
+
+    preflight_lines = preflight(config, verbose)
+    claim_output_root(config)
+    with RunLock(config.output_root):
+        log_path = terminal.new_log_path(config.output_root)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(preflight_lines)
+        logger.info("Log file: %s", log_path)
+        failure = None
+        try:
+            with terminal.logged_to_file(log_path, verbose):
+                # Imported here, so that TensorFlow's native start-up lines land in the log file.
+                from triplet_tfx.pipeline import (
+                    recovery,
+                    summary,
+                    tfx_api as tfx,  # tfx.v1's names, without its extensions
+                )
+                from triplet_tfx.pipeline.pipeline import create_pipeline
+
+                interrupted = recovery.mark_interrupted_runs(config)
+                before = summary.latest_context_id(config)
+                os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+                try:
+                    tfx.orchestration.LocalDagRunner().run(create_pipeline(
+                        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+                        data_only=data_only))
+                except Exception as err:  # a component failed: its run's summary still tells what happened
+                    failure = err
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see run_command)
+                    stopped = recovery.mark_cancelled(config)
+                    where = ", ".join(sorted({s.component for s in stopped})) or "the start"
+                    logger.debug("Interrupted", exc_info=True)  # the traceback: log file only
+                    raise RunInterrupted(
+                        f"interrupted at {where}; run the same command again to resume (finished components "
+                        "come from the cache, the Trainer from its last backup)") from None
+                result = summary.latest_run(config, after_context_id=before)
+        except RunInterrupted:
+            logger.info("The run's log file: %s", log_path)
+            raise
+        except BaseException:
+            logger.error("The run failed; its log file: %s", log_path)
+            raise
+    if result is not None:
+        result.interrupted = [found.describe() for found in interrupted]
+        result.log_path = log_path
+    if failure is not None:
+        logger.error("The run failed; its log file: %s", log_path)
+        raise PipelineRunError(failure, result) from failure
+    return result
+
+
+def _data_source_error() -> "type[Exception]":
+    # Imported late: data_sources imports TensorFlow, whose start-up lines belong in the log file.
+    from triplet_tfx.components.data.data_sources import DataSourceError
+
+    return DataSourceError
+
+
+def disk_full(error: BaseException, config: PipelineConfig) -> Optional[str]:
+    """One line for a run that ran out of disk space, naming where and how much is free; None for
+    other errors. The space may run out in a component's own write (ENOSPC, with the file) or in
+    ML Metadata's (SQLite's "database or disk is full", which then hides the first one)."""
+    chain: list = []
+    link: Optional[BaseException] = error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    no_space = [e for e in chain if isinstance(e, OSError) and e.errno == errno.ENOSPC]
+    if no_space:
+        where = no_space[-1].filename or config.output_root  # the first to run out
+    elif any("database or disk is full" in str(e) for e in chain):
+        where = config.metadata_path
+    else:
+        return None
+    existing = str(where)
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing or ".").free
+    return (f"no space left on device writing {where} ({free / 1e6:.1f} MB free there); free some space, "
+            "then run the same command again to resume")
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (what Kubernetes and CI send) stop the run cleanly: the first raises
+    KeyboardInterrupt in this thread (run_locally marks the run cancelled and releases the lock);
+    a second one exits at once."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+
+    def exit_now(number, _frame):
+        os._exit(128 + number)
+
+    def interrupt(_number, _frame):
+        for number in signals:
+            signal.signal(number, exit_now)
+        raise KeyboardInterrupt
+
+    for number in signals:
+        signal.signal(number, interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
+    terminal.setup_logging(args.verbose)
+    logger.info("Beam arguments of the data components: %s", " ".join(config.data_beam_args))
+    from triplet_tfx.pipeline.run_lock import RunLockError
+
+    try:
+        with _interruptible():
+            result = run_locally(config, args.verbose)
+    except RunInterrupted as err:
+        print(f"triplet-tfx: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OutputRootError, RunLockError, _data_source_error()) as err:  # evaluated only on an error
+        print(f"triplet-tfx: error: {err}", file=sys.stderr)
+        return 2
+    except PipelineRunError as err:
+        if err.summary is not None:
+            print("\n" + err.summary.format())
+        full = disk_full(err, config)
+        print(f"triplet-tfx: error: {full or err} (the log above has the details)", file=sys.stderr)
+        return 2 if isinstance(err.__cause__, _data_source_error()) else 1
+    if result is not None:
+        print("\n" + result.format())
+    if args.require_blessed and not (result is not None and result.blessed):
+        return EXIT_NOT_BLESSED
+    return 0
+
+
+
+def add_command(commands, add_config_flags: Callable[[argparse.ArgumentParser], Any]) -> None:
+    """Adds `run` to the CLI's sub-parsers."""
+    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
+                              description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
+                                          "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
+    add_config_flags(run)
+    run.add_argument("--verbose", action="store_true",
+                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes "
+                          "only to the run's log file, <output-root>/logs/run-<time>.log)")
+    run.add_argument("--require-blessed", action="store_true",
+                     help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
+                          "without it a run that completes exits 0, blessed or not")
+    run.set_defaults(handler=run_command)
