@@ -39,7 +39,7 @@ test: lint
 
 # The fast tier: every test not marked slow (CONTRIBUTING.md, "Test tiers"); target: under a minute.
 test-fast: lint
-	$(VENV)/bin/python -m pytest -q -m "not slow" tests $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n auto -m "not slow" tests $(ARGS)
 
 # Benchmarks (figures in README.md); each script's --help tells its options.
 bench: $(STAMP)

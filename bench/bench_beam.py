@@ -25,7 +25,7 @@ from triplet_tfx.pipeline import cli, portable_beam, terminal
 
 def run(root: str, beam: BeamConfig, max_examples, beam_args=()) -> dict:
     config = PipelineConfig(output_root=root, beam=beam, beam_args=tuple(beam_args), enable_cache=False,
-                            data=DataConfig(max_examples_per_split=max_examples))
+                            data=DataConfig(max_examples=max_examples))
     start = time.time()
     result = cli.run_locally(config, data_only=True)
     total = time.time() - start

@@ -124,7 +124,7 @@ def measure(setting: Dict, steps: int, warmup: int) -> Dict:
 
     strategy = tf.distribute.MirroredStrategy()
     replicas = strategy.num_replicas_in_sync
-    network = setting.get("network", "tutorial")
+    network = setting.get("network", "tutorial_cnn")
     image_shape = tuple(setting.get("image", IMAGE_SHAPE))
     train = TrainConfig(batch_size=setting["batch"], examples_per_class=EXAMPLES_PER_CLASS, margin=0.2,
                         dropout=0.0, learning_rate=2e-3, precision=setting["precision"], mining=setting["mining"],
@@ -160,7 +160,7 @@ def table_row(setting: Dict, result: Dict, replicas: Optional[int]) -> str:
     replicas = result.get("replicas", replicas)
     per_replica = setting["batch"] // replicas if replicas else "?"
     image = "x".join(str(d) for d in setting.get("image", IMAGE_SHAPE))
-    cells = [setting.get("network", "tutorial"), image, setting["batch"], per_replica, setting["mining"],
+    cells = [setting.get("network", "tutorial_cnn"), image, setting["batch"], per_replica, setting["mining"],
              setting["precision"], "on" if setting["xla"] else "off"]
     if "error" in result:
         cells += [result["error"], ""]

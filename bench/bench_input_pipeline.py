@@ -32,7 +32,7 @@ from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 
 SPEC = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
 # (label, network, training shape, batch, encoded): the tutorial at MNIST's shape, a backbone on photos.
-ROWS = [("tutorial", "tutorial", (28, 28, 1), 32, False),
+ROWS = [("tutorial", "tutorial_cnn", (28, 28, 1), 32, False),
         ("mobilenet_v3_small", "mobilenet_v3_small", (224, 224, 3), 32, True)]
 
 
@@ -100,7 +100,7 @@ def model_rate(network: str, image_shape, batch: int, steps: int) -> float:
     from triplet_tfx.components.training import trainer
 
     train = TrainConfig(network=network, backbone_weights="none", batch_size=batch, examples_per_class=4,
-                        dropout=0.0 if network != "tutorial" else 0.3)
+                        dropout=0.0 if network != "tutorial_cnn" else 0.3)
     rng = np.random.default_rng(0)
     images = rng.random((batch, *image_shape), np.float32)
     labels = np.repeat(np.arange(batch // 4), 4).astype(np.int64)

@@ -1,15 +1,15 @@
 """Wall and CPU times of the main job (full MNIST, the tutorial's settings), of an identical rerun,
-and of the seed notebook run just before and just after the main job.
+and of the tutorial notebook run just before and just after the main job.
 
-  .venv/bin/python bench/bench_pipeline.py --seed           # seed, main job + identical rerun, seed
-  .venv/bin/python bench/bench_pipeline.py -- --epochs 1    # no seed; run flags after --
+  .venv/bin/python bench/bench_pipeline.py --tutorial       # tutorial, main job + identical rerun, tutorial
+  .venv/bin/python bench/bench_pipeline.py -- --epochs 1    # no tutorial; run flags after --
 
 Prints, for the first run and the identical rerun (same output root, so TFX's cache and the
 evaluator's earlier result apply): the whole `triplet-tfx run` process's wall and CPU time (start-up
 included), each component's wall time from ML Metadata (creation to last update of its
 execution) and whether it was cached, and the Trainer's fit (wall and CPU) and after-fit times
-from the run's log file ("Fit in ...", "Exported the serving model in ..."). With --seed, the
-seed notebook (`../shared/seed/seed_notebook.py`, in the TensorFlow Addons environment
+from the run's log file ("Fit in ...", "Exported the serving model in ..."). With --tutorial, the
+tutorial notebook (`bench/tfa_tutorial.py`, in the TensorFlow Addons environment
 `bench/.tfa-venv` that bench_losses.py creates) runs before and after, and the ratios are to the
 mean of its two runs: this machine's speed drifts within minutes, and CPU time (user + system,
 all threads) shows the work done whatever else the machine runs.
@@ -28,8 +28,8 @@ from triplet_tfx.components.data.data_sources import mnist_pickle_path
 from triplet_tfx.pipeline import cli, summary, terminal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_SCRIPT = os.path.join(REPO, "..", "shared", "seed", "seed_notebook.py")
-SEED_PYTHON = os.path.join(REPO, "bench", ".tfa-venv", "bin", "python")
+TUTORIAL_SCRIPT = os.path.join(REPO, "bench", "tfa_tutorial.py")
+TUTORIAL_PYTHON = os.path.join(REPO, "bench", ".tfa-venv", "bin", "python")
 
 
 def timed(command, **kwargs):
@@ -50,13 +50,13 @@ def timed_run(argv):
     return wall, cpu
 
 
-def seed_run(python: str) -> dict:
-    """The seed notebook's wall and CPU time, its fit time and epoch times (its own printout)."""
-    wall, cpu, done = timed([python, SEED_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE,
+def tutorial_run(python: str) -> dict:
+    """The tutorial notebook's wall and CPU time, its fit time and epoch times (its own printout)."""
+    wall, cpu, done = timed([python, TUTORIAL_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     epochs = [float(x) for x in re.findall(r"^epoch \d+ ([\d.]+)s", done.stdout, re.M)]
-    print(f"seed notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
+    print(f"tutorial notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
           f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}, "
           f"R-Precision {result['r_precision']}, MAP@R {result['map_at_r']}", flush=True)
     return {"wall": wall, "cpu": cpu, "fit": result["train_seconds"]}
@@ -82,27 +82,31 @@ def newest_log(root: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", action="store_true", help="run the seed notebook before and after the main job")
-    parser.add_argument("--seed-python", default=SEED_PYTHON, help="Python of the TensorFlow Addons environment")
+    parser.add_argument("--tutorial", action="store_true",
+                        help="run the tutorial notebook before and after the main job")
+    parser.add_argument("--tutorial-python", default=TUTORIAL_PYTHON,
+                        help="Python of the TensorFlow Addons environment")
     parser.add_argument("run_flags", nargs="*", help="flags for `triplet-tfx run` (after --)")
     args = parser.parse_args()
-    if args.seed and not (os.path.exists(args.seed_python) and os.path.exists(SEED_SCRIPT)):
-        raise SystemExit(f"--seed needs {args.seed_python} (created by bench/bench_losses.py) and {SEED_SCRIPT}")
+    if args.tutorial and not (os.path.exists(args.tutorial_python) and os.path.exists(TUTORIAL_SCRIPT)):
+        raise SystemExit(f"--tutorial needs {args.tutorial_python} (created by bench/bench_losses.py) "
+                         f"and {TUTORIAL_SCRIPT}")
     root = tempfile.mkdtemp(prefix="triplet-tfx-bench-")
     argv = ["run", "--output-root", root, *args.run_flags]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
-    seeds = [seed_run(args.seed_python)] if args.seed else []
+    tutorials = [tutorial_run(args.tutorial_python)] if args.tutorial else []
     rows = []
     for name in ("first run", "identical rerun"):
         wall, cpu = timed_run(argv)
         run = summary.latest_run(config)
         rows.append((name, wall, cpu, run, trainer_seconds(newest_log(root))))
-    if args.seed:
-        seeds.append(seed_run(args.seed_python))
-    seed = {key: sum(s[key] for s in seeds) / len(seeds) for key in ("wall", "cpu", "fit")} if seeds else None
+    if args.tutorial:
+        tutorials.append(tutorial_run(args.tutorial_python))
+    tutorial = ({key: sum(s[key] for s in tutorials) / len(tutorials) for key in ("wall", "cpu", "fit")}
+                if tutorials else None)
 
     def ratio(seconds: float, key: str = "wall") -> str:
-        return f" ({seconds / seed[key]:.2f}x the seed)" if seed else ""
+        return f" ({seconds / tutorial[key]:.2f}x the tutorial)" if tutorial else ""
 
     print("\n| component | first run (s) | identical rerun (s) |\n|---|---:|---:|")
     first, rerun = rows[0][3], rows[1][3]
@@ -115,9 +119,10 @@ def main() -> int:
     (_, wall0, cpu0, _, trainer), (_, wall1, cpu1, _, _) = rows
     print(f"| whole `triplet-tfx run` process, wall | {wall0:.1f}{ratio(wall0)} | {wall1:.1f}{ratio(wall1)} |")
     print(f"| whole `triplet-tfx run` process, CPU | {cpu0:.1f}{ratio(cpu0, 'cpu')} | {cpu1:.1f}{ratio(cpu1, 'cpu')} |")
-    if seed:
-        print(f"\nSeed notebook (mean of {len(seeds)} runs): wall {seed['wall']:.1f} s, CPU {seed['cpu']:.1f} s, "
-              f"fit {seed['fit']:.1f} s")
+    if tutorial:
+        print(f"\nTutorial notebook (mean of {len(tutorials)} runs): wall {tutorial['wall']:.1f} s, "
+              f"CPU {tutorial['cpu']:.1f} s, "
+              f"fit {tutorial['fit']:.1f} s")
     if "fit" in trainer:
         outside = first.seconds["Trainer"] - trainer["fit"]
         print(f"\nTrainer: fit {trainer['fit']:.1f} s{ratio(trainer['fit'], 'fit')}, "

@@ -19,12 +19,12 @@ import time
 
 # (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
 SETTINGS = [
-    ("seed: tutorial", dict(network="tutorial", batch_size=32, examples_per_class=None, dropout=0.3)),
-    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.3)),
-    ("tutorial, XLA", dict(network="tutorial", batch_size=256, dropout=0.3, jit=True)),
-    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.3, precision="mixed_bfloat16")),
-    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.0)),
-    ("tutorial", dict(network="tutorial", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
+    ("seed: tutorial", dict(network="tutorial_cnn", batch_size=32, examples_per_class=None, dropout=0.3)),
+    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.3)),
+    ("tutorial, XLA", dict(network="tutorial_cnn", batch_size=256, dropout=0.3, jit=True)),
+    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.3, precision="mixed_bfloat16")),
+    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.0)),
+    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
     ("strided", dict(network="strided", batch_size=256, dropout=0.0)),
     ("strided", dict(network="strided", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
     ("strided", dict(network="strided", batch_size=160, examples_per_class=32, dropout=0.0)),

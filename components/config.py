@@ -24,7 +24,7 @@ DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
 # configuration measured in README.md's Results table.
 PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "tutorial": {},  # the TFA tutorial: batch 32, 5 epochs, margin 1.0, plain shuffled batches
-    # float32 within twice the seed notebook's training time on any CPU (README, issue 13); 5 classes per
+    # P@1 >= 0.99 at a float32 fit time close to the tutorial notebook's (bench/README.md); 5 classes per
     # batch, so that it also trains on half of MNIST's classes (--train-classes 0-4).
     "recommended": {"train": {"network": "strided", "batch_size": 160, "examples_per_class": 32, "epochs": 15,
                               "learning_rate": 0.003, "lr_schedule": "cosine", "margin": 0.2, "dropout": 0.0,
@@ -34,7 +34,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 # The embedding networks of components/training/network.py: small networks for small images...
-SMALL_NETWORKS = ("tutorial", "strided")
+SMALL_NETWORKS = ("tutorial_cnn", "strided")
 # ...and Keras Applications backbones with a projection head (components/training/backbones.py).
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2")
 NETWORKS = SMALL_NETWORKS + BACKBONES
@@ -48,7 +48,7 @@ LR_SCHEDULES = ("constant", "cosine")
 LOSSES = ("semihard", "hard")
 DISTANCES = ("L2", "squared-L2", "angular")
 MINING = ("global", "replica")
-PROTOCOLS = ("leave_one_out", "eval_vs_train")
+PROTOCOLS = ("leave_one_out", "query_vs_reference")
 PLOT_METHODS = ("umap", "pca")
 TRAINER_BACKENDS = ("kubeflow", "vertex")  # kubeflow.trainer_backend
 
@@ -69,6 +69,8 @@ class ConfigError(ValueError):
 #   help       its --help text ("%(default)s" is the current default, the profile's included). A field
 #              with a `flag` but no `help` is set by the flag declared on another field (see `sets`)
 #   aliases    more spellings of the same flag, e.g. ("--input-size",)
+#   renamed    {old value: new value} of a choice that was renamed: the old spelling still works, with a
+#              deprecation warning, for one release
 #   metavar, choices, type
 #              as argparse's; `type` defaults to the field's annotation (int, float, str); a bool field
 #              is a switch (store_true)
@@ -190,7 +192,7 @@ class DataConfig:
     # Keep only N examples of each split (smoke runs and tests): the first N of mnist and tfds:
     # sources, the classes in turn for images: and manifest: sources, a random N of a tfrecord:
     # folder (its files are read in parallel). None = all.
-    max_examples_per_split: Optional[int] = option(
+    max_examples: Optional[int] = option(
         None, flag="--max-examples", metavar="N",
         help="keep only N examples of each split, for smoke runs (the first N of mnist and "
              "tfds:, the classes in turn for images: and manifest:, a random N of a tfrecord: folder)")
@@ -265,10 +267,10 @@ class TrainConfig:
     # `constant` or `cosine` (decay to 0 over all steps)
     lr_schedule: str = option("constant", flag="--lr-schedule", choices=LR_SCHEDULES, help="default %(default)s")
     embedding_dim: int = 256
-    # `tutorial` (the seed's network, unchanged) or `strided` (cheaper per step; network.py).
+    # `tutorial_cnn` (the tutorial's network, unchanged) or `strided` (cheaper per step; network.py).
     network: str = option(
-        "tutorial", flag="--network", choices=NETWORKS,
-        help="embedding network: tutorial (the seed's), strided (cheaper per step, batch "
+        "tutorial_cnn", flag="--network", choices=NETWORKS, renamed={"tutorial": "tutorial_cnn"},
+        help="embedding network: tutorial_cnn (the tutorial's), strided (cheaper per step, batch "
              "normalisation) or a Keras Applications backbone with a projection head "
              "(colour images of at least 32x32). Default: %(default)s")
     # Rate of the network's Dropout layers (training only; the tutorial's 0.3).
@@ -292,7 +294,7 @@ class TrainConfig:
         help="learning rate x F after the frozen epochs (default %(default)s)")
     loss: str = option("semihard", flag="--loss", choices=LOSSES, help="default %(default)s")
     margin: float = option(1.0, flag="--margin", help="default %(default)s")
-    distance_metric: str = option("L2", flag="--distance", choices=DISTANCES, help="default %(default)s")
+    distance: str = option("L2", flag="--distance", choices=DISTANCES, help="default %(default)s")
     soft: bool = option(False, flag="--soft", help="soft-margin hard loss")  # soft-margin variant of the hard loss
     # Class-balanced batches: this many examples of each class per batch (None = plain
     # shuffled batches, as in the tutorial).
@@ -332,7 +334,7 @@ class TrainConfig:
         help="triplet mining over the global batch or each replica's share (default %(default)s)")
     # Training state (weights, optimizer, step) backed up every N steps below the pipeline root,
     # so that a rerun after a kill resumes; removed after the export.
-    checkpoint_every_steps: int = option(
+    checkpoint_every: int = option(
         500, flag="--checkpoint-every", metavar="STEPS", group="distribute",
         help="back up the training state every STEPS steps; a rerun after a kill resumes (default %(default)s)")
     # Local processes (chief + workers on 127.0.0.1) training under MultiWorkerMirroredStrategy.
@@ -344,10 +346,11 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    # `leave_one_out`: eval queries against the rest of the eval split; `eval_vs_train`: eval
+    # `leave_one_out`: eval queries against the rest of the eval split; `query_vs_reference`: eval
     # queries against the train split as the reference set.
     protocol: str = option(
         "leave_one_out", flag="--eval-protocol", choices=PROTOCOLS,
+        renamed={"eval_vs_train": "query_vs_reference"},
         help="eval queries against the rest of the eval split, or against the train split (default %(default)s)")
     recall_ks: Tuple[int, ...] = (1, 5, 10)
     # Blessing: every named metric must reach its lower bound...
@@ -368,7 +371,7 @@ class EvalConfig:
         help="largest allowed drop of " + " and ".join(COMPARED_METRICS)
              + " against the latest blessed model (default %(default)s)")
     # 2-D picture of the embedding space: `umap` (falls back to PCA if UMAP fails) or `pca`.
-    plot_method: str = option("umap", flag="--plot", choices=PLOT_METHODS,
+    plot: str = option("umap", flag="--plot", choices=PLOT_METHODS,
                               help="2-D picture of the embeddings in the report (default %(default)s)")
 
     @property
@@ -393,13 +396,13 @@ class ServingConfig:
 class KubeflowConfig:
     """Kubeflow Pipelines v2 compile settings (`triplet-tfx compile` / `deploy`; see kubeflow/)."""
     # Default pipeline root of the package (a run may override it): gs://, s3://, minio:// or
-    # the absolute path of a mounted PVC (then `pvc_name` names the claim).
+    # the absolute path of a mounted PVC (then `pvc` names the claim).
     pipeline_root: str = option(
         "minio://mlpipeline/v2/artifacts", flag="--pipeline-root", metavar="URI",
         to_config=lambda root, _: {"pipeline_root": _absolute(root)},
         help="default pipeline root of the package: gs://..., s3://..., minio://... or a PVC path "
              "(see below; default %(default)s)")
-    pvc_name: Optional[str] = option(
+    pvc: Optional[str] = option(
         None, flag="--pvc", metavar="CLAIM",
         help="PersistentVolumeClaim to mount in every task (for a PVC pipeline root)")
     pvc_mount_path: str = option("/mnt/pipeline", flag="--pvc-mount-path",
@@ -421,9 +424,9 @@ class KubeflowConfig:
         help="Trainer accelerator: nvidia.com/gpu (open-source KFP) or NVIDIA_TESLA_T4-style "
              "(Vertex AI); default %(default)s")
     gpu_count: int = option(1, flag="--gpu-count", help="GPUs for the Trainer; 0 = train on CPU (default %(default)s)")
-    trainer_cpu_limit: Optional[float] = option(  # vCPUs
+    trainer_cpu: Optional[float] = option(  # vCPUs
         None, flag="--trainer-cpu", metavar="VCPUS", help="CPU limit of the Trainer container, e.g. 4")
-    trainer_memory_limit: Optional[float] = option(  # GB
+    trainer_memory: Optional[float] = option(  # GB
         None, flag="--trainer-memory", metavar="SIZE", type=_gigabytes,
         help="memory limit of the Trainer container in GB, e.g. 16 or 16G or 15Gi")
     # Where the Trainer trains. `kubeflow`: in its own step, or, with trainer_workers > 1, in a
@@ -680,8 +683,8 @@ class PipelineConfig:
             (min(self.data.image_shape) > 0, _label("data", "image_height", "image_height/width/channels"),
              "must be positive"),
             (self.data.num_classes >= 2, _label("data", "num_classes"), "needs at least 2 classes"),
-            (self.data.max_examples_per_split is None or self.data.max_examples_per_split > 0,
-             _label("data", "max_examples_per_split"), "must be positive"),
+            (self.data.max_examples is None or self.data.max_examples > 0,
+             _label("data", "max_examples"), "must be positive"),
             (0 < self.data.eval_percent < 100, _label("data", "eval_percent"), "must be between 1 and 99"),
             (self.data.resize in RESIZE_MODES, _label("data", "resize"),
              "must be one of " + ", ".join(RESIZE_MODES)),
@@ -710,8 +713,8 @@ class PipelineConfig:
             (0 < self.train.fine_tune_lr_factor <= 1, _label("train", "fine_tune_lr_factor"),
              "must be in (0, 1]"),
             (self.train.loss in LOSSES, _label("train", "loss"), "must be semihard or hard"),
-            (self.train.distance_metric in DISTANCES,
-             _label("train", "distance_metric"), "must be L2, squared-L2 or angular"),
+            (self.train.distance in DISTANCES,
+             _label("train", "distance"), "must be L2, squared-L2 or angular"),
             (not self.train.soft or self.train.loss == "hard", _label("train", "soft"),
              "the soft margin applies to the hard loss only"),
             (self.train.examples_per_class is None
@@ -728,18 +731,18 @@ class PipelineConfig:
             (self.train.strategy in STRATEGIES, _label("train", "strategy"),
              "must be one of " + ", ".join(STRATEGIES)),
             (self.train.mining in MINING, _label("train", "mining"), "must be global or replica"),
-            (self.train.checkpoint_every_steps > 0, _label("train", "checkpoint_every_steps"),
+            (self.train.checkpoint_every > 0, _label("train", "checkpoint_every"),
              "must be positive"),
             (self.train.workers >= 1, _label("train", "workers"), "must be at least 1"),
             (self.train.workers == 1 or self.train.strategy in ("auto", "multi_worker"), _label("train", "strategy"),
              f"{self.train.strategy} trains in one process: {flag_of('train', 'workers')} {self.train.workers} "
              "needs auto or multi_worker"),
             (self.eval.protocol in PROTOCOLS, _label("eval", "protocol"),
-             "must be leave_one_out or eval_vs_train"),
+             "must be leave_one_out or query_vs_reference"),
             (all(0.0 <= v <= 1.0 for v in self.eval.lower_bounds.values()),
              _label("eval", "lower_bounds"), "bounds must be within [0, 1]"),
             (self.eval.max_regression >= 0, _label("eval", "max_regression"), "must be >= 0"),
-            (self.eval.plot_method in PLOT_METHODS, _label("eval", "plot_method"), "must be umap or pca"),
+            (self.eval.plot in PLOT_METHODS, _label("eval", "plot"), "must be umap or pca"),
             (self.serving.index_split in SPLITS, _label("serving", "index_split"),
              "must be one of " + ", ".join(SPLITS)),
         ]
@@ -758,8 +761,8 @@ class PipelineConfig:
         if classes is None:
             return
         flags = "/".join(flag_of("data", field) for field in ("train_classes", "eval_classes", "class_split"))
-        if self.eval.protocol == "eval_vs_train":
-            raise ConfigError(f"{_label('eval', 'protocol')}: eval_vs_train looks up eval queries among the "
+        if self.eval.protocol == "query_vs_reference":
+            raise ConfigError(f"{_label('eval', 'protocol')}: query_vs_reference looks up eval queries among the "
                               f"train split, which holds none of their classes under a class split ({flags}); "
                               "use leave_one_out")
         classes_per_batch = self.train.batch_size // (self.train.examples_per_class or self.train.batch_size)
@@ -775,7 +778,7 @@ SECTIONS: Dict[str, type] = {"": PipelineConfig, "data": DataConfig, "train": Tr
 
 
 def flag_of(section: str, field: str) -> str:
-    """The command-line flag(s) of a configuration field, e.g. flag_of("train", "checkpoint_every_steps")
+    """The command-line flag(s) of a configuration field, e.g. flag_of("train", "checkpoint_every")
     == "--checkpoint-every"; "" for a field without one (set by a profile or a configuration file)."""
     metadata = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])}[field]
     return ", ".join(flag for flag in (metadata.get("flag"), *(m["flag"] for m in metadata.get("more", ()))) if flag)

@@ -60,9 +60,9 @@ def validate_kubeflow(config: PipelineConfig) -> PipelineConfig:
          "Kubeflow needs lower-case letters, digits and '-' (pattern [a-z0-9][a-z0-9-]{0,127})"),
         (root.startswith(REMOTE_SCHEMES) or os.path.isabs(root), "kubeflow.pipeline_root (--pipeline-root)",
          f"{root!r}: use gs://, s3://, minio:// or the absolute path of a mounted PVC"),
-        (root.startswith(REMOTE_SCHEMES) or kf.pvc_name, "kubeflow.pvc_name (--pvc)",
+        (root.startswith(REMOTE_SCHEMES) or kf.pvc, "kubeflow.pvc (--pvc)",
          f"a local pipeline root ({root}) needs the PVC that holds it: --pvc CLAIM_NAME"),
-        (not kf.pvc_name or root.startswith(REMOTE_SCHEMES)
+        (not kf.pvc or root.startswith(REMOTE_SCHEMES)
          or os.path.normpath(root).startswith(os.path.normpath(kf.pvc_mount_path)),
          "kubeflow.pipeline_root (--pipeline-root)",
          f"{root} must lie below the PVC mount path {kf.pvc_mount_path} (--pvc-mount-path)"),
@@ -73,10 +73,10 @@ def validate_kubeflow(config: PipelineConfig) -> PipelineConfig:
          "kubeflow.gpu_type (--gpu-type)",
          f"{kf.gpu_type!r}: use a Kubernetes resource name such as nvidia.com/gpu (open-source KFP) "
          "or a Vertex AI accelerator such as NVIDIA_TESLA_T4"),
-        (kf.trainer_cpu_limit is None or kf.trainer_cpu_limit > 0, "kubeflow.trainer_cpu_limit (--trainer-cpu)",
+        (kf.trainer_cpu is None or kf.trainer_cpu > 0, "kubeflow.trainer_cpu (--trainer-cpu)",
          "must be positive"),
-        (kf.trainer_memory_limit is None or kf.trainer_memory_limit > 0,
-         "kubeflow.trainer_memory_limit (--trainer-memory)", "must be positive"),
+        (kf.trainer_memory is None or kf.trainer_memory > 0,
+         "kubeflow.trainer_memory (--trainer-memory)", "must be positive"),
         (kf.trainer_backend in TRAINER_BACKENDS, "kubeflow.trainer_backend (--trainer-backend)",
          f"{kf.trainer_backend!r}: use " + " or ".join(TRAINER_BACKENDS)),
         (kf.trainer_workers >= 1, "kubeflow.trainer_workers (--trainer-workers)", "must be at least 1"),
@@ -119,9 +119,9 @@ def worker_image(kf: KubeflowConfig) -> str:
 def tfjob_section(kf: KubeflowConfig) -> Dict[str, Any]:
     """The Trainer's `tfjob` custom_config section: what components/training/tfjob.py launches."""
     return {"workers": kf.trainer_workers, "image": worker_image(kf), "gpu_type": kf.gpu_type,
-            "gpu_count": kf.gpu_count, "cpu_limit": kf.trainer_cpu_limit, "memory_limit_gb": kf.trainer_memory_limit,
+            "gpu_count": kf.gpu_count, "cpu_limit": kf.trainer_cpu, "memory_limit_gb": kf.trainer_memory,
             "namespace": kf.tfjob_namespace, "service_account": kf.tfjob_service_account,
-            "pvc_name": kf.pvc_name, "pvc_mount_path": kf.pvc_mount_path}
+            "pvc": kf.pvc, "pvc_mount_path": kf.pvc_mount_path}
 
 
 def vertex_training_config(kf: KubeflowConfig) -> Dict[str, Any]:
@@ -169,10 +169,10 @@ def trainer_resources(kf: KubeflowConfig):
     if not trains_in_step(kf):
         return None
     spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
-    if kf.trainer_cpu_limit:
-        spec.cpu_limit = kf.trainer_cpu_limit
-    if kf.trainer_memory_limit:
-        spec.memory_limit = kf.trainer_memory_limit
+    if kf.trainer_cpu:
+        spec.cpu_limit = kf.trainer_cpu
+    if kf.trainer_memory:
+        spec.memory_limit = kf.trainer_memory
     if kf.gpu_count > 0:
         spec.accelerator.type = kf.gpu_type
         spec.accelerator.count = kf.gpu_count
@@ -200,7 +200,7 @@ def build_pipeline(config: PipelineConfig):
 
 def _pvc_platform_spec(kf: KubeflowConfig, executor_labels: List[str]) -> Dict[str, Any]:
     """kfp-kubernetes' PlatformSpec (second YAML document): mount the PVC in every task."""
-    mount = [{"constant": kf.pvc_name, "mountPath": kf.pvc_mount_path}]
+    mount = [{"constant": kf.pvc, "mountPath": kf.pvc_mount_path}]
     return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
         label: {"pvcMount": mount} for label in sorted(executor_labels)}}}}}
 
@@ -235,7 +235,7 @@ def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackag
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # fails loudly if KFP would reject it
 
     documents = [spec]
-    if kf.pvc_name:
+    if kf.pvc:
         documents.append(_pvc_platform_spec(kf, list(spec["deploymentSpec"]["executors"])))
         json_format.ParseDict(documents[1], pipeline_spec_pb2.PlatformSpec())
 

@@ -75,7 +75,20 @@ class Flag:
         for key in ("metavar", "choices"):
             if key in self.spec:
                 kwargs[key] = self.spec[key]
+        if "renamed" in self.spec:
+            kwargs["type"] = _renamed_value(self.flag, self.spec["renamed"], kwargs["type"])
         return kwargs
+
+
+def _renamed_value(flag: str, renamed: Mapping[str, str], parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag's value parser that takes a renamed choice's old spelling, with a deprecation warning."""
+    def parse_value(text: str) -> Any:
+        if text in renamed:
+            print(f"triplet-tfx: warning: {flag} {text} is deprecated: it is now called {renamed[text]}; the old "
+                  "name will be removed in the next release", file=sys.stderr)
+            return renamed[text]
+        return parse(text)
+    return parse_value
 
 
 def _non_optional(annotation: Any) -> Any:

@@ -21,7 +21,7 @@ from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
 from triplet_tfx.components.serving.builder import ServingModelBuilder
 from triplet_tfx.components.serving.pusher import Pusher
-from triplet_tfx.pipeline import tfx_api as tfx  # tfx.v1's names, without its extensions
+from triplet_tfx.pipeline import tfx_api  # tfx.v1's names, without its extensions
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
 # packages nothing, and the code fingerprint below tells its cache when that code changed.
@@ -65,7 +65,7 @@ def data_fingerprint(source_path: str) -> str:
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
                     baseline: str = "pushed", data_only: bool = False, trainer_class: Optional[type] = None,
-                    trainer_custom_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
+                    trainer_custom_config: Optional[dict] = None) -> tfx_api.dsl.Pipeline:
     """`baseline`: the evaluator's baseline is the latest `pushed` model, or the latest `blessed` one
     (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies).
     `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks).
@@ -89,14 +89,14 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         data=data,
         data_fingerprint=fingerprint_of[data.source_kind](data.source_path)
         if data.source_kind in fingerprint_of and local else None)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+    statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx_api.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                           infer_feature_shape=True)
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = tfx_api.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
 
-    transform = tfx.components.Transform(
+    transform = tfx_api.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
@@ -119,8 +119,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     for component in (example_gen, statistics_gen, transform):
         component.with_beam_pipeline_args(config.data_beam_args)
 
-    def assemble(components) -> tfx.dsl.Pipeline:
-        return tfx.dsl.Pipeline(
+    def assemble(components) -> tfx_api.dsl.Pipeline:
+        return tfx_api.dsl.Pipeline(
             pipeline_name=config.pipeline_name,
             pipeline_root=config.pipeline_root,
             components=components,
@@ -132,7 +132,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     if data_only:
         return assemble(data_components)
 
-    trainer = (trainer_class or tfx.components.Trainer)(
+    trainer = (trainer_class or tfx_api.components.Trainer)(
         run_fn=RUN_FN,
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -142,15 +142,15 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     # The model in production: the latest one this pipeline pushed (none on a first run), so that a
     # blessed model whose push failed is not taken for the baseline and is pushed by the next run.
     if baseline == "pushed":
-        baseline_resolver = tfx.dsl.Resolver(
+        baseline_resolver = tfx_api.dsl.Resolver(
             strategy_class=LatestPushedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel))
+            model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.Model),
+            pushed_model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.PushedModel))
     else:
-        baseline_resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
+        baseline_resolver = tfx_api.dsl.Resolver(
+            strategy_class=tfx_api.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.Model),
+            model_blessing=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.ModelBlessing))
     baseline_resolver = baseline_resolver.with_id(BASELINE_RESOLVER_ID)
 
     evaluator = EmbeddingEvaluator(
@@ -169,7 +169,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     pusher = Pusher(
         model=serving_model_builder.outputs["serving_model"],
         model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+        push_destination=tfx_api.proto.PushDestination(
+            filesystem=tfx_api.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
 
     return assemble(data_components + [trainer, baseline_resolver, evaluator, serving_model_builder, pusher])

@@ -135,7 +135,7 @@ def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = 
                 from triplet_tfx.pipeline import (
                     recovery,
                     summary,
-                    tfx_api as tfx,  # tfx.v1's names, without its extensions
+                    tfx_api,  # tfx.v1's names, without its extensions
                 )
                 from triplet_tfx.pipeline.pipeline import create_pipeline
 
@@ -143,8 +143,8 @@ def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = 
                 before = summary.latest_context_id(config)
                 os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
                 try:
-                    tfx.orchestration.LocalDagRunner().run(create_pipeline(
-                        config, tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+                    tfx_api.orchestration.LocalDagRunner().run(create_pipeline(
+                        config, tfx_api.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
                         data_only=data_only))
                 except Exception as err:  # a component failed: its run's summary still tells what happened
                     failure = err

@@ -1,5 +1,5 @@
 """`triplet-tfx embed` and `triplet-tfx search`: the served model's client
-(components/serving/client.py) on image files, from a SavedModel or a TF Serving server."""
+(components/serving/client/) on image files, from a SavedModel or a TF Serving server."""
 from __future__ import annotations
 
 import argparse
@@ -30,8 +30,8 @@ warnings are not shown; --verbose shows them.
 
 
 def add_commands(commands) -> None:
-    """`embed` and `search`: the served model's client (components/serving/client.py)."""
-    from triplet_tfx.components.serving import result_formats
+    """`embed` and `search`: the served model's client (components/serving/client/)."""
+    from triplet_tfx.components.serving.client import result_formats
 
     defaults = PipelineConfig()
     for name, summary in (("embed", "embeddings of images, from a SavedModel or a TF Serving server"),
@@ -73,8 +73,13 @@ def serving_command(args: argparse.Namespace) -> int:
 
 
 def _serving_command(args: argparse.Namespace) -> int:
-    from triplet_tfx.components.serving import client_errors, result_formats
-    from triplet_tfx.components.serving.client import Client, IndexSizeError, image_files
+    from triplet_tfx.components.serving.client import (
+        Client,
+        IndexSizeError,
+        errors as client_errors,
+        image_files,
+        result_formats,
+    )
 
     def fail(message: str) -> int:
         print(f"triplet-tfx: error: {message}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The part of TFX's public `tfx.v1` API that the pipeline and the local runner use, under the
-same names (`from triplet_tfx.pipeline import tfx_api as tfx`; `tfx.components.Trainer`, ...).
+same names under `tfx_api` (`from triplet_tfx.pipeline import tfx_api`; `tfx_api.components.Trainer`, ...).
 
 `from tfx import v1` also imports every extension, among them the Google Cloud AI Platform
 one and with it google-cloud-aiplatform and its protos: about a third of a local run's

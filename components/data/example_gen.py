@@ -104,7 +104,7 @@ def _image_item(item: image_items.ImageItem, class_ids: Dict[str, int], data: Da
 
 def _tfds_split(split: str, data: DataConfig) -> Iterator[Any]:
     name = data.source_path
-    records = data_sources.read_tfds(name, split, data.tfds_data_dir, data.max_examples_per_split)
+    records = data_sources.read_tfds(name, split, data.tfds_data_dir, data.max_examples)
     for i, (content, label, class_name, tfds_id) in enumerate(records):
         where = f"tfds:{name} {split} example {i}" + (f" ({tfds_id})" if tfds_id else "")
         _check_label(label, data, where)
@@ -205,7 +205,7 @@ def _named_items(data: DataConfig, split_pattern: str) -> Tuple[List[image_items
     data_sources.check_class_count(source.class_names, data.num_classes, data.source_path,
                                    "class folders" if data.source_kind == "images" else "classes")
     items = source.splits[split_pattern if source.has_splits else "all"]
-    items = image_items.stratified(items, data.max_examples_per_split, source.class_names)
+    items = image_items.stratified(items, data.max_examples, source.class_names)
     return items, {name: i for i, name in enumerate(source.class_names)}
 
 
@@ -215,7 +215,7 @@ def _named_items(data: DataConfig, split_pattern: str) -> Tuple[List[image_items
 def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
                       split_pattern: str) -> beam.pvalue.PCollection:
     data = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY]))
-    limit = data.max_examples_per_split
+    limit = data.max_examples
     kind = data.source_kind
     skipped = None
     if kind == "mnist":

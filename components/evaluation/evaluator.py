@@ -114,7 +114,7 @@ def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.n
             references: Optional[list], reference_labels: Optional[np.ndarray], image_shape, encoded: bool = False,
             resize: str = "stretch") -> Dict:
     """The worst retrievals' images and labels (see `report.plot_worst_retrievals`). Reference
-    images of the train split (eval_vs_train) are decoded for the chosen neighbours only."""
+    images of the train split (query_vs_reference) are decoded for the chosen neighbours only."""
     labels_ = query_labels if references is None else reference_labels
     chosen = retrievals.worst_queries(query_labels, labels_[neighbours], GALLERY_QUERIES, skipped)
     picked = neighbours[chosen]
@@ -133,7 +133,7 @@ def result_key(model: Model, examples: Examples, cfg: PipelineConfig, code_finge
     """What a model's evaluation depends on: the model, the examples, the code and the settings
     that change metrics or pictures (not the blessing rule)."""
     settings = {"data": dataclasses.asdict(cfg.data), "protocol": cfg.eval.protocol,
-                "recall_ks": list(cfg.eval.recall_ks), "plot_method": cfg.eval.plot_method}
+                "recall_ks": list(cfg.eval.recall_ks), "plot": cfg.eval.plot}
     text = json.dumps([model.uri, examples.uri, code_fingerprint, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -233,7 +233,7 @@ def EmbeddingEvaluator(
         query_labels, images = parse_examples(queries, cfg.data.image_shape, cfg.data.encoded_images,
                                               cfg.data.resize)
         references, reference_labels = None, None
-        if rule.protocol == "eval_vs_train":
+        if rule.protocol == "query_vs_reference":
             references = read_split(examples, "train")
             reference_labels, _ = parse_examples(references)
 
@@ -255,7 +255,7 @@ def EmbeddingEvaluator(
                                              correct_at_1=per_query["correct_at_1"],
                                              class_names=[names[str(int(v))] for v in query_labels])
             report.plot_embedding_2d(embeddings, query_labels, os.path.join(folder, report.SCATTER_FILENAME),
-                                     method=rule.plot_method, class_names=names)
+                                     method=rule.plot, class_names=names)
         return result
 
     def reuse(source: str, evaluated: Model, role: str) -> Dict:

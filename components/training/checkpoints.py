@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 LATEST = "latest.json"
 # TrainConfig fields that say how to run, not what to train: a rerun with other values resumes.
-RUN_ONLY_FIELDS = ("strategy", "workers", "checkpoint_every_steps")
+RUN_ONLY_FIELDS = ("strategy", "workers", "checkpoint_every")
 
 
 def backup_dir(model_run_dir: str, input_uris: Iterable[str], custom_config: Dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """The embedding networks (`train.network`, `--network`).
 
-`tutorial`: the TensorFlow Addons "TripletSemiHardLoss" tutorial's, unchanged: Conv2D(64, 2)
+`tutorial_cnn`: the TensorFlow Addons "TripletSemiHardLoss" tutorial's, unchanged: Conv2D(64, 2)
 -> MaxPool -> Dropout(0.3) -> Conv2D(32, 2) -> MaxPool -> Dropout(0.3) -> Flatten -> Dense(256)
 -> L2-normalise (the dropout rate and the embedding size are configurable).
 
@@ -23,7 +23,7 @@ from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY
 from triplet_tfx.components.training import backbones
 
 
-def _tutorial(x, precision: str, dropout: float):
+def _tutorial_cnn(x, precision: str, dropout: float):
     x = keras.layers.Conv2D(64, 2, padding="same", activation="relu", dtype=precision)(x)
     x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
     x = keras.layers.Dropout(dropout, dtype=precision)(x)
@@ -52,11 +52,11 @@ def _backbone(name: str):
 
 
 # Name -> the layers from the input image to the features that Dense(embedding_dim) projects.
-NETWORKS = {"tutorial": _tutorial, "strided": _strided, **{name: _backbone(name) for name in BACKBONES}}
+NETWORKS = {"tutorial_cnn": _tutorial_cnn, "strided": _strided, **{name: _backbone(name) for name in BACKBONES}}
 
 
 def build_model(image_shape, embedding_dim: int, precision: str = "float32",
-                dropout: float = 0.3, network: str = "tutorial", backbone_weights: str = "none") -> keras.Model:
+                dropout: float = 0.3, network: str = "tutorial_cnn", backbone_weights: str = "none") -> keras.Model:
     """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
     the embedding is always float32, so the loss and the metrics see full precision. `dropout`
     acts in training only: the exported network is the same for any rate. `backbone_weights`

@@ -63,8 +63,8 @@ def tfjob_manifest(name: str, namespace: str, section: Dict[str, Any], spec_path
     if limits:
         container["resources"] = {"limits": limits}
     pod: Dict[str, Any] = {"containers": [container]}
-    if section.get("pvc_name"):
-        pod["volumes"] = [{"name": "pipeline-root", "persistentVolumeClaim": {"claimName": section["pvc_name"]}}]
+    if section.get("pvc"):
+        pod["volumes"] = [{"name": "pipeline-root", "persistentVolumeClaim": {"claimName": section["pvc"]}}]
         container["volumeMounts"] = [{"name": "pipeline-root", "mountPath": section["pvc_mount_path"]}]
     if section.get("service_account"):
         pod["serviceAccountName"] = section["service_account"]

@@ -65,7 +65,7 @@ def steps_per_execution(plan: Dict[str, int], train: TrainConfig, replicas: int 
     MultiWorkerMirroredStrategy (TF 2.16: "You must feed a value for placeholder tensor ...")."""
     if replicas > 1:
         return 1
-    common = math.gcd(plan["steps_per_epoch"], train.checkpoint_every_steps)
+    common = math.gcd(plan["steps_per_epoch"], train.checkpoint_every)
     return max(d for d in range(1, min(most, common) + 1) if common % d == 0)
 
 
@@ -119,8 +119,8 @@ def compile_phase(model: keras.Model, train: TrainConfig, plan: Dict[str, int], 
 def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Loss:
     if train.loss == "hard":
         return losses.TripletHardLoss(margin=train.margin, soft=train.soft,
-                                      distance_metric=train.distance_metric, global_batch=global_batch)
-    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance_metric,
+                                      distance_metric=train.distance, global_batch=global_batch)
+    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance,
                                       global_batch=global_batch)
 
 
@@ -391,7 +391,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
                 keras.callbacks.TensorBoard(log_dir=args.model_run_dir if chief else os.path.join(scratch, "logs"),
                                             update_freq="epoch"),
                 checkpoints.StepBackup(backup if chief else os.path.join(scratch, "backup"),
-                                       train.checkpoint_every_steps, start,
+                                       train.checkpoint_every, start,
                                        state=lambda step: {"phase": phase_at(step, plan, train)}),
             ],
             verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch

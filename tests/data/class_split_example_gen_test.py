@@ -33,7 +33,7 @@ def generate(data: DataConfig, expected: dict) -> None:
 
 
 def test_mnist_splits_keep_only_their_classes():
-    data = DataConfig(max_examples_per_split=300, train_classes="0-4", eval_classes="5-9")
+    data = DataConfig(max_examples=300, train_classes="0-4", eval_classes="5-9")
     mnist = data_sources.load_mnist()
     expected = {}
     for split, source_split, classes in (("train", "train", range(5)), ("eval", "test", range(5, 10))):

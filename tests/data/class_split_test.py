@@ -56,15 +56,15 @@ def test_invalid_splits_are_config_errors_naming_the_flag(data, message):
     assert message in str(err.value)
 
 
-def test_eval_vs_train_across_disjoint_classes_is_refused():
+def test_query_vs_reference_across_disjoint_classes_is_refused():
     with pytest.raises(ConfigError) as err:
         PipelineConfig(data=DataConfig(train_classes="0-4", eval_classes="5-9"),
-                       eval=EvalConfig(protocol="eval_vs_train")).validate()
+                       eval=EvalConfig(protocol="query_vs_reference")).validate()
     message = str(err.value)
-    assert message.startswith("eval.protocol (--eval-protocol): eval_vs_train")
+    assert message.startswith("eval.protocol (--eval-protocol): query_vs_reference")
     assert "--train-classes/--eval-classes/--class-split" in message and "leave_one_out" in message
     # Without a class split the protocol stays available.
-    PipelineConfig(eval=EvalConfig(protocol="eval_vs_train")).validate()
+    PipelineConfig(eval=EvalConfig(protocol="query_vs_reference")).validate()
 
 
 def test_class_balanced_batches_need_enough_train_classes():

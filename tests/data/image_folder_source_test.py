@@ -82,7 +82,7 @@ def test_train_and_eval_folders_beside_class_folders_are_refused(tmp_path):
 
 def test_max_examples_takes_the_classes_in_turn(photos, tmp_path):
     root, _ = photos
-    examples = generate(DataConfig(source=f"images:{root}", num_classes=4, max_examples_per_split=6), str(tmp_path))
+    examples = generate(DataConfig(source=f"images:{root}", num_classes=4, max_examples=6), str(tmp_path))
     import tensorflow as tf
     names = sorted(tf.train.Example.FromString(e).features.feature["class_name"].bytes_list.value[0].decode()
                    for e in examples)
@@ -100,7 +100,7 @@ def test_a_split_of_one_class_is_refused(tmp_path):
 
 def test_fewer_classes_than_num_classes_is_refused(tmp_path):
     make_photo_collection(str(tmp_path / "photos"), per_class=4, layout="split", eval_per_class=2)
-    data = DataConfig(source=f"images:{tmp_path / 'photos'}", num_classes=4, max_examples_per_split=3)
+    data = DataConfig(source=f"images:{tmp_path / 'photos'}", num_classes=4, max_examples=3)
     with pytest.raises(Exception, match=r"the examples hold 3 of --num-classes 4 classes \(no example of class 3\)"):
         run_example_gen(data, str(tmp_path / "out"))
 

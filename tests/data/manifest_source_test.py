@@ -61,7 +61,7 @@ def test_integer_labels_sort_numerically(tmp_path, photos):
 
 def test_max_examples_keeps_every_class(tmp_path, photos):
     path = _write_csv(tmp_path / "list.csv", [(p.path, p.class_name) for p in photos], header="uri,label")
-    examples = generate(DataConfig(source=f"manifest:{path}", num_classes=3, max_examples_per_split=3), str(tmp_path))
+    examples = generate(DataConfig(source=f"manifest:{path}", num_classes=3, max_examples=3), str(tmp_path))
     assert sorted(features(tf.train.Example.FromString(e))["label"] for e in examples) == [0, 1, 2]
 
 

@@ -67,7 +67,7 @@ def test_prepared_tfds_is_read_without_decoding(data_dir):
 
 def test_tfds_source_through_example_gen(data_dir):
     data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=data_dir, image_height=8, image_width=8,
-                      num_classes=3, max_examples_per_split=10)
+                      num_classes=3, max_examples=10)
     data_sources.check_source(data)
     expected = [(i, i % 3) for i in range(NUM["train"])]
     with beam.Pipeline() as pipeline:

@@ -1,6 +1,6 @@
 """`triplet-tfx deploy` against a local stand-in for the Kubeflow Pipelines API.
 
-Contract tests: tests/kfp_fake_server.py serves, on 127.0.0.1 in a thread of this process,
+Contract tests: tests/kfp_standin.py serves, on 127.0.0.1 in a thread of this process,
 the KFP v2beta1 REST endpoints that kfp.Client calls (healthz, pipeline upload and version
 upload, pipeline/version/experiment listing, experiment and run creation), validates uploaded
 packages with kfp's PipelineSpec proto, and answers 401 / 409 as a real server does. No real
@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from kfp_fake_server import FakeKfpServer
+from kfp_standin import KfpStandIn
 
 from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 from triplet_tfx.kubeflow import deploy, runner
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def test_new_pipeline_then_new_version_experiment_and_runs(package):
-    with FakeKfpServer() as server:
+    with KfpStandIn() as server:
         target = deploy.target_from_env(host=server.url)
         first = deploy.deploy(package, "triplet-mnist", target, experiment_name="triplets")
         second = deploy.deploy(package, "triplet-mnist", target, version_name="v2", experiment_name="triplets")
@@ -60,7 +60,7 @@ def test_new_pipeline_then_new_version_experiment_and_runs(package):
 
 
 def test_cli_deploy_prints_the_run_url(package, capsys, tmp_path):
-    with FakeKfpServer(token="s3cret") as server:
+    with KfpStandIn(token="s3cret") as server:
         code = cli.main(["deploy", "--output-root", str(tmp_path), "--pipeline-root", "gs://bucket/root",
                          "--host", server.url, "--token", "s3cret", "--ui-host", "https://kfp.example.com",
                          "--run-name", "smoke"])
@@ -74,7 +74,7 @@ def test_cli_deploy_prints_the_run_url(package, capsys, tmp_path):
 
 
 def test_no_run_uploads_only(package):
-    with FakeKfpServer() as server:
+    with KfpStandIn() as server:
         result = deploy.deploy(package, "triplet-mnist", deploy.target_from_env(host=server.url), create_run=False)
         paths = server.paths("POST")
     assert result.run_id is None and result.experiment_id is None
@@ -84,12 +84,12 @@ def test_no_run_uploads_only(package):
 def test_token_from_environment_and_service_account_file(package, monkeypatch, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
-    with FakeKfpServer(token="from-file") as server:
+    with KfpStandIn(token="from-file") as server:
         monkeypatch.setenv("KF_PIPELINES_ENDPOINT", server.url)
         monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
         result = deploy.deploy(package, "p-sa", deploy.target_from_env(), create_run=False)
     assert result.pipeline_id
-    with FakeKfpServer(token="from-env") as server:
+    with KfpStandIn(token="from-env") as server:
         monkeypatch.setenv("KF_PIPELINES_ENDPOINT", server.url)
         monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH")
         monkeypatch.setenv("KF_PIPELINES_TOKEN", "from-env")
@@ -98,7 +98,7 @@ def test_token_from_environment_and_service_account_file(package, monkeypatch, t
 
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_unauthorized_is_reported_with_host_and_pipeline(package, capsys, tmp_path, token):
-    with FakeKfpServer(token="right") as server:
+    with KfpStandIn(token="right") as server:
         argv = ["deploy", "--output-root", str(tmp_path), "--pipeline-root", "gs://b/r", "--host", server.url]
         code = cli.main(argv + (["--token", token] if token else []))
         assert not server.state.pipelines
@@ -110,7 +110,7 @@ def test_unauthorized_is_reported_with_host_and_pipeline(package, capsys, tmp_pa
 
 
 def test_name_conflict_is_reported(package):
-    with FakeKfpServer() as server:
+    with KfpStandIn() as server:
         target = deploy.target_from_env(host=server.url)
         deploy.deploy(package, "triplet-mnist", target, version_name="v1", create_run=False)
         deploy.deploy(package, "triplet-mnist", target, version_name="v1", create_run=False)  # new: "v1" version
@@ -146,7 +146,7 @@ def test_kfp_cli_and_client_accept_the_package(package):
     from click.testing import CliRunner
     from kfp.cli.cli import cli as kfp_cli
 
-    with FakeKfpServer() as server:
+    with KfpStandIn() as server:
         result = CliRunner().invoke(kfp_cli, ["--endpoint", server.url, "pipeline", "create", "-p", "triplet-mnist",
                                               package], obj={})  # as kfp's console script calls it
         assert result.exit_code == 0, result.output

@@ -56,7 +56,7 @@ def test_trainer_workers_put_the_tfjob_section_into_the_trainers_custom_config(t
     assert custom_config["tfjob"] == {
         "workers": 4, "image": "registry.example/triplet-tfx-gpu:1", "gpu_type": "nvidia.com/gpu", "gpu_count": 2,
         "cpu_limit": 6.0, "memory_limit_gb": 20.0, "namespace": "team-a", "service_account": "gcs-writer",
-        "pvc_name": "triplet-claim", "pvc_mount_path": "/mnt/pipeline"}
+        "pvc": "triplet-claim", "pvc_mount_path": "/mnt/pipeline"}
     assert {"data", "train", "code_fingerprint"} <= set(custom_config)
     # The step only launches and waits: CPU image, no GPU or limits of its own; the workers get them.
     assert container["image"] == "registry.example/triplet-tfx:1" and "resources" not in container

@@ -71,8 +71,8 @@ def launch(tmp_path, args, caplog, poll=0.2):
 
 
 def test_launches_n_workers_with_the_operators_tf_config_and_streams_the_status(tmp_path, caplog):
-    args = fn_args(tmp_path, section(workers=3, pvc_name="pipeline-claim", gpu_type="nvidia.com/gpu", gpu_count=2,
-                                     trainer_cpu_limit=8, trainer_memory_limit=30, tfjob_service_account="trainer-sa"))
+    args = fn_args(tmp_path, section(workers=3, pvc="pipeline-claim", gpu_type="nvidia.com/gpu", gpu_count=2,
+                                     trainer_cpu=8, trainer_memory=30, tfjob_service_account="trainer-sa"))
     standin, (namespace, name), error, spec_path = launch(tmp_path, args, caplog)
     assert error is None and namespace == "team-a" and name == tfjob.job_name(args.model_run_dir)
 

@@ -6,8 +6,7 @@ as processes with the operator's TF_CONFIG -> they train under MultiWorkerMirror
 examples, 4 steps) -> the chief exports the model into the Trainer's output.
 
 The pipeline root is a local folder standing for the PVC that the step and the workers mount.
-Slow: seven TFX tasks, each its own process, then two workers; 10.5 minutes here with 2 cores
-shared by 8 developers (load ~15), the Transform-and-upstream part 7 of them.
+Slow: seven TFX tasks, each its own process, then two workers (minutes on 2 cores).
 """
 import os
 import re

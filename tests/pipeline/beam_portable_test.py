@@ -36,7 +36,7 @@ def job_service_and_worker_pool(tmp_path_factory):
 
 def run_data_components(root, beam: BeamConfig) -> PipelineConfig:
     config = PipelineConfig(output_root=str(root), beam=beam,
-                            data=DataConfig(max_examples_per_split=EXAMPLES_PER_SPLIT))
+                            data=DataConfig(max_examples=EXAMPLES_PER_SPLIT))
     result = cli.run_locally(config, data_only=True)
     assert result.executions == {name: "COMPLETE" for name in DATA_COMPONENT_IDS}
     return config

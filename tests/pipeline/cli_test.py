@@ -23,7 +23,7 @@ def test_defaults_are_the_tutorials(capsys):
     config = json.loads(capsys.readouterr().out)
     assert config["train"] == {**config["train"], "batch_size": 32, "epochs": 5, "learning_rate": 0.001,
                                     "embedding_dim": 256, "loss": "semihard", "margin": 1.0}
-    assert config["data"]["source"] == "mnist" and config["data"]["max_examples_per_split"] is None
+    assert config["data"]["source"] == "mnist" and config["data"]["max_examples"] is None
     assert config["beam"]["runner"] == "local" and config["beam_args"] == []
 
 

@@ -36,7 +36,7 @@ def photo_config(root, folder, **train) -> PipelineConfig:
                         num_classes=len(CLASSES), resize="pad"),
         train=TrainConfig(**{"network": "strided", "batch_size": 16, "max_steps": 40, "learning_rate": 3e-3,
                              "dropout": 0.0, **train}),
-        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot_method="pca"))
+        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"))
 
 
 @pytest.fixture(scope="module")

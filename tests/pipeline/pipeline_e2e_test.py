@@ -18,9 +18,9 @@ COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidato
 def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
     return PipelineConfig(
         output_root=str(root),
-        data=DataConfig(max_examples_per_split=2000),
+        data=DataConfig(max_examples=2000),
         train=TrainConfig(max_steps=max_steps),
-        eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot_method="pca"))
+        eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot="pca"))
 
 
 @pytest.fixture(scope="module")

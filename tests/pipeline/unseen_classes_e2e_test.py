@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 def unseen_run(tmp_path_factory):
     config = PipelineConfig(
         output_root=str(tmp_path_factory.mktemp("unseen")),
-        data=DataConfig(max_examples_per_split=200, train_classes="0-4", eval_classes="5-9"),
+        data=DataConfig(max_examples=200, train_classes="0-4", eval_classes="5-9"),
         train=TrainConfig(max_steps=5, network="strided"),
-        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot_method="pca"))
+        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"))
     return config, cli.run_locally(config)
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from contract_model import EMBEDDING_DIM, random_digits, write_contract_model, write_pngs
-from tfserving_standin import ModelRegistry, RestStandin
+from tfserving_standin import ModelRegistry, RestStandIn
 
 from triplet_tfx.components.serving import index
 from triplet_tfx.components.serving.client import image_files
@@ -117,7 +117,7 @@ def test_k_larger_than_the_index_fails_in_one_line(capsys, folder, indexed_model
     assert (code, out) == (2, "")
     assert err.splitlines() == ["triplet-tfx: error: --k 51: the index holds 50 references"]
     registry = ModelRegistry({"triplet_mnist": indexed_model})
-    with RestStandin(registry) as rest:
+    with RestStandIn(registry) as rest:
         code, out, err = run(capsys, "search", str(folder), "--server", rest.url, "--k", "501")
     assert (code, out) == (2, "")
     assert err.splitlines() == ["triplet-tfx: error: --k 501: the index holds 500 references"]
@@ -141,6 +141,7 @@ def _triplet_tfx(*argv):
     return subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
 
 
+@pytest.mark.slow  # a `triplet-tfx search` process that loads TensorFlow
 def test_search_keeps_the_terminal_quiet(folder, indexed_model, contract_dir):
     done = _triplet_tfx("search", str(folder), "--model", indexed_model, "--k", "3")
     assert done.returncode == 0, done.stderr
@@ -154,6 +155,7 @@ def test_search_keeps_the_terminal_quiet(folder, indexed_model, contract_dir):
     assert done.stderr.splitlines() == ["triplet-tfx: error: --k 51: the index holds 50 references"]
 
 
+@pytest.mark.slow  # a `triplet-tfx search` process that loads TensorFlow
 def test_verbose_shows_tensorflows_lines(folder, indexed_model):
     done = _triplet_tfx("embed", str(folder), "--model", indexed_model, "--verbose")
     assert done.returncode == 0, done.stderr

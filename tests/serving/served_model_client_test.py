@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tiny_serving_model
 from contract_model import png_bytes
-from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+from tfserving_standin import GrpcStandIn, ModelRegistry, RestStandIn
 
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.serving import index
@@ -51,7 +51,7 @@ def queries(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clients(base_dir):
     registry = ModelRegistry({MODEL: base_dir})
-    with RestStandin(registry) as rest, GrpcStandin(registry) as grpc_server:
+    with RestStandIn(registry) as rest, GrpcStandIn(registry) as grpc_server:
         made = {"local": Client(model=base_dir), "rest": Client(server=rest.url, model_name=MODEL),
                 "grpc": Client(server=grpc_server.url, model_name=MODEL)}
         yield made

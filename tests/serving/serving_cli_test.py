@@ -8,7 +8,7 @@ import numpy as np
 import portpicker
 import pytest
 from contract_model import CLASS_NAMES, reference_embeddings, reference_search, write_contract_model, write_pngs
-from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+from tfserving_standin import GrpcStandIn, ModelRegistry, RestStandIn
 
 from triplet_tfx.pipeline import cli
 
@@ -42,7 +42,7 @@ def files(folder):
 @pytest.fixture(scope="module")
 def servers(output_root):
     registry = ModelRegistry({"triplet_mnist": str(output_root / "serving" / "triplet_mnist")})
-    with RestStandin(registry) as rest, GrpcStandin(registry) as grpc_server:
+    with RestStandIn(registry) as rest, GrpcStandIn(registry) as grpc_server:
         yield {"rest": rest.url, "grpc": grpc_server.url}
 
 

@@ -19,10 +19,10 @@ from contract_model import (
     write_contract_model,
     write_pngs,
 )
-from tfserving_standin import GrpcStandin, ModelRegistry, RestStandin
+from tfserving_standin import GrpcStandIn, ModelRegistry, RestStandIn
 
 from triplet_tfx.components.serving.client import Client
-from triplet_tfx.components.serving.client_errors import (
+from triplet_tfx.components.serving.client.errors import (
     ImageInputError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -54,9 +54,9 @@ def registry(base_dir):
 
 @pytest.fixture(scope="module")
 def servers(registry):
-    rest, grpc_server = RestStandin(registry), None
+    rest, grpc_server = RestStandIn(registry), None
     try:
-        grpc_server = GrpcStandin(registry)
+        grpc_server = GrpcStandIn(registry)
         yield {"rest": rest.url, "grpc": grpc_server.url}
     finally:
         rest.stop()
@@ -219,7 +219,7 @@ def test_a_model_without_class_names_gives_the_labels_as_text(tmp_path, images):
     base = str(tmp_path / "old")
     write_contract_model(base, version=1, class_names=False)
     registry = ModelRegistry({"old": base})
-    rest, grpc_server = RestStandin(registry), GrpcStandin(registry)
+    rest, grpc_server = RestStandIn(registry), GrpcStandIn(registry)
     try:
         for client in (Client(model=base), Client(server=rest.url, model_name="old"),
                        Client(server=grpc_server.url, model_name="old")):

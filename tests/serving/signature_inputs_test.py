@@ -8,6 +8,8 @@ import tiny_serving_model
 
 from triplet_tfx.components.data import data_sources
 
+pytestmark = pytest.mark.slow  # exports served models
+
 H, W, C = tiny_serving_model.CONFIG.data.image_shape
 NOT_UTF8 = bytes(range(128, 256))[:50]  # random-looking bytes that are not UTF-8 text
 

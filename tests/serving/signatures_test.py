@@ -11,6 +11,8 @@ from PIL import Image
 from triplet_tfx.components import signatures
 from triplet_tfx.components.data import data_sources
 
+pytestmark = pytest.mark.slow  # builds and exports served models
+
 
 def encode(pixels: np.ndarray, fmt: str, mode: str = None) -> bytes:
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, mode)

@@ -46,7 +46,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from triplet_tfx.components.serving.transports import saved_model_versions
+from triplet_tfx.components.serving.client.transports import saved_model_versions
 
 HTTP_STATUS = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "UNAVAILABLE": 503,
                "UNIMPLEMENTED": 501}
@@ -56,7 +56,7 @@ STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?
                          r"(?:\/(metadata))?")
 
 
-class StandinError(Exception):
+class StandInError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code, self.message = code, message
@@ -80,14 +80,14 @@ class ModelRegistry:
         chosen = max(versions) if version is None and versions else version
         if chosen not in versions:
             request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise StandinError("NOT_FOUND", f"Servable not found for request: {request}")
+            raise StandInError("NOT_FOUND", f"Servable not found for request: {request}")
         return chosen, versions[chosen]
 
     def signature(self, name: str, version: Optional[int], signature_name: str):
         chosen, model = self.servable(name, version)
         function = model.signatures.get(signature_name or "serving_default")
         if function is None:
-            raise StandinError("FAILED_PRECONDITION",
+            raise StandInError("FAILED_PRECONDITION",
                                f'Serving signature key "{signature_name or "serving_default"}" not found.')
         return chosen, function
 
@@ -96,26 +96,26 @@ class ModelRegistry:
             self.predict_requests += 1
             if self.unavailable_left > 0:
                 self.unavailable_left -= 1
-                raise StandinError("UNAVAILABLE", "Model is still loading (stand-in)")
+                raise StandInError("UNAVAILABLE", "Model is still loading (stand-in)")
         chosen, function = self.signature(name, version, signature_name)
         time.sleep(self.delay_seconds)
         specs = function.structured_input_signature[1]
         if set(inputs) != set(specs):
             sent, wanted = ",".join(sorted(inputs)), ",".join(sorted(specs))
-            raise StandinError("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
+            raise StandInError("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
                                f"{len(specs)} len({{{sent}}}) != len({{{wanted}}})")
         try:
             outputs = function(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
-            raise StandinError("INVALID_ARGUMENT", getattr(err, "message", str(err))) from None
+            raise StandInError("INVALID_ARGUMENT", getattr(err, "message", str(err))) from None
         return chosen, {k: v.numpy() for k, v in outputs.items()}
 
     def status(self, name: str, version: Optional[int]) -> get_model_status_pb2.GetModelStatusResponse:
         versions = self.models.get(name, {})
         if not versions:
-            raise StandinError("NOT_FOUND", f"Could not find any versions of model {name}")
+            raise StandInError("NOT_FOUND", f"Could not find any versions of model {name}")
         if version is not None and version not in versions:
-            raise StandinError("NOT_FOUND", f"Could not find version {version} of model {name}")
+            raise StandInError("NOT_FOUND", f"Could not find version {version} of model {name}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for v in ([version] if version is not None else sorted(versions)):
             entry = response.model_version_status.add(version=v)
@@ -154,18 +154,18 @@ def _array(values, spec: tf.TensorSpec) -> np.ndarray:
 def rest_predict(registry: ModelRegistry, name: str, version: Optional[int], body: dict) -> dict:
     signature_name = body.get("signature_name", "")
     if "instances" in body and "inputs" in body:
-        raise StandinError("INVALID_ARGUMENT", "Not formatted correctly expecting only one of 'inputs' or "
+        raise StandInError("INVALID_ARGUMENT", "Not formatted correctly expecting only one of 'inputs' or "
                                                "'instances' keys to exist")
     _, function = registry.signature(name, version, signature_name)
     specs = function.structured_input_signature[1]
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
-            raise StandinError("INVALID_ARGUMENT", "Expecting 'instances' to be an non-empty list/array")
+            raise StandInError("INVALID_ARGUMENT", "Expecting 'instances' to be an non-empty list/array")
         if _is_named_object(instances[0]):
             inputs = {k: _array([_decode_json(i[k]) for i in instances], s) for k, s in specs.items()}
         elif len(specs) > 1:
-            raise StandinError("INVALID_ARGUMENT", "instances is a plain list, but expecting list of objects "
+            raise StandInError("INVALID_ARGUMENT", "instances is a plain list, but expecting list of objects "
                                                    "as multiple input tensors required as per tensorinfo_map")
         else:
             (key, spec), = specs.items()
@@ -174,15 +174,15 @@ def rest_predict(registry: ModelRegistry, name: str, version: Optional[int], bod
         given = body["inputs"]
         if not _is_named_object(given):
             if len(specs) > 1:
-                raise StandinError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
+                raise StandInError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
                                                        "as multiple input tensors required as per tensorinfo_map")
             given = {next(iter(specs)): given}
         missing = [k for k in specs if k not in given]
         if missing:
-            raise StandinError("INVALID_ARGUMENT", f"Missing named input: {missing[0]} in 'inputs' object.")
+            raise StandInError("INVALID_ARGUMENT", f"Missing named input: {missing[0]} in 'inputs' object.")
         inputs = {k: _array(_decode_json(given[k]), s) for k, s in specs.items()}
     else:
-        raise StandinError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
+        raise StandInError("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
     _, outputs = registry.predict(name, version, signature_name, inputs)
     encoded = {k: _encode_json(v, k.endswith("_bytes")) for k, v in sorted(outputs.items())}
     if "inputs" in body:
@@ -207,7 +207,7 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
     def _handle(self, compute) -> None:
         try:
             self._answer(200, compute())
-        except StandinError as err:
+        except StandInError as err:
             self._answer(HTTP_STATUS.get(err.code, 500), {"error": err.message})
 
     def do_POST(self):  # noqa: N802 (http.server's name)
@@ -220,7 +220,7 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
             try:
                 parsed = json.loads(body)
             except ValueError as err:
-                raise StandinError("INVALID_ARGUMENT", f"JSON Parse error: {err}") from None
+                raise StandInError("INVALID_ARGUMENT", f"JSON Parse error: {err}") from None
             version = int(match.group(2)) if match.group(2) else None
             return rest_predict(self.registry, match.group(1), version, parsed)
 
@@ -238,8 +238,8 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class RestStandin:
-    """TF Serving's REST API on 127.0.0.1 (a free port), in a thread. `with RestStandin(r) as s: s.url`."""
+class RestStandIn:
+    """TF Serving's REST API on 127.0.0.1 (a free port), in a thread. `with RestStandIn(r) as s: s.url`."""
 
     def __init__(self, registry: ModelRegistry):
         handler = type("Handler", (_RestHandler,), {"registry": registry})
@@ -289,7 +289,7 @@ class _Predictions(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
             chosen, outputs = self.registry.predict(spec.name, version, spec.signature_name, inputs)
-        except StandinError as err:
+        except StandInError as err:
             context.abort(getattr(grpc.StatusCode, err.code), err.message)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name
@@ -308,12 +308,12 @@ class _Models(model_service_pb2_grpc.ModelServiceServicer):
         spec = request.model_spec
         try:
             return self.registry.status(spec.name, spec.version.value if spec.HasField("version") else None)
-        except StandinError as err:
+        except StandInError as err:
             context.abort(getattr(grpc.StatusCode, err.code), err.message)
 
 
-class GrpcStandin:
-    """TF Serving's gRPC API on 127.0.0.1 (a free port). `with GrpcStandin(r) as s: s.address`."""
+class GrpcStandIn:
+    """TF Serving's gRPC API on 127.0.0.1 (a free port). `with GrpcStandIn(r) as s: s.address`."""
 
     def __init__(self, registry: ModelRegistry):
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

@@ -142,7 +142,7 @@ def test_imagenet_weights_in_the_cache_need_no_network(offline_imagenet, monkeyp
 
 
 def test_small_networks_and_none_need_no_weights(offline_imagenet):
-    backbones.check_backbone_weights(TrainConfig(network="tutorial", backbone_weights="imagenet"), (28, 28, 1))
+    backbones.check_backbone_weights(TrainConfig(network="tutorial_cnn", backbone_weights="imagenet"), (28, 28, 1))
     backbones.check_backbone_weights(TrainConfig(network="resnet50_v2", backbone_weights="none"), SHAPE)
 
 
@@ -174,7 +174,7 @@ def test_weights_file_checked_and_loaded(tmp_path):
 
 FREEZE = TrainConfig(network="mobilenet_v3_small", backbone_weights="none", batch_size=8, examples_per_class=4,
                      embedding_dim=8, dropout=0.0, learning_rate=0.01, freeze_backbone_epochs=1,
-                     fine_tune_lr_factor=0.1, epochs=3, checkpoint_every_steps=1)
+                     fine_tune_lr_factor=0.1, epochs=3, checkpoint_every=1)
 PLAN = {"epochs": 3, "steps_per_epoch": 2}
 
 

@@ -48,7 +48,7 @@ def test_global_batch_splits_into_whole_classes():
 
 def test_config_checks_name_the_flags():
     for train, flag in [(TrainConfig(strategy="tpu"), "--strategy"), (TrainConfig(mining="batch"), "--mining"),
-                        (TrainConfig(checkpoint_every_steps=0), "--checkpoint-every"),
+                        (TrainConfig(checkpoint_every=0), "--checkpoint-every"),
                         (TrainConfig(workers=0), "--workers"),
                         (TrainConfig(workers=2, strategy="mirrored"), "--strategy")]:
         with pytest.raises(ConfigError, match=flag):
@@ -56,7 +56,7 @@ def test_config_checks_name_the_flags():
     args = cli.build_parser().parse_args(["run", "--strategy", "multi_worker", "--mining", "replica",
                                           "--checkpoint-every", "50", "--workers", "3"])
     train = cli.config_from_args(args).train
-    assert (train.strategy, train.mining, train.checkpoint_every_steps, train.workers) == \
+    assert (train.strategy, train.mining, train.checkpoint_every, train.workers) == \
         ("multi_worker", "replica", 50, 3)
     assert TrainConfig().strategy == "auto" and TrainConfig().mining == "global"
 

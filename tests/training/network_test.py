@@ -1,4 +1,4 @@
-"""The network option: `tutorial` is the seed's network, unchanged; `strided` is another one."""
+"""The network option: `tutorial_cnn` is the tutorial's network, unchanged; `strided` is another one."""
 import numpy as np
 import pytest
 
@@ -8,12 +8,12 @@ from triplet_tfx.components.training import network
 
 def test_every_configurable_network_is_built():
     assert sorted(network.NETWORKS) == sorted(NETWORKS)
-    with pytest.raises(ConfigError, match=r"train.network \(--network\): must be one of tutorial, strided"):
+    with pytest.raises(ConfigError, match=r"train.network \(--network\): must be one of tutorial_cnn, strided"):
         PipelineConfig(train=TrainConfig(network="resnet")).validate()
 
 
-def test_tutorial_network_is_the_seeds():
-    net = network.build_model((28, 28, 1), 256, network="tutorial")
+def test_tutorial_cnn_is_the_tutorials_network():
+    net = network.build_model((28, 28, 1), 256, network="tutorial_cnn")
     shapes = [tuple(w.shape) for w in net.weights]
     assert shapes == [(2, 2, 1, 64), (64,), (2, 2, 64, 32), (32,), (1568, 256), (256,)]
     # By hand: conv 2x2x1 -> 64 (+64 biases) = 320; conv 2x2x64 -> 32 (+32) = 8,224;

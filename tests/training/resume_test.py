@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # 256 examples / batch 32 = 8 steps per epoch, 6 epochs: 48 steps, a backup every 5; dropout 0.3 and
 # a cosine schedule, so that the dropout generators and the step counter must be restored too.
 TRAIN = dict(batch_size=32, examples_per_class=8, epochs=6, embedding_dim=16, lr_schedule="cosine",
-             checkpoint_every_steps=5)
+             checkpoint_every=5)
 TOTAL = 48
 # The worker entry point, with op determinism on (a test setting, not the product's).
 DETERMINISTIC_WORKER = ("import sys, triplet_tfx.components, tensorflow as tf; "
@@ -83,7 +83,7 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(inputs, tmp_pa
     rerun = tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 2, **TRAIN)
     resumed = finish(start(worker.write_spec(rerun), str(tmp_path / "resumed.log")), str(tmp_path / "resumed.log"))
     step = int(re.search(rf"Resuming from step (\d+) of {TOTAL}", resumed).group(1))
-    assert 0 < step < TOTAL and step % TRAIN["checkpoint_every_steps"] == 0
+    assert 0 < step < TOTAL and step % TRAIN["checkpoint_every"] == 0
     # Keras ran only the steps that were left (its lines "N/N - ...", one per epoch or partial epoch).
     assert steps_run(uninterrupted) == TOTAL and steps_run(resumed) == TOTAL - step
     assert weights_digest(resumed) == weights_digest(uninterrupted)

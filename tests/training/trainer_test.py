@@ -39,9 +39,9 @@ def test_step_plan_full_epochs_and_cap():
 
 def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig()) == 25  # gcd 125
-    assert trainer.steps_per_execution({"epochs": 6, "steps_per_epoch": 8}, TrainConfig(checkpoint_every_steps=5)) == 1
+    assert trainer.steps_per_execution({"epochs": 6, "steps_per_epoch": 8}, TrainConfig(checkpoint_every=5)) == 1
     assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 4096},
-                                       TrainConfig(checkpoint_every_steps=1024)) == 32
+                                       TrainConfig(checkpoint_every=1024)) == 32
     assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 20}, TrainConfig()) == 20
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
@@ -55,13 +55,13 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32),
                                                np.arange(64) % 4)).cache()
-    train = TrainConfig(embedding_dim=16, examples_per_class=8, checkpoint_every_steps=4)
+    train = TrainConfig(embedding_dim=16, examples_per_class=8, checkpoint_every=4)
     plan = {"epochs": 2, "steps_per_epoch": 8}
     weights, saved = [], []
     for steps_per_call in (1, trainer.steps_per_execution(plan, train)):
         keras.utils.set_random_seed(7)
         net = trainer.compiled_model((28, 28, 1), train, plan, steps_per_call=steps_per_call)
-        backup = checkpoints.StepBackup(str(tmp_path / f"backup-{steps_per_call}"), train.checkpoint_every_steps, 0)
+        backup = checkpoints.StepBackup(str(tmp_path / f"backup-{steps_per_call}"), train.checkpoint_every, 0)
         steps = []
         monkeypatch.setattr(checkpoints, "save", lambda model, directory, step, steps=steps: steps.append(step))
         net.fit(trainer.training_batches(data, train), epochs=2, steps_per_epoch=8, callbacks=[backup], verbose=0)

@@ -12,7 +12,7 @@ from triplet_tfx.components.training import checkpoints, run, worker
 
 pytestmark = pytest.mark.slow
 
-TRAIN = dict(batch_size=32, examples_per_class=8, epochs=1, max_steps=4, embedding_dim=16, checkpoint_every_steps=2,
+TRAIN = dict(batch_size=32, examples_per_class=8, epochs=1, max_steps=4, embedding_dim=16, checkpoint_every=2,
              workers=2)
 
 

@@ -3,7 +3,7 @@
 TensorFlow Addons (TFA) is end-of-life and cannot be imported next to Keras 3, but models of
 this project were trained with ``tfa.losses.TripletSemiHardLoss``. This package computes the same
 losses, with the same numbers and the same gradients as TFA 0.23.0 (checked against golden
-values recorded with TFA in ``shared/golden``), in O(B^2) memory instead of TFA's O(B^3) (see
+values recorded with TFA in ``tests/golden``), in O(B^2) memory instead of TFA's O(B^3) (see
 ``mining``'s docstring: "Memory and speed").
 
 Modules

@@ -36,7 +36,7 @@ def _parse_spec(text: str) -> Dict[str, Any]:
     return spec
 
 
-class FakeKfpState:
+class KfpStandInState:
     def __init__(self, token: Optional[str] = None):
         self.token = token
         self.ids = itertools.count(1)
@@ -61,7 +61,7 @@ def _filter_name(query: Dict[str, List[str]]) -> Optional[str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    state: FakeKfpState  # set on the subclass by FakeKfpServer
+    state: KfpStandInState  # set on the subclass by KfpStandIn
 
     def log_message(self, *args):  # quiet
         pass
@@ -179,11 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-class FakeKfpServer:
-    """`with FakeKfpServer(token=None) as server:` serves on server.url until the block ends."""
+class KfpStandIn:
+    """`with KfpStandIn(token=None) as server:` serves on server.url until the block ends."""
 
     def __init__(self, token: Optional[str] = None):
-        self.state = FakeKfpState(token)
+        self.state = KfpStandInState(token)
         handler = type("Handler", (_Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.timeout = 5
@@ -193,7 +193,7 @@ class FakeKfpServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "FakeKfpServer":
+    def __enter__(self) -> "KfpStandIn":
         self.thread.start()
         return self
 

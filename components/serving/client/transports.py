@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from triplet_tfx.components.serving.client_errors import (
+from triplet_tfx.components.serving.client.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ServerUnavailableError,

@@ -37,8 +37,8 @@ from triplet_tfx.components.contract import (
 )
 from triplet_tfx.components.files import file_kind
 from triplet_tfx.components.images import IMAGE_MAGIC
-from triplet_tfx.components.serving.client_errors import ImageInputError, InvalidRequestError
-from triplet_tfx.components.serving.transports import GrpcTransport, LocalTransport, RestTransport
+from triplet_tfx.components.serving.client.errors import ImageInputError, InvalidRequestError
+from triplet_tfx.components.serving.client.transports import GrpcTransport, LocalTransport, RestTransport
 
 SEARCH_OUTPUTS = (IDS_OUTPUT, LABELS_OUTPUT, DISTANCES_OUTPUT)
 # Served models built before class names have no class_names output: asked for when the first search
