@@ -1,120 +1,233 @@
-"""Milliseconds per training step of the project's networks and loss, by network, batch, layer
-arithmetic, dropout and XLA, on random 28x28x1 images; and seconds per 60k-example epoch, the
-figure to compare with the seed notebook (tutorial network, batch 32, plain shuffled batches).
+"""Where a training step's time goes: milliseconds per step of the Trainer's own loop (its network,
+loss, input pipeline and steps per call) against the arithmetic the step needs and this machine's
+measured float32 peak; a per-op profile of one setting; the input pipeline alone.
 
-  .venv/bin/python bench/bench_train_step.py [--steps 40] [--only strided] [--repeat 3]
+  .venv/bin/python bench/bench_train_step.py                 # the table
+  .venv/bin/python bench/bench_train_step.py --profile 0     # + top ops of row 0 (TensorBoard trace)
+  .venv/bin/python bench/bench_train_step.py --only strided --repeat 3
 
-Each setting runs in its own process (a dtype policy and XLA state are per process) after
-5 warm-up steps; the figure is the mean over --steps steps of `model.fit`. Run the rows back
-to back and compare ratios when the machine is shared. The class-balanced input pipeline is
-timed alone too (ms per batch, no training).
+Per row, in a process of its own (a dtype policy and thread settings are per process):
+- FLOP per step: counted by TensorFlow's profiler (`float_operation`) on the graph of one training
+  step (forward, the loss and its mining, backward, Adam), not estimated by hand;
+- ms per step: `model.fit` as the Trainer runs it (`trainer.compiled_model`, `trainer.training_batches`,
+  `trainer.steps_per_execution`), after a warm-up fit, on random 28x28x1 images of 10 classes;
+- GFLOP/s achieved = FLOP per step / time per step, and its share of the peak: a float32 2048^3
+  matmul (`tf.linalg.matmul`, all cores) measured in the same run.
+Then the input pipeline alone (ms per batch, no training), and with --profile N the top TensorFlow
+ops by time over 100 steps of row N, from a TensorBoard profiler trace (the trace stays in --trace-dir
+for TensorBoard's profile plugin). Rows run one after the other; on a shared machine use --repeat and
+compare ratios.
 """
 import argparse
+import collections
+import glob
 import json
-import math
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 # (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
 SETTINGS = [
-    ("seed: tutorial", dict(network="tutorial_cnn", batch_size=32, examples_per_class=None, dropout=0.3)),
-    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.3)),
-    ("tutorial, XLA", dict(network="tutorial_cnn", batch_size=256, dropout=0.3, jit=True)),
-    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.3, precision="mixed_bfloat16")),
-    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.0)),
-    ("tutorial", dict(network="tutorial_cnn", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
-    ("strided", dict(network="strided", batch_size=256, dropout=0.0)),
-    ("strided", dict(network="strided", batch_size=256, dropout=0.0, precision="mixed_bfloat16")),
-    ("strided", dict(network="strided", batch_size=160, examples_per_class=32, dropout=0.0)),
-    ("strided", dict(network="strided", batch_size=240, examples_per_class=48, dropout=0.0)),
+    ("tutorial recipe", dict(network="tutorial_cnn", batch_size=32, examples_per_class=None, dropout=0.3,
+                             margin=1.0)),
+    ("tutorial_cnn", dict(network="tutorial_cnn", batch_size=256, examples_per_class=None, dropout=0.3,
+                          margin=1.0)),
+    ("strided", dict(network="strided", batch_size=32, examples_per_class=None, dropout=0.0)),
+    ("strided (recommended)", dict(network="strided", batch_size=160, examples_per_class=32, dropout=0.0)),
 ]
 EPOCH = 60_000  # MNIST's training examples
+SHAPE = (28, 28, 1)
 
 
-def measure(setting: dict, steps: int) -> float:
+def _tensorflow():
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
     # isort: split
-    import numpy as np
     import tensorflow as tf
+    return tf
+
+
+def peak_gflops(size: int = 2048, repeats: int = 20) -> float:
+    """float32 matmul GFLOP/s: this machine's practical peak for dense arithmetic."""
+    tf = _tensorflow()
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+
+    @tf.function
+    def chain(x):
+        for _ in range(repeats):
+            x = tf.linalg.matmul(x, b) * 1e-3  # scaled so the values stay finite
+        return x
+
+    chain(a).numpy()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        chain(a).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best / 1e9
+
+
+def _model_and_batches(setting: dict, steps: int):
+    import numpy as np
+    tf = _tensorflow()
 
     from triplet_tfx.components.config import TrainConfig
     from triplet_tfx.components.training import trainer
 
-    setting = dict(setting)
-    jit = setting.pop("jit", False)
-    train = TrainConfig(**{"examples_per_class": 32, "margin": 0.2, **setting})
+    train = TrainConfig(**{"margin": 0.2, **setting})
     rng = np.random.default_rng(0)
-    images = rng.random((4096, 28, 28, 1), np.float32)
-    classes = train.batch_size // train.examples_per_class if train.examples_per_class else 10
-    labels = np.tile(np.arange(classes), 4096)[:4096].astype(np.int64)
-    batches = trainer.training_batches(tf.data.Dataset.from_tensor_slices((images, labels)).cache(), train)
-    plan = {"epochs": 1, "steps_per_epoch": steps}
-    net = trainer.compiled_model((28, 28, 1), train, plan)
-    net.jit_compile = jit
-    net.fit(batches, epochs=1, steps_per_epoch=5, verbose=0)
-    start = time.perf_counter()
-    net.fit(batches, verbose=0, **plan)
-    return (time.perf_counter() - start) / steps * 1000
-
-
-def input_pipeline_ms(batch_size: int, steps: int) -> float:
-    import triplet_tfx.pipeline  # noqa: F401
-    # isort: split
-    import numpy as np
-    import tensorflow as tf
-
-    from triplet_tfx.components.config import TrainConfig
-    from triplet_tfx.components.training import trainer
-
-    labels = np.tile(np.arange(10), 6000).astype(np.int64)
-    images = np.zeros((60000, 28, 28, 1), np.float32)
+    count = 16_384
+    images = rng.random((count, *SHAPE), np.float32)
+    labels = np.tile(np.arange(10), count)[:count].astype(np.int64)
     examples = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    batches = iter(trainer.training_batches(examples, TrainConfig(batch_size=batch_size, examples_per_class=32)))
-    for _ in range(5):
+    plan = {"epochs": 1, "steps_per_epoch": steps}
+    per_call = trainer.steps_per_execution({"steps_per_epoch": 1875, "epochs": 5}, train)  # the main job's
+    net = trainer.compiled_model(SHAPE, train, plan, steps_per_call=per_call)
+    return net, trainer.training_batches(examples, train), train, per_call
+
+
+def step_flops(net, batch_size: int) -> int:
+    """FLOP of one training step, by TensorFlow's profiler on the step's graph."""
+    tf = _tensorflow()
+    net.optimizer.build(net.trainable_variables)
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = net.loss(labels, net(images, training=True))
+        net.optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+        return loss
+
+    graph = step.get_concrete_function(tf.TensorSpec((batch_size, *SHAPE), tf.float32),
+                                       tf.TensorSpec((batch_size,), tf.int64)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def measure(setting: dict, steps: int) -> dict:
+    net, batches, train, per_call = _model_and_batches(setting, steps)
+    flops = step_flops(net, train.batch_size)
+    steps -= steps % per_call
+    net.fit(batches, epochs=1, steps_per_epoch=2 * per_call, verbose=0)  # warm-up: tracing, first batches
+    start, cpu_start = time.perf_counter(), time.process_time()
+    net.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    seconds, cpu_seconds = (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
+    return {"ms": seconds * 1e3, "cpu_ms": cpu_seconds * 1e3, "flops": flops, "steps_per_call": per_call}
+
+
+def input_pipeline_ms(setting: dict, steps: int) -> float:
+    _, batches, _, _ = _model_and_batches(setting, steps)
+    batches = iter(batches)
+    for _ in range(10):
         next(batches)
     start = time.perf_counter()
     for _ in range(steps):
         next(batches)
-    return (time.perf_counter() - start) / steps * 1000
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> list:
+    """[(op type, total ms, share of the traced op time, count)] of `steps` training steps."""
+    tf = _tensorflow()
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    net, batches, _, per_call = _model_and_batches(setting, steps)
+    steps -= steps % per_call
+    net.fit(batches, epochs=1, steps_per_epoch=2 * per_call, verbose=0)
+    tf.profiler.experimental.start(trace_dir)
+    net.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    newest = max(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
+    with open(newest, "rb") as f:
+        space.ParseFromString(f.read())
+    totals, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                # TensorFlow's op kernels are traced as "<op name>:<op type>"; the rest (executor,
+                # tf.data, Python) are the frames around them.
+                if ":" in name and not name.startswith(("Iterator::", "MemoryAllocation")) and "/" in name:
+                    op_type = name.rsplit(":", 1)[1]
+                    totals[op_type] += event.duration_ps / 1e9
+                    counts[op_type] += 1
+    whole = sum(totals.values())
+    return [(op, ms / steps, ms / whole, counts[op] // steps) for op, ms in totals.most_common(top)]
+
+
+def _in_process(job: dict) -> object:
+    out = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]}, {len(names)} logical CPUs"
+    except (OSError, IndexError):
+        return "unknown CPU"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--only", metavar="WORD", help="only the rows whose label contains WORD (and the seed's)")
+    parser.add_argument("--steps", type=int, default=500, help="timed steps per row (default %(default)s)")
+    parser.add_argument("--only", metavar="WORD", help="only the rows whose label contains WORD")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over the rows, interleaved; the median of each row (shared machines)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one setting, as JSON
+    parser.add_argument("--profile", type=int, metavar="ROW", help="also the top ops of this row, by time")
+    parser.add_argument("--trace-dir", default=None, help="where the profiler trace goes (default: a temp folder)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args()
-    if args.one:
-        setting = json.loads(args.one)
-        print(json.dumps(input_pipeline_ms(256, args.steps) if setting == "input" else measure(setting, args.steps)))
+    if args.job:
+        job = json.loads(args.job)
+        kind = job.pop("kind")
+        result = {"peak": lambda: peak_gflops(), "step": lambda: measure(job["setting"], job["steps"]),
+                  "input": lambda: input_pipeline_ms(job["setting"], job["steps"]),
+                  "profile": lambda: profile_ops(job["setting"], job["steps"], job["trace_dir"])}[kind]()
+        print(json.dumps(result))
         return 0
-    print("| network | batch | layer arithmetic | dropout | XLA | ms per step | s per 60k epoch | vs seed |\n"
-          "|---|---:|---|---:|---|---:|---:|---:|")
-    rows = [(label, setting) for label, setting in SETTINGS + [("input", "input")]
-            if not args.only or args.only in label or label.startswith("seed") or label == "input"]
-    runs = {i: [] for i in range(len(rows))}
+
+    rows = [(label, setting) for label, setting in SETTINGS if not args.only or args.only in label]
+    peaks, steps, inputs = [], collections.defaultdict(list), collections.defaultdict(list)
     for _ in range(args.repeat):  # interleaved, so that a busy spell of a shared machine hits every row
+        peaks.append(_in_process({"kind": "peak"}))
         for i, (_, setting) in enumerate(rows):
-            out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", json.dumps(setting)],
-                                 check=True, capture_output=True, text=True).stdout
-            runs[i].append(json.loads(out.strip().splitlines()[-1]))
-    seed_epoch = None
+            steps[i].append(_in_process({"kind": "step", "setting": setting, "steps": args.steps}))
+            inputs[i].append(_in_process({"kind": "input", "setting": setting, "steps": args.steps}))
+    peak = statistics.median(peaks)
+    print(f"{_cpu_name()}; float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n")
+    print("| setting | batch | steps per call | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
+          "| % of peak | s per 60k epoch | input alone, ms per batch |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i, (label, setting) in enumerate(rows):
-        ms = statistics.median(runs[i])
-        if setting == "input":
-            print(f"| class-balanced input pipeline alone (60k examples, 10 classes) | 256 | | | | {ms:.1f} | | |")
-            continue
-        epoch = ms * math.ceil(EPOCH / setting["batch_size"]) / 1000
-        seed_epoch = seed_epoch or epoch
-        m = setting.get("examples_per_class", 32)
-        print(f"| {label} | {setting['batch_size']}" + (f" = {setting['batch_size'] // m} x {m}" if m else "")
-              + f" | {setting.get('precision', 'float32')} | {setting['dropout']}"
-              f" | {'yes' if setting.get('jit') else 'no'}"
-              f" | {ms:.1f} | {epoch:.1f} | {epoch / seed_epoch:.2f} |")
+        ms = statistics.median(r["ms"] for r in steps[i])
+        cpu_ms = statistics.median(r["cpu_ms"] for r in steps[i])
+        flops, per_call = steps[i][0]["flops"], steps[i][0]["steps_per_call"]
+        gflops = flops / ms / 1e6
+        batch = setting["batch_size"]
+        balanced = f" = {batch // setting['examples_per_class']} x {setting['examples_per_class']}" \
+            if setting.get("examples_per_class") else ""
+        print(f"| {label} ({setting['network']}) | {batch}{balanced} | {per_call} | {flops / 1e6:.1f} | {ms:.2f} "
+              f"| {cpu_ms:.2f} "
+              f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {ms * -(-EPOCH // batch) / 1e3:.1f} "
+              f"| {statistics.median(inputs[i]):.2f} |")
+    if args.profile is not None:
+        label, setting = SETTINGS[args.profile]
+        trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")
+        top = _in_process({"kind": "profile", "setting": setting, "steps": 100, "trace_dir": trace_dir})
+        print(f"\nTop TensorFlow ops of '{label}', per step (100 steps; trace in {trace_dir}):\n")
+        print("| op | ms per step | share of op time | calls per step |\n|---|---:|---:|---:|")
+        for op, ms, share, calls in top:
+            print(f"| {op} | {ms:.3f} | {100 * share:.1f}% | {calls} |")
     return 0
 
 

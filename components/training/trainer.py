@@ -26,6 +26,7 @@ from triplet_tfx.components.config import PipelineConfig, TrainConfig
 from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
 from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses
 from triplet_tfx.components.training.export import export_serving_model
+from triplet_tfx.components.training.fused_adam import FusedAdam
 from triplet_tfx.components.training.network import build_model
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,10 @@ def compile_phase(model: keras.Model, train: TrainConfig, plan: Dict[str, int], 
     if backbone is not None:
         # Keras 3: a frozen BatchNormalization also runs in inference mode (its moving statistics stay).
         backbone.trainable = phase != FROZEN
-    optimizer = keras.optimizers.Adam(learning_rate(train, plan, phase))
+    # One device: Adam's update in one kernel per variable (fused_adam.py); several replicas: Keras'
+    # Adam, whose updates the strategy routes to each replica's copies.
+    adam = FusedAdam if replicas == 1 else keras.optimizers.Adam
+    optimizer = adam(learning_rate(train, plan, phase))
     if any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers):
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
         # dtype policy (not the layers' own, as here) is mixed_float16.
