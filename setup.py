@@ -9,6 +9,7 @@ nothing shadows other distributions (``kubeflow`` is a namespace of Kubeflow's o
                                             the configuration and the artifact contract)
     kubeflow/   -> triplet_tfx.kubeflow    (the Kubeflow Pipelines v2 runner)
 """
+
 import setuptools
 
 PACKAGE_DIRS = {
@@ -17,8 +18,11 @@ PACKAGE_DIRS = {
     "triplet_tfx.kubeflow": "kubeflow",
 }
 # Sub-packages (components/data, components/training...) live in their parents' folders.
-PACKAGES = [f"{name}.{sub}" if sub else name for name, folder in PACKAGE_DIRS.items()
-            for sub in [""] + setuptools.find_packages(folder)]
+PACKAGES = [
+    f"{name}.{sub}" if sub else name
+    for name, folder in PACKAGE_DIRS.items()
+    for sub in [""] + setuptools.find_packages(folder)
+]
 
 setuptools.setup(
     packages=PACKAGES,

@@ -13,6 +13,7 @@ Beam's local job service runs each job's stages on one SDK worker (its FnApiRunn
 --direct_num_workers); the table says how many SDK worker processes the pool started in all.
 Times per component come from ML Metadata (the run summary's).
 """
+
 import argparse
 import os
 import sys
@@ -24,8 +25,13 @@ from triplet_tfx.pipeline import cli, portable_beam, terminal
 
 
 def run(root: str, beam: BeamConfig, max_examples, beam_args=()) -> dict:
-    config = PipelineConfig(output_root=root, beam=beam, beam_args=tuple(beam_args), enable_cache=False,
-                            data=DataConfig(max_examples=max_examples))
+    config = PipelineConfig(
+        output_root=root,
+        beam=beam,
+        beam_args=tuple(beam_args),
+        enable_cache=False,
+        data=DataConfig(max_examples=max_examples),
+    )
     start = time.time()
     result = cli.run_locally(config, data_only=True)
     total = time.time() - start
@@ -37,15 +43,20 @@ def run(root: str, beam: BeamConfig, max_examples, beam_args=()) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
-                        help="examples per split (default: all of MNIST)")
+    parser.add_argument(
+        "--max-examples", type=int, default=None, metavar="N", help="examples per split (default: all of MNIST)"
+    )
     args = parser.parse_args()
     terminal.setup_logging(verbose=False)
     work = tempfile.mkdtemp(prefix="triplet-tfx-bench-beam-")
     local = run(os.path.join(work, "local"), BeamConfig(), args.max_examples)
     processes = os.cpu_count()
-    multi = run(os.path.join(work, "multi"), BeamConfig(), args.max_examples,
-                (f"--direct_num_workers={processes}", "--direct_running_mode=multi_processing"))
+    multi = run(
+        os.path.join(work, "multi"),
+        BeamConfig(),
+        args.max_examples,
+        (f"--direct_num_workers={processes}", "--direct_running_mode=multi_processing"),
+    )
     logs = os.path.join(work, "beam-services")
     os.makedirs(logs)
     with portable_beam.local_job_service_and_worker_pool(logs) as beam:
@@ -54,10 +65,14 @@ def main() -> int:
         workers = f.read().count("Starting worker with command")
 
     size = f"{args.max_examples} examples per split" if args.max_examples else "full MNIST (60,000 / 10,000)"
-    print(f"\nData components, {size}; multi-process: {processes} worker processes; portable: local job "
-          f"service + external worker pool ({workers} SDK worker processes started)\n")
-    print("| component | local (s) | multi-process (s) | portable (s) | multi-process / local | portable / local |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\nData components, {size}; multi-process: {processes} worker processes; portable: local job "
+        f"service + external worker pool ({workers} SDK worker processes started)\n"
+    )
+    print(
+        "| component | local (s) | multi-process (s) | portable (s) | multi-process / local | portable / local |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
     for name, seconds in local.items():
         others = [multi.get(name, float("nan")), portable.get(name, float("nan"))]
         ratios = [other / seconds if seconds > 0 else float("nan") for other in others]

@@ -40,6 +40,7 @@ packing (exact: the squared norms); not the SavedModel write.
 Targets on this machine for N = 1,000,000: recall@10 >= 0.95, batch-1 p50 <= 5 ms, memory <= 0.35 GB.
 N = 10,000,000 runs only when --sizes names it and MemAvailable allows; else its need is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ DIM, CLUSTERS, K = 256, 1000, 10
 
 # --------------------------------------------------------------------------- shared (both venvs)
 
+
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
     return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(found, truth)]))
@@ -76,7 +78,7 @@ def timed_single(search, queries):
     times = []
     for i in range(len(queries)):
         start = time.perf_counter()
-        search(queries[i:i + 1])
+        search(queries[i : i + 1])
         times.append(time.perf_counter() - start)
     return percentiles(times)
 
@@ -87,6 +89,7 @@ def folder_bytes(folder):
 
 # ------------------------------------------------------------------- references (.index-venv)
 
+
 def reference_worker(folder: str) -> None:
     """Runs faiss and ScaNN on the data in `folder`; prints one JSON object per result line."""
     params = json.load(open(os.path.join(folder, "params.json")))
@@ -94,7 +97,7 @@ def reference_worker(folder: str) -> None:
     x = np.ascontiguousarray(x)
     queries = np.load(os.path.join(folder, "queries.npy"))
     truth = np.load(os.path.join(folder, "truth.npy"))
-    latency_queries = queries[:params["latency_queries"]]
+    latency_queries = queries[: params["latency_queries"]]
     target, lists, n = params["target"], params["lists"], x.shape[0]
 
     def emit(**row):
@@ -114,6 +117,7 @@ def reference_worker(folder: str) -> None:
 
     try:
         import faiss
+
         faiss.omp_set_num_threads(os.cpu_count())
         rng = np.random.default_rng(0)
         sample = x[np.sort(rng.choice(n, min(n, 40 * lists), replace=False))]
@@ -128,8 +132,14 @@ def reference_worker(folder: str) -> None:
             # F821: pyflakes reads the `del index` below; the sweep calls this before it
             index.nprobe = nprobe  # noqa: F821
             return index.search(q, K)[1]  # noqa: F821
-        sweep("faiss IndexIVFFlat", [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= lists],
-              ivf_search, build, int(faiss.serialize_index(index).nbytes))
+
+        sweep(
+            "faiss IndexIVFFlat",
+            [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= lists],
+            ivf_search,
+            build,
+            int(faiss.serialize_index(index).nbytes),
+        )
         del index
         if n <= params["hnsw_max"]:
             start = time.perf_counter()
@@ -141,22 +151,34 @@ def reference_worker(folder: str) -> None:
             def hnsw_search(q, ef):
                 hnsw.hnsw.efSearch = ef
                 return hnsw.search(q, K)[1]
-            sweep("faiss IndexHNSWFlat", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512), hnsw_search, build,
-                  int(faiss.serialize_index(hnsw).nbytes))
+
+            sweep(
+                "faiss IndexHNSWFlat",
+                (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+                hnsw_search,
+                build,
+                int(faiss.serialize_index(hnsw).nbytes),
+            )
             del hnsw
         else:
-            emit(method="faiss IndexHNSWFlat", error=f"not built above --hnsw-max {params['hnsw_max']:,} items "
-                                                     "(build time on 2 cores)")
+            emit(
+                method="faiss IndexHNSWFlat",
+                error=f"not built above --hnsw-max {params['hnsw_max']:,} items (build time on 2 cores)",
+            )
     except Exception as error:  # noqa: BLE001  (a reference point failing must not stop the others)
         emit(method="faiss", error=f"{type(error).__name__}: {error}")
     try:
         import scann
+
         leaves = max(2, int(round(math.sqrt(n))))
         start = time.perf_counter()
-        searcher = (scann.scann_ops_pybind.builder(x, K, "dot_product")
-                    .tree(num_leaves=leaves, num_leaves_to_search=leaves // 20 or 1,
-                          training_sample_size=min(n, 250_000))
-                    .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100).build())
+        searcher = (
+            scann.scann_ops_pybind.builder(x, K, "dot_product")
+            .tree(num_leaves=leaves, num_leaves_to_search=leaves // 20 or 1, training_sample_size=min(n, 250_000))
+            .score_ah(2, anisotropic_quantization_threshold=0.2)
+            .reorder(100)
+            .build()
+        )
         build = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as assets:
             searcher.serialize(assets)
@@ -164,12 +186,20 @@ def reference_worker(folder: str) -> None:
 
         def scann_search(q, leaves_to_search):
             if q.shape[0] == 1:
-                return searcher.search(q[0], final_num_neighbors=K, leaves_to_search=leaves_to_search,
-                                       pre_reorder_num_neighbors=100)[0][None, :]
-            return searcher.search_batched(q, final_num_neighbors=K, leaves_to_search=leaves_to_search,
-                                           pre_reorder_num_neighbors=100)[0]
-        sweep(f"ScaNN ({leaves} leaves)", [s for s in (2, 4, 8, 16, 32, 64, 128, 256) if s <= leaves],
-              scann_search, build, memory)
+                return searcher.search(
+                    q[0], final_num_neighbors=K, leaves_to_search=leaves_to_search, pre_reorder_num_neighbors=100
+                )[0][None, :]
+            return searcher.search_batched(
+                q, final_num_neighbors=K, leaves_to_search=leaves_to_search, pre_reorder_num_neighbors=100
+            )[0]
+
+        sweep(
+            f"ScaNN ({leaves} leaves)",
+            [s for s in (2, 4, 8, 16, 32, 64, 128, 256) if s <= leaves],
+            scann_search,
+            build,
+            memory,
+        )
     except Exception as error:  # noqa: BLE001
         emit(method="ScaNN", error=f"{type(error).__name__}: {error}")
 
@@ -179,12 +209,14 @@ def reference_python():
     try:
         import faiss  # noqa: F401
         import scann  # noqa: F401
+
         return sys.executable
     except ImportError:
         pass
     python = os.path.join(REFERENCE_VENV, "bin", "python")
     if not os.path.exists(python):
         import glob
+
         base = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))
         subprocess.run([base[-1] if base else "python3.10", "-m", "venv", REFERENCE_VENV], check=True)
         subprocess.run([python, "-m", "pip", "install", "-q", "faiss-cpu", "scann"], check=True)
@@ -195,14 +227,20 @@ def run_references(folder, args, lists, target, x, queries, truth):
     np.save(os.path.join(folder, "x.npy"), x)
     np.save(os.path.join(folder, "queries.npy"), queries)
     np.save(os.path.join(folder, "truth.npy"), truth)
-    json.dump({"lists": lists, "target": target, "latency_queries": args.latency_queries,
-               "hnsw_max": args.hnsw_max}, open(os.path.join(folder, "params.json"), "w"))
+    json.dump(
+        {"lists": lists, "target": target, "latency_queries": args.latency_queries, "hnsw_max": args.hnsw_max},
+        open(os.path.join(folder, "params.json"), "w"),
+    )
     try:
         python = reference_python()
     except Exception as error:  # noqa: BLE001
         return [{"method": "faiss / ScaNN", "error": f"no reference environment: {error}"}]
-    done = subprocess.run([python, os.path.abspath(__file__), "--reference-worker", folder],
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [python, os.path.abspath(__file__), "--reference-worker", folder],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0:
         rows.append({"method": "references", "error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"})
@@ -227,9 +265,9 @@ def synthetic(n, queries, data="separated", seed=0, d=DIM, clusters=CLUSTERS):
         labels = stream.choice(clusters, size=count, p=weights)
         out = np.empty((count, d), np.float32)
         for s in range(0, count, 100_000):
-            part = labels[s:s + 100_000]
+            part = labels[s : s + 100_000]
             points = centres[part] + stream.standard_normal((len(part), d), dtype=np.float32) * spread[part, None]
-            out[s:s + len(part)] = points / np.linalg.norm(points, axis=1, keepdims=True)
+            out[s : s + len(part)] = points / np.linalg.norm(points, axis=1, keepdims=True)
         return out, labels.astype(np.int64)
 
     x, labels = draw(n, rng)
@@ -243,7 +281,7 @@ def exact_truth(x, queries, k=K, chunk=200_000):
     best_d = np.full((len(queries), 0), np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for s in range(0, len(x), chunk):
-        part = x[s:s + chunk]
+        part = x[s : s + chunk]
         d2 = q_norms - 2 * queries @ part.T + np.einsum("ij,ij->i", part, part)[None, :]
         top = np.argpartition(d2, min(k, d2.shape[1] - 1), axis=1)[:, :k]
         best_d = np.concatenate([best_d, np.take_along_axis(d2, top, 1)], axis=1)
@@ -295,7 +333,7 @@ def run_size(n, data, args, rows):
     print(f"[N={n:,}] NumPy truth {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     ids = ids_for(n)
     id_bytes = sum(len(i) for i in ids) + 24 * n
-    latency_queries = queries[:args.latency_queries]
+    latency_queries = queries[: args.latency_queries]
     work = tempfile.mkdtemp(prefix="bench_index_")
 
     def saved(module, signature, name):
@@ -304,8 +342,19 @@ def run_size(n, data, args, rows):
         return tf.saved_model.load(path).signatures["search"]
 
     def add(method, setting, build_s, memory, rec, p50, p99):
-        rows.append(dict(n=n, data=data, method=method, setting=setting, build_s=build_s, memory=memory, recall=rec,
-                         p50=p50, p99=p99))
+        rows.append(
+            dict(
+                n=n,
+                data=data,
+                method=method,
+                setting=setting,
+                build_s=build_s,
+                memory=memory,
+                recall=rec,
+                p50=p50,
+                p99=p99,
+            )
+        )
         print(f"[N={n:,}] {method} {setting}: recall {rec:.4f} p50 {p50:.2f} ms", file=sys.stderr, flush=True)
 
     # exact: the served scheme today
@@ -329,10 +378,12 @@ def run_size(n, data, args, rows):
     del module
     gc.collect()
     k = tf.constant(K)
-    found = np.concatenate([signature(q=tf.constant(queries[s:s + 50]), k=k)["output_0"].numpy()
-                            for s in range(0, len(queries), 50)])
-    p50, p99 = timed_single(lambda q, signature=signature: signature(q=tf.constant(q), k=k),
-                            latency_queries[:args.exact_latency_queries])
+    found = np.concatenate(
+        [signature(q=tf.constant(queries[s : s + 50]), k=k)["output_0"].numpy() for s in range(0, len(queries), 50)]
+    )
+    p50, p99 = timed_single(
+        lambda q, signature=signature: signature(q=tf.constant(q), k=k), latency_queries[: args.exact_latency_queries]
+    )
     add("exact (matmul + top_k)", "-", build, n * DIM * 4 + 4 * n + 8 * n + id_bytes, recall_at(found, truth), p50, p99)
     del signature
     gc.collect()
@@ -347,18 +398,21 @@ def run_size(n, data, args, rows):
     start = time.perf_counter()
     list_ids = ivf.assign(x, centroids)
     assign_s = time.perf_counter() - start
-    print(f"[N={n:,}] k-means {lists} lists {quantizer_s:.1f}s, assignment {assign_s:.1f}s",
-          file=sys.stderr, flush=True)
+    print(
+        f"[N={n:,}] k-means {lists} lists {quantizer_s:.1f}s, assignment {assign_s:.1f}s", file=sys.stderr, flush=True
+    )
     default = ivf.default_nprobe(lists)
     sweep = sorted({p for p in (default // 4, default // 2, default, default * 2, default * 4) if 1 <= p <= lists})
     target = 0.95
-    variants = [("ivf float32", "float32", "vector", False), ("ivf int8 per-vector", "int8", "vector", False),
-                ("ivf int8 per-dimension", "int8", "dimension", False),
-                ("ivf int8 + float32 re-rank", "int8", "vector", True)]
+    variants = [
+        ("ivf float32", "float32", "vector", False),
+        ("ivf int8 per-vector", "int8", "vector", False),
+        ("ivf int8 per-dimension", "int8", "dimension", False),
+        ("ivf int8 + float32 re-rank", "int8", "vector", True),
+    ]
     for name, storage, scale, keep in variants:
         start = time.perf_counter()
-        state = ivf.build(x, ids, labels, centroids, storage=storage, scale=scale, keep_float32=keep,
-                          list_ids=list_ids)
+        state = ivf.build(x, ids, labels, centroids, storage=storage, scale=scale, keep_float32=keep, list_ids=list_ids)
         build = quantizer_s + assign_s + time.perf_counter() - start
         memory = ivf.memory_bytes(state)
         module = ivf.IvfIndex(state)
@@ -368,13 +422,25 @@ def run_size(n, data, args, rows):
         gc.collect()
         for nprobe in sweep:
             p = tf.constant(nprobe)
-            found = np.concatenate([signature(queries=tf.constant(queries[s:s + 25]), k=k, nprobe=p)["output_0"].numpy()
-                                    for s in range(0, len(queries), 25)])
+            found = np.concatenate(
+                [
+                    signature(queries=tf.constant(queries[s : s + 25]), k=k, nprobe=p)["output_0"].numpy()
+                    for s in range(0, len(queries), 25)
+                ]
+            )
             rec = recall_at(stored_to_input[found], truth)
             p50, p99 = timed_single(
-                lambda q, signature=signature, p=p: signature(queries=tf.constant(q), k=k, nprobe=p), latency_queries)
-            add(name, f"lists {lists}, nprobe {nprobe}" + (" (default)" if nprobe == default else ""),
-                build, memory, rec, p50, p99)
+                lambda q, signature=signature, p=p: signature(queries=tf.constant(q), k=k, nprobe=p), latency_queries
+            )
+            add(
+                name,
+                f"lists {lists}, nprobe {nprobe}" + (" (default)" if nprobe == default else ""),
+                build,
+                memory,
+                rec,
+                p50,
+                p99,
+            )
             if name == "ivf int8 per-vector" and nprobe == default:
                 target = max(0.95, rec)
         del signature
@@ -387,10 +453,22 @@ def run_size(n, data, args, rows):
                 rows.append(dict(n=n, data=data, method=row["method"], error=row["error"]))
             else:
                 setting = row["setting"]
-                setting = (f"nprobe {setting}" if "IVF" in row["method"] else
-                           f"efSearch {setting}" if "HNSW" in row["method"] else f"leaves_to_search {setting}")
-                add(row["method"] + " [reference]", setting, row["build_s"], row["memory"], row["recall"],
-                    row["p50"], row["p99"])
+                setting = (
+                    f"nprobe {setting}"
+                    if "IVF" in row["method"]
+                    else f"efSearch {setting}"
+                    if "HNSW" in row["method"]
+                    else f"leaves_to_search {setting}"
+                )
+                add(
+                    row["method"] + " [reference]",
+                    setting,
+                    row["build_s"],
+                    row["memory"],
+                    row["recall"],
+                    row["p50"],
+                    row["p99"],
+                )
     for name in os.listdir(work):
         path = os.path.join(work, name)
         subprocess.run(["rm", "-rf", path], check=False)
@@ -398,10 +476,14 @@ def run_size(n, data, args, rows):
 
 
 def print_table(rows, sizes_skipped):
-    print(f"\nSearch index benchmark, {datetime.date.today().isoformat()}, {cpu_model()}, "
-          f"TensorFlow {__import__('tensorflow').__version__}")
-    print(f"Data: unit-norm {DIM}-d embeddings, {CLUSTERS:,} Gaussian clusters on the sphere; "
-          f"queries: fresh draws; k = {K}; latency: batch 1 through the loaded SavedModel's signature")
+    print(
+        f"\nSearch index benchmark, {datetime.date.today().isoformat()}, {cpu_model()}, "
+        f"TensorFlow {__import__('tensorflow').__version__}"
+    )
+    print(
+        f"Data: unit-norm {DIM}-d embeddings, {CLUSTERS:,} Gaussian clusters on the sphere; "
+        f"queries: fresh draws; k = {K}; latency: batch 1 through the loaded SavedModel's signature"
+    )
     header = "| N | data | method | setting | build s | memory GB | p50 ms | p99 ms | recall@10 |"
     print(header)
     print("|---:|---|---|---|---:|---:|---:|---:|---:|")
@@ -409,8 +491,10 @@ def print_table(rows, sizes_skipped):
         if "error" in r:
             print(f"| {r['n']:,} | {r['data']} | {r['method']} | {r['error']} | | | | | |")
         else:
-            print(f"| {r['n']:,} | {r['data']} | {r['method']} | {r['setting']} | {r['build_s']:.1f} | "
-                  f"{r['memory'] / 1e9:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['recall']:.4f} |")
+            print(
+                f"| {r['n']:,} | {r['data']} | {r['method']} | {r['setting']} | {r['build_s']:.1f} | "
+                f"{r['memory'] / 1e9:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['recall']:.4f} |"
+            )
     for line in sizes_skipped:
         print(line)
 
@@ -430,12 +514,15 @@ def main(argv=None):
         return reference_worker(args.reference_worker)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import triplet_tfx.components  # noqa: F401  (pins Keras 3 before TensorFlow loads)
+
     rows, skipped = [], []
     for n in args.sizes:
         need = need_bytes(n)
         if need > 0.9 * mem_available_bytes():
-            skipped.append(f"N={n:,}: not run: needs ~{need / 1e9:.0f} GB of memory (embeddings, exact index and its "
-                           f"loaded copy, the largest IVF), {mem_available_bytes() / 1e9:.0f} GB available")
+            skipped.append(
+                f"N={n:,}: not run: needs ~{need / 1e9:.0f} GB of memory (embeddings, exact index and its "
+                f"loaded copy, the largest IVF), {mem_available_bytes() / 1e9:.0f} GB available"
+            )
             continue
         for data in args.data:
             run_size(n, data, args, rows)

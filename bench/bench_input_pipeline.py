@@ -12,6 +12,7 @@ written to a temporary folder and read back. The model: one training step (`trai
 network, triplet loss, Adam; float32) on a cached batch, after warm-up steps. Target: input >= 2x model.
 Each row runs in the same process, one after the other; on a shared machine run it twice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ from triplet_tfx.components.data.data_sources import IMAGE_KEY, LABEL_KEY
 
 SPEC = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
 # (label, network, training shape, batch, encoded): the tutorial at MNIST's shape, a backbone on photos.
-ROWS = [("tutorial", "tutorial_cnn", (28, 28, 1), 32, False),
-        ("mobilenet_v3_small", "mobilenet_v3_small", (224, 224, 3), 32, True)]
+ROWS = [
+    ("tutorial", "tutorial_cnn", (28, 28, 1), 32, False),
+    ("mobilenet_v3_small", "mobilenet_v3_small", (224, 224, 3), 32, True),
+]
 
 
 def cpu_model() -> str:
@@ -48,9 +51,14 @@ def cpu_model() -> str:
 
 
 def example(image: bytes, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))})).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString()
 
 
 def jpeg_examples(n: int, folder: str) -> list:
@@ -76,15 +84,21 @@ def mnist_examples(n: int) -> list:
 
 def input_rate(records: list, image_shape, encoded: bool, batch: int, seconds: float) -> float:
     """Images per second of parse + decode (+ resize) + batching, repeated over `records`."""
+
     def transformed(serialized):
         features = tf.io.parse_example(serialized, SPEC)
         decode = preprocessing.decode_encoded_images if encoded else preprocessing.decode_images
         return decode(features[IMAGE_KEY], image_shape), features[LABEL_KEY]
 
-    dataset = (tf.data.Dataset.from_tensor_slices(records).repeat()
-               .batch(1024 if not encoded else 64)  # read_transformed maps chunks of 1024 records
-               .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
-               .unbatch().batch(batch).prefetch(tf.data.AUTOTUNE))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(records)
+        .repeat()
+        .batch(1024 if not encoded else 64)  # read_transformed maps chunks of 1024 records
+        .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     iterator = iter(dataset)
     for _ in range(3):
         next(iterator)
@@ -99,8 +113,13 @@ def model_rate(network: str, image_shape, batch: int, steps: int) -> float:
     from triplet_tfx.components.config import TrainConfig
     from triplet_tfx.components.training import trainer
 
-    train = TrainConfig(network=network, backbone_weights="none", batch_size=batch, examples_per_class=4,
-                        dropout=0.0 if network != "tutorial_cnn" else 0.3)
+    train = TrainConfig(
+        network=network,
+        backbone_weights="none",
+        batch_size=batch,
+        examples_per_class=4,
+        dropout=0.0 if network != "tutorial_cnn" else 0.3,
+    )
     rng = np.random.default_rng(0)
     images = rng.random((batch, *image_shape), np.float32)
     labels = np.repeat(np.arange(batch // 4), 4).astype(np.int64)
@@ -121,18 +140,25 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-input-") as folder:
         photos = jpeg_examples(args.photos, folder)
     mnist = mnist_examples(4096)
-    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; TensorFlow {tf.__version__}; "
-          f"{datetime.date.today().isoformat()}")
-    print("| network | training shape | input | batch | input images/s | training images/s | input / training |\n"
-          "|---|---|---|---:|---:|---:|---:|")
+    print(
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs; TensorFlow {tf.__version__}; "
+        f"{datetime.date.today().isoformat()}"
+    )
+    print(
+        "| network | training shape | input | batch | input images/s | training images/s | input / training |\n"
+        "|---|---|---|---:|---:|---:|---:|"
+    )
     worst = float("inf")
     for label, network, shape, batch, encoded in ROWS:
         source = f"JPEG {args.photos} files, 120x160..768x1024" if encoded else "MNIST raw uint8 bytes"
         fed = input_rate(photos if encoded else mnist, shape, encoded, batch, args.seconds)
         trained = model_rate(network, shape, batch, args.steps)
         worst = min(worst, fed / trained)
-        print(f"| {label} | {'x'.join(map(str, shape))} | {source} | {batch} | {fed:,.0f} | {trained:,.0f} | "
-              f"{fed / trained:.1f}x |", flush=True)
+        print(
+            f"| {label} | {'x'.join(map(str, shape))} | {source} | {batch} | {fed:,.0f} | {trained:,.0f} | "
+            f"{fed / trained:.1f}x |",
+            flush=True,
+        )
     print(f"target input >= 2x training: {'met' if worst >= 2 else 'NOT met'} (worst {worst:.1f}x)")
     return 0
 

@@ -15,6 +15,7 @@ needs 2048^3 * 4 bytes = 32 GiB per tiled tensor, more than this machine has.
     .venv/bin/python bench/bench_losses.py                      # the full table
     .venv/bin/python bench/bench_losses.py --sizes 32 512 --no-tfa
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,9 +101,14 @@ def worker(impl: str, batch: int, dim: int, repeats: int, seed: int = 0) -> dict
     if maxrss_after > maxrss_before:  # a new lifetime peak: the exact figure
         peak = max(peak, maxrss_after)
     return {
-        "impl": impl, "batch": batch, "dim": dim, "repeats": repeats,
-        "ms_median": statistics.median(times) * 1e3, "ms_min": min(times) * 1e3,
-        "peak_mb": (peak - baseline) / 2**20, "loss": float(loss),
+        "impl": impl,
+        "batch": batch,
+        "dim": dim,
+        "repeats": repeats,
+        "ms_median": statistics.median(times) * 1e3,
+        "ms_min": min(times) * 1e3,
+        "peak_mb": (peak - baseline) / 2**20,
+        "loss": float(loss),
         "versions": {"tensorflow": tf.__version__},
     }
 
@@ -120,8 +126,18 @@ def ensure_tfa_venv(venv: Path, base_python: str) -> Path:
 
 
 def run_worker(python: str, impl: str, batch: int, dim: int, repeats: int, timeout: int) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", impl, "--batch", str(batch),
-           "--dim", str(dim), "--repeats", str(repeats)]
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        impl,
+        "--batch",
+        str(batch),
+        "--dim",
+        str(dim),
+        "--repeats",
+        str(repeats),
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH="")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
@@ -131,7 +147,7 @@ def run_worker(python: str, impl: str, batch: int, dim: int, repeats: int, timeo
     if proc.returncode != 0 or not lines:
         oom = proc.returncode in (-9, 137) or "MemoryError" in proc.stderr or "OOM" in proc.stderr
         return {"error": "OOM" if oom else f"failed (rc={proc.returncode}): {proc.stderr[-400:]}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def default_repeats(batch: int, impl: str) -> int:
@@ -181,14 +197,18 @@ def main(argv=None):
             ratio = f"{r:.1f}x" if r < 10 else f"{r:.0f}x"
         else:
             ratio = "-"
-        row = (f"| {batch} | {fmt(ours, 'ms_median', '{:.2f}')} | {fmt(tfa, 'ms_median', '{:.1f}')} "
-               f"| {ratio} | {fmt(ours, 'peak_mb', '{:.0f}')} | {fmt(tfa, 'peak_mb', '{:.0f}')} |")
+        row = (
+            f"| {batch} | {fmt(ours, 'ms_median', '{:.2f}')} | {fmt(tfa, 'ms_median', '{:.1f}')} "
+            f"| {ratio} | {fmt(ours, 'peak_mb', '{:.0f}')} | {fmt(tfa, 'peak_mb', '{:.0f}')} |"
+        )
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
     load_after = os.getloadavg()
-    print(f"\nSemi-hard triplet loss, forward + gradient, d={args.dim}, float32, CPU "
-          f"({os.cpu_count()} cores); median of repeated runs; peak = RSS growth per process. "
-          f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n")
+    print(
+        f"\nSemi-hard triplet loss, forward + gradient, d={args.dim}, float32, CPU "
+        f"({os.cpu_count()} cores); median of repeated runs; peak = RSS growth per process. "
+        f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after.\n"
+    )
     print("| B | ours ms | TFA 0.23 ms | TFA / ours | ours peak MB | TFA peak MB |")
     print("|---:|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -9,6 +9,7 @@ that case alone. "data MB" is the peak before the measured call (synthetic data 
 memory); "peak MB" the peak after; their difference is the working memory of the call.
 Data are synthetic 256-d float32 embeddings: Gaussian clusters, one per class (10 classes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,8 +122,9 @@ def main() -> None:
         notes = ", ".join(f"{key}={r[key]:.4f}" for key in ("precision_at_1", "map_at_r") if key in r)
         if "checksum" in r:
             notes = f"checksum={r['checksum']}"
-        print(f"| {desc} | {r['seconds']:.2f} | {r['data_mb']} | {r['peak_mb']} | {r['work_mb']} | {notes} |",
-              flush=True)
+        print(
+            f"| {desc} | {r['seconds']:.2f} | {r['data_mb']} | {r['peak_mb']} | {r['work_mb']} | {notes} |", flush=True
+        )
 
 
 if __name__ == "__main__":

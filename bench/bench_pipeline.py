@@ -14,6 +14,7 @@ tutorial notebook (`bench/tfa_tutorial.py`, in the TensorFlow Addons environment
 mean of its two runs: this machine's speed drifts within minutes, and CPU time (user + system,
 all threads) shows the work done whatever else the machine runs.
 """
+
 import argparse
 import json
 import os
@@ -52,13 +53,17 @@ def timed_run(argv):
 
 def tutorial_run(python: str) -> dict:
     """The tutorial notebook's wall and CPU time, its fit time and epoch times (its own printout)."""
-    wall, cpu, done = timed([python, TUTORIAL_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    wall, cpu, done = timed(
+        [python, TUTORIAL_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     epochs = [float(x) for x in re.findall(r"^epoch \d+ ([\d.]+)s", done.stdout, re.M)]
-    print(f"tutorial notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
-          f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}, "
-          f"R-Precision {result['r_precision']}, MAP@R {result['map_at_r']}", flush=True)
+    print(
+        f"tutorial notebook: wall {wall:.1f} s, CPU {cpu:.1f} s, fit {result['train_seconds']} s, "
+        f"epochs {'/'.join(f'{e:.1f}' for e in epochs)} s, P@1 {result['precision_at_1']}, "
+        f"R-Precision {result['r_precision']}, MAP@R {result['map_at_r']}",
+        flush=True,
+    )
     return {"wall": wall, "cpu": cpu, "fit": result["train_seconds"]}
 
 
@@ -67,8 +72,11 @@ def trainer_seconds(log_path: str) -> dict:
     with open(log_path) as f:
         text = f.read()
     found = {}
-    for key, pattern in (("fit", r"Fit in ([\d.]+) s"), ("fit_cpu", r"Fit in [\d.]+ s, ([\d.]+) s of CPU"),
-                         ("export", r"Exported the serving model in ([\d.]+) s")):
+    for key, pattern in (
+        ("fit", r"Fit in ([\d.]+) s"),
+        ("fit_cpu", r"Fit in [\d.]+ s, ([\d.]+) s of CPU"),
+        ("export", r"Exported the serving model in ([\d.]+) s"),
+    ):
         match = re.search(pattern, text)
         if match:
             found[key] = float(match.group(1))
@@ -82,15 +90,18 @@ def newest_log(root: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tutorial", action="store_true",
-                        help="run the tutorial notebook before and after the main job")
-    parser.add_argument("--tutorial-python", default=TUTORIAL_PYTHON,
-                        help="Python of the TensorFlow Addons environment")
+    parser.add_argument(
+        "--tutorial", action="store_true", help="run the tutorial notebook before and after the main job"
+    )
+    parser.add_argument(
+        "--tutorial-python", default=TUTORIAL_PYTHON, help="Python of the TensorFlow Addons environment"
+    )
     parser.add_argument("run_flags", nargs="*", help="flags for `triplet-tfx run` (after --)")
     args = parser.parse_args()
     if args.tutorial and not (os.path.exists(args.tutorial_python) and os.path.exists(TUTORIAL_SCRIPT)):
-        raise SystemExit(f"--tutorial needs {args.tutorial_python} (created by bench/bench_losses.py) "
-                         f"and {TUTORIAL_SCRIPT}")
+        raise SystemExit(
+            f"--tutorial needs {args.tutorial_python} (created by bench/bench_losses.py) and {TUTORIAL_SCRIPT}"
+        )
     root = tempfile.mkdtemp(prefix="triplet-tfx-bench-")
     argv = ["run", "--output-root", root, *args.run_flags]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
@@ -102,8 +113,9 @@ def main() -> int:
         rows.append((name, wall, cpu, run, trainer_seconds(newest_log(root))))
     if args.tutorial:
         tutorials.append(tutorial_run(args.tutorial_python))
-    tutorial = ({key: sum(s[key] for s in tutorials) / len(tutorials) for key in ("wall", "cpu", "fit")}
-                if tutorials else None)
+    tutorial = (
+        {key: sum(s[key] for s in tutorials) / len(tutorials) for key in ("wall", "cpu", "fit")} if tutorials else None
+    )
 
     def ratio(seconds: float, key: str = "wall") -> str:
         return f" ({seconds / tutorial[key]:.2f}x the tutorial)" if tutorial else ""
@@ -111,8 +123,9 @@ def main() -> int:
     print("\n| component | first run (s) | identical rerun (s) |\n|---|---:|---:|")
     first, rerun = rows[0][3], rows[1][3]
     for component in first.executions:
-        cells = [f"{run.seconds.get(component, 0):.1f} {run.executions.get(component, '').lower()}"
-                 for run in (first, rerun)]
+        cells = [
+            f"{run.seconds.get(component, 0):.1f} {run.executions.get(component, '').lower()}" for run in (first, rerun)
+        ]
         print(f"| {component} | {cells[0]} | {cells[1]} |")
     outside = [wall - sum(run.seconds.values()) for _, wall, _, run, _ in rows]
     print(f"| start-up, set-up and summary (process minus components) | {outside[0]:.1f} | {outside[1]:.1f} |")
@@ -120,18 +133,22 @@ def main() -> int:
     print(f"| whole `triplet-tfx run` process, wall | {wall0:.1f}{ratio(wall0)} | {wall1:.1f}{ratio(wall1)} |")
     print(f"| whole `triplet-tfx run` process, CPU | {cpu0:.1f}{ratio(cpu0, 'cpu')} | {cpu1:.1f}{ratio(cpu1, 'cpu')} |")
     if tutorial:
-        print(f"\nTutorial notebook (mean of {len(tutorials)} runs): wall {tutorial['wall']:.1f} s, "
-              f"CPU {tutorial['cpu']:.1f} s, "
-              f"fit {tutorial['fit']:.1f} s")
+        print(
+            f"\nTutorial notebook (mean of {len(tutorials)} runs): wall {tutorial['wall']:.1f} s, "
+            f"CPU {tutorial['cpu']:.1f} s, "
+            f"fit {tutorial['fit']:.1f} s"
+        )
     if "fit" in trainer:
         outside = first.seconds["Trainer"] - trainer["fit"]
-        print(f"\nTrainer: fit {trainer['fit']:.1f} s{ratio(trainer['fit'], 'fit')}, "
-              f"{trainer.get('fit_cpu', float('nan')):.1f} s of CPU "
-              f"(epochs and the validation pass after the last one); "
-              f"export after the fit {trainer.get('export', float('nan')):.1f} s "
-              f"({100 * trainer.get('export', float('nan')) / trainer['fit']:.1f}% of the fit); "
-              f"all the Trainer's time outside the fit (reading and caching the data, building, export) "
-              f"{outside:.1f} s ({100 * outside / trainer['fit']:.1f}% of the fit)")
+        print(
+            f"\nTrainer: fit {trainer['fit']:.1f} s{ratio(trainer['fit'], 'fit')}, "
+            f"{trainer.get('fit_cpu', float('nan')):.1f} s of CPU "
+            f"(epochs and the validation pass after the last one); "
+            f"export after the fit {trainer.get('export', float('nan')):.1f} s "
+            f"({100 * trainer.get('export', float('nan')) / trainer['fit']:.1f}% of the fit); "
+            f"all the Trainer's time outside the fit (reading and caching the data, building, export) "
+            f"{outside:.1f} s ({100 * outside / trainer['fit']:.1f}% of the fit)"
+        )
     if first.metrics:
         print(f"Precision@1 {first.metrics['precision_at_1']:.4f}, MAP@R {first.metrics['map_at_r']:.4f}")
     print(f"\nOutputs in {root}", file=sys.stderr)

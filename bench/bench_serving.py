@@ -13,6 +13,7 @@ embeddings. Queries are MNIST test images when the model takes 28x28x1, else ran
 Targets (README): embed_images batch 1 p50 <= 5 ms, batch 256 >= 3,000 images/s, search k=10
 over 60,000 references batch 1 p50 <= 10 ms, load <= 5 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,11 +85,18 @@ def row(name: str, batch: int, seconds: np.ndarray, target: str = "") -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", help="a pushed version folder (default: the latest under "
-                                                 f"{PipelineConfig().serving_model_dir})")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help=f"a pushed version folder (default: the latest under {PipelineConfig().serving_model_dir})",
+    )
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per case (default %(default)s)")
-    parser.add_argument("--agreement-queries", type=int, default=1000,
-                        help="queries for the search vs evaluator k-NN comparison (default %(default)s)")
+    parser.add_argument(
+        "--agreement-queries",
+        type=int,
+        default=1000,
+        help="queries for the search vs evaluator k-NN comparison (default %(default)s)",
+    )
     args = parser.parse_args()
     path = args.model or latest_push(PipelineConfig().serving_model_dir)
 
@@ -111,37 +119,53 @@ def main() -> int:
     lines = ["| signature | batch | p50 ms | p99 ms | images/s | target |", "|---|---:|---:|---:|---:|---|"]
     for batch in BATCHES:
         images, raw = tf.constant(encoded[:batch]), tf.constant(pixels[:batch])
-        lines.append(row("embed_images", batch, timed(lambda images=images: embed_images(images=images), args.repeats),
-                         {1: "p50 <= 5 ms", 256: ">= 3,000 images/s"}.get(batch, "")))
+        lines.append(
+            row(
+                "embed_images",
+                batch,
+                timed(lambda images=images: embed_images(images=images), args.repeats),
+                {1: "p50 <= 5 ms", 256: ">= 3,000 images/s"}.get(batch, ""),
+            )
+        )
         lines.append(row("embed_pixels", batch, timed(lambda raw=raw: embed_pixels(pixels=raw), args.repeats)))
     k = tf.constant(min(K, len(references)))
     for batch in SEARCH_BATCHES:
         images = tf.constant(encoded[:batch])
         seconds = timed(lambda images=images: search(images=images, k=k), args.repeats)
-        lines.append(row(f"search k={int(k)}", batch, seconds,
-                         "p50 <= 10 ms (60,000 references)" if batch == 1 else ""))
+        lines.append(
+            row(f"search k={int(k)}", batch, seconds, "p50 <= 10 ms (60,000 references)" if batch == 1 else "")
+        )
     print("\n".join(lines))
 
     # Index build, re-measured: embed as many images as the index holds, then write model + index.
     count = len(references)
     reference_pixels = query_pixels(shape, count)
     start = time.perf_counter()
-    embedded = np.concatenate([embed_pixels(pixels=tf.constant(reference_pixels[s:s + 1024]))[EMBEDDING_KEY].numpy()
-                               for s in range(0, count, 1024)])
+    embedded = np.concatenate(
+        [
+            embed_pixels(pixels=tf.constant(reference_pixels[s : s + 1024]))[EMBEDDING_KEY].numpy()
+            for s in range(0, count, 1024)
+        ]
+    )
     embed_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        index.build_serving_model(path, reference_ids, model.reference_labels.numpy(), embedded,
-                                  os.path.join(folder, "1"))
+        index.build_serving_model(
+            path, reference_ids, model.reference_labels.numpy(), embedded, os.path.join(folder, "1")
+        )
         write_seconds = time.perf_counter() - start
     print(f"tf.saved_model.load: {load_seconds:.2f} s (target <= 5 s)")
-    print(f"Index: {count:,} references; on disk: variables {folder_mb(os.path.join(path, 'variables')):.1f} MB, "
-          f"whole version {folder_mb(path):.1f} MB")
-    print(f"Index build (re-measured): embedding {count:,} images {embed_seconds:.2f} s + writing model and index "
-          f"{write_seconds:.2f} s")
+    print(
+        f"Index: {count:,} references; on disk: variables {folder_mb(os.path.join(path, 'variables')):.1f} MB, "
+        f"whole version {folder_mb(path):.1f} MB"
+    )
+    print(
+        f"Index build (re-measured): embedding {count:,} images {embed_seconds:.2f} s + writing model and index "
+        f"{write_seconds:.2f} s"
+    )
 
     # search's exact top-k vs the evaluator's k-NN on the same embeddings.
-    queries = tf.constant(encoded[:args.agreement_queries])
+    queries = tf.constant(encoded[: args.agreement_queries])
     found = search(images=queries, k=k)
     position = {reference_id: i for i, reference_id in enumerate(reference_ids)}
     served = np.vectorize(position.get)(found["ids"].numpy())
@@ -149,9 +173,11 @@ def main() -> int:
     expected, expected_distances = metrics.nearest_neighbors(embeddings, references, k=int(k))
     differ = served != expected
     ties = differ & np.isclose(found["distances"].numpy(), expected_distances, rtol=0, atol=1e-6)
-    print(f"search vs evaluator k-NN ({len(embeddings)} queries, k={int(k)}): {1 - differ.mean():.4%} of neighbours "
-          f"identical; {ties.sum()} differ only in the order of equal distances, {(differ & ~ties).sum()} otherwise; "
-          f"max distance difference {np.abs(found['distances'].numpy() - expected_distances).max():.2e}")
+    print(
+        f"search vs evaluator k-NN ({len(embeddings)} queries, k={int(k)}): {1 - differ.mean():.4%} of neighbours "
+        f"identical; {ties.sum()} differ only in the order of equal distances, {(differ & ~ties).sum()} otherwise; "
+        f"max distance difference {np.abs(found['distances'].numpy() - expected_distances).max():.2e}"
+    )
     return 0
 
 

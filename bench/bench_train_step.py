@@ -18,6 +18,7 @@ ops by time over 100 steps of row N, from a TensorBoard profiler trace (the trac
 for TensorBoard's profile plugin). Rows run one after the other; on a shared machine use --repeat and
 compare ratios.
 """
+
 import argparse
 import collections
 import glob
@@ -31,10 +32,8 @@ import time
 
 # (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
 SETTINGS = [
-    ("tutorial recipe", dict(network="tutorial_cnn", batch_size=32, examples_per_class=None, dropout=0.3,
-                             margin=1.0)),
-    ("tutorial_cnn", dict(network="tutorial_cnn", batch_size=256, examples_per_class=None, dropout=0.3,
-                          margin=1.0)),
+    ("tutorial recipe", dict(network="tutorial_cnn", batch_size=32, examples_per_class=None, dropout=0.3, margin=1.0)),
+    ("tutorial_cnn", dict(network="tutorial_cnn", batch_size=256, examples_per_class=None, dropout=0.3, margin=1.0)),
     ("strided", dict(network="strided", batch_size=32, examples_per_class=None, dropout=0.0)),
     ("strided (recommended)", dict(network="strided", batch_size=160, examples_per_class=32, dropout=0.0)),
 ]
@@ -44,8 +43,10 @@ SHAPE = (28, 28, 1)
 
 def _tensorflow():
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
+
     # isort: split
     import tensorflow as tf
+
     return tf
 
 
@@ -72,6 +73,7 @@ def peak_gflops(size: int = 2048, repeats: int = 20) -> float:
 
 def _model_and_batches(setting: dict, steps: int):
     import numpy as np
+
     tf = _tensorflow()
 
     from triplet_tfx.components.config import TrainConfig
@@ -101,8 +103,9 @@ def step_flops(net, batch_size: int) -> int:
         net.optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
         return loss
 
-    graph = step.get_concrete_function(tf.TensorSpec((batch_size, *SHAPE), tf.float32),
-                                       tf.TensorSpec((batch_size,), tf.int64)).graph
+    graph = step.get_concrete_function(
+        tf.TensorSpec((batch_size, *SHAPE), tf.float32), tf.TensorSpec((batch_size,), tf.int64)
+    ).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
@@ -163,8 +166,9 @@ def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> lis
 
 
 def _in_process(job: dict) -> object:
-    out = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--job", json.dumps(job)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -181,8 +185,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=500, help="timed steps per row (default %(default)s)")
     parser.add_argument("--only", metavar="WORD", help="only the rows whose label contains WORD")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds over the rows, interleaved; the median of each row (shared machines)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over the rows, interleaved; the median of each row (shared machines)",
+    )
     parser.add_argument("--profile", type=int, metavar="ROW", help="also the top ops of this row, by time")
     parser.add_argument("--trace-dir", default=None, help="where the profiler trace goes (default: a temp folder)")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
@@ -190,9 +198,12 @@ def main() -> int:
     if args.job:
         job = json.loads(args.job)
         kind = job.pop("kind")
-        result = {"peak": lambda: peak_gflops(), "step": lambda: measure(job["setting"], job["steps"]),
-                  "input": lambda: input_pipeline_ms(job["setting"], job["steps"]),
-                  "profile": lambda: profile_ops(job["setting"], job["steps"], job["trace_dir"])}[kind]()
+        result = {
+            "peak": lambda: peak_gflops(),
+            "step": lambda: measure(job["setting"], job["steps"]),
+            "input": lambda: input_pipeline_ms(job["setting"], job["steps"]),
+            "profile": lambda: profile_ops(job["setting"], job["steps"], job["trace_dir"]),
+        }[kind]()
         print(json.dumps(result))
         return 0
 
@@ -205,21 +216,28 @@ def main() -> int:
             inputs[i].append(_in_process({"kind": "input", "setting": setting, "steps": args.steps}))
     peak = statistics.median(peaks)
     print(f"{_cpu_name()}; float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n")
-    print("| setting | batch | steps per call | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
-          "| % of peak | s per 60k epoch | input alone, ms per batch |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| setting | batch | steps per call | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
+        "| % of peak | s per 60k epoch | input alone, ms per batch |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for i, (label, setting) in enumerate(rows):
         ms = statistics.median(r["ms"] for r in steps[i])
         cpu_ms = statistics.median(r["cpu_ms"] for r in steps[i])
         flops, per_call = steps[i][0]["flops"], steps[i][0]["steps_per_call"]
         gflops = flops / ms / 1e6
         batch = setting["batch_size"]
-        balanced = f" = {batch // setting['examples_per_class']} x {setting['examples_per_class']}" \
-            if setting.get("examples_per_class") else ""
-        print(f"| {label} ({setting['network']}) | {batch}{balanced} | {per_call} | {flops / 1e6:.1f} | {ms:.2f} "
-              f"| {cpu_ms:.2f} "
-              f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {ms * -(-EPOCH // batch) / 1e3:.1f} "
-              f"| {statistics.median(inputs[i]):.2f} |")
+        balanced = (
+            f" = {batch // setting['examples_per_class']} x {setting['examples_per_class']}"
+            if setting.get("examples_per_class")
+            else ""
+        )
+        print(
+            f"| {label} ({setting['network']}) | {batch}{balanced} | {per_call} | {flops / 1e6:.1f} | {ms:.2f} "
+            f"| {cpu_ms:.2f} "
+            f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {ms * -(-EPOCH // batch) / 1e3:.1f} "
+            f"| {statistics.median(inputs[i]):.2f} |"
+        )
     if args.profile is not None:
         label, setting = SETTINGS[args.profile]
         trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")

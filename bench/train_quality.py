@@ -13,6 +13,7 @@ with bench/bench_pipeline.py.
       --learning-rate 0.002 --lr-schedule cosine --margin 0.2 --dropout 0 --augment-shift 0.05 \\
       --precision auto
 """
+
 import argparse
 import dataclasses
 import json
@@ -40,11 +41,16 @@ def main() -> None:
         if kind is bool:
             parser.add_argument(flag, action="store_true")
         else:
-            parser.add_argument(flag, type=int if field.name in ("examples_per_class", "max_steps") else kind,
-                                default=getattr(defaults, field.name))
-    for flag, help_text in (("--train-classes", "train only on these classes, e.g. 0-4"),
-                            ("--eval-classes", "score only these classes of the test set, e.g. 5-9"),
-                            ("--class-split", "random:SEED, a seeded random half to train on")):
+            parser.add_argument(
+                flag,
+                type=int if field.name in ("examples_per_class", "max_steps") else kind,
+                default=getattr(defaults, field.name),
+            )
+    for flag, help_text in (
+        ("--train-classes", "train only on these classes, e.g. 0-4"),
+        ("--eval-classes", "score only these classes of the test set, e.g. 5-9"),
+        ("--class-split", "random:SEED, a seeded random half to train on"),
+    ):
         parser.add_argument(flag, default="", help=help_text + " (as the pipeline's flags)")
     args = parser.parse_args()
     train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -78,9 +84,17 @@ def main() -> None:
         return {prefix + k: round(result[k], 4) for k in ("precision_at_1", "r_precision", "map_at_r")}
 
     # The same scores on 10k training images tell over-fitting (train >> test) from under-fitting.
-    print(json.dumps({"train": dataclasses.asdict(train), "classes": classes, "train_seconds": round(seconds, 1),
-                      **scores(test_images, test_labels),
-                      **scores(train_images[:10_000], train_labels[:10_000], prefix="train_")}))
+    print(
+        json.dumps(
+            {
+                "train": dataclasses.asdict(train),
+                "classes": classes,
+                "train_seconds": round(seconds, 1),
+                **scores(test_images, test_labels),
+                **scores(train_images[:10_000], train_labels[:10_000], prefix="train_"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Code that runs inside the pipeline's components: data sources, preprocessing, model, losses, evaluation."""
+
 import os
 
 # The project is Keras 3. Importing tensorflow_transform sets TF_USE_LEGACY_KERAS=1 when it

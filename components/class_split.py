@@ -6,6 +6,7 @@ stay the original class ids; a split only drops the examples of the other classe
 
 Pure Python, no TensorFlow: the configuration validates with it, ExampleGen filters with it.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,7 +24,7 @@ class ClassSplitError(ValueError):
 
 
 def parse_classes(text: str, num_classes: int, field: str) -> Classes:
-    """"0-4", "0,2,7" or "0-2,7" -> sorted distinct class ids, each in [0, num_classes)."""
+    """ "0-4", "0,2,7" or "0-2,7" -> sorted distinct class ids, each in [0, num_classes)."""
     classes: Set[int] = set()
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
@@ -34,8 +35,9 @@ def parse_classes(text: str, num_classes: int, field: str) -> Classes:
         if low > high:
             raise ClassSplitError(field, f"empty range {part.strip()!r}")
         if low < 0 or high >= num_classes:
-            raise ClassSplitError(field, f"{part.strip()!r} is outside the classes 0-{num_classes - 1} "
-                                         f"(data.num_classes = {num_classes})")
+            raise ClassSplitError(
+                field, f"{part.strip()!r} is outside the classes 0-{num_classes - 1} (data.num_classes = {num_classes})"
+            )
         classes.update(range(low, high + 1))
     return tuple(sorted(classes))
 
@@ -46,8 +48,7 @@ def random_half(num_classes: int, seed: int) -> Tuple[Classes, Classes]:
     return tuple(sorted(train)), tuple(sorted(set(range(num_classes)) - set(train)))
 
 
-def resolve(train_classes: str, eval_classes: str, class_split: str,
-            num_classes: int) -> Optional[Dict[str, Classes]]:
+def resolve(train_classes: str, eval_classes: str, class_split: str, num_classes: int) -> Optional[Dict[str, Classes]]:
     """{"train": ids, "eval": ids} of a class split, or None when every split keeps every class.
 
     `class_split` is "random:SEED"; otherwise one or both lists are given, and a missing one is
@@ -69,8 +70,11 @@ def resolve(train_classes: str, eval_classes: str, class_split: str,
         evaluated = eval_given if eval_given is not None else tuple(sorted(everything - set(train)))
         overlap = set(train) & set(evaluated)
         if overlap:
-            raise ClassSplitError("eval_classes", f"{format_classes(overlap)} also among the train classes: "
-                                                  "unseen-class evaluation needs disjoint classes")
+            raise ClassSplitError(
+                "eval_classes",
+                f"{format_classes(overlap)} also among the train classes: "
+                "unseen-class evaluation needs disjoint classes",
+            )
     else:
         return None
     for field, classes in (("train_classes", train), ("eval_classes", evaluated)):

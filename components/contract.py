@@ -14,6 +14,7 @@ tf.Example features written by SourceExampleGen:
   image_format  bytes, encoded sources only: png, jpeg, gif or bmp
   id            bytes, manifest: sources with an `id` column, and encoded sources: the item's id
 """
+
 from __future__ import annotations
 
 import re
@@ -47,6 +48,7 @@ def class_order(names: Iterable[str]) -> List[str]:
     if unique and all(_INTEGER.fullmatch(name) for name in unique):
         return sorted(unique, key=int)
     return unique
+
 
 # Image file names: what the image sources read, and what the serving client sends.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

@@ -5,6 +5,7 @@ SavedModel's serving signature (as a client of TF Serving would embed them).
 Shared by the EmbeddingEvaluator (evaluation/evaluator.py) and the ServingModelBuilder
 (serving/builder.py), so that neither stage reaches into the other.
 """
+
 import functools
 import os
 from typing import Optional, Tuple
@@ -41,8 +42,10 @@ def read_split(examples: Examples, split: str) -> list:
 def _image_decoder(image_shape: Tuple[int, int, int], resize: str):
     """images.decode_to_pixels traced with unknown shapes, as the Transform graph runs it (TensorFlow's
     resize_with_pad rounds its sizes differently eagerly, when the shapes are known)."""
-    return tf.function(lambda encoded: image_function.decode_to_pixels(encoded, image_shape, resize),
-                       input_signature=[tf.TensorSpec([None], tf.string)])
+    return tf.function(
+        lambda encoded: image_function.decode_to_pixels(encoded, image_shape, resize),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
 
 
 def decode_images(image_bytes, image_shape, encoded: bool = False, resize: str = "stretch") -> np.ndarray:
@@ -54,8 +57,9 @@ def decode_images(image_bytes, image_shape, encoded: bool = False, resize: str =
     return tf.reshape(tf.io.decode_raw(image_bytes, tf.uint8), [-1, *image_shape]).numpy()
 
 
-def parse_examples(serialized: list, image_shape=None, encoded: bool = False,
-                   resize: str = "stretch") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def parse_examples(
+    serialized: list, image_shape=None, encoded: bool = False, resize: str = "stretch"
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(labels, uint8 images) of serialized tf.Examples; images only if image_shape is given
     (`encoded`: ExampleGen's examples of an encoded-image source, `DataConfig.encoded_images`)."""
     spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
@@ -63,7 +67,7 @@ def parse_examples(serialized: list, image_shape=None, encoded: bool = False,
         spec[IMAGE_KEY] = tf.io.FixedLenFeature([], tf.string)
     labels, images = [], []
     for start in range(0, len(serialized), _BATCH):
-        parsed = tf.io.parse_example(tf.constant(serialized[start:start + _BATCH]), spec)
+        parsed = tf.io.parse_example(tf.constant(serialized[start : start + _BATCH]), spec)
         labels.append(parsed[LABEL_KEY].numpy())
         if image_shape is not None:
             images.append(decode_images(parsed[IMAGE_KEY], image_shape, encoded, resize))
@@ -76,6 +80,6 @@ def embed(model: Model, serialized: list) -> np.ndarray:
     batches = []
     with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
         for start in range(0, len(serialized), _BATCH):
-            batches.append(serve(examples=tf.constant(serialized[start:start + _BATCH]))[EMBEDDING_KEY].numpy())
+            batches.append(serve(examples=tf.constant(serialized[start : start + _BATCH]))[EMBEDDING_KEY].numpy())
             progress.advance(len(batches[-1]))
     return np.concatenate(batches)

@@ -19,6 +19,7 @@ The rule, in order:
      an odd margin goes to the bottom or right); `crop`: the centred largest box with the
      training aspect ratio, then resized.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -36,9 +37,10 @@ def to_channels(image: tf.Tensor, channels: int, input_name: str = "image") -> t
     """uint8 [h, w, 1..4] -> uint8 [h, w, channels] (the rule in the module docstring). A model
     trained on another channel count (tfrecord: data) takes images of exactly that many channels."""
     if channels not in (1, 3):
-        check = tf.debugging.Assert(tf.shape(image)[-1] == channels,
-                                    [f"{input_name}: the model takes images of {channels} channels, got",
-                                     tf.shape(image)[-1]])
+        check = tf.debugging.Assert(
+            tf.shape(image)[-1] == channels,
+            [f"{input_name}: the model takes images of {channels} channels, got", tf.shape(image)[-1]],
+        )
         with tf.control_dependencies([check]):
             return tf.ensure_shape(tf.identity(image), [None, None, channels])
 
@@ -51,8 +53,7 @@ def to_channels(image: tf.Tensor, channels: int, input_name: str = "image") -> t
         rgb = image[..., :3]
         if channels == 3:
             return rgb
-        luma = tf.reduce_sum(tf.cast(rgb, tf.int32) * tf.constant(_LUMA_WEIGHTS, tf.int32), axis=-1,
-                             keepdims=True)
+        luma = tf.reduce_sum(tf.cast(rgb, tf.int32) * tf.constant(_LUMA_WEIGHTS, tf.int32), axis=-1, keepdims=True)
         return tf.cast(tf.bitwise.right_shift(luma + 0x8000, 16), tf.uint8)
 
     return tf.cond(tf.shape(image)[-1] <= 2, grey, colour)
@@ -74,11 +75,13 @@ def to_size(image: tf.Tensor, height: int, width: int, resize: str = "stretch") 
             # float32 size, as tf.image.resize_with_pad computes it, rounds differently traced).
             shape = tf.shape(image, out_type=tf.int64)[:2]
             fits_height = shape[0] * width >= shape[1] * height  # the height is the binding side
-            inner = tf.where(fits_height,
-                             tf.stack([tf.constant(height, tf.int64),
-                                       tf.maximum((shape[1] * height + shape[0] // 2) // shape[0], 1)]),
-                             tf.stack([tf.maximum((shape[0] * width + shape[1] // 2) // shape[1], 1),
-                                       tf.constant(width, tf.int64)]))
+            inner = tf.where(
+                fits_height,
+                tf.stack(
+                    [tf.constant(height, tf.int64), tf.maximum((shape[1] * height + shape[0] // 2) // shape[0], 1)]
+                ),
+                tf.stack([tf.maximum((shape[0] * width + shape[1] // 2) // shape[1], 1), tf.constant(width, tf.int64)]),
+            )
             inner = tf.cast(tf.minimum(inner, [height, width]), tf.int32)
             scaled = tf.image.resize(pixels, inner, method="bilinear", antialias=True)
             offset = (tf.constant([height, width]) - inner) // 2
@@ -100,6 +103,7 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
     """One encoded image (scalar string) -> uint8 [h, w, 1..4]. JPEGs with the accurate integer
     DCT (the pixels Pillow and libjpeg's defaults give; TensorFlow's default fast DCT is up to 8
     levels off). Broken images fail with the decoder's InvalidArgument ("Invalid PNG data"...)."""
+
     def jpeg():
         return tf.io.decode_jpeg(encoded, dct_method="INTEGER_ACCURATE")
 
@@ -115,8 +119,9 @@ def is_known_format(encoded: tf.Tensor) -> tf.Tensor:
     return tf.reduce_any([tf.strings.substr(encoded, 0, len(magic)) == magic for magic in IMAGE_MAGIC])
 
 
-def decode_to_pixels(images: tf.Tensor, image_shape: Sequence[int], resize: str = "stretch",
-                     input_name: str = "image") -> tf.Tensor:
+def decode_to_pixels(
+    images: tf.Tensor, image_shape: Sequence[int], resize: str = "stretch", input_name: str = "image"
+) -> tf.Tensor:
     """Encoded images [B] -> uint8 [B, H, W, C] of the training shape, by the module's rule. An empty
     string or unknown format fails with InvalidArgument naming `input_name` and the index."""
     height, width, channels = image_shape
@@ -124,8 +129,9 @@ def decode_to_pixels(images: tf.Tensor, image_shape: Sequence[int], resize: str 
     def one(item):
         encoded, index = item
         checks = [
-            tf.debugging.Assert(tf.strings.length(encoded) > 0, [f"{input_name}: empty string (0 bytes) at index",
-                                                                  index]),
+            tf.debugging.Assert(
+                tf.strings.length(encoded) > 0, [f"{input_name}: empty string (0 bytes) at index", index]
+            ),
             tf.debugging.Assert(is_known_format(encoded), [f"{input_name}: not a {FORMATS} image at index", index]),
         ]
         with tf.control_dependencies(checks):
@@ -133,8 +139,13 @@ def decode_to_pixels(images: tf.Tensor, image_shape: Sequence[int], resize: str 
         return to_size(to_channels(image, channels, input_name), height, width, resize)
 
     images = tf.reshape(images, [-1])
-    with tf.control_dependencies([tf.debugging.assert_positive(
-            tf.shape(images)[0], message=f"{input_name}: empty batch (send at least one item)")]):
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_positive(
+                tf.shape(images)[0], message=f"{input_name}: empty batch (send at least one item)"
+            )
+        ]
+    ):
         indices = tf.range(tf.shape(images)[0])
     return tf.map_fn(one, (images, indices), fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8))
 

@@ -1,5 +1,6 @@
 """Progress of a long step (embedding, k-NN): a live counter on a terminal, one log line per
 stage otherwise (a log file, a container's log)."""
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ class Progress:
         now = time.time()
         if self._live and now - self._drawn >= 0.5:
             self._drawn = now
-            sys.stderr.write(f"\r{self.stage}: {self.done}/{self.total} {self.unit} "
-                             f"({100 * self.done / max(self.total, 1):.0f}%, {now - self._start:.0f} s)")
+            sys.stderr.write(
+                f"\r{self.stage}: {self.done}/{self.total} {self.unit} "
+                f"({100 * self.done / max(self.total, 1):.0f}%, {now - self._start:.0f} s)"
+            )
             sys.stderr.flush()
 
     def __exit__(self, *exc_info) -> None:

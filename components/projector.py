@@ -13,6 +13,7 @@ The projector's sprite may not exceed 8192 x 8192 pixels, so at most
 ``(8192 // image_side) ** 2`` points are written (a seeded random subset, kept in index
 order); ``max_points`` caps it further (no cap by default without images).
 """
+
 from __future__ import annotations
 
 import io

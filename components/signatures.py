@@ -22,6 +22,7 @@ not a tf.Example (`check_examples`), pixels of any shape but [B, H, W, C] (`chec
 that are empty or of an unknown format. The embedding SavedModel also
 holds the class names by class id (`contract.CLASS_NAMES_ASSET`, `read_class_names`, written by `write_class_names`).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def pixels_spec(image_shape: Sequence[int]) -> tf.TensorSpec:
 
 
 def assert_not_empty(batch: tf.Tensor, input_name: str) -> tf.Operation:
-    return tf.debugging.assert_positive(tf.shape(batch)[0],
-                                        message=f"{input_name}: empty batch (send at least one item)")
+    return tf.debugging.assert_positive(
+        tf.shape(batch)[0], message=f"{input_name}: empty batch (send at least one item)"
+    )
 
 
 def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -86,10 +88,12 @@ def check_encoded(encoded: tf.Tensor, input_name: str = IMAGES_INPUT) -> tf.Tens
     def one(item):
         value, index = item
         checks = [
-            tf.debugging.Assert(tf.strings.length(value) > 0, [f"{input_name}: empty string (0 bytes) at index",
-                                                                index]),
-            tf.debugging.Assert(images.is_known_format(value), [f"{input_name}: not a {_FORMATS} image at index",
-                                                                index]),
+            tf.debugging.Assert(
+                tf.strings.length(value) > 0, [f"{input_name}: empty string (0 bytes) at index", index]
+            ),
+            tf.debugging.Assert(
+                images.is_known_format(value), [f"{input_name}: not a {_FORMATS} image at index", index]
+            ),
         ]
         with tf.control_dependencies(checks):
             return tf.identity(value)
@@ -108,11 +112,17 @@ def check_pixels(pixels: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
     expected = [int(v) for v in image_shape]
     width = len(expected) + 5
     shape = tf.shape(pixels, out_type=tf.int64)
-    dims = tf.concat([shape, tf.fill([width], tf.constant(-1, tf.int64))], axis=0)[1:1 + width]
+    dims = tf.concat([shape, tf.fill([width], tf.constant(-1, tf.int64))], axis=0)[1 : 1 + width]
     ok = tf.reduce_all(tf.equal(dims, tf.constant(expected + [-1] * (width - len(expected)), tf.int64)))
-    check = tf.debugging.Assert(ok, [f"{PIXELS_INPUT}: expected uint8 pixels of shape [B, "
-                                     f"{', '.join(map(str, expected))}] (the training shape), got shape", shape],
-                                summarize=width + 1)
+    check = tf.debugging.Assert(
+        ok,
+        [
+            f"{PIXELS_INPUT}: expected uint8 pixels of shape [B, "
+            f"{', '.join(map(str, expected))}] (the training shape), got shape",
+            shape,
+        ],
+        summarize=width + 1,
+    )
     with tf.control_dependencies([check]):
         # Ranks beyond the padding: the op's own check (it names the expected shape too).
         return tf.ensure_shape(pixels, [None, *expected])
@@ -143,6 +153,7 @@ def check_examples(examples: tf.Tensor, features: dict) -> tf.Tensor:
     error quotes the bytes, which the eager runtime cannot turn into a Python message when they are
     not UTF-8: a UnicodeDecodeError instead of InvalidArgument.) Errors inside tf.data are dropped
     there (ignore_errors): the whole batch is tried first, each item only when it fails."""
+
     def parses(batch):
         return _parsed_size(batch, features)
 
@@ -164,8 +175,14 @@ def check_examples(examples: tf.Tensor, features: dict) -> tf.Tensor:
         return tf.where((bad < 0) & (position < count), position, bad)
 
     bad = tf.cond(ok, lambda: tf.constant(-1, tf.int64), first_bad)
-    check = tf.debugging.Assert(bad < 0, [f"{EXAMPLES_INPUT}: not a serialized tf.Example holding the training "
-                                          "data's image feature (as ExampleGen writes it), at index", bad])
+    check = tf.debugging.Assert(
+        bad < 0,
+        [
+            f"{EXAMPLES_INPUT}: not a serialized tf.Example holding the training "
+            "data's image feature (as ExampleGen writes it), at index",
+            bad,
+        ],
+    )
     with tf.control_dependencies([check]):
         return tf.identity(examples)
 
@@ -181,9 +198,12 @@ def pixels_to_raw_bytes(pixels: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE_STRINGS), tf.cast(flat, tf.int32)), axis=-1)
 
 
-def embedding_functions(embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
-                        image_shape: Sequence[int], resize: str = "stretch",
-                        encoded: bool = False) -> Dict[str, tuple]:
+def embedding_functions(
+    embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+    image_shape: Sequence[int],
+    resize: str = "stretch",
+    encoded: bool = False,
+) -> Dict[str, tuple]:
     """{signature name: (function, input spec)} of the image and pixel signatures, both built on
     `embed_image_bytes` (the tf.Example `image` feature [B] -> Transform graph -> network ->
     {"embedding": ...}), which `serving_default` uses too.
@@ -192,6 +212,7 @@ def embedding_functions(embed_image_bytes: Callable[[tf.Tensor], Dict[str, tf.Te
     graph decodes and resizes them, so `embed_images` hands the files to it as they are, and
     `embed_pixels` encodes its pixels losslessly as PNG for it. Otherwise (raw pixels of the training
     shape): `embed_images` decodes with the same image function, and pixels go in as raw bytes."""
+
     def embed_pixels(pixels):
         with tf.control_dependencies([assert_not_empty(pixels, PIXELS_INPUT)]):
             if encoded:

@@ -4,6 +4,7 @@ Registered by pipeline/cli.py's build_parser via `add_commands(commands, add_con
 every pipeline flag (--data, --beam-arg, --epochs...) works as for `run`, plus the kubeflow
 section's (declared on KubeflowConfig's fields, components/config.py) and the flags below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ Multi-user Kubeflow: --namespace YOUR_PROFILE.
 def _add_kubeflow_flags(groups: Dict[str, Any]) -> None:
     """What `compile` and `deploy` add to the kubeflow section's flags (declared on KubeflowConfig's
     fields, components/config.py): where the package goes."""
-    groups["kubeflow"].add_argument("--package-dir", default=None,
-                                    help="where to write the package (default <output-root>/kubeflow)")
+    groups["kubeflow"].add_argument(
+        "--package-dir", default=None, help="where to write the package (default <output-root>/kubeflow)"
+    )
 
 
 def _package_dir(args: argparse.Namespace, config: PipelineConfig) -> str:
@@ -99,8 +101,9 @@ def compile_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     package = _compile(args, config)
     if package is None:
         return 2
-    print(f"\nUpload: kfp --endpoint $KF_PIPELINES_ENDPOINT pipeline create -p {config.pipeline_name} "
-          f"{package.yaml_path}")
+    print(
+        f"\nUpload: kfp --endpoint $KF_PIPELINES_ENDPOINT pipeline create -p {config.pipeline_name} {package.yaml_path}"
+    )
     return 0
 
 
@@ -108,8 +111,15 @@ def deploy_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     from triplet_tfx.kubeflow import deploy
 
     try:
-        target = deploy.target_from_env(args.host, args.namespace, args.token, args.sa_token_path, args.cookies,
-                                        args.ui_host, verify_ssl=not args.insecure)
+        target = deploy.target_from_env(
+            args.host,
+            args.namespace,
+            args.token,
+            args.sa_token_path,
+            args.cookies,
+            args.ui_host,
+            verify_ssl=not args.insecure,
+        )
     except deploy.DeployError as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 2
@@ -117,9 +127,15 @@ def deploy_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     if package is None:
         return 2
     try:
-        result = deploy.deploy(package.yaml_path, config.pipeline_name, target, version_name=args.version,
-                               experiment_name=args.experiment, run_name=args.run_name,
-                               create_run=not args.no_run)
+        result = deploy.deploy(
+            package.yaml_path,
+            config.pipeline_name,
+            target,
+            version_name=args.version,
+            experiment_name=args.experiment,
+            run_name=args.run_name,
+            create_run=not args.no_run,
+        )
     except deploy.DeployError as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 1
@@ -135,29 +151,39 @@ def add_commands(commands, add_config_flags: Callable[[argparse.ArgumentParser],
     configuration flags, the kubeflow section's included, and returns their groups by key."""
     formatter = argparse.RawDescriptionHelpFormatter
     compile_parser = commands.add_parser(
-        "compile", help="compile the pipeline for Kubeflow Pipelines v2 (writes a PipelineSpec YAML)",
+        "compile",
+        help="compile the pipeline for Kubeflow Pipelines v2 (writes a PipelineSpec YAML)",
         description="Compile the same pipeline as `run` (same flags) for Kubeflow Pipelines v2 with TFX's "
-                    "KubeflowV2DagRunner.", epilog=COMPILE_EPILOG, formatter_class=formatter)
+        "KubeflowV2DagRunner.",
+        epilog=COMPILE_EPILOG,
+        formatter_class=formatter,
+    )
     _add_kubeflow_flags(add_config_flags(compile_parser))
     compile_parser.set_defaults(handler=compile_command)
 
     deploy_parser = commands.add_parser(
-        "deploy", help="compile, upload to Kubeflow Pipelines and start a run",
+        "deploy",
+        help="compile, upload to Kubeflow Pipelines and start a run",
         description="Compile (as `compile`), upload to Kubeflow Pipelines, create an experiment and a run.",
-        epilog=DEPLOY_EPILOG, formatter_class=formatter)
+        epilog=DEPLOY_EPILOG,
+        formatter_class=formatter,
+    )
     _add_kubeflow_flags(add_config_flags(deploy_parser))
     kfp_group = deploy_parser.add_argument_group("kubeflow pipelines API")
     kfp_group.add_argument("--host", default=None, help="KFP API endpoint (default: $KF_PIPELINES_ENDPOINT)")
-    kfp_group.add_argument("--ui-host", default=None, help="KFP UI for printed links (default: "
-                                                           "$KF_PIPELINES_UI_ENDPOINT, else --host)")
+    kfp_group.add_argument(
+        "--ui-host", default=None, help="KFP UI for printed links (default: $KF_PIPELINES_UI_ENDPOINT, else --host)"
+    )
     kfp_group.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user Kubeflow)")
     kfp_group.add_argument("--token", default=None, help="bearer token (default: $KF_PIPELINES_TOKEN)")
-    kfp_group.add_argument("--sa-token-path", default=None,
-                           help="service-account token file (default: $KF_PIPELINES_SA_TOKEN_PATH)")
+    kfp_group.add_argument(
+        "--sa-token-path", default=None, help="service-account token file (default: $KF_PIPELINES_SA_TOKEN_PATH)"
+    )
     kfp_group.add_argument("--cookies", default=None, help="session cookie(s), e.g. authservice_session=...")
     kfp_group.add_argument("--insecure", action="store_true", help="do not verify the host's TLS certificate")
-    kfp_group.add_argument("--version", default=None,
-                           help="version name when the pipeline exists (default <pipeline-name>-<UTC time>)")
+    kfp_group.add_argument(
+        "--version", default=None, help="version name when the pipeline exists (default <pipeline-name>-<UTC time>)"
+    )
     kfp_group.add_argument("--experiment", default=None, help="experiment of the run (default: the pipeline name)")
     kfp_group.add_argument("--run-name", default=None, help="default '<pipeline-name> <time>'")
     kfp_group.add_argument("--no-run", action="store_true", help="upload only: no experiment, no run")

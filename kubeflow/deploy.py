@@ -6,6 +6,7 @@ KF_PIPELINES_UI_ENDPOINT, IAP client ids from KF_PIPELINES_IAP_OAUTH2_CLIENT_ID,
 service-account token file from --sa-token-path or KF_PIPELINES_SA_TOKEN_PATH. Every API
 failure becomes a DeployError whose message names the host and the pipeline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,18 +58,25 @@ def normalize_host(host: str) -> str:
     return host if host.startswith(("http://", "https://")) else "https://" + host
 
 
-def target_from_env(host=None, namespace=None, token=None, sa_token_path=None, cookies=None, ui_host=None,
-                    verify_ssl=True) -> DeployTarget:
+def target_from_env(
+    host=None, namespace=None, token=None, sa_token_path=None, cookies=None, ui_host=None, verify_ssl=True
+) -> DeployTarget:
     host = host or os.environ.get(ENDPOINT_ENV)
     if not host:
-        raise DeployError(f"no Kubeflow Pipelines host: pass --host URL or set {ENDPOINT_ENV} "
-                          "(e.g. http://localhost:8080 after "
-                          "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)")
-    return DeployTarget(host=normalize_host(host), namespace=namespace or None,
-                        token=token or os.environ.get(TOKEN_ENV) or None,
-                        sa_token_path=sa_token_path or os.environ.get(SA_TOKEN_PATH_ENV) or None,
-                        cookies=cookies or None, ui_host=ui_host or os.environ.get(UI_ENDPOINT_ENV) or None,
-                        verify_ssl=verify_ssl)
+        raise DeployError(
+            f"no Kubeflow Pipelines host: pass --host URL or set {ENDPOINT_ENV} "
+            "(e.g. http://localhost:8080 after "
+            "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)"
+        )
+    return DeployTarget(
+        host=normalize_host(host),
+        namespace=namespace or None,
+        token=token or os.environ.get(TOKEN_ENV) or None,
+        sa_token_path=sa_token_path or os.environ.get(SA_TOKEN_PATH_ENV) or None,
+        cookies=cookies or None,
+        ui_host=ui_host or os.environ.get(UI_ENDPOINT_ENV) or None,
+        verify_ssl=verify_ssl,
+    )
 
 
 def _auth_headers(target: DeployTarget) -> dict:
@@ -99,20 +107,29 @@ def check_reachable(target: DeployTarget) -> None:
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
             raise DeployError(_auth_message(target, err.code)) from None
-        raise DeployError(f"Kubeflow Pipelines at {target.host} answered HTTP {err.code} on {HEALTHZ}: "
-                          f"is this the KFP API (v2beta1, KFP >= 2.0) endpoint?") from None
+        raise DeployError(
+            f"Kubeflow Pipelines at {target.host} answered HTTP {err.code} on {HEALTHZ}: "
+            f"is this the KFP API (v2beta1, KFP >= 2.0) endpoint?"
+        ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise DeployError(f"cannot reach Kubeflow Pipelines at {target.host}: {reason} "
-                          f"(check --host / {ENDPOINT_ENV}, the port-forward or the network)") from None
+        raise DeployError(
+            f"cannot reach Kubeflow Pipelines at {target.host}: {reason} "
+            f"(check --host / {ENDPOINT_ENV}, the port-forward or the network)"
+        ) from None
 
 
 def _auth_message(target: DeployTarget, status: int) -> str:
-    how = "the token was refused" if (target.token or target.sa_token_path or target.cookies) else \
-        "no credentials were sent"
-    return (f"Kubeflow Pipelines at {target.host} denied access (HTTP {status}): {how}; pass --token TOKEN "
-            f"(or {TOKEN_ENV}), --sa-token-path FILE (or {SA_TOKEN_PATH_ENV}), or --cookies "
-            "'authservice_session=...' for a Dex/oauth2-proxy login, and --namespace for multi-user Kubeflow")
+    how = (
+        "the token was refused"
+        if (target.token or target.sa_token_path or target.cookies)
+        else "no credentials were sent"
+    )
+    return (
+        f"Kubeflow Pipelines at {target.host} denied access (HTTP {status}): {how}; pass --token TOKEN "
+        f"(or {TOKEN_ENV}), --sa-token-path FILE (or {SA_TOKEN_PATH_ENV}), or --cookies "
+        "'authservice_session=...' for a Dex/oauth2-proxy login, and --namespace for multi-user Kubeflow"
+    )
 
 
 def _api_message(err, target: DeployTarget, what: str) -> str:
@@ -146,9 +163,15 @@ def make_client(target: DeployTarget):
         credentials = ServiceAccountTokenVolumeCredentials(target.sa_token_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return kfp.Client(host=target.host, namespace=target.namespace or "kubeflow",
-                          existing_token=target.token, cookies=target.cookies, credentials=credentials,
-                          ui_host=target.ui_host, verify_ssl=target.verify_ssl)
+        return kfp.Client(
+            host=target.host,
+            namespace=target.namespace or "kubeflow",
+            existing_token=target.token,
+            cookies=target.cookies,
+            credentials=credentials,
+            ui_host=target.ui_host,
+            verify_ssl=target.verify_ssl,
+        )
 
 
 def ui_prefix(target: DeployTarget) -> str:
@@ -159,10 +182,17 @@ def default_version_name(pipeline_name: str) -> str:
     return f"{pipeline_name}-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def deploy(package_path: str, pipeline_name: str, target: DeployTarget, version_name: Optional[str] = None,
-           experiment_name: Optional[str] = None, run_name: Optional[str] = None, create_run: bool = True,
-           description: str = "triplet-tfx: TFX pipeline, MNIST embeddings with the semi-hard triplet loss",
-           client=None) -> DeployResult:
+def deploy(
+    package_path: str,
+    pipeline_name: str,
+    target: DeployTarget,
+    version_name: Optional[str] = None,
+    experiment_name: Optional[str] = None,
+    run_name: Optional[str] = None,
+    create_run: bool = True,
+    description: str = "triplet-tfx: TFX pipeline, MNIST embeddings with the semi-hard triplet loss",
+    client=None,
+) -> DeployResult:
     """Uploads `package_path` as pipeline `pipeline_name` (or a new version of it) and runs it."""
     import kfp_server_api
     import urllib3
@@ -178,8 +208,9 @@ def deploy(package_path: str, pipeline_name: str, target: DeployTarget, version_
         pipeline_id = client.get_pipeline_id(pipeline_name)
         if pipeline_id is None:
             what = f"uploading new pipeline {pipeline_name!r}"
-            pipeline = client.upload_pipeline(package_path, pipeline_name=pipeline_name, description=description,
-                                              namespace=namespace)
+            pipeline = client.upload_pipeline(
+                package_path, pipeline_name=pipeline_name, description=description, namespace=namespace
+            )
             pipeline_id = pipeline.pipeline_id
             versions = client.list_pipeline_versions(pipeline_id, page_size=1, sort_by="created_at desc")
             if not versions.pipeline_versions:
@@ -189,8 +220,9 @@ def deploy(package_path: str, pipeline_name: str, target: DeployTarget, version_
         else:
             version_name = version_name or default_version_name(pipeline_name)
             what = f"uploading version {version_name!r} of pipeline {pipeline_name!r}"
-            version = client.upload_pipeline_version(package_path, pipeline_version_name=version_name,
-                                                     pipeline_id=pipeline_id, description=description)
+            version = client.upload_pipeline_version(
+                package_path, pipeline_version_name=version_name, pipeline_id=pipeline_id, description=description
+            )
             version_id = version.pipeline_version_id
             new_pipeline = False
         pipeline_url = f"{ui_prefix(target)}/#/pipelines/details/{pipeline_id}/version/{version_id}"
@@ -202,16 +234,26 @@ def deploy(package_path: str, pipeline_name: str, target: DeployTarget, version_
         experiment = client.create_experiment(experiment_name, namespace=namespace)
         run_name = run_name or f"{pipeline_name} {datetime.datetime.now().strftime('%Y-%m-%d %H-%M-%S')}"
         what = f"starting run {run_name!r} of pipeline {pipeline_name!r}"
-        run = client.run_pipeline(experiment_id=experiment.experiment_id, job_name=run_name,
-                                  pipeline_id=pipeline_id, version_id=version_id)
-        return DeployResult(pipeline_id, version_id, new_pipeline, experiment.experiment_id, run.run_id,
-                            pipeline_url=pipeline_url, run_url=f"{ui_prefix(target)}/#/runs/details/{run.run_id}")
+        run = client.run_pipeline(
+            experiment_id=experiment.experiment_id, job_name=run_name, pipeline_id=pipeline_id, version_id=version_id
+        )
+        return DeployResult(
+            pipeline_id,
+            version_id,
+            new_pipeline,
+            experiment.experiment_id,
+            run.run_id,
+            pipeline_url=pipeline_url,
+            run_url=f"{ui_prefix(target)}/#/runs/details/{run.run_id}",
+        )
     except DeployError:
         raise
     except kfp_server_api.ApiException as err:
         raise DeployError(_api_message(err, target, what)) from None
     except (urllib3.exceptions.HTTPError, OSError) as err:
-        raise DeployError(f"{what}: cannot reach Kubeflow Pipelines at {target.host} ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise DeployError(
+            f"{what}: cannot reach Kubeflow Pipelines at {target.host} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     except ValueError as err:  # kfp.Client's own checks, e.g. two pipelines with the same name
         raise DeployError(f"{what} on {target.host}: {err}") from None

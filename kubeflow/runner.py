@@ -10,6 +10,7 @@ the PipelineSpec YAML that the KFP SDK, CLI and API accept (`kfp pipeline create
 Compiling needs no network and no credentials: user code is referenced by the dotted names of
 modules installed in the image (triplet_tfx.components...), nothing is packaged or uploaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,9 @@ def parse_component_images(items) -> Dict[str, str]:
     for item in items:
         component, sep, image = item.partition("=")
         if not sep or not component.strip() or not image.strip():
-            raise ConfigError(f"kubeflow.component_images (--component-image): expected COMPONENT_ID=IMAGE, "
-                              f"got {item!r}")
+            raise ConfigError(
+                f"kubeflow.component_images (--component-image): expected COMPONENT_ID=IMAGE, got {item!r}"
+            )
         images[component.strip()] = image.strip()
     return images
 
@@ -56,40 +58,72 @@ def validate_kubeflow(config: PipelineConfig) -> PipelineConfig:
     kf = config.kubeflow
     root = kf.pipeline_root
     checks = [
-        (_PIPELINE_NAME.fullmatch(config.pipeline_name), "pipeline_name (--pipeline-name)",
-         "Kubeflow needs lower-case letters, digits and '-' (pattern [a-z0-9][a-z0-9-]{0,127})"),
-        (root.startswith(REMOTE_SCHEMES) or os.path.isabs(root), "kubeflow.pipeline_root (--pipeline-root)",
-         f"{root!r}: use gs://, s3://, minio:// or the absolute path of a mounted PVC"),
-        (root.startswith(REMOTE_SCHEMES) or kf.pvc, "kubeflow.pvc (--pvc)",
-         f"a local pipeline root ({root}) needs the PVC that holds it: --pvc CLAIM_NAME"),
-        (not kf.pvc or root.startswith(REMOTE_SCHEMES)
-         or os.path.normpath(root).startswith(os.path.normpath(kf.pvc_mount_path)),
-         "kubeflow.pipeline_root (--pipeline-root)",
-         f"{root} must lie below the PVC mount path {kf.pvc_mount_path} (--pvc-mount-path)"),
+        (
+            _PIPELINE_NAME.fullmatch(config.pipeline_name),
+            "pipeline_name (--pipeline-name)",
+            "Kubeflow needs lower-case letters, digits and '-' (pattern [a-z0-9][a-z0-9-]{0,127})",
+        ),
+        (
+            root.startswith(REMOTE_SCHEMES) or os.path.isabs(root),
+            "kubeflow.pipeline_root (--pipeline-root)",
+            f"{root!r}: use gs://, s3://, minio:// or the absolute path of a mounted PVC",
+        ),
+        (
+            root.startswith(REMOTE_SCHEMES) or kf.pvc,
+            "kubeflow.pvc (--pvc)",
+            f"a local pipeline root ({root}) needs the PVC that holds it: --pvc CLAIM_NAME",
+        ),
+        (
+            not kf.pvc
+            or root.startswith(REMOTE_SCHEMES)
+            or os.path.normpath(root).startswith(os.path.normpath(kf.pvc_mount_path)),
+            "kubeflow.pipeline_root (--pipeline-root)",
+            f"{root} must lie below the PVC mount path {kf.pvc_mount_path} (--pvc-mount-path)",
+        ),
         (kf.image.strip(), "kubeflow.image (--image)", "must not be empty"),
         (kf.gpu_image.strip(), "kubeflow.gpu_image (--gpu-image)", "must not be empty"),
         (kf.gpu_count >= 0, "kubeflow.gpu_count (--gpu-count)", "must be >= 0"),
-        (kf.gpu_count == 0 or _K8S_RESOURCE.fullmatch(kf.gpu_type) or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
-         "kubeflow.gpu_type (--gpu-type)",
-         f"{kf.gpu_type!r}: use a Kubernetes resource name such as nvidia.com/gpu (open-source KFP) "
-         "or a Vertex AI accelerator such as NVIDIA_TESLA_T4"),
-        (kf.trainer_cpu is None or kf.trainer_cpu > 0, "kubeflow.trainer_cpu (--trainer-cpu)",
-         "must be positive"),
-        (kf.trainer_memory is None or kf.trainer_memory > 0,
-         "kubeflow.trainer_memory (--trainer-memory)", "must be positive"),
-        (kf.trainer_backend in TRAINER_BACKENDS, "kubeflow.trainer_backend (--trainer-backend)",
-         f"{kf.trainer_backend!r}: use " + " or ".join(TRAINER_BACKENDS)),
+        (
+            kf.gpu_count == 0 or _K8S_RESOURCE.fullmatch(kf.gpu_type) or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
+            "kubeflow.gpu_type (--gpu-type)",
+            f"{kf.gpu_type!r}: use a Kubernetes resource name such as nvidia.com/gpu (open-source KFP) "
+            "or a Vertex AI accelerator such as NVIDIA_TESLA_T4",
+        ),
+        (kf.trainer_cpu is None or kf.trainer_cpu > 0, "kubeflow.trainer_cpu (--trainer-cpu)", "must be positive"),
+        (
+            kf.trainer_memory is None or kf.trainer_memory > 0,
+            "kubeflow.trainer_memory (--trainer-memory)",
+            "must be positive",
+        ),
+        (
+            kf.trainer_backend in TRAINER_BACKENDS,
+            "kubeflow.trainer_backend (--trainer-backend)",
+            f"{kf.trainer_backend!r}: use " + " or ".join(TRAINER_BACKENDS),
+        ),
         (kf.trainer_workers >= 1, "kubeflow.trainer_workers (--trainer-workers)", "must be at least 1"),
-        (kf.trainer_backend != "kubeflow" or kf.trainer_workers == 1 or kf.gpu_count == 0
-         or _K8S_RESOURCE.fullmatch(kf.gpu_type), "kubeflow.gpu_type (--gpu-type)",
-         f"{kf.gpu_type!r}: TFJob workers request a Kubernetes resource such as nvidia.com/gpu"),
-        (kf.trainer_backend != "vertex" or kf.vertex_project, "kubeflow.vertex_project (--vertex-project)",
-         "--trainer-backend vertex needs the Google Cloud project of the training job"),
-        (kf.trainer_backend != "vertex" or root.startswith("gs://"), "kubeflow.pipeline_root (--pipeline-root)",
-         f"{root!r}: Vertex AI training reads and writes the pipeline root: use gs://"),
-        (kf.trainer_backend != "vertex" or kf.gpu_count == 0 or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
-         "kubeflow.gpu_type (--gpu-type)",
-         f"{kf.gpu_type!r}: Vertex AI needs an accelerator type such as NVIDIA_TESLA_T4 or NVIDIA_L4"),
+        (
+            kf.trainer_backend != "kubeflow"
+            or kf.trainer_workers == 1
+            or kf.gpu_count == 0
+            or _K8S_RESOURCE.fullmatch(kf.gpu_type),
+            "kubeflow.gpu_type (--gpu-type)",
+            f"{kf.gpu_type!r}: TFJob workers request a Kubernetes resource such as nvidia.com/gpu",
+        ),
+        (
+            kf.trainer_backend != "vertex" or kf.vertex_project,
+            "kubeflow.vertex_project (--vertex-project)",
+            "--trainer-backend vertex needs the Google Cloud project of the training job",
+        ),
+        (
+            kf.trainer_backend != "vertex" or root.startswith("gs://"),
+            "kubeflow.pipeline_root (--pipeline-root)",
+            f"{root!r}: Vertex AI training reads and writes the pipeline root: use gs://",
+        ),
+        (
+            kf.trainer_backend != "vertex" or kf.gpu_count == 0 or _VERTEX_ACCELERATOR.fullmatch(kf.gpu_type),
+            "kubeflow.gpu_type (--gpu-type)",
+            f"{kf.gpu_type!r}: Vertex AI needs an accelerator type such as NVIDIA_TESLA_T4 or NVIDIA_L4",
+        ),
     ]
     for ok, field, problem in checks:
         if not ok:
@@ -118,10 +152,18 @@ def worker_image(kf: KubeflowConfig) -> str:
 
 def tfjob_section(kf: KubeflowConfig) -> Dict[str, Any]:
     """The Trainer's `tfjob` custom_config section: what components/training/tfjob.py launches."""
-    return {"workers": kf.trainer_workers, "image": worker_image(kf), "gpu_type": kf.gpu_type,
-            "gpu_count": kf.gpu_count, "cpu_limit": kf.trainer_cpu, "memory_limit_gb": kf.trainer_memory,
-            "namespace": kf.tfjob_namespace, "service_account": kf.tfjob_service_account,
-            "pvc": kf.pvc, "pvc_mount_path": kf.pvc_mount_path}
+    return {
+        "workers": kf.trainer_workers,
+        "image": worker_image(kf),
+        "gpu_type": kf.gpu_type,
+        "gpu_count": kf.gpu_count,
+        "cpu_limit": kf.trainer_cpu,
+        "memory_limit_gb": kf.trainer_memory,
+        "namespace": kf.tfjob_namespace,
+        "service_account": kf.tfjob_service_account,
+        "pvc": kf.pvc,
+        "pvc_mount_path": kf.pvc_mount_path,
+    }
 
 
 def vertex_training_config(kf: KubeflowConfig) -> Dict[str, Any]:
@@ -132,11 +174,16 @@ def vertex_training_config(kf: KubeflowConfig) -> Dict[str, Any]:
     machine_spec: Dict[str, Any] = {"machine_type": kf.vertex_machine_type}
     if kf.gpu_count > 0:
         machine_spec.update(accelerator_type=kf.gpu_type, accelerator_count=kf.gpu_count)
-    pools = [{"machine_spec": machine_spec, "replica_count": replicas,
-              "container_spec": {"image_uri": worker_image(kf)}}
-             for replicas in (1, kf.trainer_workers - 1) if replicas > 0]
-    return {vertex.ENABLE_VERTEX_KEY: True, vertex.VERTEX_REGION_KEY: kf.vertex_region,
-            vertex.TRAINING_ARGS_KEY: {"project": kf.vertex_project, "job_spec": {"worker_pool_specs": pools}}}
+    pools = [
+        {"machine_spec": machine_spec, "replica_count": replicas, "container_spec": {"image_uri": worker_image(kf)}}
+        for replicas in (1, kf.trainer_workers - 1)
+        if replicas > 0
+    ]
+    return {
+        vertex.ENABLE_VERTEX_KEY: True,
+        vertex.VERTEX_REGION_KEY: kf.vertex_region,
+        vertex.TRAINING_ARGS_KEY: {"project": kf.vertex_project, "job_spec": {"worker_pool_specs": pools}},
+    }
 
 
 def trainer_launch(kf: KubeflowConfig):
@@ -187,8 +234,12 @@ def build_pipeline(config: PipelineConfig):
     config = kubeflow_config(config)
     check_source(config.data)
     trainer_class, trainer_custom_config = trainer_launch(config.kubeflow)
-    pipeline = create_pipeline(config, baseline="blessed",  # KFP v2 compiles TFX's built-in resolvers only
-                               trainer_class=trainer_class, trainer_custom_config=trainer_custom_config)
+    pipeline = create_pipeline(
+        config,
+        baseline="blessed",  # KFP v2 compiles TFX's built-in resolvers only
+        trainer_class=trainer_class,
+        trainer_custom_config=trainer_custom_config,
+    )
     resources = trainer_resources(config.kubeflow)
     if resources is not None:
         trainers = [c for c in pipeline.components if c.id == TRAINER_ID]
@@ -201,8 +252,13 @@ def build_pipeline(config: PipelineConfig):
 def _pvc_platform_spec(kf: KubeflowConfig, executor_labels: List[str]) -> Dict[str, Any]:
     """kfp-kubernetes' PlatformSpec (second YAML document): mount the PVC in every task."""
     mount = [{"constant": kf.pvc, "mountPath": kf.pvc_mount_path}]
-    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
-        label: {"pvcMount": mount} for label in sorted(executor_labels)}}}}}
+    return {
+        "platforms": {
+            "kubernetes": {
+                "deploymentSpec": {"executors": {label: {"pvcMount": mount} for label in sorted(executor_labels)}}
+            }
+        }
+    }
 
 
 def job_to_pipeline_spec(pipeline_job: Dict[str, Any], pipeline_root: str) -> Dict[str, Any]:
@@ -227,8 +283,11 @@ def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackag
     kf = config.kubeflow
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            display_name=config.pipeline_name, default_image=component_images(kf)),
-        output_dir=package_dir, output_filename=f"{config.pipeline_name}.json")
+            display_name=config.pipeline_name, default_image=component_images(kf)
+        ),
+        output_dir=package_dir,
+        output_filename=f"{config.pipeline_name}.json",
+    )
     job = runner.run(pipeline, write_out=False)
     job.setdefault("runtimeConfig", {})["gcsOutputDirectory"] = kf.pipeline_root
     spec = job_to_pipeline_spec(job, kf.pipeline_root)
@@ -242,9 +301,11 @@ def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackag
     os.makedirs(package_dir, exist_ok=True)
     yaml_path = os.path.join(package_dir, f"{config.pipeline_name}.yaml")
     json_path = os.path.join(package_dir, f"{config.pipeline_name}.json")
-    header = (f"# PIPELINE DEFINITION\n# Name: {config.pipeline_name}\n"
-              f"# Description: compiled by triplet-tfx from TFX {tfx_version.__version__} "
-              f"(KubeflowV2DagRunner); default pipeline root {kf.pipeline_root}\n")
+    header = (
+        f"# PIPELINE DEFINITION\n# Name: {config.pipeline_name}\n"
+        f"# Description: compiled by triplet-tfx from TFX {tfx_version.__version__} "
+        f"(KubeflowV2DagRunner); default pipeline root {kf.pipeline_root}\n"
+    )
     with open(yaml_path, "w") as f:
         f.write(header)
         yaml.safe_dump_all(documents, f, sort_keys=True)
@@ -291,10 +352,13 @@ def _trainer_launch_note(task: Dict[str, Any]) -> List[str]:
     pools = custom_config.get("ai_platform_training_args", {}).get("job_spec", {}).get("worker_pool_specs")
     if pools:
         machine = pools[0]["machine_spec"]
-        gpus = (f" + {machine['accelerator_count']} {machine['accelerator_type']}"
-                if "accelerator_type" in machine else "")
-        return [f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
-                f"{pools[0]['container_spec']['image_uri']}"]
+        gpus = (
+            f" + {machine['accelerator_count']} {machine['accelerator_type']}" if "accelerator_type" in machine else ""
+        )
+        return [
+            f"Vertex AI job: {sum(p['replica_count'] for p in pools)} replicas of {machine['machine_type']}{gpus}, "
+            f"{pools[0]['container_spec']['image_uri']}"
+        ]
     return []
 
 

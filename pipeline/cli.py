@@ -7,6 +7,7 @@ The commands live in their own modules: `run` in run_command.py, `compile` and `
 kubeflow/cli.py, `embed` and `search` in serving_commands.py, `runs` in runs.py; the configuration
 flags (declared on the configuration's fields, components/config.py) in flags.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,22 +41,40 @@ from triplet_tfx.pipeline.run_command import (
 )
 from triplet_tfx.pipeline.serving_commands import SERVING_EPILOG, serving_command
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_BLESSED", "OUTPUT_MARKER", "OutputRootError", "PipelineConfig",
-           "PipelineRunError", "RunInterrupted", "SERVING_EPILOG", "_interruptible", "build_parser",
-           "check_writable", "claim_output_root", "config_from_args", "disk_full", "main", "preflight",
-           "profile_flag_defaults", "run_command", "run_locally", "serving_command"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_BLESSED",
+    "OUTPUT_MARKER",
+    "OutputRootError",
+    "PipelineConfig",
+    "PipelineRunError",
+    "RunInterrupted",
+    "SERVING_EPILOG",
+    "_interruptible",
+    "build_parser",
+    "check_writable",
+    "claim_output_root",
+    "config_from_args",
+    "disk_full",
+    "main",
+    "preflight",
+    "profile_flag_defaults",
+    "run_command",
+    "run_locally",
+    "serving_command",
+]
 
 
 def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
     """The parser of every command; the configuration flags' defaults are `profile`'s."""
     parser = argparse.ArgumentParser(
-        prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss.")
+        prog="triplet-tfx", description="TFX pipeline for image embeddings with the semi-hard triplet loss."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_module.add_command(commands, functools.partial(add_config_flags, profile=profile))
     kubeflow_cli.add_commands(commands, functools.partial(add_config_flags, profile=profile, kubeflow=True))
     for command in commands.choices.values():
-        command.add_argument("--print-config", action="store_true",
-                             help="print the configuration as JSON and exit")
+        command.add_argument("--print-config", action="store_true", help="print the configuration as JSON and exit")
     serving_commands.add_commands(commands)  # after the loop: no pipeline configuration, no profile
     runs.add_command(commands)  # reads ML Metadata only: no configuration
     return parser

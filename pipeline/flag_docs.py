@@ -6,6 +6,7 @@ the declarations on the configuration's fields (components/config.py), so the do
   python -m triplet_tfx.pipeline.flag_docs --write    # rewrite them in docs/usage.md
   python -m triplet_tfx.pipeline.flag_docs --check    # exit 1 when docs/usage.md is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def _table(parser: argparse.ArgumentParser, actions) -> List[str]:
     for action in actions:
         if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
             continue
-        invocation = ", ".join(f"`{spelling.replace('|', chr(92) + '|')}`"
-                               for spelling in formatter._format_action_invocation(action).split(", "))
+        invocation = ", ".join(
+            f"`{spelling.replace('|', chr(92) + '|')}`"
+            for spelling in formatter._format_action_invocation(action).split(", ")
+        )
         help_text = " ".join(formatter._expand_help(action).split())
         rows.append(f"| {invocation} | {_markdown(help_text)} |")
     return rows
@@ -89,8 +92,11 @@ def write(path: pathlib.Path = USAGE_MD) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triplet_tfx.pipeline.flag_docs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m triplet_tfx.pipeline.flag_docs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help=f"rewrite the tables in {USAGE_MD}")
     action.add_argument("--check", action="store_true", help="exit 1 when the tables in docs/usage.md are stale")

@@ -4,6 +4,7 @@ declaration of each option: its field's metadata in components/config.py (see `o
 Each flag's default is its field's value in the chosen profile's configuration, so a profile sets
 the defaults of its fields' flags whatever their names; the flags given on the command line win.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,7 @@ _TYPES: Dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": st
 class Flag:
     """One command-line flag of a configuration field (its declaration: `spec`, the field's metadata or
     one of its `more` entries)."""
+
     section: str  # a key of SECTIONS ("": PipelineConfig's own fields)
     field: str
     spec: Mapping[str, Any]
@@ -82,12 +84,17 @@ class Flag:
 
 def _renamed_value(flag: str, renamed: Mapping[str, str], parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """A flag's value parser that takes a renamed choice's old spelling, with a deprecation warning."""
+
     def parse_value(text: str) -> Any:
         if text in renamed:
-            print(f"triplet-tfx: warning: {flag} {text} is deprecated: it is now called {renamed[text]}; the old "
-                  "name will be removed in the next release", file=sys.stderr)
+            print(
+                f"triplet-tfx: warning: {flag} {text} is deprecated: it is now called {renamed[text]}; the old "
+                "name will be removed in the next release",
+                file=sys.stderr,
+            )
             return renamed[text]
         return parse(text)
+
     return parse_value
 
 
@@ -123,28 +130,40 @@ def _profile_help() -> str:
     described = {"tutorial": "the TFA tutorial's settings"}
     for name, sections in PROFILES.items():
         if name not in described:
-            described[name] = ", ".join(f"{field}={value}" for section in sections.values()
-                                        for field, value in section.items()).replace("%", "%%")
-    return ("named defaults: " + " or ".join(f"{name} ({text})" for name, text in described.items())
-            + "; other flags override it. Default: %(default)s")
+            described[name] = ", ".join(
+                f"{field}={value}" for section in sections.values() for field, value in section.items()
+            ).replace("%", "%%")
+    return (
+        "named defaults: "
+        + " or ".join(f"{name} ({text})" for name, text in described.items())
+        + "; other flags override it. Default: %(default)s"
+    )
 
 
-def add_config_flags(parser: argparse.ArgumentParser, profile: str = "tutorial",
-                     kubeflow: bool = False) -> Dict[str, Any]:
+def add_config_flags(
+    parser: argparse.ArgumentParser, profile: str = "tutorial", kubeflow: bool = False
+) -> Dict[str, Any]:
     """Adds --profile and the configuration flags (with `kubeflow`: the kubeflow section's too), their
     defaults from `profile`; returns the argument groups by their FLAG_GROUPS key."""
     config = profile_config(profile)
     parser.add_argument("--profile", choices=sorted(PROFILES), default=profile, help=_profile_help())
     flags = list(config_flags(_sections(kubeflow)))
     used = {flag.group for flag in flags}
-    groups = {key: parser.add_argument_group(title, description)
-              for key, (title, description) in FLAG_GROUPS.items() if key in used}
+    groups = {
+        key: parser.add_argument_group(title, description)
+        for key, (title, description) in FLAG_GROUPS.items()
+        if key in used
+    }
     for flag in flags:
         groups[flag.group].add_argument(flag.flag, *flag.spec.get("aliases", ()), **flag.argparse_kwargs(config))
     # Deprecated, not configuration: accepted with a warning (config_from_args).
-    groups["data"].add_argument("--convert-channels", choices=("luminance",), default=None,
-                                help="deprecated, no effect: every image is converted to --image-size's channels "
-                                     "by one rule (docs/data.md); accepted with a warning until the next release")
+    groups["data"].add_argument(
+        "--convert-channels",
+        choices=("luminance",),
+        default=None,
+        help="deprecated, no effect: every image is converted to --image-size's channels "
+        "by one rule (docs/data.md); accepted with a warning until the next release",
+    )
     return groups
 
 
@@ -152,16 +171,20 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The validated PipelineConfig of parsed flags: the profile's configuration, then the value of
     every configuration flag the parser has (fields without a flag keep the profile's values)."""
     if getattr(args, "convert_channels", None):
-        print("triplet-tfx: warning: --convert-channels is deprecated and has no effect: every image is "
-              "converted to --image-size's channels by one rule (docs/data.md); it will be removed in the next "
-              "release", file=sys.stderr)
+        print(
+            "triplet-tfx: warning: --convert-channels is deprecated and has no effect: every image is "
+            "converted to --image-size's channels by one rule (docs/data.md); it will be removed in the next "
+            "release",
+            file=sys.stderr,
+        )
     base = profile_config(getattr(args, "profile", "tutorial"))
     values: Dict[str, Dict[str, Any]] = {section: {} for section in SECTION_ORDER}
     for flag in config_flags():
         if hasattr(args, flag.dest):
             values[flag.section].update(flag.to_config(getattr(args, flag.dest), values[flag.section]))
-    sections = {section: dataclasses.replace(getattr(base, section), **values[section])
-                for section in SECTION_ORDER if section}
+    sections = {
+        section: dataclasses.replace(getattr(base, section), **values[section]) for section in SECTION_ORDER if section
+    }
     return dataclasses.replace(base, **values[""], **sections).validate()
 
 

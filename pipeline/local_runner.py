@@ -8,6 +8,7 @@ TRIPLET_TFX_ARGS environment variable (shell words), then the file's own argumen
 (`python pipeline/local_runner.py --epochs 1`). The run stops cleanly (as after Ctrl-C) when the
 process that started it dies, so that killing `tfx run create` leaves no orphan holding the lock.
 """
+
 import ctypes
 import os
 import shlex

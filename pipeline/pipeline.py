@@ -4,6 +4,7 @@ ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> T
 -> Trainer -> EmbeddingEvaluator (against the latest blessed model) -> ServingModelBuilder (model +
 search index) -> Pusher.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,9 @@ def code_fingerprint() -> str:
     import triplet_tfx.components
 
     root = os.path.dirname(triplet_tfx.components.__file__)
-    paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
-                   for name in names if name.endswith(".py"))
+    paths = sorted(
+        os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names if name.endswith(".py")
+    )
     digest = hashlib.sha256()
     for path in paths:
         digest.update(os.path.relpath(path, os.path.dirname(root)).encode())
@@ -58,14 +60,21 @@ def data_fingerprint(source_path: str) -> str:
             stat = stat_followed(os.path.join(folder, name))
             if stat is None:
                 continue
-            digest.update(f"{os.path.relpath(os.path.join(folder, name), source_path)}"
-                          f":{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            digest.update(
+                f"{os.path.relpath(os.path.join(folder, name), source_path)}"
+                f":{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+            )
     return digest.hexdigest()[:16]
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional[object] = None,
-                    baseline: str = "pushed", data_only: bool = False, trainer_class: Optional[type] = None,
-                    trainer_custom_config: Optional[dict] = None) -> tfx_api.dsl.Pipeline:
+def create_pipeline(
+    config: PipelineConfig,
+    metadata_connection_config: Optional[object] = None,
+    baseline: str = "pushed",
+    data_only: bool = False,
+    trainer_class: Optional[type] = None,
+    trainer_custom_config: Optional[dict] = None,
+) -> tfx_api.dsl.Pipeline:
     """`baseline`: the evaluator's baseline is the latest `pushed` model, or the latest `blessed` one
     (TFX's LatestBlessedModelStrategy, for Kubeflow: KFP v2 compiles only TFX's built-in strategies).
     `data_only`: ExampleGen through Transform alone, no training (Beam runner tests and benchmarks).
@@ -88,12 +97,14 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
     example_gen = SourceExampleGen(
         data=data,
         data_fingerprint=fingerprint_of[data.source_kind](data.source_path)
-        if data.source_kind in fingerprint_of and local else None)
+        if data.source_kind in fingerprint_of and local
+        else None,
+    )
     statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx_api.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                          infer_feature_shape=True)
+    schema_gen = tfx_api.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx_api.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
 
     transform = tfx_api.components.Transform(
@@ -109,8 +120,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         # classes train lacks). `transform` names the splits the default names (all); with
         # materialize=False the executor writes none of them (executor.py: no materialize paths).
         splits_config=transform_pb2.SplitsConfig(analyze=["train", "eval"], transform=["train", "eval"])
-        if config.data.encoded_images else None,
-        disable_statistics=True)
+        if config.data.encoded_images
+        else None,
+        disable_statistics=True,
+    )
     # Train only on data that passed validation.
     transform.add_upstream_node(anomaly_gate)
     # Beam runs in the data components only: they alone get the runner's options, so a
@@ -137,7 +150,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config={**sections("data", "train"), **(trainer_custom_config or {})})
+        custom_config={**sections("data", "train"), **(trainer_custom_config or {})},
+    )
 
     # The model in production: the latest one this pipeline pushed (none on a first run), so that a
     # blessed model whose push failed is not taken for the baseline and is pushed by the next run.
@@ -145,31 +159,37 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config: Optional
         baseline_resolver = tfx_api.dsl.Resolver(
             strategy_class=LatestPushedModelStrategy,
             model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.Model),
-            pushed_model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.PushedModel))
+            pushed_model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.PushedModel),
+        )
     else:
         baseline_resolver = tfx_api.dsl.Resolver(
             strategy_class=tfx_api.dsl.experimental.LatestBlessedModelStrategy,
             model=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.Model),
-            model_blessing=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.ModelBlessing))
+            model_blessing=tfx_api.dsl.Channel(type=tfx_api.types.standard_artifacts.ModelBlessing),
+        )
     baseline_resolver = baseline_resolver.with_id(BASELINE_RESOLVER_ID)
 
     evaluator = EmbeddingEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
-        config=json.dumps(sections("data", "eval"), sort_keys=True))
+        config=json.dumps(sections("data", "eval"), sort_keys=True),
+    )
 
     # The blessed model with its search index, as one Model (see components/serving/builder.py).
     serving_model_builder = ServingModelBuilder(
         model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],
         blessing=evaluator.outputs["blessing"],
-        config=json.dumps(sections("serving"), sort_keys=True))
+        config=json.dumps(sections("serving"), sort_keys=True),
+    )
 
     pusher = Pusher(
         model=serving_model_builder.outputs["serving_model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx_api.proto.PushDestination(
-            filesystem=tfx_api.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)))
+            filesystem=tfx_api.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)
+        ),
+    )
 
     return assemble(data_components + [trainer, baseline_resolver, evaluator, serving_model_builder, pusher])

@@ -11,6 +11,7 @@ bench/bench_beam.py; by hand it is:
 The pool starts every SDK worker as `python` from PATH, so the project's interpreter (its virtual
 environment) comes first on PATH; PYTHONPATH is inherited (a worktree's import path).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,13 @@ def _start(module: str, port_flag: str, port: int, log_path: str) -> subprocess.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     with open(log_path, "w") as log:
         # Its own process group: stopping it also stops the SDK workers a pool started.
-        return subprocess.Popen([sys.executable, "-m", module, f"{port_flag}={port}"], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", module, f"{port_flag}={port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -58,17 +64,24 @@ def local_job_service_and_worker_pool(log_dir: str, ready_timeout_s: float = 120
     processes = []
     try:
         processes.append(_start(JOB_SERVICE_MODULE, "--port", job_port, os.path.join(log_dir, JOB_SERVICE_LOG)))
-        processes.append(_start(WORKER_POOL_MODULE, "--service_port", pool_port,
-                                os.path.join(log_dir, WORKER_POOL_LOG)))
+        processes.append(
+            _start(WORKER_POOL_MODULE, "--service_port", pool_port, os.path.join(log_dir, WORKER_POOL_LOG))
+        )
         for process, port in zip(processes, (job_port, pool_port)):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 try:
                     grpc.channel_ready_future(channel).result(timeout=ready_timeout_s)
                 except grpc.FutureTimeoutError:
-                    raise RuntimeError(f"{' '.join(process.args)} did not accept connections on port {port} "
-                                       f"within {ready_timeout_s:.0f} s (log: {log_dir})") from None
-        yield BeamConfig(runner="portable", job_endpoint=f"127.0.0.1:{job_port}", environment_type="EXTERNAL",
-                         environment_config=f"127.0.0.1:{pool_port}")
+                    raise RuntimeError(
+                        f"{' '.join(process.args)} did not accept connections on port {port} "
+                        f"within {ready_timeout_s:.0f} s (log: {log_dir})"
+                    ) from None
+        yield BeamConfig(
+            runner="portable",
+            job_endpoint=f"127.0.0.1:{job_port}",
+            environment_type="EXTERNAL",
+            environment_config=f"127.0.0.1:{pool_port}",
+        )
     finally:
         for process in processes:
             _stop(process)

@@ -5,6 +5,7 @@ A run killed mid-component (Ctrl-C twice, SIGKILL, a lost machine) leaves its ex
 for ever and the folders TFX made for its outputs. Called with the output root's run lock held,
 so no RUNNING execution of this pipeline can belong to a live run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,12 +44,18 @@ def mark_interrupted_runs(config: PipelineConfig) -> List[InterruptedExecution]:
     """Marks this pipeline's unfinished (NEW/RUNNING) executions FAILED, with a custom property
     saying why, and removes their output folders that hold no file. Returns what it marked."""
     now = datetime.datetime.now().isoformat(timespec="seconds")
-    found = _mark_unfinished(config, metadata_store_pb2.Execution.FAILED,
-                             "its run ended without finishing it (process killed or machine lost); marked failed "
-                             f"by triplet-tfx at {now}")
+    found = _mark_unfinished(
+        config,
+        metadata_store_pb2.Execution.FAILED,
+        f"its run ended without finishing it (process killed or machine lost); marked failed by triplet-tfx at {now}",
+    )
     for interrupted in found:
-        logger.warning("The %s; its %s execution %d is now marked FAILED", interrupted.describe(),
-                       interrupted.component, interrupted.execution_id)
+        logger.warning(
+            "The %s; its %s execution %d is now marked FAILED",
+            interrupted.describe(),
+            interrupted.component,
+            interrupted.execution_id,
+        )
     return found
 
 
@@ -56,8 +63,7 @@ def mark_cancelled(config: PipelineConfig) -> List[InterruptedExecution]:
     """After Ctrl-C or SIGTERM, still holding the run lock: this run's unfinished executions are
     marked CANCELED (and their empty output folders removed), so that nothing stays RUNNING."""
     now = datetime.datetime.now().isoformat(timespec="seconds")
-    return _mark_unfinished(config, metadata_store_pb2.Execution.CANCELED,
-                            f"interrupted by Ctrl-C or SIGTERM at {now}")
+    return _mark_unfinished(config, metadata_store_pb2.Execution.CANCELED, f"interrupted by Ctrl-C or SIGTERM at {now}")
 
 
 def _mark_unfinished(config: PipelineConfig, state: int, reason: str) -> List[InterruptedExecution]:
@@ -81,7 +87,7 @@ def _mark_unfinished(config: PipelineConfig, state: int, reason: str) -> List[In
         store.put_executions([execution])
         found.append(InterruptedExecution(runs[0] if runs else "?", component, execution.id))
         node_dir = os.path.join(config.pipeline_root, component)
-        for key in (os.listdir(node_dir) if os.path.isdir(node_dir) else []):
+        for key in os.listdir(node_dir) if os.path.isdir(node_dir) else []:
             output = os.path.join(node_dir, key, str(execution.id))
             if not key.startswith(".") and os.path.isdir(output) and _is_empty_tree(output):
                 shutil.rmtree(output)

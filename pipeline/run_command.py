@@ -1,5 +1,6 @@
 """`triplet-tfx run`: the pipeline on this machine (TFX's LocalDagRunner, Beam's in-process
 FnApiRunner), after pre-flight checks of the data source and the folders; its exit codes."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,6 @@ class PipelineRunError(RuntimeError):
         self.summary = summary
 
 
-
-
 def claim_output_root(config: PipelineConfig) -> None:
     """Refuses an output root that holds something else; marks it as this pipeline's."""
     root = config.output_root
@@ -54,11 +53,14 @@ def claim_output_root(config: PipelineConfig) -> None:
         if owner != config.pipeline_name:
             raise OutputRootError(
                 f"--output-root {root} holds the runs of pipeline {owner!r} ({marker}); "
-                f"use --pipeline-name {owner} to continue it, or another --output-root")
+                f"use --pipeline-name {owner} to continue it, or another --output-root"
+            )
         return
     if os.path.isdir(root) and os.listdir(root):
-        raise OutputRootError(f"--output-root {root} is not empty and was not written by triplet-tfx "
-                              f"(no {OUTPUT_MARKER}); choose an empty or new folder")
+        raise OutputRootError(
+            f"--output-root {root} is not empty and was not written by triplet-tfx "
+            f"(no {OUTPUT_MARKER}); choose an empty or new folder"
+        )
     os.makedirs(root, exist_ok=True)
     with open(marker, "w") as f:
         json.dump({"pipeline_name": config.pipeline_name}, f)
@@ -103,17 +105,21 @@ def preflight(config: PipelineConfig, verbose: bool) -> str:
                 logger.warning("Serving folder: %s", line)  # the terminal too: a model server may have noticed
             if "://" not in config.serving_model_dir:
                 try:
-                    serving_folder.check_free_space(config.serving_model_dir,
-                                                    serving_folder.expected_model_bytes(config.serving_model_dir))
+                    serving_folder.check_free_space(
+                        config.serving_model_dir, serving_folder.expected_model_bytes(config.serving_model_dir)
+                    )
                 except serving_folder.NoSpaceError as err:
-                    raise OutputRootError(f"{'--serving-dir' if config.serving_dir else '--output-root'} "
-                                          f"{err.filename}: {err.strerror} (the newest version's size)") from None
+                    raise OutputRootError(
+                        f"{'--serving-dir' if config.serving_dir else '--output-root'} "
+                        f"{err.filename}: {err.strerror} (the newest version's size)"
+                    ) from None
         with open(scratch_log, encoding="utf-8") as f:
             return f.read()
 
 
-def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = False
-                ) -> "Optional[summary.RunSummary]":
+def run_locally(
+    config: PipelineConfig, verbose: bool = True, data_only: bool = False
+) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
     root's run lock and logging everything into a new log file in the output root (see `terminal`);
     returns the summary of this run (None if it reached no component). data_only: its data
@@ -143,9 +149,13 @@ def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = 
                 before = summary.latest_context_id(config)
                 os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
                 try:
-                    tfx_api.orchestration.LocalDagRunner().run(create_pipeline(
-                        config, tfx_api.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
-                        data_only=data_only))
+                    tfx_api.orchestration.LocalDagRunner().run(
+                        create_pipeline(
+                            config,
+                            tfx_api.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+                            data_only=data_only,
+                        )
+                    )
                 except Exception as err:  # a component failed: its run's summary still tells what happened
                     failure = err
                 except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see run_command)
@@ -154,7 +164,8 @@ def run_locally(config: PipelineConfig, verbose: bool = True, data_only: bool = 
                     logger.debug("Interrupted", exc_info=True)  # the traceback: log file only
                     raise RunInterrupted(
                         f"interrupted at {where}; run the same command again to resume (finished components "
-                        "come from the cache, the Trainer from its last backup)") from None
+                        "come from the cache, the Trainer from its last backup)"
+                    ) from None
                 result = summary.latest_run(config, after_context_id=before)
         except RunInterrupted:
             logger.info("The run's log file: %s", log_path)
@@ -198,8 +209,10 @@ def disk_full(error: BaseException, config: PipelineConfig) -> Optional[str]:
     while existing and not os.path.exists(existing):
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing or ".").free
-    return (f"no space left on device writing {where} ({free / 1e6:.1f} MB free there); free some space, "
-            "then run the same command again to resume")
+    return (
+        f"no space left on device writing {where} ({free / 1e6:.1f} MB free there); free some space, "
+        "then run the same command again to resume"
+    )
 
 
 @contextlib.contextmanager
@@ -254,17 +267,25 @@ def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     return 0
 
 
-
 def add_command(commands, add_config_flags: Callable[[argparse.ArgumentParser], Any]) -> None:
     """Adds `run` to the CLI's sub-parsers."""
-    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
-                              description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
-                                          "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.")
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline locally (LocalDagRunner, Beam FnApiRunner)",
+        description="Run ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator "
+        "-> Transform -> Trainer -> EmbeddingEvaluator -> Pusher locally.",
+    )
     add_config_flags(run)
-    run.add_argument("--verbose", action="store_true",
-                     help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes "
-                          "only to the run's log file, <output-root>/logs/run-<time>.log)")
-    run.add_argument("--require-blessed", action="store_true",
-                     help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
-                          "without it a run that completes exits 0, blessed or not")
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show on the terminal everything TFX, Beam and TensorFlow log (by default it goes "
+        "only to the run's log file, <output-root>/logs/run-<time>.log)",
+    )
+    run.add_argument(
+        "--require-blessed",
+        action="store_true",
+        help=f"exit with code {EXIT_NOT_BLESSED} when the run's model is not blessed (for CI); "
+        "without it a run that completes exits 0, blessed or not",
+    )
     run.set_defaults(handler=run_command)

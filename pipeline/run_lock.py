@@ -4,6 +4,7 @@ The file holds the holder's PID, host and start time (JSON), and is locked with 
 run lasts, so the kernel releases it when the holder dies, however it dies. A file left behind
 by a dead holder (its lock released) is a stale lock: the next run takes it over with a warning.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -63,8 +64,10 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunLockError(f"--output-root {os.path.dirname(self.path)} is in use by another run "
-                                   f"({_describe(holder)}; lock file {self.path})") from None
+                raise RunLockError(
+                    f"--output-root {os.path.dirname(self.path)} is in use by another run "
+                    f"({_describe(holder)}; lock file {self.path})"
+                ) from None
             # The holder may have released and removed the file between our open and flock:
             # then we locked a deleted file; start again on the path's current file.
             if not os.path.exists(self.path) or os.stat(self.path).st_ino != os.fstat(fd).st_ino:
@@ -77,14 +80,27 @@ class RunLock:
                 # On a shared file system flock may not reach the other host, and its PID cannot
                 # be checked from here: never treat such a lock as stale.
                 os.close(fd)
-                raise RunLockError(f"--output-root {os.path.dirname(self.path)} is locked by a run on another "
-                                   f"host ({_describe(holder)}); delete {self.path} if that run is gone")
-            logger.warning("Took over the stale lock of a run that is no longer running (%s)%s", _describe(holder),
-                           " (its PID now belongs to another process)" if _pid_alive(holder.get("pid"))
-                           else "")
+                raise RunLockError(
+                    f"--output-root {os.path.dirname(self.path)} is locked by a run on another "
+                    f"host ({_describe(holder)}); delete {self.path} if that run is gone"
+                )
+            logger.warning(
+                "Took over the stale lock of a run that is no longer running (%s)%s",
+                _describe(holder),
+                " (its PID now belongs to another process)" if _pid_alive(holder.get("pid")) else "",
+            )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                }
+            ).encode(),
+            0,
+        )
         os.fsync(fd)
         self._fd = fd
 
@@ -101,4 +117,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-

@@ -1,8 +1,9 @@
 """`triplet-tfx runs`: the output root's pipeline runs, read from ML Metadata (read-only).
 
-  triplet-tfx runs [--output-root runs]     # one line per run, oldest first
-  triplet-tfx runs show RUN                 # one run: components, metrics, blessing, push, config
+triplet-tfx runs [--output-root runs]     # one line per run, oldest first
+triplet-tfx runs show RUN                 # one run: components, metrics, blessing, push, config
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ if TYPE_CHECKING:  # summary loads TensorFlow and TFX: imported where used, so t
     from triplet_tfx.pipeline import summary
 
 # Where a run's configuration is recorded: exec properties (JSON) of these components.
-_CONFIG_PROPERTIES = (("SourceExampleGen", "data_config", "data"), ("Trainer", "custom_config", None),
-                      ("EmbeddingEvaluator", "config", None))
+_CONFIG_PROPERTIES = (
+    ("SourceExampleGen", "data_config", "data"),
+    ("Trainer", "custom_config", None),
+    ("EmbeddingEvaluator", "config", None),
+)
 
 
 @dataclasses.dataclass
@@ -31,8 +35,9 @@ class RunRecord:
     @property
     def blessed(self) -> str:
         s = self.summary
-        return "-" if s.blessed is None else "yes (already pushed)" if s.already_pushed else "yes" if s.blessed \
-            else "no"
+        return (
+            "-" if s.blessed is None else "yes (already pushed)" if s.already_pushed else "yes" if s.blessed else "no"
+        )
 
     def describe_changes(self) -> str:
         if self.number == 1:
@@ -74,8 +79,11 @@ def run_records(config: PipelineConfig) -> List[RunRecord]:
     for number, run in enumerate(summary.pipeline_runs(store, config.pipeline_name), start=1):
         values = _run_config(store, run)
         previous = records[-1].config if records else {}
-        changes = [(key, previous.get(key), value) for key, value in sorted(values.items())
-                   if previous and key in previous and previous[key] != value]
+        changes = [
+            (key, previous.get(key), value)
+            for key, value in sorted(values.items())
+            if previous and key in previous and previous[key] != value
+        ]
         records.append(RunRecord(number, summary.summarize_run(store, run), values, changes))
     return records
 
@@ -89,14 +97,22 @@ def format_table(records: List[RunRecord]) -> str:
     rows = [header]
     for r in records:
         m = r.summary.metrics
-        rows.append((str(r.number), r.summary.run_id, str(_count(r, "COMPLETE")), str(_count(r, "CACHED")),
-                     str(_count(r, "FAILED", "RUNNING", "NEW", "CANCELED")),
-                     f"{m['precision_at_1']:.4f}" if "precision_at_1" in m else "-",
-                     f"{m['map_at_r']:.4f}" if "map_at_r" in m else "-", r.blessed,
-                     os.path.basename(r.summary.pushed_to) if r.summary.pushed_to else "-", r.describe_changes()))
+        rows.append(
+            (
+                str(r.number),
+                r.summary.run_id,
+                str(_count(r, "COMPLETE")),
+                str(_count(r, "CACHED")),
+                str(_count(r, "FAILED", "RUNNING", "NEW", "CANCELED")),
+                f"{m['precision_at_1']:.4f}" if "precision_at_1" in m else "-",
+                f"{m['map_at_r']:.4f}" if "map_at_r" in m else "-",
+                r.blessed,
+                os.path.basename(r.summary.pushed_to) if r.summary.pushed_to else "-",
+                r.describe_changes(),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
-                     for row in rows)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
 def find(records: List[RunRecord], which: str) -> Optional[RunRecord]:
@@ -107,8 +123,11 @@ def find(records: List[RunRecord], which: str) -> Optional[RunRecord]:
 
 
 def format_run(record: RunRecord) -> str:
-    lines = [f"#{record.number}: " + record.summary.format(),
-             "Changes from the previous run: " + record.describe_changes(), "Configuration:"]
+    lines = [
+        f"#{record.number}: " + record.summary.format(),
+        "Changes from the previous run: " + record.describe_changes(),
+        "Configuration:",
+    ]
     lines += [f"  {key} = {json.dumps(value)}" for key, value in sorted(record.config.items())]
     return "\n".join(lines)
 
@@ -132,15 +151,20 @@ def runs_command(args) -> int:
 
 def add_command(commands) -> None:
     defaults = PipelineConfig()
-    runs = commands.add_parser("runs", help="list this output root's pipeline runs (from ML Metadata)",
-                               description="List the pipeline runs recorded in <output-root>'s ML Metadata: "
-                                           "start time, components run/cached/failed, metrics, blessing, pushed "
-                                           "version and the configuration changes from the run before.")
+    runs = commands.add_parser(
+        "runs",
+        help="list this output root's pipeline runs (from ML Metadata)",
+        description="List the pipeline runs recorded in <output-root>'s ML Metadata: "
+        "start time, components run/cached/failed, metrics, blessing, pushed "
+        "version and the configuration changes from the run before.",
+    )
     show = runs.add_subparsers(dest="action", metavar="show").add_parser(
-        "show", help="print one run: components, metrics, blessing, push, configuration")
+        "show", help="print one run: components, metrics, blessing, push, configuration"
+    )
     show.add_argument("run", metavar="RUN", help="the run's # or run id (as `triplet-tfx runs` lists them), or latest")
     for parser, default in ((runs, None), (show, argparse.SUPPRESS)):  # SUPPRESS: keep a value given before `show`
         parser.add_argument("--output-root", default=default or defaults.output_root, help="default runs")
-        parser.add_argument("--pipeline-name", default=default or defaults.pipeline_name,
-                            help=f"default {defaults.pipeline_name}")
+        parser.add_argument(
+            "--pipeline-name", default=default or defaults.pipeline_name, help=f"default {defaults.pipeline_name}"
+        )
     runs.set_defaults(handler=runs_command, run=None, uses_config=False)

@@ -1,4 +1,5 @@
 """The short report printed at the end of a local run, read back from ML Metadata."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,12 @@ class RunSummary:
 
     def format(self) -> str:
         lines = [f"Note: {note}" for note in self.interrupted] + [f"Run {self.run_id}:"]
-        lines += [f"  {component:<26} {state:<9} {self.seconds[component]:7.1f} s" if component in self.seconds
-                  else f"  {component:<26} {state}" for component, state in self.executions.items()]
+        lines += [
+            f"  {component:<26} {state:<9} {self.seconds[component]:7.1f} s"
+            if component in self.seconds
+            else f"  {component:<26} {state}"
+            for component, state in self.executions.items()
+        ]
         if self.metrics:
             lines.append("Metrics (eval split):")
             lines.append(report.format_metrics_table(self.metrics, self.metrics.get("baseline")))
@@ -45,16 +50,21 @@ class RunSummary:
                 lines.append(report.unseen_classes_line(self.metrics))
         if self.already_pushed or self.blessed is not None:  # the evaluator's own line
             lines.append(verdict_line(self.blessed, self.already_pushed, self.blessing_message))
-        lines.append(f"Pushed model: {self.pushed_to}" if self.pushed_to else
-                     "Pushed model: none (nothing was pushed by this run)")
+        lines.append(
+            f"Pushed model: {self.pushed_to}"
+            if self.pushed_to
+            else "Pushed model: none (nothing was pushed by this run)"
+        )
         if self.skipped_images:
             lines.append(f"Skipped images: {self.skipped_images}")
         if self.search_index:
             lines.append(f"Search index: {self.search_index}")
         if self.evaluation_dir:
             lines.append(f"Evaluation: {self.evaluation_dir} (report.html, metrics.json, plots)")
-            lines.append("Embedding Projector and metric scalars: tensorboard --logdir "
-                         + os.path.join(self.evaluation_dir, TENSORBOARD_DIR))
+            lines.append(
+                "Embedding Projector and metric scalars: tensorboard --logdir "
+                + os.path.join(self.evaluation_dir, TENSORBOARD_DIR)
+            )
         if self.log_path:
             lines.append(f"Log file: {self.log_path}")
         return "\n".join(lines)
@@ -90,9 +100,14 @@ def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> Li
     if pipeline is None:
         return []
     pipeline_executions = {e.id for e in store.get_executions_by_context(pipeline.id)}
-    return sorted((c for c in store.get_contexts_by_type("pipeline_run")
-                   if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions),
-                  key=lambda c: c.id)
+    return sorted(
+        (
+            c
+            for c in store.get_contexts_by_type("pipeline_run")
+            if {e.id for e in store.get_executions_by_context(c.id)} & pipeline_executions
+        ),
+        key=lambda c: c.id,
+    )
 
 
 def latest_context_id(config: PipelineConfig) -> int:
@@ -116,8 +131,10 @@ def latest_run(config: PipelineConfig, after_context_id: int = 0) -> Optional[Ru
 def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.Context) -> RunSummary:
     """What one pipeline_run context holds: component states, metrics, blessing, push."""
     executions = store.get_executions_by_context(run.id)
-    states = {node_id(store, execution): _state_name(execution.last_known_state)
-              for execution in sorted(executions, key=lambda e: e.id)}
+    states = {
+        node_id(store, execution): _state_name(execution.last_known_state)
+        for execution in sorted(executions, key=lambda e: e.id)
+    }
     seconds = {node_id(store, execution): execution_seconds(execution) for execution in executions}
     artifacts = store.get_artifacts_by_context(run.id)
     types = {t.id: t.name for t in store.get_artifact_types()}
@@ -141,18 +158,22 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
     search_index = ""
     if serving_models:
         properties = max(serving_models, key=lambda a: a.id).custom_properties
-        search_index = (f"{properties[contract.INDEX_SIZE].int_value} {properties[contract.INDEX_SPLIT].string_value} "
-                        f"references, built in {properties[contract.INDEX_BUILD_SECONDS].double_value:.1f} s "
-                        f"(ServingModelBuilder), "
-                        f"{properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model")
+        search_index = (
+            f"{properties[contract.INDEX_SIZE].int_value} {properties[contract.INDEX_SPLIT].string_value} "
+            f"references, built in {properties[contract.INDEX_BUILD_SECONDS].double_value:.1f} s "
+            f"(ServingModelBuilder), "
+            f"{properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model"
+        )
     skipped_images = ""
     examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
     if examples:
         newest_examples = max(examples, key=lambda a: a.id)
         skipped = newest_examples.custom_properties[contract.SKIPPED_IMAGES_PROPERTY].int_value
         if skipped:
-            skipped_images = (f"{skipped} image(s) that cannot be used were left out (--on-bad-image skip), "
-                              f"listed in {os.path.join(newest_examples.uri, contract.SKIPPED_IMAGES_FILE)}")
+            skipped_images = (
+                f"{skipped} image(s) that cannot be used were left out (--on-bad-image skip), "
+                f"listed in {os.path.join(newest_examples.uri, contract.SKIPPED_IMAGES_FILE)}"
+            )
     properties = blessing.custom_properties if blessing is not None else {}
     already_pushed = ALREADY_PUSHED_KEY in properties and properties[ALREADY_PUSHED_KEY].int_value == 1
     return RunSummary(

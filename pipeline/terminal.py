@@ -12,6 +12,7 @@ from C++, partly before Python's logging exists. `TF_CPP_MIN_LOG_LEVEL` would dr
 fd 2 at the log file instead, and give Python's `sys.stderr` (tracebacks, our log handler) a copy
 of the original terminal descriptor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,13 @@ LOG_DIR = "logs"
 # Python warnings arrive through logging.captureWarnings as "<file>:<line>: <Category>: <text>".
 _NOISE = (
     # google-api-core and google-cloud-aiplatform, imported by TFX: Python 3.10 and storage < 3 notices.
-    ("py.warnings", re.compile(r"/google/(api_core|cloud/aiplatform)/.*: FutureWarning: "
-                               r"(You are using a non-supported Python version|Support for google-cloud-storage)")),
+    (
+        "py.warnings",
+        re.compile(
+            r"/google/(api_core|cloud/aiplatform)/.*: FutureWarning: "
+            r"(You are using a non-supported Python version|Support for google-cloud-storage)"
+        ),
+    ),
     # tensorflow_transform: the project runs Keras 3 on purpose; TFT itself uses tf_keras internally.
     ("absl", re.compile(r"TF_USE_LEGACY_KERAS is set to 0, which will not use Keras 2")),
     # TFX's Transform says why it runs a Beam pass although it writes no data: the preprocessing_fn's
@@ -73,8 +79,10 @@ class TerminalFilter(logging.Filter):
             record.msg, record.args = "%s started", (component,)
             return True
         seconds = time.time() - self._started.get(component, time.time())
-        record.msg, record.args = "%s finished in %.1f s%s", (
-            component, seconds, " (cached)" if self._cached.get(component) else "")
+        record.msg, record.args = (
+            "%s finished in %.1f s%s",
+            (component, seconds, " (cached)" if self._cached.get(component) else ""),
+        )
         return True
 
 
@@ -148,8 +156,9 @@ def logged_to_file(path: str, verbose: bool) -> Iterator[None]:
         saved_fd = os.dup(2)
         os.dup2(log_file.fileno(), 2)
         if stderr_fd == 2:
-            sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=saved_stderr.encoding,
-                                   errors="backslashreplace")
+            sys.stderr = os.fdopen(
+                os.dup(saved_fd), "w", buffering=1, encoding=saved_stderr.encoding, errors="backslashreplace"
+            )
     try:
         yield
     finally:
@@ -177,7 +186,8 @@ def quiet(verbose: bool) -> Iterator[None]:
 
     def log_warning(message, category, filename, lineno, file=None, line=None):
         logging.getLogger("py.warnings").warning(
-            "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+            "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+        )
 
     with logged_to_file(os.devnull, verbose=False), warnings.catch_warnings():
         warnings.showwarning = log_warning

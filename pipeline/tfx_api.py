@@ -5,6 +5,7 @@ same names under `tfx_api` (`from triplet_tfx.pipeline import tfx_api`; `tfx_api
 one and with it google-cloud-aiplatform and its protos: about a third of a local run's
 start-up (measured with `python -X importtime`). These are the modules `tfx.v1` re-exports.
 """
+
 from types import SimpleNamespace
 
 from tfx import components  # noqa: F401  (StatisticsGen, SchemaGen, ..., Trainer, Pusher)
@@ -16,8 +17,12 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import pusher_pb2
 from tfx.types import channel, standard_artifacts
 
-dsl = SimpleNamespace(Resolver=Resolver, Channel=channel.Channel, Pipeline=Pipeline,
-                      experimental=SimpleNamespace(LatestBlessedModelStrategy=LatestBlessedModelStrategy))
+dsl = SimpleNamespace(
+    Resolver=Resolver,
+    Channel=channel.Channel,
+    Pipeline=Pipeline,
+    experimental=SimpleNamespace(LatestBlessedModelStrategy=LatestBlessedModelStrategy),
+)
 types = SimpleNamespace(standard_artifacts=standard_artifacts)
 proto = SimpleNamespace(PushDestination=pusher_pb2.PushDestination)
 orchestration = SimpleNamespace(LocalDagRunner=LocalDagRunner, metadata=metadata)

@@ -5,6 +5,7 @@ exists, and every #anchor matches a heading of the target file by GitHub's slug 
 External links (http:, https:, mailto:) are not followed. Fenced code blocks and inline code are
 not links. The checker itself is tested on small good and bad examples.
 """
+
 from __future__ import annotations
 
 import re
@@ -96,8 +97,7 @@ def broken_links(path: Path, root: Path = REPO) -> List[str]:
             if destination.is_dir() or destination.suffix.lower() != ".md":
                 problems.append(f"{where}:{number}: {target}: an anchor into a file that is not Markdown")
             elif anchor not in anchors(destination):
-                problems.append(f"{where}:{number}: {target}: no heading with anchor #{anchor} "
-                                f"in {destination.name}")
+                problems.append(f"{where}:{number}: {target}: no heading with anchor #{anchor} in {destination.name}")
     return problems
 
 
@@ -133,7 +133,8 @@ def test_checker_accepts_good_links(tmp_path):
         "# Title\n\n## Quick start\n\n"
         "[page](docs/page.md), [flags](docs/page.md#flags---data), [second notes](docs/page.md#notes-1),\n"
         "[here](#quick-start), [folder](docs/), [web](https://example.com/x#y), `[not](a-link.md)`\n\n"
-        "```\n[inside a fence](missing.md)\n```\n\n[ref]: docs/page.md#notes\n")
+        "```\n[inside a fence](missing.md)\n```\n\n[ref]: docs/page.md#notes\n"
+    )
     assert broken_links(readme, tmp_path) == []
 
 
@@ -146,7 +147,8 @@ def test_checker_reports_each_broken_link(tmp_path):
         "[gone](docs/missing.md)\n"
         "[bad anchor](docs/page.md#no-such-heading)\n"
         "[bad local anchor](#nowhere)\n"
-        "[ref]: docs/other.md\n")
+        "[ref]: docs/other.md\n"
+    )
     problems = broken_links(readme, tmp_path)
     assert len(problems) == 4, problems
     assert "README.md:3: docs/missing.md: no such file or folder" in problems[0]

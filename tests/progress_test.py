@@ -1,4 +1,5 @@
 """components.progress: a live counter on a terminal, one line per stage in a log."""
+
 import io
 import logging
 

@@ -10,6 +10,7 @@ Encoded sources (`DataConfig.encoded_images`: images:, manifest:, tfds:, tfrecor
 `contract.class_order` of the source's class names. Folder and manifest layouts:
 components/data/image_folder.py and manifest.py; the check of each image: image_check.py.
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,18 +64,21 @@ def load_mnist(path: str = "") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         return mnist_floats_to_uint8(x).reshape(-1, 28, 28, 1)
 
     return {
-        "train": (np.concatenate([images(train[0]), images(valid[0])]),
-                  np.concatenate([train[1], valid[1]]).astype(np.int64)),
+        "train": (
+            np.concatenate([images(train[0]), images(valid[0])]),
+            np.concatenate([train[1], valid[1]]).astype(np.int64),
+        ),
         "test": (images(test[0]), test[1].astype(np.int64)),
     }
 
 
-def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num_classes: int,
-                  where: str) -> None:
+def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num_classes: int, where: str) -> None:
     """Raises DataSourceError naming `where` if the image or label does not fit the config."""
     if tuple(image.shape) != tuple(image_shape):
-        raise DataSourceError(f"{where}: image has shape {tuple(image.shape)}, "
-                              f"expected {tuple(image_shape)} (data.image_height/width/channels)")
+        raise DataSourceError(
+            f"{where}: image has shape {tuple(image.shape)}, "
+            f"expected {tuple(image_shape)} (data.image_height/width/channels)"
+        )
     if not 0 <= int(label) < num_classes:
         raise DataSourceError(f"{where}: label {label} out of range [0, {num_classes}) (field '{LABEL_KEY}')")
 
@@ -83,22 +87,29 @@ def make_example(image: np.ndarray, label: int) -> bytes:
     """Serialized tf.Example: raw uint8 pixels and an int64 label. Deterministic bytes (the
     feature map's order is otherwise random), so that the hash split of `images:` sources is stable."""
     pixels = np.ascontiguousarray(image, np.uint8).tobytes()
-    return tf.train.Example(features=tf.train.Features(feature={
-        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
-        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    })).SerializeToString(deterministic=True)
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
+                LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
 
 
-def make_encoded_example(encoded: bytes, label: int, class_name: str, info: ImageInfo,
-                         item_id: Optional[str] = None) -> bytes:
+def make_encoded_example(
+    encoded: bytes, label: int, class_name: str, info: ImageInfo, item_id: Optional[str] = None
+) -> bytes:
     """Serialized tf.Example of an encoded source (the layout in components/contract.py): the image
     file's bytes as read, its class, size and format. Deterministic bytes, for a stable hash split."""
+
     def ints(value: int) -> tf.train.Feature:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
     def strings(value) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[value if isinstance(value, bytes) else value.encode("utf-8")]))
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[value if isinstance(value, bytes) else value.encode("utf-8")])
+        )
 
     feature = {
         IMAGE_KEY: strings(encoded),
@@ -118,8 +129,9 @@ def check_class_count(class_names: Sequence[str], num_classes: int, where: str, 
     """A named source must have exactly --num-classes classes (its class ids are 0..N-1)."""
     if len(class_names) != num_classes:
         shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
-        raise DataSourceError(f"{where}: {len(class_names)} {what} ({shown}), but --num-classes is {num_classes} "
-                              "(data.num_classes)")
+        raise DataSourceError(
+            f"{where}: {len(class_names)} {what} ({shown}), but --num-classes is {num_classes} (data.num_classes)"
+        )
 
 
 def image_dir_files(root: str, num_classes: Optional[int] = None) -> List[Tuple[str, int]]:
@@ -140,8 +152,10 @@ def tfds_builder(name: str, data_dir: str | None):
     except tfds.core.registered.DatasetNotFoundError:
         raise DataSourceError(f"unknown TFDS data set {name!r} (--data tfds:<name>)") from None
     if not builder.is_prepared():
-        raise DataSourceError(f"TFDS data set {name!r} is not prepared in {builder.data_dir} "
-                              "(--tfds-data-dir); prepare it with `tfds build` where there is network")
+        raise DataSourceError(
+            f"TFDS data set {name!r} is not prepared in {builder.data_dir} "
+            "(--tfds-data-dir); prepare it with `tfds build` where there is network"
+        )
     return builder
 
 
@@ -163,8 +177,9 @@ def tfds_class_names(builder, label_key: str) -> Optional[List[str]]:
     return None
 
 
-def read_tfds(name: str, split: str, data_dir: str | None,
-              limit: int | None) -> Iterator[Tuple[bytes, int, str, Optional[str]]]:
+def read_tfds(
+    name: str, split: str, data_dir: str | None, limit: int | None
+) -> Iterator[Tuple[bytes, int, str, Optional[str]]]:
     """(encoded image as stored, class id, class name, tfds id) of each example, in order; the image is
     not decoded (tfds.decode.SkipDecoding), so images of any size are read. With ClassLabel names,
     the class id is the name's position in contract.class_order(names); else the TFDS label."""
@@ -177,25 +192,34 @@ def read_tfds(name: str, split: str, data_dir: str | None,
     if names is not None:
         order = {n: i for i, n in enumerate(contract.class_order(names))}
         ids = [order[n] for n in names]
-    dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                 decoders={image_key: tfds.decode.SkipDecoding()},
-                                 read_config=tfds.ReadConfig(add_tfds_id=True))
+    dataset = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={image_key: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(add_tfds_id=True),
+    )
     if limit:
         dataset = dataset.take(limit)
     for record in tfds.as_numpy(dataset):
         label = int(record[label_key])
         tfds_id = record.get("tfds_id")
-        yield (bytes(record[image_key]), ids[label] if ids else label, names[label] if names else str(label),
-               tfds_id.decode() if isinstance(tfds_id, bytes) else None)
+        yield (
+            bytes(record[image_key]),
+            ids[label] if ids else label,
+            names[label] if names else str(label),
+            tfds_id.decode() if isinstance(tfds_id, bytes) else None,
+        )
 
 
 def tfrecord_files(root: str, split: str) -> list:
     folder = os.path.join(root, split)
     if not tf.io.gfile.isdir(folder):
-        raise DataSourceError(f"{folder}: missing (a tfrecord:<dir> source needs "
-                                           f"<dir>/train/ and <dir>/eval/ of TFRecord files)")
-    files = sorted(os.path.join(folder, f) for f in tf.io.gfile.listdir(folder)
-                   if not tf.io.gfile.isdir(os.path.join(folder, f)))
+        raise DataSourceError(
+            f"{folder}: missing (a tfrecord:<dir> source needs <dir>/train/ and <dir>/eval/ of TFRecord files)"
+        )
+    files = sorted(
+        os.path.join(folder, f) for f in tf.io.gfile.listdir(folder) if not tf.io.gfile.isdir(os.path.join(folder, f))
+    )
     if not files:
         raise DataSourceError(f"{folder}: no TFRecord files")
     return files
@@ -216,7 +240,8 @@ def check_source(data: DataConfig) -> None:
         for split in (data.tfds_train_split, data.tfds_eval_split):
             if split not in builder.info.splits:
                 raise DataSourceError(
-                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})")
+                    f"TFDS data set {data.source_path!r} has no split {split!r} (has {sorted(builder.info.splits)})"
+                )
         names = tfds_class_names(builder, label_key)
         if names is not None and len(names) > data.num_classes:
             check_class_count(names, data.num_classes, f"TFDS data set {data.source_path!r}", "classes")

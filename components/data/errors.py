@@ -1,4 +1,5 @@
 """The errors of bad input data (a leaf module, so that every data module can raise them)."""
+
 from __future__ import annotations
 
 

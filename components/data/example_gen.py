@@ -11,6 +11,7 @@ the run naming it, or under --on-bad-image skip is left out, listed in the Examp
 contract.SKIPPED_IMAGES_FILE and counted in its contract.SKIPPED_IMAGES_PROPERTY. Every split must
 hold at least 2 classes, and without a class split all --num-classes classes must appear.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,9 @@ def _bad_image(err: BadImageError, data: DataConfig) -> Iterator[beam.pvalue.Tag
     yield beam.pvalue.TaggedOutput(SKIPPED, str(err))
 
 
-def _encoded(content: bytes, where: str, label: int, class_name: str, item_id: Optional[str],
-             data: DataConfig) -> Iterator[Any]:
+def _encoded(
+    content: bytes, where: str, label: int, class_name: str, item_id: Optional[str], data: DataConfig
+) -> Iterator[Any]:
     try:
         info = image_check.check_image(content, where)
     except BadImageError as err:
@@ -113,8 +115,9 @@ def _tfds_split(split: str, data: DataConfig) -> Iterator[Any]:
 
 def _check_label(label: int, data: DataConfig, where: str) -> None:
     if not 0 <= label < data.num_classes:
-        raise data_sources.DataSourceError(f"{where}: label {label} out of range [0, {data.num_classes}) "
-                                           "(--num-classes)")
+        raise data_sources.DataSourceError(
+            f"{where}: label {label} out of range [0, {data.num_classes}) (--num-classes)"
+        )
 
 
 def _tfrecord_file(path: str, data: DataConfig) -> Iterator[Any]:
@@ -138,7 +141,8 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[Any]:
                 raise data_sources.DataSourceError(
                     f"{path} record {index}: not a tf.Example with a bytes '{image_key}' and an int64 "
                     f"'{label_key}' ({err.message.splitlines()[0]}); name the features with "
-                    "--tfrecord-image-key and --tfrecord-label-key") from None
+                    "--tfrecord-image-key and --tfrecord-label-key"
+                ) from None
             content = parsed[image_key].numpy()
             label = int(parsed[label_key])
             where = f"{path} record {index}"
@@ -151,16 +155,19 @@ def _tfrecord_file(path: str, data: DataConfig) -> Iterator[Any]:
                 if encoded:
                     raise data_sources.DataSourceError(
                         f"{where}: feature '{image_key}' holds an encoded {encoded.upper()} image, not raw "
-                        f"pixels: pass --tfrecord-encoded")
+                        f"pixels: pass --tfrecord-encoded"
+                    )
                 raise data_sources.DataSourceError(
                     f"{where}: feature '{image_key}' has {len(content)} bytes, "
-                    f"expected {expected} raw uint8 pixels of shape {data.image_shape}")
+                    f"expected {expected} raw uint8 pixels of shape {data.image_shape}"
+                )
             image = np.frombuffer(content, np.uint8).reshape(data.image_shape)
             yield _checked(image, label, data, where)
     except tf.errors.OpError as err:  # DataLossError and friends: corrupt or truncated file
         where = "at the first record" if index < 0 else f"after record {index}"
         raise data_sources.DataSourceError(
-            f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})") from None
+            f"{path}: unreadable TFRecord {where} ({type(err).__name__}: {err.message})"
+        ) from None
 
 
 def _write_skipped(lines: List[str], folder: Optional[str], split_pattern: str) -> None:
@@ -192,8 +199,9 @@ def _fail_if_empty(count: int, where: str) -> None:
         raise data_sources.DataSourceError(f"{where}: no examples (empty split)")
 
 
-def _read_with_skips(pcoll: beam.pvalue.PCollection, fn, *args) -> Tuple[beam.pvalue.PCollection,
-                                                                           beam.pvalue.PCollection]:
+def _read_with_skips(
+    pcoll: beam.pvalue.PCollection, fn, *args
+) -> Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]:
     outputs = pcoll | "Read" >> beam.FlatMap(fn, *args).with_outputs(SKIPPED, main="examples")
     return outputs.examples, outputs[SKIPPED]
 
@@ -202,8 +210,12 @@ def _named_items(data: DataConfig, split_pattern: str) -> Tuple[List[image_items
     """The items of one split of an images: or manifest: source (stratified --max-examples) and the
     class ids by name; the source must have --num-classes classes."""
     source = named_source(data)
-    data_sources.check_class_count(source.class_names, data.num_classes, data.source_path,
-                                   "class folders" if data.source_kind == "images" else "classes")
+    data_sources.check_class_count(
+        source.class_names,
+        data.num_classes,
+        data.source_path,
+        "class folders" if data.source_kind == "images" else "classes",
+    )
     items = source.splits[split_pattern if source.has_splits else "all"]
     items = image_items.stratified(items, data.max_examples, source.class_names)
     return items, {name: i for i, name in enumerate(source.class_names)}
@@ -212,8 +224,9 @@ def _named_items(data: DataConfig, split_pattern: str) -> Tuple[List[image_items
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(bytes)
-def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
-                      split_pattern: str) -> beam.pvalue.PCollection:
+def _SourceToExamples(
+    pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str
+) -> beam.pvalue.PCollection:
     data = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY]))
     limit = data.max_examples
     kind = data.source_kind
@@ -222,8 +235,9 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
         count = len(data_sources.load_mnist()[split_pattern][1])
         count = min(count, limit) if limit else count
         chunks = [(s, min(s + _CHUNK, count)) for s in range(0, count, _CHUNK)]
-        examples = (pipeline | "Chunks" >> beam.Create(chunks)
-                    | "Read" >> beam.FlatMap(_mnist_chunk, split_pattern, data))
+        examples = (
+            pipeline | "Chunks" >> beam.Create(chunks) | "Read" >> beam.FlatMap(_mnist_chunk, split_pattern, data)
+        )
         where = f"mnist split {split_pattern!r}"
     elif kind == "tfds":
         examples, skipped = _read_with_skips(pipeline | "Split" >> beam.Create([split_pattern]), _tfds_split, data)
@@ -240,10 +254,12 @@ def _SourceToExamples(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
         examples, skipped = _read_with_skips(pipeline | "Files" >> beam.Create(items), _image_item, class_ids, data)
         where = data.source_path + ("" if split_pattern in ("*", "all") else f" split {split_pattern!r}")
     if skipped is not None and data.on_bad_image == "skip":
-        _ = (skipped | "ListSkipped" >> beam.combiners.ToList()
-             | "WriteSkipped" >> beam.Map(_write_skipped, exec_properties.get(SKIPPED_DIR_KEY), split_pattern))
-    _ = (examples | "Count" >> beam.combiners.Count.Globally()
-         | "FailIfEmpty" >> beam.Map(_fail_if_empty, where))
+        _ = (
+            skipped
+            | "ListSkipped" >> beam.combiners.ToList()
+            | "WriteSkipped" >> beam.Map(_write_skipped, exec_properties.get(SKIPPED_DIR_KEY), split_pattern)
+        )
+    _ = examples | "Count" >> beam.combiners.Count.Globally() | "FailIfEmpty" >> beam.Map(_fail_if_empty, where)
     return examples
 
 
@@ -255,7 +271,8 @@ def _fail_if_no_class_left(count: int, split: str, classes: Tuple[int, ...]) -> 
     if count == 0:
         raise data_sources.DataSourceError(
             f"split {split!r} has no examples of its classes {class_split.format_classes(classes)} "
-            f"(--{split}-classes / --class-split)")
+            f"(--{split}-classes / --class-split)"
+        )
 
 
 def _check_classes(labels: List[int], split: str, data: DataConfig) -> None:
@@ -263,7 +280,8 @@ def _check_classes(labels: List[int], split: str, data: DataConfig) -> None:
         raise data_sources.DataSourceError(
             f"split {split!r} holds examples of 1 class only (class {labels[0]}): triplet training and "
             "retrieval evaluation need at least 2 "
-            f"classes in each split ({data.source}; --max-examples keeps classes in turn)")
+            f"classes in each split ({data.source}; --max-examples keeps classes in turn)"
+        )
 
 
 def _check_all_classes(labels: List[int], data: DataConfig) -> None:
@@ -272,21 +290,27 @@ def _check_all_classes(labels: List[int], data: DataConfig) -> None:
         raise data_sources.DataSourceError(
             f"{data.source}: the examples hold {len(labels)} of --num-classes {data.num_classes} classes (no "
             f"example of class {', '.join(map(str, missing[:12]))}{', ...' if len(missing) > 12 else ''}); "
-            "lower --num-classes or raise --max-examples")
+            "lower --num-classes or raise --max-examples"
+        )
 
 
 def _distinct_labels(pcoll: beam.pvalue.PCollection, name: str) -> beam.pvalue.PCollection:
-    return (pcoll | f"Labels[{name}]" >> beam.Map(example_label) | f"Distinct[{name}]" >> beam.Distinct()
-            | f"ListLabels[{name}]" >> beam.combiners.ToList() | f"Sort[{name}]" >> beam.Map(sorted))
+    return (
+        pcoll
+        | f"Labels[{name}]" >> beam.Map(example_label)
+        | f"Distinct[{name}]" >> beam.Distinct()
+        | f"ListLabels[{name}]" >> beam.combiners.ToList()
+        | f"Sort[{name}]" >> beam.Map(sorted)
+    )
 
 
 class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
-
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _SourceToExamples
 
-    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
-                               exec_properties: Dict[str, Any]) -> Dict[str, beam.pvalue.PCollection]:
+    def GenerateExamplesByBeam(
+        self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
+    ) -> Dict[str, beam.pvalue.PCollection]:
         """TFX's splits, then the class split: each output split keeps only its own classes (after
         the hash split of `images:` sources, so every source is filtered the same way). Then each
         split must hold at least 2 classes, and, without a class split, all --num-classes appear."""
@@ -296,19 +320,32 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
         for split, keep in (classes or {}).items():
             keep_set = frozenset(keep)
             splits[split] = splits[split] | f"KeepClasses[{split}]" >> beam.Filter(
-                lambda example, keep_set=keep_set: example_label(example) in keep_set)
-            _ = (splits[split] | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
-                 | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep))
+                lambda example, keep_set=keep_set: example_label(example) in keep_set
+            )
+            _ = (
+                splits[split]
+                | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
+                | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep)
+            )
         for split, examples in splits.items():
             _ = _distinct_labels(examples, split) | f"TwoClasses[{split}]" >> beam.Map(_check_classes, split, data)
         if classes is None:
-            _ = (tuple(splits.values()) | "AllSplits" >> beam.Flatten() | "AllLabels" >> beam.Map(example_label)
-                 | "DistinctAll" >> beam.Distinct() | "ListAll" >> beam.combiners.ToList()
-                 | "AllClasses" >> beam.Map(_check_all_classes, data))
+            _ = (
+                tuple(splits.values())
+                | "AllSplits" >> beam.Flatten()
+                | "AllLabels" >> beam.Map(example_label)
+                | "DistinctAll" >> beam.Distinct()
+                | "ListAll" >> beam.combiners.ToList()
+                | "AllClasses" >> beam.Map(_check_all_classes, data)
+            )
         return splits
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         """TFX's ExampleGen, then the skipped images of encoded sources (--on-bad-image skip): their
         list, contract.SKIPPED_IMAGES_FILE, and their count, contract.SKIPPED_IMAGES_PROPERTY."""
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
@@ -318,8 +355,11 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
             count = merge_skipped(examples.uri)
             examples.set_int_custom_property(contract.SKIPPED_IMAGES_PROPERTY, count)
             if count:
-                logger.warning("skipped %d image(s) that cannot be used (--on-bad-image skip): listed in %s", count,
-                               os.path.join(examples.uri, contract.SKIPPED_IMAGES_FILE))
+                logger.warning(
+                    "skipped %d image(s) that cannot be used (--on-bad-image skip): listed in %s",
+                    count,
+                    os.path.join(examples.uri, contract.SKIPPED_IMAGES_FILE),
+                )
 
 
 class SourceExampleGenSpec(component_spec.ComponentSpec):
@@ -343,15 +383,20 @@ class SourceExampleGen(base_beam_component.BaseBeamComponent):
     def __init__(self, data: DataConfig, data_fingerprint: Optional[str] = None):
         patterns = split_patterns(data)
         if patterns:
-            input_config = example_gen_pb2.Input(splits=[
-                example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in patterns.items()])
+            input_config = example_gen_pb2.Input(
+                splits=[example_gen_pb2.Input.Split(name=name, pattern=pattern) for name, pattern in patterns.items()]
+            )
             output_config = example_gen_pb2.Output()
         else:
             input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern="*")])
-            output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
-                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - data.eval_percent),
-                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_percent),
-            ]))
+            output_config = example_gen_pb2.Output(
+                split_config=example_gen_pb2.SplitConfig(
+                    splits=[
+                        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - data.eval_percent),
+                        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_percent),
+                    ]
+                )
+            )
         spec = SourceExampleGenSpec(
             input_config=input_config,
             output_config=output_config,
@@ -359,5 +404,6 @@ class SourceExampleGen(base_beam_component.BaseBeamComponent):
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             data_config=json.dumps(dataclasses.asdict(data), sort_keys=True),
             data_fingerprint=data_fingerprint or "",
-            examples=types.Channel(type=standard_artifacts.Examples))
+            examples=types.Channel(type=standard_artifacts.Examples),
+        )
         super().__init__(spec=spec)

@@ -10,6 +10,7 @@ left out. Symbolic links are followed; a link loop is left out (logged), a broke
 error naming it. Only regular files are read: anything else (a FIFO named x.png) is refused by
 name when the examples are written.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,11 @@ def _entries(folder: str) -> List[Tuple[str, str, str]]:
 
     if is_remote(folder):
         names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(folder))
-        return [(name, os.path.join(folder, name), "dir" if tf.io.gfile.isdir(os.path.join(folder, name)) else "file")
-                for name in names if not _hidden(name)]
+        return [
+            (name, os.path.join(folder, name), "dir" if tf.io.gfile.isdir(os.path.join(folder, name)) else "file")
+            for name in names
+            if not _hidden(name)
+        ]
     found = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
@@ -67,8 +71,9 @@ def _class_items(folder: str, class_name: str, root: str) -> List[ImageItem]:
         if kind == "dir" or not is_image_name(name):
             continue
         problem = "" if kind == "file" else f"not a regular file ({kind})"
-        items.append(ImageItem(uri=path, class_name=class_name, id=os.path.relpath(path, root), where=path,
-                               problem=problem))
+        items.append(
+            ImageItem(uri=path, class_name=class_name, id=os.path.relpath(path, root), where=path, problem=problem)
+        )
     if not items:
         raise DataSourceError(f"{folder}: class folder without image files ({', '.join(IMAGE_SUFFIXES)})")
     return items
@@ -88,22 +93,28 @@ def scan(root: str) -> FolderLayout:
     if all(name in top for name in SPLIT_FOLDERS):
         others = sorted(set(top) - set(SPLIT_FOLDERS))
         if others:
-            raise DataSourceError(f"{root}: has train/ and eval/ and other folders ({', '.join(others)}): put "
-                                  "every class below train/ and eval/, or use one folder per class")
+            raise DataSourceError(
+                f"{root}: has train/ and eval/ and other folders ({', '.join(others)}): put "
+                "every class below train/ and eval/, or use one folder per class"
+            )
         splits = {}
         for split in SPLIT_FOLDERS:
             classes = _class_folders(top[split])
             if not classes:
-                raise DataSourceError(f"{top[split]}: no class sub-folders (expected "
-                                      f"<dir>/{split}/<class>/<image files>)")
+                raise DataSourceError(
+                    f"{top[split]}: no class sub-folders (expected <dir>/{split}/<class>/<image files>)"
+                )
             splits[split] = [item for name, path in classes for item in _class_items(path, name, root)]
     else:
         if not top:
-            raise DataSourceError(f"{root}: no class sub-folders (expected <dir>/<class>/<image files>, or "
-                                  "<dir>/train/<class>/ and <dir>/eval/<class>/)")
+            raise DataSourceError(
+                f"{root}: no class sub-folders (expected <dir>/<class>/<image files>, or "
+                "<dir>/train/<class>/ and <dir>/eval/<class>/)"
+            )
         splits = {"all": [item for name, path in top.items() for item in _class_items(path, name, root)]}
     names = contract.class_order(item.class_name for items in splits.values() for item in items)
     order = {name: i for i, name in enumerate(names)}
-    splits = {split: sorted(items, key=lambda item: (order[item.class_name], item.uri))
-              for split, items in splits.items()}
+    splits = {
+        split: sorted(items, key=lambda item: (order[item.class_name], item.uri)) for split, items in splits.items()
+    }
     return FolderLayout(splits=splits, class_names=names)

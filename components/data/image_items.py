@@ -1,5 +1,6 @@
 """Image items: one image file of a folder or manifest source, before it is read, and how items
 are read and limited (--max-examples, stratified by class)."""
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,9 @@ def stat_followed(path: str) -> Optional[os.stat_result]:
         return os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise DataSourceError(f"{path}: broken symbolic link (to {os.readlink(path)}): remove it or restore "
-                                  "its target") from None
+            raise DataSourceError(
+                f"{path}: broken symbolic link (to {os.readlink(path)}): remove it or restore its target"
+            ) from None
         return None
     except OSError as err:
         if err.errno == errno.ELOOP:

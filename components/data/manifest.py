@@ -8,6 +8,7 @@ object a line) listing the images.
   id     optional: the item's id (unique), written as the example's `id`
 Other columns are ignored. Every error names the manifest file and the line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,12 +69,16 @@ def _rows(path: str, text: str):
         columns = [name.strip() for name in reader.fieldnames]
         missing = [name for name in REQUIRED if name not in columns]
         if missing:
-            raise DataSourceError(f"{path} line 1: missing column {', '.join(missing)} (the header has "
-                                  f"{', '.join(columns)}; expected uri,label[,split][,id])")
+            raise DataSourceError(
+                f"{path} line 1: missing column {', '.join(missing)} (the header has "
+                f"{', '.join(columns)}; expected uri,label[,split][,id])"
+            )
         try:
             for row in reader:
-                values = {(key or "").strip(): (value or "").strip() if isinstance(value, str) else ""
-                          for key, value in row.items()}
+                values = {
+                    (key or "").strip(): (value or "").strip() if isinstance(value, str) else ""
+                    for key, value in row.items()
+                }
                 if any(values.values()):
                     yield reader.line_num, values
         except csv.Error as err:
@@ -87,12 +92,15 @@ def _rows(path: str, text: str):
         except json.JSONDecodeError as err:
             raise DataSourceError(f"{path} line {number}: bad JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(row, dict):
-            raise DataSourceError(f"{path} line {number}: expected a JSON object with uri and label, "
-                                  f"got {type(row).__name__}")
+            raise DataSourceError(
+                f"{path} line {number}: expected a JSON object with uri and label, got {type(row).__name__}"
+            )
         missing = [name for name in REQUIRED if name not in row]
         if missing:
-            raise DataSourceError(f"{path} line {number}: missing {', '.join(missing)} (each line is a JSON "
-                                  'object like {"uri": "a.jpg", "label": "cat"})')
+            raise DataSourceError(
+                f"{path} line {number}: missing {', '.join(missing)} (each line is a JSON "
+                'object like {"uri": "a.jpg", "label": "cat"})'
+            )
         yield number, {key: "" if value is None else str(value).strip() for key, value in row.items()}
 
 
@@ -129,15 +137,18 @@ def read(path: str, check_files: bool = False) -> Manifest:
     with_split = [number for (split, _), (number, _) in zip(items, rows) if split]
     if with_split and len(with_split) < len(items):
         number = next(number for (split, _), (number, _) in zip(items, rows) if not split)
-        raise DataSourceError(f"{path} line {number}: no split, but line {with_split[0]} has one (give every "
-                              "row a split, or none for a hash split)")
+        raise DataSourceError(
+            f"{path} line {number}: no split, but line {with_split[0]} has one (give every "
+            "row a split, or none for a hash split)"
+        )
     splits: Dict[str, List[ImageItem]] = {name: [] for name in (SPLITS if with_split else ("all",))}
     for split, item in items:
         splits[split or "all"].append(item)
     for split, members in splits.items():
         if not members:
-            raise DataSourceError(f"{path}: no rows of split {split!r} (the rows name their split: give both "
-                                  "train and eval rows)")
+            raise DataSourceError(
+                f"{path}: no rows of split {split!r} (the rows name their split: give both train and eval rows)"
+            )
     names = contract.class_order(item.class_name for _, item in items)
     return Manifest(path=path, splits=splits, class_names=names)
 

@@ -10,6 +10,7 @@ The class id stays ExampleGen's `label`. Examples with a `class_name` feature al
 vocabulary of class names (`contract.CLASS_NAMES_VOCABULARY`, analysed over train and eval:
 pipeline.py's splits_config); the id -> name table is `contract.class_order(vocabulary)`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -25,10 +26,14 @@ def decode_images(image_bytes: tf.Tensor, image_shape) -> tf.Tensor:
     """Raw uint8 pixel strings [B] -> float32 [B, H, W, C] scaled to [0, 1] (the seed's /255)."""
     height, width, channels = image_shape
     expected = height * width * channels
-    checks = [tf.debugging.assert_equal(
-        tf.strings.length(image_bytes), expected,
-        message=f"feature '{IMAGE_KEY}': expected {expected} raw uint8 bytes per image, "
-                f"shape {tuple(image_shape)} (data.image_height/width/channels)")]
+    checks = [
+        tf.debugging.assert_equal(
+            tf.strings.length(image_bytes),
+            expected,
+            message=f"feature '{IMAGE_KEY}': expected {expected} raw uint8 bytes per image, "
+            f"shape {tuple(image_shape)} (data.image_height/width/channels)",
+        )
+    ]
     with tf.control_dependencies(checks):
         pixels = tf.io.decode_raw(image_bytes, tf.uint8)
     return tf.reshape(tf.cast(pixels, tf.float32) / 255.0, [-1, height, width, channels])
@@ -51,8 +56,11 @@ def checked_labels(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
     checks = [
         tf.debugging.assert_non_negative(labels, message=f"feature '{LABEL_KEY}': negative label"),
-        tf.debugging.assert_less(labels, tf.constant(num_classes, tf.int64),
-                                 message=f"feature '{LABEL_KEY}': label >= num_classes ({num_classes})"),
+        tf.debugging.assert_less(
+            labels,
+            tf.constant(num_classes, tf.int64),
+            message=f"feature '{LABEL_KEY}': label >= num_classes ({num_classes})",
+        ),
     ]
     with tf.control_dependencies(checks):
         return tf.identity(labels)

@@ -22,8 +22,10 @@ class DataAnomalyError(RuntimeError):
 
 
 def describe_anomalies(split: str, anomalies: anomalies_pb2.Anomalies) -> List[str]:
-    problems = [f"split '{split}', feature '{feature}': {info.short_description or info.description}"
-                for feature, info in sorted(anomalies.anomaly_info.items())]
+    problems = [
+        f"split '{split}', feature '{feature}': {info.short_description or info.description}"
+        for feature, info in sorted(anomalies.anomaly_info.items())
+    ]
     if anomalies.HasField("dataset_anomaly_info"):
         info = anomalies.dataset_anomaly_info
         problems.append(f"split '{split}', dataset: {info.short_description or info.description}")
@@ -40,5 +42,8 @@ def AnomalyGate(anomalies: InputArtifact[ExampleAnomalies]) -> None:
         found.ParseFromString(tf.io.gfile.GFile(path, "rb").read())
         problems += describe_anomalies(split, found)
     if problems:
-        raise DataAnomalyError("ExampleValidator found anomalies in the data:\n  " + "\n  ".join(problems)
-                               + f"\n(details: {anomalies.uri})")
+        raise DataAnomalyError(
+            "ExampleValidator found anomalies in the data:\n  "
+            + "\n  ".join(problems)
+            + f"\n(details: {anomalies.uri})"
+        )

@@ -17,6 +17,7 @@ Outputs, in the ModelEvaluation folder:
   tensorboard/            the metrics as scalars, and vecs.tsv, meta.tsv, sprite.png,
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
+
 import dataclasses
 import hashlib
 import json
@@ -74,45 +75,76 @@ def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfi
         value = candidate.get(name)
         ok = value is not None and value >= bound
         blessed &= ok
-        reasons.append(f"{name} {value:.4f} {'>=' if ok else '<'} threshold {bound:.4f}" if value is not None
-                       else f"{name} unavailable (threshold {bound:.4f})")
+        reasons.append(
+            f"{name} {value:.4f} {'>=' if ok else '<'} threshold {bound:.4f}"
+            if value is not None
+            else f"{name} unavailable (threshold {bound:.4f})"
+        )
     if baseline is not None:
         for name in rule.compared_metrics:
             drop = baseline[name] - candidate[name]
             ok = drop <= rule.max_regression + 1e-9  # float rounding of equal drops
             blessed &= ok
-            reasons.append(f"{name} {candidate[name]:.4f} vs baseline {baseline[name]:.4f}: "
-                           + ("within" if ok else "regression beyond") + f" tolerance {rule.max_regression:.4f}")
+            reasons.append(
+                f"{name} {candidate[name]:.4f} vs baseline {baseline[name]:.4f}: "
+                + ("within" if ok else "regression beyond")
+                + f" tolerance {rule.max_regression:.4f}"
+            )
     return blessed, reasons
 
 
-def evaluate_model(model: Model, queries: list, query_labels: np.ndarray, references: Optional[list],
-                   reference_labels: Optional[np.ndarray], rule: EvalConfig):
+def evaluate_model(
+    model: Model,
+    queries: list,
+    query_labels: np.ndarray,
+    references: Optional[list],
+    reference_labels: Optional[np.ndarray],
+    rule: EvalConfig,
+):
     """(metrics, per-query details, query embeddings, gallery neighbours [Q, k]) of one model under
     the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn")."""
     query_embeddings = embed(model, queries)
     reference_embeddings = embed(model, references) if references is not None else None
     with Progress(f"Nearest neighbours and metrics of model {model.id}", len(queries), "queries") as progress:
         result, per_query = metrics.evaluate_embeddings(
-            query_embeddings, query_labels, reference_embeddings, reference_labels, ks=rule.recall_ks,
-            return_per_query=True, progress=progress.advance)
+            query_embeddings,
+            query_labels,
+            reference_embeddings,
+            reference_labels,
+            ks=rule.recall_ks,
+            return_per_query=True,
+            progress=progress.advance,
+        )
     loo = reference_embeddings is None
     references_ = query_embeddings if loo else reference_embeddings
     labels_ = query_labels if loo else reference_labels
     k = min(GALLERY_NEIGHBOURS, len(references_) - (1 if loo else 0))
-    neighbours = metrics.nearest_neighbors(query_embeddings, references_, k, exclude_self=loo)[0] if k > 0 else \
-        np.zeros((len(queries), 0), np.int64)
+    neighbours = (
+        metrics.nearest_neighbors(query_embeddings, references_, k, exclude_self=loo)[0]
+        if k > 0
+        else np.zeros((len(queries), 0), np.int64)
+    )
     kept = ~per_query["skipped"] & (per_query["nearest_index"] >= 0)
     counts, classes = retrievals.confusion_matrix(
-        query_labels[kept], labels_[per_query["nearest_index"][kept]],
-        classes=sorted(set(query_labels.tolist()) | set(labels_.tolist())))
+        query_labels[kept],
+        labels_[per_query["nearest_index"][kept]],
+        classes=sorted(set(query_labels.tolist()) | set(labels_.tolist())),
+    )
     result["confusion_1nn"] = {"classes": [int(c) for c in classes], "counts": counts.tolist()}
     return result, per_query, query_embeddings, neighbours
 
 
-def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.ndarray, skipped: np.ndarray,
-            references: Optional[list], reference_labels: Optional[np.ndarray], image_shape, encoded: bool = False,
-            resize: str = "stretch") -> Dict:
+def gallery(
+    query_labels: np.ndarray,
+    query_images: np.ndarray,
+    neighbours: np.ndarray,
+    skipped: np.ndarray,
+    references: Optional[list],
+    reference_labels: Optional[np.ndarray],
+    image_shape,
+    encoded: bool = False,
+    resize: str = "stretch",
+) -> Dict:
     """The worst retrievals' images and labels (see `report.plot_worst_retrievals`). Reference
     images of the train split (query_vs_reference) are decoded for the chosen neighbours only."""
     labels_ = query_labels if references is None else reference_labels
@@ -121,19 +153,29 @@ def gallery(query_labels: np.ndarray, query_images: np.ndarray, neighbours: np.n
     if references is None:
         neighbour_images = query_images[picked]
     else:
-        decoded = parse_examples([references[i] for i in picked.ravel()], image_shape, encoded, resize)[1] \
-            if picked.size else \
-            np.zeros((0, *image_shape), np.uint8)
+        decoded = (
+            parse_examples([references[i] for i in picked.ravel()], image_shape, encoded, resize)[1]
+            if picked.size
+            else np.zeros((0, *image_shape), np.uint8)
+        )
         neighbour_images = decoded.reshape(*picked.shape, *image_shape)
-    return {"query_images": query_images[chosen], "query_labels": query_labels[chosen],
-            "neighbour_images": neighbour_images, "neighbour_labels": labels_[picked]}
+    return {
+        "query_images": query_images[chosen],
+        "query_labels": query_labels[chosen],
+        "neighbour_images": neighbour_images,
+        "neighbour_labels": labels_[picked],
+    }
 
 
 def result_key(model: Model, examples: Examples, cfg: PipelineConfig, code_fingerprint: str) -> str:
     """What a model's evaluation depends on: the model, the examples, the code and the settings
     that change metrics or pictures (not the blessing rule)."""
-    settings = {"data": dataclasses.asdict(cfg.data), "protocol": cfg.eval.protocol,
-                "recall_ks": list(cfg.eval.recall_ks), "plot": cfg.eval.plot}
+    settings = {
+        "data": dataclasses.asdict(cfg.data),
+        "protocol": cfg.eval.protocol,
+        "recall_ks": list(cfg.eval.recall_ks),
+        "plot": cfg.eval.plot,
+    }
     text = json.dumps([model.uri, examples.uri, code_fingerprint, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -180,14 +222,20 @@ def class_split_facts(classes: Optional[Dict[str, Tuple[int, ...]]]) -> Dict:
     """What metrics.json says about the classes: unseen-class evaluation under a class split."""
     if classes is None:
         return {"classes_seen_in_training": True}
-    return {"classes_seen_in_training": False, "train_classes": list(classes["train"]),
-            "eval_classes": list(classes["eval"])}
+    return {
+        "classes_seen_in_training": False,
+        "train_classes": list(classes["train"]),
+        "eval_classes": list(classes["eval"]),
+    }
 
 
 def scalar_metrics(metrics: Dict) -> Dict[str, float]:
     """The numeric entries of a metrics dict (not the per-class table, protocol name or flags)."""
-    return {key: float(value) for key, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def write_scalars(folder: str, candidate: Dict, baseline: Optional[Dict]) -> None:
@@ -225,13 +273,13 @@ def EmbeddingEvaluator(
     same_model = baseline_model is not None and baseline_model.id == model.id
     compare = baseline_model is not None and not same_model
     earlier = earlier_result(index_dir, result_key(model, examples, cfg, fingerprint))
-    earlier_baseline = earlier_result(index_dir, result_key(baseline_model, examples, cfg, fingerprint)) \
-        if compare else None
+    earlier_baseline = (
+        earlier_result(index_dir, result_key(baseline_model, examples, cfg, fingerprint)) if compare else None
+    )
 
     if earlier is None or (compare and earlier_baseline is None):
         queries = read_split(examples, "eval")
-        query_labels, images = parse_examples(queries, cfg.data.image_shape, cfg.data.encoded_images,
-                                              cfg.data.resize)
+        query_labels, images = parse_examples(queries, cfg.data.image_shape, cfg.data.encoded_images, cfg.data.resize)
         references, reference_labels = None, None
         if rule.protocol == "query_vs_reference":
             references = read_split(examples, "train")
@@ -239,23 +287,45 @@ def EmbeddingEvaluator(
 
     def evaluate_fresh(evaluated: Model, role: str) -> Dict:
         logger.info("Evaluating %s model %s on %d eval queries (%s)", role, evaluated.uri, len(queries), rule.protocol)
-        result, per_query, embeddings, neighbours = evaluate_model(evaluated, queries, query_labels, references,
-                                                                   reference_labels, rule)
+        result, per_query, embeddings, neighbours = evaluate_model(
+            evaluated, queries, query_labels, references, reference_labels, rule
+        )
         all_labels = query_labels if reference_labels is None else np.concatenate([query_labels, reference_labels])
         names = class_name_map(model_class_names(evaluated), all_labels)
         result["class_names"] = names
         report.plot_worst_retrievals(
-            **gallery(query_labels, images, neighbours, per_query["skipped"], references, reference_labels,
-                      cfg.data.image_shape, cfg.data.encoded_images, cfg.data.resize),
-            path=os.path.join(folder, report.GALLERY_FILENAMES[role]), title=f"model {evaluated.id}: worst retrievals",
-            class_names=names)
+            **gallery(
+                query_labels,
+                images,
+                neighbours,
+                per_query["skipped"],
+                references,
+                reference_labels,
+                cfg.data.image_shape,
+                cfg.data.encoded_images,
+                cfg.data.resize,
+            ),
+            path=os.path.join(folder, report.GALLERY_FILENAMES[role]),
+            title=f"model {evaluated.id}: worst retrievals",
+            class_names=names,
+        )
         if role == "candidate":
-            projector.write_projector_bundle(os.path.join(folder, TENSORBOARD_DIR), embeddings, query_labels,
-                                             images=images, split=["eval"] * len(query_labels),
-                                             correct_at_1=per_query["correct_at_1"],
-                                             class_names=[names[str(int(v))] for v in query_labels])
-            report.plot_embedding_2d(embeddings, query_labels, os.path.join(folder, report.SCATTER_FILENAME),
-                                     method=rule.plot, class_names=names)
+            projector.write_projector_bundle(
+                os.path.join(folder, TENSORBOARD_DIR),
+                embeddings,
+                query_labels,
+                images=images,
+                split=["eval"] * len(query_labels),
+                correct_at_1=per_query["correct_at_1"],
+                class_names=[names[str(int(v))] for v in query_labels],
+            )
+            report.plot_embedding_2d(
+                embeddings,
+                query_labels,
+                os.path.join(folder, report.SCATTER_FILENAME),
+                method=rule.plot,
+                class_names=names,
+            )
         return result
 
     def reuse(source: str, evaluated: Model, role: str) -> Dict:
@@ -272,15 +342,20 @@ def EmbeddingEvaluator(
     candidate.update(class_split_facts(cfg.data.classes_by_split))
     baseline = None
     if compare:
-        baseline = reuse(earlier_baseline, baseline_model, "baseline") if earlier_baseline else \
-            evaluate_fresh(baseline_model, "baseline")
+        baseline = (
+            reuse(earlier_baseline, baseline_model, "baseline")
+            if earlier_baseline
+            else evaluate_fresh(baseline_model, "baseline")
+        )
     blessed, reasons = blessing_decision(candidate, baseline, rule)
     already_pushed = same_model and blessed
     message = blessing_message(reasons, already_pushed)
     if already_pushed:
         blessed = False
-        reasons.append(f"model {model.id} is already the model in production (blessed and pushed by an "
-                       f"earlier run): nothing new to push")  # metrics.json's and the report's notes
+        reasons.append(
+            f"model {model.id} is already the model in production (blessed and pushed by an "
+            f"earlier run): nothing new to push"
+        )  # metrics.json's and the report's notes
 
     with tf.io.gfile.GFile(os.path.join(folder, METRICS_FILE), "w") as f:
         json.dump({**candidate, "baseline": baseline, "blessed": blessed, "reasons": reasons}, f, indent=2)
@@ -289,14 +364,19 @@ def EmbeddingEvaluator(
         # No baseline now nor then (an identical rerun): the earlier pictures are this run's too.
         copy_files(earlier, folder, {name: name for name in comparison_pictures})
     else:
-        confusion = {role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
-                     for role, result in (("candidate", candidate), ("baseline", baseline)) if result}
+        confusion = {
+            role: (np.array(result["confusion_1nn"]["counts"]), result["confusion_1nn"]["classes"])
+            for role, result in (("candidate", candidate), ("baseline", baseline))
+            if result
+        }
         names = report.report_class_names(candidate, baseline)
         report.plot_confusion_matrices(confusion, os.path.join(folder, report.CONFUSION_FILENAME), class_names=names)
-        report.plot_per_class_precision(candidate.get("per_class_precision_at_1") or {},
-                                        os.path.join(folder, report.PER_CLASS_FILENAME),
-                                        baseline_per_class=(baseline or {}).get("per_class_precision_at_1"),
-                                        class_names=names)
+        report.plot_per_class_precision(
+            candidate.get("per_class_precision_at_1") or {},
+            os.path.join(folder, report.PER_CLASS_FILENAME),
+            baseline_per_class=(baseline or {}).get("per_class_precision_at_1"),
+            class_names=names,
+        )
     report.write_report(folder, candidate, baseline, notes=reasons)  # figures: the files in the folder
     write_scalars(os.path.join(folder, TENSORBOARD_DIR), candidate, baseline)
     if earlier is None:

@@ -21,6 +21,7 @@ Ranking is deterministic: equal distances are ordered by the smaller reference i
 Distances are computed in float32 as ``|q|^2 - 2 q.r + |r|^2`` (clamped at zero) by blocked
 matrix products, so no query x reference matrix larger than one block is ever held.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
@@ -411,9 +412,7 @@ def evaluate_embeddings(
                 with np.errstate(divide="ignore", invalid="ignore"):
                     r_prec[a0:a1] = np.where(rr > 0, cum[:, -1] / np.maximum(rr, 1), 0.0)
                     prec_i = cum / np.arange(1, k_need + 1, dtype=np.float64)[None, :]
-                    map_r[a0:a1] = np.where(
-                        rr > 0, (prec_i * rel).sum(axis=1) / np.maximum(rr, 1), 0.0
-                    )
+                    map_r[a0:a1] = np.where(rr > 0, (prec_i * rel).sum(axis=1) / np.maximum(rr, 1), 0.0)
                 if progress is not None:
                     progress(a1 - a0)
 

@@ -4,6 +4,7 @@ chart, 1-NN confusion heat maps and the worst-retrieval gallery, and how classes
 The 2-D projection is UMAP (umap-learn) on a seeded subsample (default 3000 points), with PCA
 (scikit-learn) when umap-learn cannot be imported or fails; the title says which one was used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -183,9 +184,10 @@ def plot_per_class_precision(
         ax.bar(pos + width / 2, base, width, label="baseline", color=_PALETTE[7])
         ax.legend(loc="lower right")
     ax.set_xticks(pos)
-    ax.set_xticklabels([class_label(c, class_names) for c in classes],
-                       rotation=90 if class_names and any(len(class_label(c, class_names)) > 4 for c in classes)
-                       else 0)
+    ax.set_xticklabels(
+        [class_label(c, class_names) for c in classes],
+        rotation=90 if class_names and any(len(class_label(c, class_names)) > 4 for c in classes) else 0,
+    )
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("Precision@1")
     ax.set_xlabel("class")
@@ -197,8 +199,9 @@ def plot_per_class_precision(
     return {"path": path}
 
 
-def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], path: str,
-                            class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+def plot_confusion_matrices(
+    matrices: Mapping[str, Tuple[np.ndarray, List]], path: str, class_names: Optional[Mapping[str, str]] = None
+) -> Dict[str, object]:
     """Heat map PNG of 1-NN confusion matrices, one panel per model ({"candidate": (counts,
     classes), "baseline": ...}, side by side): colour = fraction of the row's queries, text =
     count (up to 20 classes); axes labelled with the class names (`class_label`). Returns {"path",
@@ -226,8 +229,15 @@ def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], pat
             for i in range(len(classes)):
                 for j in range(len(classes)):
                     if counts[i, j]:
-                        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
-                                color="white" if fractions[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            str(int(counts[i, j])),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if fractions[i, j] > 0.5 else "black",
+                        )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the class's queries")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -236,15 +246,23 @@ def plot_confusion_matrices(matrices: Mapping[str, Tuple[np.ndarray, List]], pat
     return {"path": path, "class_labels": class_labels}
 
 
-def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbour_labels, path: str,
-                          title: str, class_names: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+def plot_worst_retrievals(
+    query_images,
+    query_labels,
+    neighbour_images,
+    neighbour_labels,
+    path: str,
+    title: str,
+    class_names: Optional[Mapping[str, str]] = None,
+) -> Dict[str, object]:
     """Gallery PNG: one row per query (its image, then its nearest neighbours' images), each
     titled with its class (`class_label`); neighbours of another class framed and titled in red.
     Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows", "captions"}."""
     plt = _pyplot()
     rows, k = len(query_labels), (neighbour_images.shape[1] if len(query_labels) else 0)
-    fig, axes = plt.subplots(max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5),
-                             dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5), dpi=100, squeeze=False
+    )
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -253,10 +271,14 @@ def plot_worst_retrievals(query_images, query_labels, neighbour_images, neighbou
         cells = [(query_images[i], query_labels[i], f"query: {class_label(query_labels[i], class_names)}", "black")]
         for j in range(k):
             wrong = neighbour_labels[i][j] != query_labels[i]
-            cells.append((neighbour_images[i, j], neighbour_labels[i][j],
-                          f"{j + 1}: {class_label(neighbour_labels[i][j], class_names)}"
-                          + (" \u2717" if wrong else ""),
-                          "red" if wrong else "green"))
+            cells.append(
+                (
+                    neighbour_images[i, j],
+                    neighbour_labels[i][j],
+                    f"{j + 1}: {class_label(neighbour_labels[i][j], class_names)}" + (" \u2717" if wrong else ""),
+                    "red" if wrong else "green",
+                )
+            )
         captions.append([cell[2] for cell in cells])
         for ax, (image, _, caption, colour) in zip(axes[i], cells):
             image = np.asarray(image)

@@ -3,6 +3,7 @@ plain-text metrics table for the terminal; ``make_report`` also draws the plots 
 
 The metrics dicts are those of ``components.metrics.evaluate_embeddings``.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,7 @@ _TEMPLATES = jinja2.Environment(
 
 def _metric_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[str]:
     keys = set(candidate) | set(baseline or {})
-    recall = sorted(
-        (k for k in keys if re.fullmatch(r"recall_at_\d+", k)), key=lambda k: int(k[10:])
-    )
+    recall = sorted((k for k in keys if re.fullmatch(r"recall_at_\d+", k)), key=lambda k: int(k[10:]))
     ordered = [k for k in _HEAD_KEYS if k in keys] + recall
     ordered += [k for k in _TAIL_KEYS if k in keys]
     # Any other scalar metric, then the counts.
@@ -149,14 +148,16 @@ def verdict_line(blessed: Optional[bool], already_pushed: bool, message: str) ->
 def unseen_classes_line(metrics: Mapping) -> str:
     """One line for reports and the run summary under unseen-class evaluation."""
     names = metrics.get("class_names") or {}
-    return (f"Unseen classes: eval classes {format_classes(metrics['eval_classes'])}"
-            f"{_names_of(metrics['eval_classes'], names)} were not in training "
-            f"(train classes {format_classes(metrics['train_classes'])}{_names_of(metrics['train_classes'], names)}); "
-            f"classes_seen_in_training: false")
+    return (
+        f"Unseen classes: eval classes {format_classes(metrics['eval_classes'])}"
+        f"{_names_of(metrics['eval_classes'], names)} were not in training "
+        f"(train classes {format_classes(metrics['train_classes'])}{_names_of(metrics['train_classes'], names)}); "
+        f"classes_seen_in_training: false"
+    )
 
 
 def _names_of(ids: Sequence[int], names: Mapping[str, str], most: int = 10) -> str:
-    """" (cat, dog, ...)": the names of classes, when they are not just their ids."""
+    """ " (cat, dog, ...)": the names of classes, when they are not just their ids."""
     shown = [names[str(i)] for i in ids if str(i) in names]
     if not shown or all(names[str(i)] == str(i) for i in ids if str(i) in names):
         return ""
@@ -179,7 +180,6 @@ def _per_class_rows(candidate: Mapping, baseline: Optional[Mapping]) -> List[Lis
             row += [_fmt(bp.get(c), False), _delta(cp.get(c), bp.get(c), False)]
         rows.append(row)
     return rows
-
 
 
 def write_report(
@@ -243,10 +243,20 @@ def write_report(
     # The pictures people look at before numbers (worst retrievals, confusion) come first.
     first = [(c, rel[c]) for c in rel if c in (GALLERY_CAPTION, CONFUSION_CAPTION)]
     later = [(c, rel[c]) for c in rel if c not in (GALLERY_CAPTION, CONFUSION_CAPTION)]
-    context = {"title": title, "info": info, "first": first, "later": later, "header": header, "rows": rows,
-               "pc_header": pc_header, "pc_rows": pc_rows}
-    paths = {"markdown": os.path.join(out_dir, contract.MARKDOWN_REPORT_FILE),
-             "html": os.path.join(out_dir, contract.HTML_REPORT_FILE)}
+    context = {
+        "title": title,
+        "info": info,
+        "first": first,
+        "later": later,
+        "header": header,
+        "rows": rows,
+        "pc_header": pc_header,
+        "pc_rows": pc_rows,
+    }
+    paths = {
+        "markdown": os.path.join(out_dir, contract.MARKDOWN_REPORT_FILE),
+        "html": os.path.join(out_dir, contract.HTML_REPORT_FILE),
+    }
     for kind, template in (("markdown", "report.md.j2"), ("html", "report.html.j2")):
         with open(paths[kind], "w", encoding="utf-8") as f:
             f.write(_TEMPLATES.get_template(template).render(context))
@@ -279,11 +289,19 @@ def make_report(
     names = report_class_names(candidate_metrics, baseline_metrics)
     if galleries:
         figures[GALLERY_CAPTION] = [
-            os.path.basename(plot_worst_retrievals(
-                gallery["query_images"], gallery["query_labels"], gallery["neighbour_images"],
-                gallery["neighbour_labels"], os.path.join(out_dir, GALLERY_FILENAMES[name]),
-                title=f"{name}: worst retrievals", class_names=names)["path"])
-            for name, gallery in galleries.items()]
+            os.path.basename(
+                plot_worst_retrievals(
+                    gallery["query_images"],
+                    gallery["query_labels"],
+                    gallery["neighbour_images"],
+                    gallery["neighbour_labels"],
+                    os.path.join(out_dir, GALLERY_FILENAMES[name]),
+                    title=f"{name}: worst retrievals",
+                    class_names=names,
+                )["path"]
+            )
+            for name, gallery in galleries.items()
+        ]
     if confusion:
         plot_confusion_matrices(confusion, os.path.join(out_dir, CONFUSION_FILENAME), class_names=names)
         figures[CONFUSION_CAPTION] = CONFUSION_FILENAME
@@ -299,9 +317,7 @@ def make_report(
     )
     figures[f"2-D projection of the embeddings ({scatter['method'].upper()})"] = SCATTER_FILENAME
     figures["Precision@1 per class"] = PER_CLASS_FILENAME
-    paths = write_report(
-        out_dir, candidate_metrics, baseline_metrics, title=title, figures=figures, notes=notes
-    )
+    paths = write_report(out_dir, candidate_metrics, baseline_metrics, title=title, figures=figures, notes=notes)
     return {
         "scatter": scatter["path"],
         "per_class": bars["path"],

@@ -2,6 +2,7 @@
 
 Pure NumPy on labels and neighbour lists (from `metrics.nearest_neighbors`); `report` draws them.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -35,8 +36,7 @@ def worst_queries(query_labels, neighbour_labels, count: int, skipped=None) -> n
     return candidates[order][:count]
 
 
-def confusion_matrix(true_labels, predicted_labels, classes: Optional[List] = None
-                     ) -> Tuple[np.ndarray, List]:
+def confusion_matrix(true_labels, predicted_labels, classes: Optional[List] = None) -> Tuple[np.ndarray, List]:
     """(counts [C, C], classes): counts[i, j] = queries of class classes[i] whose nearest
     neighbour has class classes[j]. Classes default to the sorted union of both label arrays."""
     true = np.asarray(true_labels).reshape(-1)

@@ -12,6 +12,7 @@ Why a component between the evaluator and the Pusher (and not the index inside t
     (tfx/components/pusher/executor.py); the blessing keeps naming the Trainer's model, which is
     what LatestBlessedModelStrategy resolves as the next run's baseline.
 """
+
 import json
 import logging
 import os
@@ -33,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 def folder_bytes(folder: str) -> int:
-    return sum(tf.io.gfile.stat(os.path.join(root, name)).length
-               for root, _, names in tf.io.gfile.walk(folder) for name in names)
+    return sum(
+        tf.io.gfile.stat(os.path.join(root, name)).length
+        for root, _, names in tf.io.gfile.walk(folder)
+        for name in names
+    )
 
 
 @component
@@ -56,12 +60,19 @@ def ServingModelBuilder(
     labels, _ = parse_examples(references)
     embeddings = embed(model, references)  # the evaluator's own path: serving_default on raw tf.Examples
     path = path_utils.serving_model_dir(serving_model.uri)
-    index.build_serving_model(path_utils.serving_model_path(model.uri), index.reference_ids(split, len(labels)),
-                              labels, embeddings, path)
+    index.build_serving_model(
+        path_utils.serving_model_path(model.uri), index.reference_ids(split, len(labels)), labels, embeddings, path
+    )
     seconds, size = time.monotonic() - start, folder_bytes(path)
     serving_model.set_int_custom_property(contract.INDEX_SIZE, len(labels))
     serving_model.set_string_custom_property(contract.INDEX_SPLIT, split)
     serving_model.set_float_custom_property(contract.INDEX_BUILD_SECONDS, seconds)
     serving_model.set_int_custom_property(contract.INDEX_BYTES, size)
-    logger.info("Search index: %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
-                len(labels), split, seconds, size / 1e6, path)
+    logger.info(
+        "Search index: %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
+        len(labels),
+        split,
+        seconds,
+        size / 1e6,
+        path,
+    )

@@ -48,6 +48,7 @@ measured recall@10 (against exact search on a held-out sample) that has dropped 
 `choose_index` picks `exact` below AUTO_EXACT_LIMIT items (the exact matmul is faster than the
 IVF's fixed costs there and always right) and `ivf` above.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,17 +58,18 @@ from typing import List, Optional, Sequence, cast
 import numpy as np
 import tensorflow as tf
 
-AUTO_EXACT_LIMIT = 200_000     # choose_index: exact below this many items
-RERANK_MULTIPLE = 4            # re-rank max(4 k, 64) candidates exactly when float32 vectors are kept
+AUTO_EXACT_LIMIT = 200_000  # choose_index: exact below this many items
+RERANK_MULTIPLE = 4  # re-rank max(4 k, 64) candidates exactly when float32 vectors are kept
 MIN_RERANK = 64
-IMBALANCE_LIMIT = 8.0          # rebuild_reasons: largest list > 8 x the mean list size
-GROWTH_LIMIT = 1.0             # rebuild_reasons: catalogue more than doubled since the quantizer was trained
-SATURATION_LIMIT = 0.001       # rebuild_reasons: > 0.1 % of the added int8 codes clipped (per-dimension scales)
+IMBALANCE_LIMIT = 8.0  # rebuild_reasons: largest list > 8 x the mean list size
+GROWTH_LIMIT = 1.0  # rebuild_reasons: catalogue more than doubled since the quantizer was trained
+SATURATION_LIMIT = 0.001  # rebuild_reasons: > 0.1 % of the added int8 codes clipped (per-dimension scales)
 STORAGES = ("float32", "int8")
 SCALES = ("vector", "dimension")
 
 
 # ----------------------------------------------------------------------------------------- rules
+
 
 def choose_index(catalog_size: int, exact_limit: int = AUTO_EXACT_LIMIT) -> str:
     """`auto` mode: "exact" below `exact_limit` items, "ivf" from there on."""
@@ -103,8 +105,9 @@ def rerank_count(k: int) -> int:
 
 # ----------------------------------------------------------------------------- coarse quantizer
 
+
 def _squared_distances(x: np.ndarray, centroids: np.ndarray, centroid_norms: np.ndarray) -> np.ndarray:
-    return centroid_norms[None, :] - 2.0 * (x @ centroids.T)   # + |x|^2, constant per row
+    return centroid_norms[None, :] - 2.0 * (x @ centroids.T)  # + |x|^2, constant per row
 
 
 def assign(embeddings: np.ndarray, centroids: np.ndarray, chunk: int = 16384) -> np.ndarray:
@@ -116,12 +119,13 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, chunk: int = 16384) ->
     norms = np.einsum("ij,ij->i", c, c)
     out = np.empty(x.shape[0], np.int32)
     for start in range(0, x.shape[0], chunk):
-        out[start:start + chunk] = np.argmin(_squared_distances(x[start:start + chunk], c, norms), axis=1)
+        out[start : start + chunk] = np.argmin(_squared_distances(x[start : start + chunk], c, norms), axis=1)
     return out
 
 
-def train_quantizer(sample: np.ndarray, lists: int, iterations: int = 10, seed: int = 0,
-                    init: str = "auto") -> np.ndarray:
+def train_quantizer(
+    sample: np.ndarray, lists: int, iterations: int = 10, seed: int = 0, init: str = "auto"
+) -> np.ndarray:
     """k-means (Lloyd) on `sample` [n, d]: float32 centroids [lists, d].
 
     init: "kmeans++" (seeded D^2 sampling), "random" (distinct sample points, seeded; what faiss
@@ -160,14 +164,17 @@ def train_quantizer(sample: np.ndarray, lists: int, iterations: int = 10, seed: 
         empty = np.flatnonzero(~present)
         if empty.size:
             # farthest points from their (new) centroids re-seed the empty clusters
-            own = x_norms + _squared_distances(x, centroids, np.einsum("ij,ij->i", centroids, centroids))[
-                np.arange(n), labels]
-            far = np.argsort(-own, kind="stable")[:empty.size]
+            own = (
+                x_norms
+                + _squared_distances(x, centroids, np.einsum("ij,ij->i", centroids, centroids))[np.arange(n), labels]
+            )
+            far = np.argsort(-own, kind="stable")[: empty.size]
             centroids[empty] = x[far]
     return np.ascontiguousarray(centroids, np.float32)
 
 
 # --------------------------------------------------------------------------------------- storage
+
 
 def quantize(x: np.ndarray, scale: str = "vector", scales: Optional[np.ndarray] = None):
     """Symmetric int8 codes of x [n, d]: (codes int8 [n, d], scales, clipped fraction).
@@ -197,20 +204,21 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, scale: str = "vector") -> 
 @dataclasses.dataclass
 class IvfState:
     """The index as NumPy arrays, in stored order (grouped by list, ascending list id)."""
-    centroids: np.ndarray                  # float32 [lists, d]
-    offsets: np.ndarray                    # int32 [lists]: first stored index of each list
-    lengths: np.ndarray                    # int32 [lists]
-    list_ids: np.ndarray                   # int32 [n]: the list of each stored item
-    vectors: np.ndarray                    # float32 [n, d] (storage float32) or int8 codes [n, d]
-    scales: Optional[np.ndarray]           # int8: float32 [n] (vector) or [d] (dimension); else None
-    float_vectors: Optional[np.ndarray]    # int8 + keep_float32: float32 [n, d]; else None
-    squared_norms: np.ndarray              # float32 [n]: |x|^2 of the float32 vectors
-    ids: np.ndarray                        # object (str) [n]
-    labels: np.ndarray                     # int64 [n]
+
+    centroids: np.ndarray  # float32 [lists, d]
+    offsets: np.ndarray  # int32 [lists]: first stored index of each list
+    lengths: np.ndarray  # int32 [lists]
+    list_ids: np.ndarray  # int32 [n]: the list of each stored item
+    vectors: np.ndarray  # float32 [n, d] (storage float32) or int8 codes [n, d]
+    scales: Optional[np.ndarray]  # int8: float32 [n] (vector) or [d] (dimension); else None
+    float_vectors: Optional[np.ndarray]  # int8 + keep_float32: float32 [n, d]; else None
+    squared_norms: np.ndarray  # float32 [n]: |x|^2 of the float32 vectors
+    ids: np.ndarray  # object (str) [n]
+    labels: np.ndarray  # int64 [n]
     storage: str = "int8"
     scale: str = "vector"
-    trained_size: int = 0                  # items when the quantizer was trained (rebuild_reasons)
-    clipped_fraction: float = 0.0          # int8 dimension scales: codes clipped by `add`s
+    trained_size: int = 0  # items when the quantizer was trained (rebuild_reasons)
+    clipped_fraction: float = 0.0  # int8 dimension scales: codes clipped by `add`s
 
     @property
     def size(self) -> int:
@@ -234,7 +242,7 @@ def _group(list_ids: np.ndarray, lists: int):
     order = np.argsort(list_ids, kind="stable")
     lengths = np.bincount(list_ids, minlength=lists).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    if lengths.sum() >= 2 ** 31:
+    if lengths.sum() >= 2**31:
         raise ValueError("an index holds at most 2^31 - 1 items (int32 positions): shard it")
     return order, offsets.astype(np.int32), lengths.astype(np.int32)
 
@@ -242,8 +250,10 @@ def _group(list_ids: np.ndarray, lists: int):
 def _check_items(embeddings, ids, labels, d: Optional[int] = None):
     x = np.asarray(embeddings, np.float32)
     if x.ndim != 2 or not len(ids) == len(labels) == x.shape[0]:
-        raise ValueError(f"ivf index: {len(ids)} ids, {len(labels)} labels and embeddings {x.shape} "
-                         "(must be [n, d] with n ids and n labels)")
+        raise ValueError(
+            f"ivf index: {len(ids)} ids, {len(labels)} labels and embeddings {x.shape} "
+            "(must be [n, d] with n ids and n labels)"
+        )
     if d is not None and x.shape[1] != d:
         raise ValueError(f"ivf index: embeddings have {x.shape[1]} dimensions, the index {d}")
     if not np.all(np.isfinite(x)):
@@ -251,9 +261,17 @@ def _check_items(embeddings, ids, labels, d: Optional[int] = None):
     return x, np.asarray(ids, dtype=object), np.asarray(labels, np.int64)
 
 
-def build(embeddings: np.ndarray, ids: Sequence[str], labels: Sequence[int], centroids: np.ndarray,
-          storage: str = "int8", scale: str = "vector", keep_float32: bool = False,
-          trained_size: Optional[int] = None, list_ids: Optional[np.ndarray] = None) -> IvfState:
+def build(
+    embeddings: np.ndarray,
+    ids: Sequence[str],
+    labels: Sequence[int],
+    centroids: np.ndarray,
+    storage: str = "int8",
+    scale: str = "vector",
+    keep_float32: bool = False,
+    trained_size: Optional[int] = None,
+    list_ids: Optional[np.ndarray] = None,
+) -> IvfState:
     """The index of `embeddings` [n, d] over the given centroids (see `train_quantizer`);
     `list_ids`: `assign(embeddings, centroids)` when already computed (several storages, one assignment)."""
     if storage not in STORAGES:
@@ -274,11 +292,21 @@ def build(embeddings: np.ndarray, ids: Sequence[str], labels: Sequence[int], cen
     else:
         vectors, scales, _ = quantize(x, scale)
         keep = x if keep_float32 else None
-    return IvfState(centroids=centroids, offsets=offsets, lengths=lengths, list_ids=list_ids[order],
-                    vectors=vectors, scales=scales, float_vectors=keep,
-                    squared_norms=np.einsum("ij,ij->i", x, x).astype(np.float32), ids=ids[order],
-                    labels=labels[order], storage=storage, scale=scale,
-                    trained_size=int(trained_size if trained_size is not None else x.shape[0]))
+    return IvfState(
+        centroids=centroids,
+        offsets=offsets,
+        lengths=lengths,
+        list_ids=list_ids[order],
+        vectors=vectors,
+        scales=scales,
+        float_vectors=keep,
+        squared_norms=np.einsum("ij,ij->i", x, x).astype(np.float32),
+        ids=ids[order],
+        labels=labels[order],
+        storage=storage,
+        scale=scale,
+        trained_size=int(trained_size if trained_size is not None else x.shape[0]),
+    )
 
 
 def add(state: IvfState, new_embeddings: np.ndarray, ids: Sequence[str], labels: Sequence[int]) -> IvfState:
@@ -304,14 +332,22 @@ def add(state: IvfState, new_embeddings: np.ndarray, ids: Sequence[str], labels:
         scales = np.concatenate([state.scales, new_scales])[order]
     float_vectors = None if state.float_vectors is None else np.concatenate([state.float_vectors, x])[order]
     total = state.size + x.shape[0]
-    return IvfState(centroids=state.centroids, offsets=offsets, lengths=lengths, list_ids=list_ids[order],
-                    vectors=np.concatenate([state.vectors, new_vectors])[order], scales=scales,
-                    float_vectors=float_vectors,
-                    squared_norms=np.concatenate([state.squared_norms,
-                                                  np.einsum("ij,ij->i", x, x).astype(np.float32)])[order],
-                    ids=np.concatenate([state.ids, ids])[order], labels=np.concatenate([state.labels, labels])[order],
-                    storage=state.storage, scale=state.scale, trained_size=state.trained_size,
-                    clipped_fraction=(state.clipped_fraction * state.size + clipped * x.shape[0]) / total)
+    return IvfState(
+        centroids=state.centroids,
+        offsets=offsets,
+        lengths=lengths,
+        list_ids=list_ids[order],
+        vectors=np.concatenate([state.vectors, new_vectors])[order],
+        scales=scales,
+        float_vectors=float_vectors,
+        squared_norms=np.concatenate([state.squared_norms, np.einsum("ij,ij->i", x, x).astype(np.float32)])[order],
+        ids=np.concatenate([state.ids, ids])[order],
+        labels=np.concatenate([state.labels, labels])[order],
+        storage=state.storage,
+        scale=state.scale,
+        trained_size=state.trained_size,
+        clipped_fraction=(state.clipped_fraction * state.size + clipped * x.shape[0]) / total,
+    )
 
 
 def rebuild_reasons(state: IvfState, recall_at_10: Optional[float] = None, target_recall: float = 0.95) -> List[str]:
@@ -319,14 +355,19 @@ def rebuild_reasons(state: IvfState, recall_at_10: Optional[float] = None, targe
     reasons = []
     mean = state.size / state.lists
     if state.lists > 1 and state.lengths.max() > IMBALANCE_LIMIT * mean:
-        reasons.append(f"list sizes unbalanced: largest list {int(state.lengths.max())} items, "
-                       f"> {IMBALANCE_LIMIT:g} x the mean {mean:.1f}")
+        reasons.append(
+            f"list sizes unbalanced: largest list {int(state.lengths.max())} items, "
+            f"> {IMBALANCE_LIMIT:g} x the mean {mean:.1f}"
+        )
     if state.trained_size and state.size > (1.0 + GROWTH_LIMIT) * state.trained_size:
-        reasons.append(f"catalogue grew from {state.trained_size} to {state.size} items "
-                       "since the quantizer was trained")
+        reasons.append(
+            f"catalogue grew from {state.trained_size} to {state.size} items since the quantizer was trained"
+        )
     if state.clipped_fraction > SATURATION_LIMIT:
-        reasons.append(f"{state.clipped_fraction:.2%} of the int8 codes are clipped (per-dimension scales "
-                       "of the build no longer cover the added items)")
+        reasons.append(
+            f"{state.clipped_fraction:.2%} of the int8 codes are clipped (per-dimension scales "
+            "of the build no longer cover the added items)"
+        )
     if recall_at_10 is not None and recall_at_10 < target_recall:
         reasons.append(f"recall@10 {recall_at_10:.3f} < target {target_recall:.3f}")
     return reasons
@@ -335,17 +376,25 @@ def rebuild_reasons(state: IvfState, recall_at_10: Optional[float] = None, targe
 def memory_bytes(state: IvfState) -> int:
     """Bytes the index holds in memory (the served variables): arrays' sizes, plus each id's UTF-8
     bytes and 24 bytes of TF string header (tstring)."""
-    arrays = [state.centroids, state.offsets, state.lengths, state.list_ids, state.vectors, state.squared_norms,
-              state.labels]
+    arrays = [
+        state.centroids,
+        state.offsets,
+        state.lengths,
+        state.list_ids,
+        state.vectors,
+        state.squared_norms,
+        state.labels,
+    ]
     arrays += [a for a in (state.scales, state.float_vectors) if a is not None]
-    total = sum(int(a.nbytes) for a in arrays) + 4 * state.lists   # + the centroids' squared norms
+    total = sum(int(a.nbytes) for a in arrays) + 4 * state.lists  # + the centroids' squared norms
     if state.storage == "int8":
-        total += 4 * state.size                                    # + the codes' squared norms
+        total += 4 * state.size  # + the codes' squared norms
     total += sum(len(str(i).encode("utf-8")) for i in state.ids) + 24 * state.size
     return total
 
 
 # ------------------------------------------------------------------------------------ the search
+
 
 class IvfIndex(tf.Module):
     """The index as non-trainable variables, and its `search` tf.function.
@@ -372,8 +421,9 @@ class IvfIndex(tf.Module):
             return tf.Variable(value, trainable=False, name=name, dtype=dtype)
 
         self.centroids = variable(state.centroids, "centroids")
-        self.centroid_squared_norms = variable(np.einsum("ij,ij->i", state.centroids, state.centroids),
-                                               "centroid_squared_norms")
+        self.centroid_squared_norms = variable(
+            np.einsum("ij,ij->i", state.centroids, state.centroids), "centroid_squared_norms"
+        )
         self.offsets = variable(state.offsets.astype(np.int32), "offsets")
         self.lengths = variable(state.lengths.astype(np.int32), "lengths")
         self.list_ids = variable(state.list_ids.astype(np.int32), "list_ids")
@@ -389,43 +439,51 @@ class IvfIndex(tf.Module):
         self.code_squared_norms = variable(approximate.astype(np.float32), "code_squared_norms")
         self.scales = variable(state.scales if state.scales is not None else np.zeros([0], np.float32), "scales")
         self.float_vectors = variable(
-            state.float_vectors if self.reranks else np.zeros([0, self.dimension], np.float32), "float_vectors")
+            state.float_vectors if self.reranks else np.zeros([0, self.dimension], np.float32), "float_vectors"
+        )
         self.ids = variable(np.asarray(state.ids, dtype=object), "ids", dtype=tf.string)
         self.labels = variable(np.asarray(state.labels, np.int64), "labels")
         self.layout = variable(f"{state.storage}/{state.scale}", "layout", tf.string)
         self.trained_size = variable(np.int64(state.trained_size), "trained_size")
-        self.search = tf.function(self._search, input_signature=[
-            tf.TensorSpec([None, self.dimension], tf.float32, name="queries"),
-            tf.TensorSpec([], tf.int32, name="k"), tf.TensorSpec([], tf.int32, name="nprobe")], autograph=False)
+        self.search = tf.function(
+            self._search,
+            input_signature=[
+                tf.TensorSpec([None, self.dimension], tf.float32, name="queries"),
+                tf.TensorSpec([], tf.int32, name="k"),
+                tf.TensorSpec([], tf.int32, name="nprobe"),
+            ],
+            autograph=False,
+        )
 
     def _search(self, queries, k, nprobe):
         size = tf.shape(self.list_ids)[0]
         lists = tf.shape(self.offsets)[0]
-        checks = [tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1"),
-                  tf.debugging.assert_less_equal(
-                      k, size, message="k must be at most the index size (the number of items)"),
-                  tf.debugging.assert_greater_equal(nprobe, 1, message="nprobe must be at least 1"),
-                  tf.debugging.assert_less_equal(nprobe, lists, message="nprobe must be at most the number of lists")]
+        checks = [
+            tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1"),
+            tf.debugging.assert_less_equal(k, size, message="k must be at most the index size (the number of items)"),
+            tf.debugging.assert_greater_equal(nprobe, 1, message="nprobe must be at least 1"),
+            tf.debugging.assert_less_equal(nprobe, lists, message="nprobe must be at most the number of lists"),
+        ]
         with tf.control_dependencies(checks):
             queries = tf.identity(queries)
-        query_norms = tf.reduce_sum(queries * queries, axis=1, keepdims=True)               # [Q, 1]
+        query_norms = tf.reduce_sum(queries * queries, axis=1, keepdims=True)  # [Q, 1]
 
         # 1. coarse: probe the nprobe lists with the nearest centroids (top_k: ties -> lower list id),
         #    and, where those hold fewer than k items, further lists in centroid order until they do
         coarse = tf.matmul(queries, self.centroids, transpose_b=True) * -2.0 + self.centroid_squared_norms[None, :]
-        _, nearest = tf.math.top_k(-coarse, k=nprobe, sorted=False)                         # [Q, nprobe]
+        _, nearest = tf.math.top_k(-coarse, k=nprobe, sorted=False)  # [Q, nprobe]
         enough = tf.reduce_all(tf.reduce_sum(tf.gather(self.lengths, nearest), axis=1) >= k)
 
         def widened():
-            order = tf.argsort(coarse, axis=1, stable=True)                                  # [Q, L]
+            order = tf.argsort(coarse, axis=1, stable=True)  # [Q, L]
             before = tf.cumsum(tf.gather(self.lengths, order), axis=1, exclusive=True)
             probed = tf.logical_or(tf.range(lists)[None, :] < nprobe, before < k)
             width = tf.reduce_max(tf.reduce_sum(tf.cast(probed, tf.int32), axis=1))
-            return tf.where(probed, order, lists)[:, :width]                                 # `lists`: none
+            return tf.where(probed, order, lists)[:, :width]  # `lists`: none
 
         probes = tf.cond(enough, lambda: nearest, widened)
         # probed list ids ascending, so that candidates come in ascending stored order
-        probes = tf.sort(probes, axis=1)                                                     # [Q, P]
+        probes = tf.sort(probes, axis=1)  # [Q, P]
         valid = probes < lists
         safe = tf.minimum(probes, lists - 1)
         starts = tf.gather(self.offsets, safe)
@@ -434,12 +492,12 @@ class IvfIndex(tf.Module):
         # 2. candidates: the probed lists' ranges, per query, padded with `size`
         ranges = tf.ragged.range(tf.reshape(starts, [-1]), tf.reshape(starts + counts, [-1]))
         per_query = tf.RaggedTensor.from_row_lengths(ranges.flat_values, tf.reduce_sum(counts, axis=1))
-        positions = per_query.to_tensor(default_value=size)                                  # [Q, M]
+        positions = per_query.to_tensor(default_value=size)  # [Q, M]
         present = positions < size
         safe_positions = tf.minimum(positions, size - 1)
 
         # 3. approximate (int8) or exact (float32) scores
-        stored = tf.gather(self.vectors, safe_positions)                                     # [Q, M, d]
+        stored = tf.gather(self.vectors, safe_positions)  # [Q, M, d]
         if self.storage == "float32":
             dots = _dots(stored, queries)
         elif self.scale == "vector":
@@ -457,7 +515,7 @@ class IvfIndex(tf.Module):
         # 4. re-rank the best `rerank` candidates exactly against the float32 vectors
         rerank = tf.minimum(tf.maximum(k * RERANK_MULTIPLE, MIN_RERANK), candidates)
         _, best = tf.math.top_k(-squared, k=rerank, sorted=False)
-        kept = tf.sort(tf.gather(positions, best, batch_dims=1), axis=1)   # ascending: ties -> lower index
+        kept = tf.sort(tf.gather(positions, best, batch_dims=1), axis=1)  # ascending: ties -> lower index
         kept_present = kept < size
         safe_kept = tf.minimum(kept, size - 1)
         exact = _dots(tf.gather(self.float_vectors, safe_kept), queries)
@@ -474,20 +532,29 @@ class IvfIndex(tf.Module):
 def _dots(vectors, queries):
     """[Q, M] dot products of vectors [Q, M, d] with queries [Q, d]: one 2-D matmul for a single
     query (3x faster on CPU than the batched matvec it otherwise is)."""
-    return tf.cond(tf.equal(tf.shape(queries)[0], 1),
-                   lambda: tf.transpose(tf.matmul(vectors[0], queries, transpose_b=True)),
-                   lambda: tf.linalg.matvec(vectors, queries))
+    return tf.cond(
+        tf.equal(tf.shape(queries)[0], 1),
+        lambda: tf.transpose(tf.matmul(vectors[0], queries, transpose_b=True)),
+        lambda: tf.linalg.matvec(vectors, queries),
+    )
 
 
 def state_of(module) -> IvfState:
     """The IvfState of an IvfIndex, or of one restored by tf.saved_model.load (for `add`)."""
     storage, scale = module.layout.numpy().decode("utf-8").split("/")
     float_vectors = module.float_vectors.numpy()
-    return IvfState(centroids=module.centroids.numpy(), offsets=module.offsets.numpy(), lengths=module.lengths.numpy(),
-                    list_ids=module.list_ids.numpy(), vectors=module.vectors.numpy(),
-                    scales=module.scales.numpy() if storage == "int8" else None,
-                    float_vectors=float_vectors if float_vectors.shape[0] else None,
-                    squared_norms=module.squared_norms.numpy(),
-                    ids=np.array([i.decode("utf-8") for i in module.ids.numpy()], dtype=object),
-                    labels=module.labels.numpy(), storage=storage, scale=scale,
-                    trained_size=int(module.trained_size.numpy()))
+    return IvfState(
+        centroids=module.centroids.numpy(),
+        offsets=module.offsets.numpy(),
+        lengths=module.lengths.numpy(),
+        list_ids=module.list_ids.numpy(),
+        vectors=module.vectors.numpy(),
+        scales=module.scales.numpy() if storage == "int8" else None,
+        float_vectors=float_vectors if float_vectors.shape[0] else None,
+        squared_norms=module.squared_norms.numpy(),
+        ids=np.array([i.decode("utf-8") for i in module.ids.numpy()], dtype=object),
+        labels=module.labels.numpy(),
+        storage=storage,
+        scale=scale,
+        trained_size=int(module.trained_size.numpy()),
+    )

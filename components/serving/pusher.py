@@ -8,6 +8,7 @@ serving folders get `serving_folder.push_atomically` (a locked, unique version, 
 temporary name and renamed into place). Remote destinations (gs://...) have no atomic rename:
 there TFX's own copy runs (`saved_model.pb` last, which is what model servers wait for).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,12 @@ logger = logging.getLogger(__name__)
 class AtomicPushExecutor(pusher_executor.Executor):
     """TFX's Pusher executor with `push_atomically` for local serving folders."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         base = destination.filesystem.base_directory

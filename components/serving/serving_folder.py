@@ -14,6 +14,7 @@ the kernel releases it however the holder dies), so that runs sharing one servin
     `.interrupted-<version>`; each is logged.
 Standard library only: the pre-flight checks use it before TensorFlow loads.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,8 +103,11 @@ def folder_bytes(folder: str) -> int:
 
 def _no_space(base: str, needed: int) -> NoSpaceError:
     free = shutil.disk_usage(base).free
-    return NoSpaceError(errno.ENOSPC, f"no space left on device for the model: it needs {needed / 1e6:.1f} MB, "
-                                      f"{free / 1e6:.1f} MB are free", base)
+    return NoSpaceError(
+        errno.ENOSPC,
+        f"no space left on device for the model: it needs {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free",
+        base,
+    )
 
 
 def check_free_space(base: str, needed: int) -> None:
@@ -139,5 +143,3 @@ def push_atomically(model_path: str, base: str) -> str:
         final = os.path.join(base, str(version))
         os.rename(temporary, final)
     return final
-
-

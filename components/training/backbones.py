@@ -13,6 +13,7 @@ Keras weights file of the backbone without its top (.weights.h5 from `backbone.s
 .h5 file such as Keras' own ImageNet download, copied to a machine without internet).
 `check_backbone_weights` is the pre-flight check (pipeline/cli.py `preflight`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,6 +38,7 @@ class BackboneWeightsError(ConfigError):
 
 class WeightsFile(NamedTuple):
     """Keras' ImageNet weights file of a backbone without its top: name in ~/.keras/models, URL, md5."""
+
     file_name: str
     origin: str
     file_hash: str
@@ -44,8 +46,12 @@ class WeightsFile(NamedTuple):
 
 def _application(name: str):
     apps = keras.applications
-    return {"mobilenet_v3_small": apps.MobileNetV3Small, "mobilenet_v3_large": apps.MobileNetV3Large,
-            "efficientnet_v2_b0": apps.EfficientNetV2B0, "resnet50_v2": apps.ResNet50V2}[name]
+    return {
+        "mobilenet_v3_small": apps.MobileNetV3Small,
+        "mobilenet_v3_large": apps.MobileNetV3Large,
+        "efficientnet_v2_b0": apps.EfficientNetV2B0,
+        "resnet50_v2": apps.ResNet50V2,
+    }[name]
 
 
 def imagenet_weights_file(name: str) -> WeightsFile:
@@ -56,12 +62,14 @@ def imagenet_weights_file(name: str) -> WeightsFile:
     if name.startswith("mobilenet_v3_"):
         model_name = f"{name.rsplit('_', 1)[1]}_224_1.0_float"
         file_name = f"weights_mobilenet_v3_{model_name}_no_top_v2.h5"
-        return WeightsFile(file_name, mobilenet_v3.BASE_WEIGHT_PATH + file_name,
-                           mobilenet_v3.WEIGHTS_HASHES[model_name][1])
+        return WeightsFile(
+            file_name, mobilenet_v3.BASE_WEIGHT_PATH + file_name, mobilenet_v3.WEIGHTS_HASHES[model_name][1]
+        )
     if name == "efficientnet_v2_b0":
         file_name = "efficientnetv2-b0_notop.h5"
-        return WeightsFile(file_name, efficientnet_v2.BASE_WEIGHTS_PATH + file_name,
-                           efficientnet_v2.WEIGHTS_HASHES["b0"][1])
+        return WeightsFile(
+            file_name, efficientnet_v2.BASE_WEIGHTS_PATH + file_name, efficientnet_v2.WEIGHTS_HASHES["b0"][1]
+        )
     if name == "resnet50_v2":
         file_name = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
         return WeightsFile(file_name, resnet.BASE_WEIGHTS_PATH + file_name, resnet.WEIGHTS_HASHES["resnet50v2"][1])
@@ -101,12 +109,17 @@ def keras_weights_argument(backbone_weights: str) -> Optional[str]:
     return None if backbone_weights == "none" else backbone_weights
 
 
-def build_backbone(name: str, image_shape: Sequence[int], backbone_weights: str = "none",
-                   precision: str = "float32") -> keras.Model:
+def build_backbone(
+    name: str, image_shape: Sequence[int], backbone_weights: str = "none", precision: str = "float32"
+) -> keras.Model:
     """The Keras Applications model without its top, average-pooled: [B, H, W, 3] in the backbone's
     input range -> [B, features]. backbone_weights: `imagenet` (downloads once), `none` or a path."""
-    kwargs: Dict = dict(include_top=False, pooling="avg", input_shape=tuple(image_shape),
-                        weights=keras_weights_argument(backbone_weights))
+    kwargs: Dict = dict(
+        include_top=False,
+        pooling="avg",
+        input_shape=tuple(image_shape),
+        weights=keras_weights_argument(backbone_weights),
+    )
     if name != "resnet50_v2":
         kwargs["include_preprocessing"] = True
     with _global_dtype_policy(precision):
@@ -123,6 +136,7 @@ def backbone_of(model: keras.Model) -> Optional[keras.Model]:
 
 
 # -- pre-flight --------------------------------------------------------------------------------
+
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
@@ -166,8 +180,9 @@ def ensure_imagenet_weights(name: str, timeout: float = CONNECT_TIMEOUT_S) -> st
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
         try:
-            return keras.utils.get_file(weights.file_name, weights.origin, cache_subdir="models",
-                                        file_hash=weights.file_hash)
+            return keras.utils.get_file(
+                weights.file_name, weights.origin, cache_subdir="models", file_hash=weights.file_hash
+            )
         except Exception as err:  # noqa: BLE001  (any failure: the one-line error below)
             why = _first_line(err)
         finally:
@@ -175,23 +190,27 @@ def ensure_imagenet_weights(name: str, timeout: float = CONNECT_TIMEOUT_S) -> st
     raise BackboneWeightsError(
         f"{FLAG}: cannot download the {name} ImageNet weights from {weights.origin} ({why}); on a machine "
         f"without internet copy {weights.file_name} into {keras_cache_dir()}, or give --backbone-weights PATH "
-        "(a Keras weights file of the backbone without its top), or --backbone-weights none (random weights)")
+        "(a Keras weights file of the backbone without its top), or --backbone-weights none (random weights)"
+    )
 
 
 def check_weights_file(name: str, image_shape: Sequence[int], path: str) -> None:
     """BackboneWeightsError naming `path` unless it is a Keras weights file that loads into the
     backbone `name` at `image_shape`."""
     if not os.path.isfile(path):
-        raise BackboneWeightsError(f"{FLAG}: {path}: no such file (give imagenet, none or the path of a Keras "
-                                   f"weights file of the {name} backbone without its top)")
+        raise BackboneWeightsError(
+            f"{FLAG}: {path}: no such file (give imagenet, none or the path of a Keras "
+            f"weights file of the {name} backbone without its top)"
+        )
     if not path.endswith((".weights.h5", ".h5")):
         raise BackboneWeightsError(f"{FLAG}: {path}: not a Keras weights file (.weights.h5 or .h5)")
     backbone = build_backbone(name, image_shape, "none")
     try:
         backbone.load_weights(path)
     except Exception as err:  # noqa: BLE001
-        raise BackboneWeightsError(f"{FLAG}: {path} does not load into the {name} backbone without its top "
-                                   f"({_first_line(err)})") from None
+        raise BackboneWeightsError(
+            f"{FLAG}: {path} does not load into the {name} backbone without its top ({_first_line(err)})"
+        ) from None
 
 
 def check_backbone_weights(train, image_shape: Sequence[int]) -> None:

@@ -26,6 +26,7 @@ Notes:
 - ``classes`` lists the class ids to use; by default they are found by one pass over the labels.
 - The result is infinite; use ``.take(n)`` or the Trainer's ``steps_per_epoch``.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,7 @@ def class_balanced_batches(
     """
     if examples_per_class < 1 or batch_size % examples_per_class:
         raise ValueError(
-            f"batch_size ({batch_size}) must be a positive multiple of examples_per_class "
-            f"({examples_per_class})"
+            f"batch_size ({batch_size}) must be a positive multiple of examples_per_class ({examples_per_class})"
         )
     classes_per_batch = batch_size // examples_per_class
     if classes is None:
@@ -101,8 +101,7 @@ def class_balanced_batches(
             return tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), (features, labels))
 
         ds = dataset.batch(_CHUNK).map(select).unbatch()
-        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + i,
-                        reshuffle_each_iteration=True)
+        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + i, reshuffle_each_iteration=True)
         # Blocks within one pass: no example twice in a block (the leftover of a pass is dropped,
         # a different one each pass).
         return ds.batch(examples_per_class, drop_remainder=True).repeat()
@@ -118,9 +117,7 @@ def class_balanced_batches(
 
     if seed is None:
         start = tf.data.Dataset.random().take(1)
-        choices = start.flat_map(
-            lambda s: tf.data.Dataset.counter().map(lambda i: draw(i + s))
-        )
+        choices = start.flat_map(lambda s: tf.data.Dataset.counter().map(lambda i: draw(i + s)))
     else:
         choices = tf.data.Dataset.counter().map(draw)
     choices = choices.unbatch()
@@ -133,7 +130,5 @@ def class_balanced_batches(
 
         return tf.nest.map_structure(flat, features), flat(labels)
 
-    ds = ds.batch(classes_per_batch, drop_remainder=True).map(
-        merge, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    ds = ds.batch(classes_per_batch, drop_remainder=True).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

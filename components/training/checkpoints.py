@@ -15,6 +15,7 @@ folder below the pipeline root, which a retried Trainer step shares. TFX gives a
 new output folder, so the key is a hash of what determines the training (the input artifacts' URIs,
 the data and training configuration, the code fingerprint), not of that folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,12 @@ RUN_ONLY_FIELDS = ("strategy", "workers", "checkpoint_every")
 def backup_dir(model_run_dir: str, input_uris: Iterable[str], custom_config: Dict[str, Any]) -> str:
     """The backup folder of this training (see the module docstring)."""
     train = {k: v for k, v in custom_config["train"].items() if k not in RUN_ONLY_FIELDS}
-    what = {"inputs": sorted(input_uris), "data": custom_config["data"], "train": train,
-            "code": custom_config.get("code_fingerprint")}
+    what = {
+        "inputs": sorted(input_uris),
+        "data": custom_config["data"],
+        "train": train,
+        "code": custom_config.get("code_fingerprint"),
+    }
     key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
     root = posixpath.dirname(posixpath.dirname(model_run_dir.rstrip("/")))
     return posixpath.join(root, "training_backup", key)
@@ -55,8 +60,12 @@ def save(model: keras.Model, directory: str, step: int, extra: Optional[Dict[str
     tf.io.gfile.makedirs(directory)
     weights = f"step-{step}.weights.h5"
     model.save_weights(posixpath.join(directory, weights))
-    state = {**(extra or {}), "step": step, "weights": weights,
-             "non_trainable": [np.asarray(v.numpy()).tolist() for v in _state_variables(model)]}
+    state = {
+        **(extra or {}),
+        "step": step,
+        "weights": weights,
+        "non_trainable": [np.asarray(v.numpy()).tolist() for v in _state_variables(model)],
+    }
     latest = posixpath.join(directory, LATEST)
     with tf.io.gfile.GFile(latest + ".tmp", "w") as f:
         f.write(json.dumps(state))
@@ -101,8 +110,9 @@ class StepBackup(keras.callbacks.Callback):
     variables already. Keras calls it once per call of `steps_per_execution` steps, which must
     divide `every`. `state(step)`: more fields for latest.json (the training phase)."""
 
-    def __init__(self, directory: str, every: int, start_step: int,
-                 state: Optional[Callable[[int], Dict[str, Any]]] = None):
+    def __init__(
+        self, directory: str, every: int, start_step: int, state: Optional[Callable[[int], Dict[str, Any]]] = None
+    ):
         super().__init__()
         self.directory, self.every, self.step = directory, every, start_step
         self._last_saved = start_step

@@ -4,6 +4,7 @@ task of a multi-worker cluster this process is.
 The cluster comes from TF_CONFIG (set by the local `--workers` launcher, the Kubeflow Training
 Operator or Vertex AI), read once by the training entry point and passed in here as a dict.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,15 +88,18 @@ def replica_batch_size(train: TrainConfig, replicas: int) -> int:
     class-contiguous) every replica's contiguous share must hold whole classes, so that each anchor
     has its positives on its own replica (the `replica` mining) and the global batch keeps P classes."""
     if train.batch_size % replicas:
-        raise ConfigError(f"train.batch_size (--batch-size): the global batch {train.batch_size} does not divide "
-                          f"evenly over {replicas} replicas")
+        raise ConfigError(
+            f"train.batch_size (--batch-size): the global batch {train.batch_size} does not divide "
+            f"evenly over {replicas} replicas"
+        )
     if train.examples_per_class:
         classes = train.batch_size // train.examples_per_class
         if classes % replicas:
             raise ConfigError(
                 f"train.examples_per_class (--examples-per-class) / train.batch_size (--batch-size): a batch of "
                 f"{classes} classes x {train.examples_per_class} does not split into whole classes over {replicas} "
-                f"replicas; make batch_size / examples_per_class a multiple of {replicas}")
+                f"replicas; make batch_size / examples_per_class a multiple of {replicas}"
+            )
     return train.batch_size // replicas
 
 
@@ -111,8 +115,17 @@ def log_strategy(strategy: tf.distribute.Strategy, train: TrainConfig) -> int:
     """Checks the batch split and logs "Strategy: ..."; returns the per-replica batch."""
     replicas = strategy.num_replicas_in_sync
     per_replica = replica_batch_size(train, replicas)
-    mining = ("global batch" if uses_global_mining(train, replicas) else "each replica's batch") \
-        if replicas > 1 else "the batch"
-    logger.info("Strategy: %s, %d replica(s), per-replica batch %d (global %d); mining over %s",
-                strategy_name(strategy), replicas, per_replica, train.batch_size, mining)
+    mining = (
+        ("global batch" if uses_global_mining(train, replicas) else "each replica's batch")
+        if replicas > 1
+        else "the batch"
+    )
+    logger.info(
+        "Strategy: %s, %d replica(s), per-replica batch %d (global %d); mining over %s",
+        strategy_name(strategy),
+        replicas,
+        per_replica,
+        train.batch_size,
+        mining,
+    )
     return per_replica

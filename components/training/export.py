@@ -7,6 +7,7 @@ id, one a line, in assets/`contract.CLASS_NAMES_ASSET` (`class_names`; `signatur
 Transform vocabulary of `class_name` in `contract.class_order`, or the ids as text "0".."N-1" for
 sources without class names.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -41,8 +42,9 @@ def class_names(tft_output: tft.TFTransformOutput, num_classes: int) -> List[str
     return names + [str(i) for i in range(len(names), num_classes)]
 
 
-def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig,
-                         path: str) -> None:
+def export_serving_model(
+    model: keras.Model, tft_output: tft.TFTransformOutput, config: PipelineConfig, path: str
+) -> None:
     """SavedModel with the three embedding signatures, without optimizer state."""
     # A fresh copy of the network holds the weights and nothing else (no Adam slots).
     inference = build_model(config.data.image_shape, config.train.embedding_dim, network=config.train.network)
@@ -67,8 +69,8 @@ def export_serving_model(model: keras.Model, tft_output: tft.TFTransformOutput, 
     archive.track(tft_layer)
     archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[signatures.examples_spec()])
     for name, (function, spec) in signatures.embedding_functions(
-            embed_image_bytes, config.data.image_shape, config.data.resize,
-            encoded=config.data.encoded_images).items():
+        embed_image_bytes, config.data.image_shape, config.data.resize, encoded=config.data.encoded_images
+    ).items():
         archive.add_endpoint(name, function, input_signature=[spec])
     archive.write_out(path, verbose=False)
     signatures.write_class_names(path, class_names(tft_output, config.data.num_classes))

@@ -8,6 +8,7 @@ alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)), in one kernel: tests/training/fused_a
 that the weights after one and three steps are Keras' Adam's to rounding. On the tutorial recipe
 (2 cores) it saves about 6 % of the CPU time of a training step (bench/README.md, "Training step").
 """
+
 from __future__ import annotations
 
 import keras
@@ -32,7 +33,14 @@ class FusedAdam(keras.optimizers.Adam):
         beta_2 = tf.cast(self.beta_2, dtype)
         index = self._get_variable_index(variable)
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
-            beta1_power=tf.pow(beta_1, local_step), beta2_power=tf.pow(beta_2, local_step),
-            lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype))
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, local_step),
+            beta2_power=tf.pow(beta_2, local_step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )

@@ -14,6 +14,7 @@ The backbones (`mobilenet_v3_small`, `mobilenet_v3_large`, `efficientnet_v2_b0`,
 the input scaled to the backbone's range, the Keras Applications model without its top, average
 pooled (backbones.py), Dropout, then the same projection head: Dense(embedding_dim) -> L2-normalise.
 """
+
 from __future__ import annotations
 
 import keras
@@ -48,6 +49,7 @@ def _backbone(name: str):
         x = backbones.input_scaling(name, precision)(x)
         x = backbones.build_backbone(name, image_shape, backbone_weights, precision)(x)
         return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x
+
     return features
 
 
@@ -55,8 +57,14 @@ def _backbone(name: str):
 NETWORKS = {"tutorial_cnn": _tutorial_cnn, "strided": _strided, **{name: _backbone(name) for name in BACKBONES}}
 
 
-def build_model(image_shape, embedding_dim: int, precision: str = "float32",
-                dropout: float = 0.3, network: str = "tutorial_cnn", backbone_weights: str = "none") -> keras.Model:
+def build_model(
+    image_shape,
+    embedding_dim: int,
+    precision: str = "float32",
+    dropout: float = 0.3,
+    network: str = "tutorial_cnn",
+    backbone_weights: str = "none",
+) -> keras.Model:
     """`precision` is a Keras dtype policy for the layers' arithmetic (weights stay float32);
     the embedding is always float32, so the loss and the metrics see full precision. `dropout`
     acts in training only: the exported network is the same for any rate. `backbone_weights`

@@ -5,6 +5,7 @@ direction (run -> tfjob -> worker -> trainer): a Kubeflow TFJob (`tfjob.py`, whe
 compiled with `--trainer-workers N`), `train.workers` local processes (`worker.py`), or this process
 (`trainer.train_and_export`).
 """
+
 from __future__ import annotations
 
 import os

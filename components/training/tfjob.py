@@ -13,6 +13,7 @@ run_fn then hands over to `launch_and_wait`, which:
 It calls the Kubernetes API through the `kubernetes` client only: tfjobs create/get/delete and
 pods/log get, which kubeflow/tfjob-rbac.yaml grants to the step's service account.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,8 @@ def tfjob_manifest(name: str, namespace: str, section: Dict[str, Any], spec_path
     """The TFJob: `workers` Worker replicas (worker 0 is the chief), with the image, GPUs, CPU and
     memory limits, service account and PVC of the `tfjob` section."""
     container: Dict[str, Any] = {
-        "name": CONTAINER_NAME, "image": section["image"],
+        "name": CONTAINER_NAME,
+        "image": section["image"],
         "command": ["python", "-m", worker.WORKER_MODULE, "--spec", spec_path],
     }
     limits: Dict[str, Any] = {}
@@ -69,18 +71,21 @@ def tfjob_manifest(name: str, namespace: str, section: Dict[str, Any], spec_path
     if section.get("service_account"):
         pod["serviceAccountName"] = section["service_account"]
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TFJob",
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TFJob",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/created-by": "triplet-tfx"}},
         "spec": {
             # Stop the other workers as soon as the job has failed; keep finished pods' logs.
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": RESTART_LIMIT},
-            "tfReplicaSpecs": {"Worker": {
-                "replicas": section["workers"],
-                # Restart a worker killed from outside (exit 130/137/143: preemption, OOM kill), it resumes
-                # from the last checkpoint; any other non-zero exit fails the job.
-                "restartPolicy": "ExitCode",
-                "template": {"spec": pod},
-            }},
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "replicas": section["workers"],
+                    # Restart a worker killed from outside (exit 130/137/143: preemption, OOM kill), it resumes
+                    # from the last checkpoint; any other non-zero exit fails the job.
+                    "restartPolicy": "ExitCode",
+                    "template": {"spec": pod},
+                }
+            },
         },
     }
 
@@ -105,9 +110,11 @@ def status_line(job: Dict[str, Any]) -> str:
     if conditions:
         last = conditions[-1]
         state = f"{last.get('type')} ({last.get('reason')}: {last.get('message')})"
-    replicas = [f"{kind}: {counts.get('active', 0)} active, {counts.get('succeeded', 0)} succeeded, "
-                f"{counts.get('failed', 0)} failed"
-                for kind, counts in sorted((job.get("status", {}).get("replicaStatuses") or {}).items())]
+    replicas = [
+        f"{kind}: {counts.get('active', 0)} active, {counts.get('succeeded', 0)} succeeded, "
+        f"{counts.get('failed', 0)} failed"
+        for kind, counts in sorted((job.get("status", {}).get("replicaStatuses") or {}).items())
+    ]
     return f"TFJob {meta.get('namespace')}/{meta.get('name')}: {state}" + "".join(f"; {r}" for r in replicas)
 
 
@@ -116,8 +123,10 @@ def default_namespace() -> str:
         with open(POD_NAMESPACE_FILE) as f:
             return f.read().strip()
     except OSError:
-        raise ValueError("tfjob.namespace (--tfjob-namespace) is not set and the Trainer step does not run in a "
-                         f"Kubernetes pod ({POD_NAMESPACE_FILE} not found): name the TFJob's namespace") from None
+        raise ValueError(
+            "tfjob.namespace (--tfjob-namespace) is not set and the Trainer step does not run in a "
+            f"Kubernetes pod ({POD_NAMESPACE_FILE} not found): name the TFJob's namespace"
+        ) from None
 
 
 def default_api_client():
@@ -136,13 +145,18 @@ def _create(api, namespace: str, body: Dict[str, Any]) -> None:
 
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        logger.info("Created TFJob %s/%s: %d worker(s), image %s", namespace, body["metadata"]["name"],
-                    body["spec"]["tfReplicaSpecs"]["Worker"]["replicas"],
-                    body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["image"])
+        logger.info(
+            "Created TFJob %s/%s: %d worker(s), image %s",
+            namespace,
+            body["metadata"]["name"],
+            body["spec"]["tfReplicaSpecs"]["Worker"]["replicas"],
+            body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["image"],
+        )
     except ApiException as err:
         if err.status != 409:
-            raise RuntimeError(f"could not create TFJob {namespace}/{body['metadata']['name']}: "
-                               f"{err.status} {err.reason}: {err.body}") from None
+            raise RuntimeError(
+                f"could not create TFJob {namespace}/{body['metadata']['name']}: {err.status} {err.reason}: {err.body}"
+            ) from None
         # A retried launcher (same step output, same name): wait for the job already there.
         logger.info("TFJob %s/%s exists already: waiting for it", namespace, body["metadata"]["name"])
 
@@ -220,6 +234,5 @@ def launch_and_wait(fn_args, api_client=None, poll_seconds: Optional[float] = No
     if final["type"] == "Failed":
         tails = worker_log_tails(client.CoreV1Api(api_client), namespace, name, section["workers"])
         raise TFJobFailed(f"TFJob {namespace}/{name} failed: {final.get('reason')}: {final.get('message')}\n{tails}")
-    logger.info("TFJob %s/%s succeeded: the chief exported the model to %s", namespace, name,
-                fn_args.serving_model_dir)
+    logger.info("TFJob %s/%s succeeded: the chief exported the model to %s", namespace, name, fn_args.serving_model_dir)
     return namespace, name

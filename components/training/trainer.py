@@ -6,6 +6,7 @@ It trains the network of `network.py` with the project's triplet losses under th
 (`components/training/export.py`). The Trainer's `run_fn` (`run.py`) calls it, or runs `worker.py`'s
 entry point, which calls it, in `train.workers` local processes or a TFJob's pods.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,10 @@ def machine_precision(precision: str) -> str:
     """`precision`, with "auto" resolved for the devices of this process."""
     if precision != "auto":
         return precision
-    gpus = [tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
-            for gpu in tf.config.list_physical_devices("GPU")]
+    gpus = [
+        tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = {flag for line in cpuinfo if line.startswith("flags") for flag in line.split()}
@@ -88,20 +91,28 @@ def phase_at(step: int, plan: Dict[str, int], train: TrainConfig) -> str:
     return FROZEN if step < frozen_steps(plan, train) else FINE_TUNE
 
 
-def compiled_model(image_shape, train: TrainConfig, plan: Dict[str, int], replicas: int = 1,
-                   steps_per_call: int = 1, phase: Optional[str] = None) -> keras.Model:
+def compiled_model(
+    image_shape,
+    train: TrainConfig,
+    plan: Dict[str, int],
+    replicas: int = 1,
+    steps_per_call: int = 1,
+    phase: Optional[str] = None,
+) -> keras.Model:
     """The network to train, with its optimizer and loss, compiled for `phase` (default: the
     first step's); under a strategy, build it in its scope."""
     precision = machine_precision(train.precision)
     logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
-    model = build_model(image_shape, train.embedding_dim, precision, train.dropout, train.network,
-                        train.backbone_weights)
+    model = build_model(
+        image_shape, train.embedding_dim, precision, train.dropout, train.network, train.backbone_weights
+    )
     compile_phase(model, train, plan, phase or phase_at(0, plan, train), replicas, steps_per_call)
     return model
 
 
-def compile_phase(model: keras.Model, train: TrainConfig, plan: Dict[str, int], phase: str, replicas: int = 1,
-                  steps_per_call: int = 1) -> None:
+def compile_phase(
+    model: keras.Model, train: TrainConfig, plan: Dict[str, int], phase: str, replicas: int = 1, steps_per_call: int = 1
+) -> None:
     """(Re)compiles `model` for a training phase: the backbone frozen or not, a fresh optimizer at the
     phase's learning rate. Under a strategy, call it in the strategy's scope."""
     backbone = backbones.backbone_of(model)
@@ -116,16 +127,19 @@ def compile_phase(model: keras.Model, train: TrainConfig, plan: Dict[str, int], 
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
         # dtype policy (not the layers' own, as here) is mixed_float16.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, loss=make_loss(train, distribute.uses_global_mining(train, replicas)),
-                  steps_per_execution=steps_per_call)
+    model.compile(
+        optimizer=optimizer,
+        loss=make_loss(train, distribute.uses_global_mining(train, replicas)),
+        steps_per_execution=steps_per_call,
+    )
 
 
 def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Loss:
     if train.loss == "hard":
-        return losses.TripletHardLoss(margin=train.margin, soft=train.soft,
-                                      distance_metric=train.distance, global_batch=global_batch)
-    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance,
-                                      global_batch=global_batch)
+        return losses.TripletHardLoss(
+            margin=train.margin, soft=train.soft, distance_metric=train.distance, global_batch=global_batch
+        )
+    return losses.TripletSemiHardLoss(margin=train.margin, distance_metric=train.distance, global_batch=global_batch)
 
 
 # Decoded examples are cached in memory when the split's float32 images take at most this share of
@@ -148,8 +162,9 @@ def decoded_bytes(num_examples: int, image_shape: Sequence[int]) -> int:
     return num_examples * math.prod(image_shape) * 4
 
 
-def fits_in_cache(num_examples: int, image_shape: Sequence[int], memory_bytes: Optional[int] = None,
-                  share: float = CACHE_MEMORY_SHARE) -> bool:
+def fits_in_cache(
+    num_examples: int, image_shape: Sequence[int], memory_bytes: Optional[int] = None, share: float = CACHE_MEMORY_SHARE
+) -> bool:
     """Whether a split's decoded images fit the in-memory cache's budget (`share` of the memory)."""
     memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
     return decoded_bytes(num_examples, image_shape) <= share * memory
@@ -171,12 +186,16 @@ def example_files(file_patterns: List[str]) -> List[str]:
 
 def count_records(files: List[str]) -> int:
     """Examples in ExampleGen's gzipped TFRecord files, without parsing or decoding them."""
-    return int(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).reduce(
-        tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0]))
+    return int(
+        tf.data.TFRecordDataset(files, compression_type="GZIP")
+        .batch(4096)
+        .reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0])
+    )
 
 
-def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput,
-                     cache: bool = True) -> tf.data.Dataset:
+def read_transformed(
+    file_patterns: List[str], tft_output: tft.TFTransformOutput, cache: bool = True
+) -> tf.data.Dataset:
     """Unbatched (image, label) pairs: ExampleGen's gzipped tf.Examples through the Transform
     graph, cached in memory (`cache`), or decoded again at every pass, in parallel, prefetched."""
     files = example_files(file_patterns)
@@ -189,15 +208,18 @@ def read_transformed(file_patterns: List[str], tft_output: tft.TFTransformOutput
         features = transform(tf.io.parse_example(records, raw_spec))
         return features[IMAGE_KEY], features[LABEL_KEY]
 
-    examples = (tf.data.TFRecordDataset(files, compression_type="GZIP")
-                .batch(1024)
-                .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
-                .unbatch())
+    examples = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP")
+        .batch(1024)
+        .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
+        .unbatch()
+    )
     return examples.cache() if cache else examples.prefetch(tf.data.AUTOTUNE)
 
 
-def read_split(file_patterns: List[str], tft_output: tft.TFTransformOutput, image_shape: Sequence[int],
-               split: str) -> Tuple[tf.data.Dataset, int]:
+def read_split(
+    file_patterns: List[str], tft_output: tft.TFTransformOutput, image_shape: Sequence[int], split: str
+) -> Tuple[tf.data.Dataset, int]:
     """read_transformed's examples of a split and their number. Cached in memory when the decoded split
     fits (fits_in_cache; then counted by the pass that fills the cache, as before), else decoded at
     every pass and counted from the raw records (no decoding)."""
@@ -205,10 +227,17 @@ def read_split(file_patterns: List[str], tft_output: tft.TFTransformOutput, imag
     num_records = count_records(files)
     cache = fits_in_cache(num_records, image_shape)
     budget = CACHE_MEMORY_SHARE * machine_memory_bytes()
-    logger.info("%s split: %d examples, %.2f GB as float32 %s images, %s %.1f GB (%.0f%% of the memory): %s", split,
-                num_records, decoded_bytes(num_records, image_shape) / 1e9, "x".join(map(str, image_shape)),
-                "within" if cache else "over", budget / 1e9, CACHE_MEMORY_SHARE * 100,
-                "cached in memory" if cache else "decoded at every pass (parallel map, prefetch)")
+    logger.info(
+        "%s split: %d examples, %.2f GB as float32 %s images, %s %.1f GB (%.0f%% of the memory): %s",
+        split,
+        num_records,
+        decoded_bytes(num_records, image_shape) / 1e9,
+        "x".join(map(str, image_shape)),
+        "within" if cache else "over",
+        budget / 1e9,
+        CACHE_MEMORY_SHARE * 100,
+        "cached in memory" if cache else "decoded at every pass (parallel map, prefetch)",
+    )
     examples = read_transformed(files, tft_output, cache=cache)
     return examples, count(examples) if cache else num_records  # the count fills the cache
 
@@ -219,21 +248,25 @@ def count(examples: tf.data.Dataset) -> int:
 
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
     if train.examples_per_class:
-        batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class,
-                                                  seed=train.seed)
+        batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class, seed=train.seed)
     else:
         # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
         # (all of MNIST).
-        buffer = shuffle_buffer(examples.element_spec[0].shape) if examples.element_spec[0].shape.is_fully_defined() \
+        buffer = (
+            shuffle_buffer(examples.element_spec[0].shape)
+            if examples.element_spec[0].shape.is_fully_defined()
             else SHUFFLE_BUFFER
+        )
         batches = examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
     batches = batches.repeat()
     if train.augment_shift:
         # "nearest" repeats the border, which is background for centred objects such as digits.
-        shift = keras.layers.RandomTranslation(train.augment_shift, train.augment_shift, fill_mode="nearest",
-                                               seed=train.seed)
-        batches = batches.map(lambda images, labels: (shift(images, training=True), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        shift = keras.layers.RandomTranslation(
+            train.augment_shift, train.augment_shift, fill_mode="nearest", seed=train.seed
+        )
+        batches = batches.map(
+            lambda images, labels: (shift(images, training=True), labels), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return shard_by_data(batches.prefetch(tf.data.AUTOTUNE))
 
 
@@ -272,9 +305,15 @@ def learning_rate(train: TrainConfig, plan: Dict[str, int], phase: str = ALL):
     return rate
 
 
-def fit_from(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
-             start_step: int, switch_step: Optional[int] = None, on_switch: Optional[Callable[[], None]] = None,
-             **fit_args) -> None:
+def fit_from(
+    model: keras.Model,
+    make_batches: Callable[[], tf.data.Dataset],
+    plan: Dict[str, int],
+    start_step: int,
+    switch_step: Optional[int] = None,
+    on_switch: Optional[Callable[[], None]] = None,
+    **fit_args,
+) -> None:
     """model.fit from step `start_step` to the plan's end, on the batches an uninterrupted run sees
     from there. Keras starts every fit at the first batch of an epoch, so a resume inside an epoch
     first finishes that epoch in a fit of its own. Each fit gets a fresh input pipeline: a second
@@ -294,13 +333,24 @@ def fit_from(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], pl
         end_epoch = epoch + 1 if done else plan["epochs"]
         if switching and step < switch_step:
             end_epoch = min(end_epoch, switch_step // steps_per_epoch)
-        model.fit(make_batches().skip(step) if step else make_batches(), initial_epoch=epoch, epochs=end_epoch,
-                  steps_per_epoch=steps_per_epoch - done, **fit_args)
+        model.fit(
+            make_batches().skip(step) if step else make_batches(),
+            initial_epoch=epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps_per_epoch - done,
+            **fit_args,
+        )
         step = end_epoch * steps_per_epoch
 
 
-def restored_model(image_shape, train: TrainConfig, plan: Dict[str, int], backup: str,
-                   strategy: tf.distribute.Strategy, steps_per_call: int = 1) -> Tuple[keras.Model, int]:
+def restored_model(
+    image_shape,
+    train: TrainConfig,
+    plan: Dict[str, int],
+    backup: str,
+    strategy: tf.distribute.Strategy,
+    steps_per_call: int = 1,
+) -> Tuple[keras.Model, int]:
     """The compiled model, with the backup's training state when there is one; and the step to start
     from. A backup of the fine-tuning phase holds that phase's optimizer (and an unfrozen backbone's
     trainable variables): the model is compiled for the backup's phase before loading it."""
@@ -310,25 +360,44 @@ def restored_model(image_shape, train: TrainConfig, plan: Dict[str, int], backup
         model = compiled_model(image_shape, train, plan, strategy.num_replicas_in_sync, steps_per_call, phase)
         start = checkpoints.restore(model, backup)
     if start:
-        logger.info("Resuming from step %d of %d, phase %s (backup %s)", start,
-                    plan["epochs"] * plan["steps_per_epoch"], phase, backup)
+        logger.info(
+            "Resuming from step %d of %d, phase %s (backup %s)",
+            start,
+            plan["epochs"] * plan["steps_per_epoch"],
+            phase,
+            backup,
+        )
     return model, start
 
 
-def fit_phases(model: keras.Model, make_batches: Callable[[], tf.data.Dataset], plan: Dict[str, int],
-               start_step: int, train: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
-               steps_per_call: int = 1, **fit_args) -> None:
+def fit_phases(
+    model: keras.Model,
+    make_batches: Callable[[], tf.data.Dataset],
+    plan: Dict[str, int],
+    start_step: int,
+    train: TrainConfig,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    steps_per_call: int = 1,
+    **fit_args,
+) -> None:
     """fit_from, with --freeze-backbone-epochs' switch: at the end of the frozen epochs the model is
     recompiled (in the strategy's scope) to fine-tune everything at the lower learning rate."""
     strategy = strategy or tf.distribute.get_strategy()
     switch_step = frozen_steps(plan, train) if train.freeze_backbone_epochs else None
     if switch_step is not None and start_step < switch_step:
-        logger.info("Backbone frozen for steps %d-%d (the head alone), then fine-tuned at learning rate x %g",
-                    start_step, switch_step - 1, train.fine_tune_lr_factor)
+        logger.info(
+            "Backbone frozen for steps %d-%d (the head alone), then fine-tuned at learning rate x %g",
+            start_step,
+            switch_step - 1,
+            train.fine_tune_lr_factor,
+        )
 
     def fine_tune():
-        logger.info("Step %d: unfreezing the backbone; fine-tuning everything at learning rate %g", switch_step,
-                    train.learning_rate * train.fine_tune_lr_factor)
+        logger.info(
+            "Step %d: unfreezing the backbone; fine-tuning everything at learning rate %g",
+            switch_step,
+            train.learning_rate * train.fine_tune_lr_factor,
+        )
         with strategy.scope():
             compile_phase(model, train, plan, FINE_TUNE, strategy.num_replicas_in_sync, steps_per_call)
             # Now, not at the first step: a backup at this step holds the fine-tuning optimizer's slots.
@@ -363,49 +432,78 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     if train.examples_per_class and not fits_in_cache(num_train, image_shape):
         # batching.class_balanced_batches reads its input once per class: uncached, each image is decoded
         # once per class and pass.
-        logger.warning("Class-balanced batches (--examples-per-class) of a train split that is not cached in "
-                       "memory decode every image once per class at every pass: expect a slow input pipeline")
+        logger.warning(
+            "Class-balanced batches (--examples-per-class) of a train split that is not cached in "
+            "memory decode every image once per class at every pass: expect a slow input pipeline"
+        )
     plan = step_plan(num_train, train)
     steps_per_call = steps_per_execution(plan, train, strategy.num_replicas_in_sync)
-    logger.info("Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d, %s loss",
-                num_train, plan["epochs"], plan["steps_per_epoch"], steps_per_call, train.batch_size, train.loss)
+    logger.info(
+        "Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d, %s loss",
+        num_train,
+        plan["epochs"],
+        plan["steps_per_epoch"],
+        steps_per_call,
+        train.batch_size,
+        train.loss,
+    )
     eval_examples, num_eval = read_split(args.eval_files, tft_output, image_shape, "eval")
     logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
     eval_batch = max(train.batch_size, 256)
     # A known length lets Keras stop at the last batch instead of running into the end of the
     # data ("Local rendezvous is aborting ... End of sequence", "Your input ran out of data").
     validation_batches = eval_examples.batch(eval_batch).apply(
-        tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch)))
+        tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch))
+    )
 
-    backup = checkpoints.backup_dir(args.model_run_dir, [*args.train_files, *args.eval_files, args.transform_output],
-                                    args.custom_config)
+    backup = checkpoints.backup_dir(
+        args.model_run_dir, [*args.train_files, *args.eval_files, args.transform_output], args.custom_config
+    )
     scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
     try:
         model, start = restored_model(image_shape, train, plan, backup, strategy, steps_per_call)
         total = plan["epochs"] * plan["steps_per_epoch"]
         fit_start, fit_cpu_start = time.time(), time.process_time()
         fit_phases(
-            model, lambda: training_batches(train_examples, train), plan, start, train, strategy, steps_per_call,
+            model,
+            lambda: training_batches(train_examples, train),
+            plan,
+            start,
+            train,
+            strategy,
+            steps_per_call,
             # Once, at the end: validating after every epoch left about half of the following epochs
             # 1.7x slower on CPU (Keras 3.12, TF 2.16, 2 cores; not understood). The evaluator measures
             # the embedding quality that matters.
             validation_data=shard_by_data(validation_batches),
             validation_freq=plan["epochs"],
             callbacks=[
-                keras.callbacks.TensorBoard(log_dir=args.model_run_dir if chief else os.path.join(scratch, "logs"),
-                                            update_freq="epoch"),
-                checkpoints.StepBackup(backup if chief else os.path.join(scratch, "backup"),
-                                       train.checkpoint_every, start,
-                                       state=lambda step: {"phase": phase_at(step, plan, train)}),
+                keras.callbacks.TensorBoard(
+                    log_dir=args.model_run_dir if chief else os.path.join(scratch, "logs"), update_freq="epoch"
+                ),
+                checkpoints.StepBackup(
+                    backup if chief else os.path.join(scratch, "backup"),
+                    train.checkpoint_every,
+                    start,
+                    state=lambda step: {"phase": phase_at(step, plan, train)},
+                ),
             ],
             verbose=1 if sys.stdout.isatty() else 2,  # a live progress bar on a terminal, else a line per epoch
         )
         fit_end = time.time()
         # CPU time too: on a shared machine the wall time varies with what else runs, the work does not.
-        logger.info("Fit in %.1f s, %.1f s of CPU (%d epoch(s), validation after the last)", fit_end - fit_start,
-                    time.process_time() - fit_cpu_start, plan["epochs"])
-        logger.info("Trained %d steps (optimizer step %d); weights sha256 %s", total,
-                    int(model.optimizer.iterations.numpy()), weights_digest(model))
+        logger.info(
+            "Fit in %.1f s, %.1f s of CPU (%d epoch(s), validation after the last)",
+            fit_end - fit_start,
+            time.process_time() - fit_cpu_start,
+            plan["epochs"],
+        )
+        logger.info(
+            "Trained %d steps (optimizer step %d); weights sha256 %s",
+            total,
+            int(model.optimizer.iterations.numpy()),
+            weights_digest(model),
+        )
         if chief:
             export_serving_model(model, tft_output, config, args.serving_model_dir)
             logger.info("Exported the serving model in %.1f s", time.time() - fit_end)

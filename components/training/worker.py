@@ -5,6 +5,7 @@ PATH (any tf.io.gfile path: local, gs://, s3://) holds the Trainer's FnArgs fiel
 and only the chief exports the model into `serving_model_dir`. Every multi-worker run goes through it:
 `--workers N` starts N local processes (`run_local_workers`), a Kubeflow TFJob N pods.
 """
+
 from __future__ import annotations
 
 import triplet_tfx.components  # noqa: F401  (pins Keras 3 before TensorFlow loads)
@@ -28,8 +29,7 @@ import portpicker
 logger = logging.getLogger(__name__)
 
 # FnArgs fields a worker reads (the rest, such as data_accessor, need the TFX executor).
-SPEC_FIELDS = ("train_files", "eval_files", "transform_output", "serving_model_dir", "model_run_dir",
-               "custom_config")
+SPEC_FIELDS = ("train_files", "eval_files", "transform_output", "serving_model_dir", "model_run_dir", "custom_config")
 LOG_TAIL_LINES = 30
 WORKER_MODULE = "triplet_tfx.components.training.worker"
 _KERAS_PROGRESS = re.compile(r"^Epoch \d+/\d+$|/step - ")
@@ -90,8 +90,13 @@ def run_local_workers(spec_path: str, workers: int) -> None:
         for tf_config in local_tf_configs(workers):
             name = f"{tf_config['task']['type']} {tf_config['task']['index']}"
             env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
-            process = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, "--spec", spec_path], env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, "--spec", spec_path],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             tail = collections.deque(maxlen=LOG_TAIL_LINES)
             reader = threading.Thread(target=_stream, args=(process, name, tail), daemon=True)
             reader.start()
@@ -108,8 +113,9 @@ def run_local_workers(spec_path: str, workers: int) -> None:
                 pending.remove(entry)
                 reader.join()
                 if code != 0:
-                    raise WorkerFailed(f"training {name} exited with status {code}; its last lines:\n"
-                                       + "\n".join(tail))
+                    raise WorkerFailed(
+                        f"training {name} exited with status {code}; its last lines:\n" + "\n".join(tail)
+                    )
     finally:
         for _, process, _, _ in procs:
             if process.poll() is None:
@@ -118,12 +124,15 @@ def run_local_workers(spec_path: str, workers: int) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Trains the triplet model as one task of the cluster that "
-                                                 "TF_CONFIG describes (or alone); the chief exports the model.")
+    parser = argparse.ArgumentParser(
+        description="Trains the triplet model as one task of the cluster that "
+        "TF_CONFIG describes (or alone); the chief exports the model."
+    )
     parser.add_argument("--spec", required=True, help="JSON of the Trainer's fields (written by run_fn)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from triplet_tfx.components.training import distribute, trainer
 
     spec = read_spec(args.spec)

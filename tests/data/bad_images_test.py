@@ -1,5 +1,6 @@
 """Every image is checked before ExampleGen writes it: each bad one is one line naming the file,
 and --on-bad-image skip leaves it out, lists it and counts it."""
+
 import io
 import os
 import struct
@@ -37,12 +38,15 @@ JPEG, PNG = _encoded("JPEG"), _encoded("PNG")
 BAD = {  # file name: (content, the reason in the message)
     "empty.jpg": (b"", r"empty file \(0 bytes\)"),
     "text.png": (b"hello, I am text", r"not an image \(Pillow cannot identify it; the file starts with text\)"),
-    "truncated.jpg": (JPEG[:len(JPEG) // 2], r"corrupt or truncated JPEG: TensorFlow cannot decode it"),
-    "truncated.png": (PNG[:len(PNG) // 2], r"corrupt or truncated PNG: TensorFlow cannot decode it"),
+    "truncated.jpg": (JPEG[: len(JPEG) // 2], r"corrupt or truncated JPEG: TensorFlow cannot decode it"),
+    "truncated.png": (PNG[: len(PNG) // 2], r"corrupt or truncated PNG: TensorFlow cannot decode it"),
     "corrupt.jpg": (JPEG.replace(b"\xff\xc0", b"\xff\xc0\x00\x00", 1), r"corrupt JPEG: its header cannot be read"),
     "corrupt.png": (PNG[:40] + b"\0\0\0\0" + PNG[44:], r"corrupt PNG: its header cannot be read"),
-    "bomb.png": (_png_claiming(10000, 10000), r"decompression bomb refused: the header claims 10000x10000 = "
-                                              r"100000000 pixels, more than 89478485"),
+    "bomb.png": (
+        _png_claiming(10000, 10000),
+        r"decompression bomb refused: the header claims 10000x10000 = "
+        r"100000000 pixels, more than 89478485",
+    ),
     "huge_bomb.png": (_png_claiming(30000, 30000), r"decompression bomb refused"),
     "photo.webp": (_encoded("WEBP"), r"WebP image: TensorFlow cannot decode WebP; convert it to PNG or JPEG"),
     "webp_named.jpg": (_encoded("WEBP"), r"WebP image: TensorFlow cannot decode WebP"),
@@ -84,8 +88,11 @@ def test_bad_image_stops_the_run_naming_it(tmp_path):
     _collection_with_bad_images(tmp_path / "photos")
     data = DataConfig(source=f"images:{tmp_path / 'photos'}", num_classes=2)
     data_sources.check_source(data)  # pre-flight decodes nothing
-    with pytest.raises(Exception, match=r"photos/a/(empty.jpg: empty file|truncated.jpg: corrupt or truncated|"
-                                        r"photo.webp: WebP image)"):
+    with pytest.raises(
+        Exception,
+        match=r"photos/a/(empty.jpg: empty file|truncated.jpg: corrupt or truncated|"
+        r"photo.webp: WebP image)",
+    ):
         generate(data, str(tmp_path))
 
 
@@ -97,16 +104,26 @@ def test_skip_mode_lists_and_counts_the_skipped_images(tmp_path):
     with open(os.path.join(artifact.uri, contract.SKIPPED_IMAGES_FILE)) as f:
         lines = f.read().splitlines()
     folder = tmp_path / "photos" / "a"
-    assert lines == [f"{folder / 'empty.jpg'}: empty file (0 bytes)",
-                     f"{folder / 'photo.webp'}: {BAD['photo.webp'][1].split(';')[0]}; convert it to PNG or JPEG "
-                     "(e.g. `dwebp in.webp -o out.png` or Pillow)",
-                     lines[2]]
+    assert lines == [
+        f"{folder / 'empty.jpg'}: empty file (0 bytes)",
+        f"{folder / 'photo.webp'}: {BAD['photo.webp'][1].split(';')[0]}; convert it to PNG or JPEG "
+        "(e.g. `dwebp in.webp -o out.png` or Pillow)",
+        lines[2],
+    ]
     assert lines[2].startswith(f"{folder / 'truncated.jpg'}: corrupt or truncated JPEG")
     assert not [name for name in os.listdir(artifact.uri) if name.startswith(".skipped")]  # parts merged
     assert sum(len(read_split(artifact.uri, split)) for split in ("train", "eval")) == 12
 
 
 def test_summary_names_the_skipped_images():
-    summary = RunSummary(run_id="r", executions={}, metrics={}, blessed=None, blessing_message="", pushed_to=None,
-                         evaluation_dir=None, skipped_images="3 image(s) ... listed in /x/skipped_images.txt")
+    summary = RunSummary(
+        run_id="r",
+        executions={},
+        metrics={},
+        blessed=None,
+        blessing_message="",
+        pushed_to=None,
+        evaluation_dir=None,
+        skipped_images="3 image(s) ... listed in /x/skipped_images.txt",
+    )
     assert "Skipped images: 3 image(s) ... listed in /x/skipped_images.txt" in summary.format().splitlines()

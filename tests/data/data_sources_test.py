@@ -1,4 +1,5 @@
 """Data sources: MNIST conversion, tf.Example encoding, image folders, TFRecords, TFDS, bad input."""
+
 import gzip
 import os
 import pickle
@@ -33,13 +34,16 @@ def test_mnist_has_the_original_split_sizes(mnist):
     assert np.bincount(mnist["test"][1]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-@pytest.mark.parametrize("split,index", [("train", 0), ("train", 49999), ("train", 50000), ("train", 59999),
-                                         ("test", 0), ("test", 1234), ("test", 9999)])
+@pytest.mark.parametrize(
+    "split,index",
+    [("train", 0), ("train", 49999), ("train", 50000), ("train", 59999), ("test", 0), ("test", 1234), ("test", 9999)],
+)
 def test_mnist_pixels_are_exactly_the_uint8_originals(raw_pickle, mnist, split, index):
     train, valid, test = raw_pickle
     if split == "train":
-        pixels, label = (train[0][index], train[1][index]) if index < 50000 else \
-            (valid[0][index - 50000], valid[1][index - 50000])
+        pixels, label = (
+            (train[0][index], train[1][index]) if index < 50000 else (valid[0][index - 50000], valid[1][index - 50000])
+        )
     else:
         pixels, label = test[0][index], test[1][index]
     expected = (pixels.astype(np.float64) * 256).astype(np.int64)  # floats are uint8/256 exactly
@@ -52,8 +56,10 @@ def test_mnist_pixels_are_exactly_the_uint8_originals(raw_pickle, mnist, split, 
 def decode(serialized: bytes):
     """(pixel bytes, label) of a serialized tf.Example (bytes differ with map order, content not)."""
     example = tf.train.Example.FromString(serialized)
-    return (example.features.feature["image"].bytes_list.value[0],
-            example.features.feature["label"].int64_list.value[0])
+    return (
+        example.features.feature["image"].bytes_list.value[0],
+        example.features.feature["label"].int64_list.value[0],
+    )
 
 
 def test_make_example_round_trips():
@@ -91,8 +97,11 @@ def test_image_folder_reads_classes_in_sorted_order(tmp_path):
 def test_images_of_any_size_are_written_as_read(tmp_path):
     path = str(tmp_path / "a" / "small.png")
     _write_png(path, np.zeros((20, 33), np.uint8))
-    examples = list(example_gen._image_item(image_items.ImageItem(path, "a", "a/small.png", path), {"a": 0},
-                                             DataConfig(source=f"images:{tmp_path}")))
+    examples = list(
+        example_gen._image_item(
+            image_items.ImageItem(path, "a", "a/small.png", path), {"a": 0}, DataConfig(source=f"images:{tmp_path}")
+        )
+    )
     feature = tf.train.Example.FromString(examples[0]).features.feature
     with open(path, "rb") as f:
         assert feature["image"].bytes_list.value[0] == f.read()
@@ -136,8 +145,13 @@ def test_corrupt_tfrecord_names_the_file(tmp_path):
 
 def test_tfrecord_with_wrong_image_size_names_record_and_feature(tmp_path):
     path = str(tmp_path / "train" / "part.gz")
-    _write_tfrecords(path, [data_sources.make_example(np.zeros((28, 28, 1), np.uint8), 1),
-                            data_sources.make_example(np.zeros((14, 14, 1), np.uint8), 1)])
+    _write_tfrecords(
+        path,
+        [
+            data_sources.make_example(np.zeros((28, 28, 1), np.uint8), 1),
+            data_sources.make_example(np.zeros((14, 14, 1), np.uint8), 1),
+        ],
+    )
     with pytest.raises(data_sources.DataSourceError, match=r"part.gz record 1: feature 'image' has 196 bytes"):
         list(example_gen._tfrecord_file(path, DataConfig()))
 
@@ -148,7 +162,8 @@ def test_empty_split_fails_the_example_gen(tmp_path):
     with pytest.raises(Exception, match="no examples \\(empty split\\)"):
         with beam.Pipeline() as pipeline:
             _ = pipeline | example_gen._SourceToExamples(
-                {example_gen.DATA_CONFIG_KEY: __import__("json").dumps(data.__dict__)}, "train")
+                {example_gen.DATA_CONFIG_KEY: __import__("json").dumps(data.__dict__)}, "train"
+            )
 
 
 def test_unknown_tfds_name_is_named():
@@ -167,15 +182,17 @@ def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
 
     for i in range(40):
         _write_png(str(tmp_path / f"class{i % 2}" / f"{i}.png"), np.full((28, 28), i, np.uint8))
-    component = example_gen.SourceExampleGen(DataConfig(source=f"images:{tmp_path}", num_classes=2,
-                                                        eval_percent=25))
-    exec_properties = {key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
-                       for key, value in component.exec_properties.items()}
+    component = example_gen.SourceExampleGen(DataConfig(source=f"images:{tmp_path}", num_classes=2, eval_percent=25))
+    exec_properties = {
+        key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
+        for key, value in component.exec_properties.items()
+    }
     with beam.Pipeline() as pipeline:
         splits = example_gen.SourceExampleGenExecutor().GenerateExamplesByBeam(pipeline, exec_properties)
         assert sorted(splits) == ["eval", "train"]
-        everything = ((splits["train"], splits["eval"]) | beam.Flatten()
-                      | beam.Map(first_pixel))  # each image's pixel value = its index
+        everything = (
+            (splits["train"], splits["eval"]) | beam.Flatten() | beam.Map(first_pixel)
+        )  # each image's pixel value = its index
         assert_that(everything, equal_to(list(range(40))), label="all_once")
         sizes = [splits[name] | f"Count{name}" >> beam.combiners.Count.Globally() for name in ("train", "eval")]
         assert_that(sizes[1] | beam.Map(lambda n: 0 < n < 40), equal_to([True]), label="eval_nonempty")
@@ -184,8 +201,9 @@ def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
 def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
     for name in ("a", "b"):
         _write_png(str(tmp_path / name / "1.png"), np.zeros((28, 28), np.uint8))
-    with pytest.raises(data_sources.DataSourceError,
-                       match=r"2 class folders \(a, b\), but --num-classes is 10 \(data.num_classes\)"):
+    with pytest.raises(
+        data_sources.DataSourceError, match=r"2 class folders \(a, b\), but --num-classes is 10 \(data.num_classes\)"
+    ):
         data_sources.check_source(DataConfig(source=f"images:{tmp_path}"))
     (tmp_path / "c").mkdir()
     with pytest.raises(data_sources.DataSourceError, match=f"{tmp_path / 'c'}: class folder without image files"):

@@ -1,5 +1,6 @@
 """Encoded tfrecord: (TF-Slim / TFDS / object-detection feature keys) and tfds: sources of images of
 varying size, read without decoding."""
+
 import os
 
 import pytest
@@ -15,11 +16,15 @@ pytestmark = pytest.mark.slow
 
 
 def _slim_example(content: bytes, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[content])),
-        "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"jpeg"])),
-        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[content])),
+                "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"jpeg"])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString()
 
 
 @pytest.fixture()
@@ -37,8 +42,13 @@ def slim_folder(tmp_path):
 
 def test_encoded_tfrecord_with_slim_keys_is_rewritten_to_the_contract(tmp_path, slim_folder):
     folder, photos = slim_folder
-    data = DataConfig(source=f"tfrecord:{folder}", num_classes=3, tfrecord_encoded=True,
-                      tfrecord_image_key="image/encoded", tfrecord_label_key="image/class/label")
+    data = DataConfig(
+        source=f"tfrecord:{folder}",
+        num_classes=3,
+        tfrecord_encoded=True,
+        tfrecord_image_key="image/encoded",
+        tfrecord_label_key="image/class/label",
+    )
     assert data.encoded_images
     artifact = run_example_gen(data, str(tmp_path / "out"))
     contents = {}
@@ -58,17 +68,27 @@ def test_encoded_tfrecord_with_slim_keys_is_rewritten_to_the_contract(tmp_path, 
 
 def test_encoded_records_read_as_raw_say_to_pass_tfrecord_encoded(tmp_path, slim_folder):
     folder, _ = slim_folder
-    data = DataConfig(source=f"tfrecord:{folder}", num_classes=3, tfrecord_image_key="image/encoded",
-                      tfrecord_label_key="image/class/label")
-    with pytest.raises(Exception, match=r"part-0.tfrecord record 0: feature 'image/encoded' holds an encoded "
-                                        r"(JPEG|PNG) image, not raw pixels: pass --tfrecord-encoded"):
+    data = DataConfig(
+        source=f"tfrecord:{folder}",
+        num_classes=3,
+        tfrecord_image_key="image/encoded",
+        tfrecord_label_key="image/class/label",
+    )
+    with pytest.raises(
+        Exception,
+        match=r"part-0.tfrecord record 0: feature 'image/encoded' holds an encoded "
+        r"(JPEG|PNG) image, not raw pixels: pass --tfrecord-encoded",
+    ):
         generate(data, str(tmp_path), "train")
 
 
 def test_missing_feature_names_the_key_flags(tmp_path, slim_folder):
     folder, _ = slim_folder
-    with pytest.raises(Exception, match=r"record 0: not a tf.Example with a bytes 'image' and an int64 'label'.*"
-                                        r"--tfrecord-image-key and --tfrecord-label-key"):
+    with pytest.raises(
+        Exception,
+        match=r"record 0: not a tf.Example with a bytes 'image' and an int64 'label'.*"
+        r"--tfrecord-image-key and --tfrecord-label-key",
+    ):
         generate(DataConfig(source=f"tfrecord:{folder}", num_classes=3, tfrecord_encoded=True), str(tmp_path), "train")
 
 
@@ -78,8 +98,15 @@ def test_tfds_images_of_varying_size_are_read_without_decoding(tmp_path, monkeyp
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     with tfds.testing.mock_data(num_examples=12):
         names = tfds.builder("oxford_flowers102").info.features["label"].names
-        data = DataConfig(source="tfds:oxford_flowers102", num_classes=102, tfds_train_split="train",
-                          tfds_eval_split="test", image_height=32, image_width=32, channels=3)
+        data = DataConfig(
+            source="tfds:oxford_flowers102",
+            num_classes=102,
+            tfds_train_split="train",
+            tfds_eval_split="test",
+            image_height=32,
+            image_width=32,
+            channels=3,
+        )
         # (not data_sources.check_source: the mock's info lists no splits)
         examples = [features(tf.train.Example.FromString(e)) for e in generate(data, str(tmp_path), "train")]
     assert len(examples) == 12

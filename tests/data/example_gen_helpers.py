@@ -1,5 +1,6 @@
 """Running SourceExampleGen in tests: its executor's Do (gzipped TFRecords in a folder, the
 artifact's properties) or its Beam graph alone."""
+
 import glob
 import os
 
@@ -16,8 +17,10 @@ from triplet_tfx.components.data import example_gen
 
 def exec_properties(data: DataConfig) -> dict:
     component = example_gen.SourceExampleGen(data)
-    return {key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
-            for key, value in component.exec_properties.items()}
+    return {
+        key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
+        for key, value in component.exec_properties.items()
+    }
 
 
 def run_example_gen(data: DataConfig, output: str) -> standard_artifacts.Examples:
@@ -26,7 +29,8 @@ def run_example_gen(data: DataConfig, output: str) -> standard_artifacts.Example
     examples.uri = output
     os.makedirs(output, exist_ok=True)
     executor = example_gen.SourceExampleGenExecutor(
-        base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(DEFAULT_BEAM_ARGS), tmp_dir=output))
+        base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(DEFAULT_BEAM_ARGS), tmp_dir=output)
+    )
     executor.Do({}, {"examples": [examples]}, exec_properties(data))
     return examples
 
@@ -34,8 +38,10 @@ def run_example_gen(data: DataConfig, output: str) -> standard_artifacts.Example
 def read_split(examples_uri: str, split: str) -> list:
     """tf.train.Examples of one split written by run_example_gen."""
     files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
-    return [tf.train.Example.FromString(record.numpy())
-            for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return [
+        tf.train.Example.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
 
 
 def generate(data: DataConfig, output: str, split_pattern: str = "all") -> list:
@@ -44,8 +50,11 @@ def generate(data: DataConfig, output: str, split_pattern: str = "all") -> list:
 
     prefix = os.path.join(output, f"generated-{split_pattern}")
     with beam.Pipeline(options=PipelineOptions(list(DEFAULT_BEAM_ARGS))) as pipeline:
-        _ = (pipeline | example_gen._SourceToExamples({example_gen.DATA_CONFIG_KEY: json.dumps(data.__dict__)},
-                                                       split_pattern) | beam.io.WriteToTFRecord(prefix))
+        _ = (
+            pipeline
+            | example_gen._SourceToExamples({example_gen.DATA_CONFIG_KEY: json.dumps(data.__dict__)}, split_pattern)
+            | beam.io.WriteToTFRecord(prefix)
+        )
     return sorted(record.numpy() for record in tf.data.TFRecordDataset(sorted(glob.glob(prefix + "*"))))
 
 

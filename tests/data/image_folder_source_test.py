@@ -1,6 +1,7 @@
 """images:<dir> sources of photos as users have them: any size, PNG/JPEG, grey/CMYK/RGBA/EXIF,
 written as the encoded files, the train/eval sub-folder layout, stratified --max-examples, class
 checks, the storage ratio, and FIFOs, symbolic links and hidden files."""
+
 import os
 import signal
 
@@ -49,7 +50,8 @@ def test_photos_are_written_as_read_with_their_class_size_and_format(photos, wri
         assert values["image_channels"] == channels[photo.kind]
         assert values["image_format"] == photo.format.encode()
     assert sorted(splits["train"][0].features.feature) == sorted(
-        ["image", "label", "class_name", "image_width", "image_height", "image_channels", "image_format", "id"])
+        ["image", "label", "class_name", "image_width", "image_height", "image_channels", "image_format", "id"]
+    )
     assert artifact.get_int_custom_property(contract.SKIPPED_IMAGES_PROPERTY) == 0
     assert not os.path.exists(os.path.join(artifact.uri, contract.SKIPPED_IMAGES_FILE))
 
@@ -57,8 +59,12 @@ def test_photos_are_written_as_read_with_their_class_size_and_format(photos, wri
 def test_storage_is_within_1_2_times_the_image_files(photos, written):
     _, collection = photos
     artifact, _ = written
-    stored = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(artifact.uri)
-                 for name in names if os.path.basename(folder).startswith("Split-"))
+    stored = sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(artifact.uri)
+        for name in names
+        if os.path.basename(folder).startswith("Split-")
+    )
     source = sum(os.path.getsize(p.path) for p in collection)
     assert stored <= 1.2 * source, (stored, source)
 
@@ -84,15 +90,18 @@ def test_max_examples_takes_the_classes_in_turn(photos, tmp_path):
     root, _ = photos
     examples = generate(DataConfig(source=f"images:{root}", num_classes=4, max_examples=6), str(tmp_path))
     import tensorflow as tf
-    names = sorted(tf.train.Example.FromString(e).features.feature["class_name"].bytes_list.value[0].decode()
-                   for e in examples)
+
+    names = sorted(
+        tf.train.Example.FromString(e).features.feature["class_name"].bytes_list.value[0].decode() for e in examples
+    )
     # Round robin in class-id order (one, three, two, zero), each class's files in sorted order.
     assert names == sorted(["one", "three", "two", "zero", "one", "three"])
 
 
 def test_a_split_of_one_class_is_refused(tmp_path):
-    make_photo_collection(str(tmp_path / "photos"), classes=("cat", "dog"), per_class=3, layout="split",
-                          eval_per_class=1)
+    make_photo_collection(
+        str(tmp_path / "photos"), classes=("cat", "dog"), per_class=3, layout="split", eval_per_class=1
+    )
     os.rename(tmp_path / "photos" / "eval" / "dog", tmp_path / "dog_eval_moved")
     with pytest.raises(Exception, match=r"split 'eval' holds examples of 1 class only \(class 0\)"):
         run_example_gen(DataConfig(source=f"images:{tmp_path / 'photos'}", num_classes=2), str(tmp_path / "out"))
@@ -107,8 +116,11 @@ def test_fewer_classes_than_num_classes_is_refused(tmp_path):
 
 def test_class_folder_count_must_match_num_classes(photos):
     root, _ = photos
-    with pytest.raises(data_sources.DataSourceError, match=r"4 class folders \(one, three, two, zero\), but "
-                                                           r"--num-classes is 10"):
+    with pytest.raises(
+        data_sources.DataSourceError,
+        match=r"4 class folders \(one, three, two, zero\), but "
+        r"--num-classes is 10",
+    ):
         data_sources.check_source(DataConfig(source=f"images:{root}"))
 
 
@@ -125,8 +137,9 @@ def test_fifo_named_like_an_image_is_refused_not_read(tmp_path):
     try:
         with pytest.raises(Exception, match=r"a/x.png: not a regular file \(FIFO\)"):
             generate(data, str(tmp_path))
-        skipped = run_example_gen(DataConfig(source=data.source, num_classes=2, on_bad_image="skip", eval_percent=50),
-                                  str(tmp_path / "out"))
+        skipped = run_example_gen(
+            DataConfig(source=data.source, num_classes=2, on_bad_image="skip", eval_percent=50), str(tmp_path / "out")
+        )
     finally:
         signal.alarm(0)
     assert skipped.get_int_custom_property(contract.SKIPPED_IMAGES_PROPERTY) == 1
@@ -147,8 +160,10 @@ def test_symbolic_links_are_followed_loops_left_out(tmp_path):
     pipeline.data_fingerprint(str(tmp_path / "photos"))  # loops left out there too
     data = DataConfig(source=f"images:{tmp_path / 'photos'}", num_classes=3)
     with open(outside, "rb") as f:
-        assert f.read() in [features(__import__("tensorflow").train.Example.FromString(e))["image"]
-                            for e in generate(data, str(tmp_path))]
+        assert f.read() in [
+            features(__import__("tensorflow").train.Example.FromString(e))["image"]
+            for e in generate(data, str(tmp_path))
+        ]
 
 
 def test_broken_symbolic_link_is_one_clear_error(tmp_path):

@@ -1,5 +1,6 @@
 """manifest:<file> sources: CSV and JSON Lines, relative and absolute uris, split and id columns,
 and one clear error naming the file and line for each problem."""
+
 import json
 import os
 
@@ -25,8 +26,10 @@ def _write_csv(path, rows, header="uri,label,split,id"):
 
 
 def test_csv_manifest_with_relative_uris_splits_and_ids(tmp_path, photos):
-    rows = [(os.path.relpath(p.path, tmp_path), p.class_name, "eval" if i % 4 == 3 else "train", f"item{i}")
-            for i, p in enumerate(photos)]
+    rows = [
+        (os.path.relpath(p.path, tmp_path), p.class_name, "eval" if i % 4 == 3 else "train", f"item{i}")
+        for i, p in enumerate(photos)
+    ]
     path = _write_csv(tmp_path / "list.csv", rows)
     data = DataConfig(source=f"manifest:{path}", num_classes=3)
     data_sources.check_source(data)
@@ -54,8 +57,9 @@ def test_jsonl_manifest_without_split_is_split_by_hash(tmp_path, photos):
 
 
 def test_integer_labels_sort_numerically(tmp_path, photos):
-    path = _write_csv(tmp_path / "list.csv", [(p.path, str([2, 10, 9][i % 3])) for i, p in enumerate(photos)],
-                      header="uri,label")
+    path = _write_csv(
+        tmp_path / "list.csv", [(p.path, str([2, 10, 9][i % 3])) for i, p in enumerate(photos)], header="uri,label"
+    )
     assert manifest.read(path).class_names == ["2", "9", "10"]
 
 
@@ -67,28 +71,44 @@ def test_max_examples_keeps_every_class(tmp_path, photos):
 
 def test_bad_image_names_the_manifest_line(tmp_path, photos):
     (tmp_path / "broken.jpg").write_bytes(b"")
-    path = _write_csv(tmp_path / "list.csv", [(p.path, p.class_name) for p in photos] + [("broken.jpg", "cat")],
-                      header="uri,label")
+    path = _write_csv(
+        tmp_path / "list.csv", [(p.path, p.class_name) for p in photos] + [("broken.jpg", "cat")], header="uri,label"
+    )
     with pytest.raises(Exception, match=rf"list.csv line 14: {tmp_path / 'broken.jpg'}: empty file \(0 bytes\)"):
         generate(DataConfig(source=f"manifest:{path}", num_classes=3), str(tmp_path))
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("list.csv", "uri,label\na.jpg,cat\nmissing.jpg,dog\n", r"list.csv line 3: .*missing.jpg: file not found"),
-    ("list.csv", "uri,label,split\na.jpg,cat,train\na.jpg,dog,test\n",
-     r"list.csv line 3: unknown split 'test' \(train or eval"),
-    ("list.csv", "uri,label\na.jpg,cat\na.jpg,\n", r"list.csv line 3: empty label \(a.jpg\)"),
-    ("list.csv", "uri,label,id\na.jpg,cat,x1\na.jpg,dog,x1\n",
-     r"list.csv line 3: duplicate id 'x1' \(also on line 2\)"),
-    ("list.csv", "path,label\na.jpg,cat\n", r"list.csv line 1: missing column uri \(the header has path, label"),
-    ("list.jsonl", '{"uri": "a.jpg", "label": "cat"}\n{"uri": "a.jpg", "label": "dog"\n',
-     r"list.jsonl line 2: bad JSON \(Expecting ',' delimiter"),
-    ("list.jsonl", '{"uri": "a.jpg", "label": "cat"}\n\n{"uri": "a.jpg"}\n', r"list.jsonl line 3: missing label"),
-    ("list.jsonl", '["a.jpg", "cat"]\n', r"list.jsonl line 1: expected a JSON object"),
-    ("list.csv", "uri,label,split\na.jpg,cat,train\na.jpg,dog,\n",
-     r"list.csv line 3: no split, but line 2 has one"),
-    ("list.txt", "a.jpg cat\n", r"list.txt: a manifest is a .csv"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("list.csv", "uri,label\na.jpg,cat\nmissing.jpg,dog\n", r"list.csv line 3: .*missing.jpg: file not found"),
+        (
+            "list.csv",
+            "uri,label,split\na.jpg,cat,train\na.jpg,dog,test\n",
+            r"list.csv line 3: unknown split 'test' \(train or eval",
+        ),
+        ("list.csv", "uri,label\na.jpg,cat\na.jpg,\n", r"list.csv line 3: empty label \(a.jpg\)"),
+        (
+            "list.csv",
+            "uri,label,id\na.jpg,cat,x1\na.jpg,dog,x1\n",
+            r"list.csv line 3: duplicate id 'x1' \(also on line 2\)",
+        ),
+        ("list.csv", "path,label\na.jpg,cat\n", r"list.csv line 1: missing column uri \(the header has path, label"),
+        (
+            "list.jsonl",
+            '{"uri": "a.jpg", "label": "cat"}\n{"uri": "a.jpg", "label": "dog"\n',
+            r"list.jsonl line 2: bad JSON \(Expecting ',' delimiter",
+        ),
+        ("list.jsonl", '{"uri": "a.jpg", "label": "cat"}\n\n{"uri": "a.jpg"}\n', r"list.jsonl line 3: missing label"),
+        ("list.jsonl", '["a.jpg", "cat"]\n', r"list.jsonl line 1: expected a JSON object"),
+        (
+            "list.csv",
+            "uri,label,split\na.jpg,cat,train\na.jpg,dog,\n",
+            r"list.csv line 3: no split, but line 2 has one",
+        ),
+        ("list.txt", "a.jpg cat\n", r"list.txt: a manifest is a .csv"),
+    ],
+)
 def test_manifest_problem_names_file_and_line(tmp_path, name, content, message):
     (tmp_path / "a.jpg").write_bytes(b"not decoded by the pre-flight")
     (tmp_path / name).write_text(content)

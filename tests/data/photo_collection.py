@@ -21,6 +21,7 @@ first images of the classes are special (`kind`):
             and the pipeline use the pixels as stored)    class three
 Same arguments, same files, byte for byte (for one Pillow version): numpy's seeded generator.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("zero", "one", "two", "three")
-_COLOURS = ((220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 210, 40), (210, 40, 210), (40, 210, 210),
-            (240, 140, 30), (150, 150, 150))
+_COLOURS = (
+    (220, 40, 40),
+    (40, 200, 60),
+    (40, 70, 220),
+    (230, 210, 40),
+    (210, 40, 210),
+    (40, 210, 210),
+    (240, 140, 30),
+    (150, 150, 150),
+)
 SPECIAL_KINDS = ("grey", "cmyk", "rgba", "exif6")
 
 
@@ -53,7 +62,7 @@ def _pattern(class_index: int, height: int, width: int, rng: np.random.Generator
     kind = class_index % 5
     if kind == 0:  # disc
         cy, cx, r = rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.25, 0.35)
-        mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+        mask = (y - cy) ** 2 + (x - cx) ** 2 < r**2
     elif kind == 1:  # horizontal stripes
         mask = np.sin(2 * np.pi * (4 * y + phase)) > 0
     elif kind == 2:  # checkerboard
@@ -73,8 +82,14 @@ def _size(rng: np.random.Generator):
     return int(rng.integers(40, 161)), int(rng.integers(40, 161))  # height, width: any aspect ratio
 
 
-def make_photo_collection(folder: str, classes: Sequence[str] = CLASSES, per_class: int = 8,
-                          layout: str = "flat", eval_per_class: int = 2, seed: int = 0) -> List[Photo]:
+def make_photo_collection(
+    folder: str,
+    classes: Sequence[str] = CLASSES,
+    per_class: int = 8,
+    layout: str = "flat",
+    eval_per_class: int = 2,
+    seed: int = 0,
+) -> List[Photo]:
     """Writes the collection below `folder` (module docstring); returns its files in class order."""
     if layout not in ("flat", "split"):
         raise ValueError("layout: flat or split")
@@ -89,7 +104,8 @@ def make_photo_collection(folder: str, classes: Sequence[str] = CLASSES, per_cla
             pixels = _pattern(class_index, height, width, rng)
             image = Image.fromarray(pixels)
             image_format = {"grey": "png", "cmyk": "jpeg", "rgba": "png", "exif6": "jpeg"}.get(
-                kind, "jpeg" if n % 2 == 0 else "png")
+                kind, "jpeg" if n % 2 == 0 else "png"
+            )
             save = {}
             if kind == "grey":
                 image = image.convert("L")

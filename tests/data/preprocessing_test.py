@@ -1,4 +1,5 @@
 """Transform's preprocessing: raw pixel bytes and labels -> scaled float images and checked labels."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,8 +14,10 @@ def _config(**data):
 
 def test_preprocessing_fn_scales_and_shapes_images():
     pixels = np.array([[0, 51, 255, 102], [255, 255, 0, 0]], np.uint8)  # two 2x2x1 images
-    inputs = {"image": tf.constant([[p.tobytes()] for p in pixels]),  # [B, 1], as SchemaGen infers it
-              "label": tf.constant([[3], [1]], tf.int64)}
+    inputs = {
+        "image": tf.constant([[p.tobytes()] for p in pixels]),  # [B, 1], as SchemaGen infers it
+        "label": tf.constant([[3], [1]], tf.int64),
+    }
     out = preprocessing.preprocessing_fn(inputs, _config(image_height=2, image_width=2, channels=1, num_classes=4))
     assert out["image"].shape == (2, 2, 2, 1)
     np.testing.assert_allclose(out["image"].numpy().reshape(2, 4), pixels / 255.0, rtol=1e-6)
@@ -24,8 +27,9 @@ def test_preprocessing_fn_scales_and_shapes_images():
 def test_sparse_inputs_are_accepted():
     image = tf.sparse.from_dense(tf.constant([[bytes([255] * 4)]]))
     label = tf.sparse.from_dense(tf.constant([[2]], tf.int64))
-    out = preprocessing.preprocessing_fn({"image": image, "label": label},
-                                         _config(image_height=2, image_width=2, channels=1, num_classes=4))
+    out = preprocessing.preprocessing_fn(
+        {"image": image, "label": label}, _config(image_height=2, image_width=2, channels=1, num_classes=4)
+    )
     np.testing.assert_allclose(out["image"].numpy(), np.ones((1, 2, 2, 1)))
 
 
@@ -70,8 +74,7 @@ def test_encoded_images_go_through_the_image_function(resize):
     rng = np.random.default_rng(1)
     files = [_png(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in [(6, 8, 3), (12, 5, 3), (6, 8)]]
     inputs = {"image": tf.constant([[f] for f in files]), "label": tf.constant([[0], [1], [1]], tf.int64)}
-    config = _config(source="images:/unused", image_height=6, image_width=8, channels=3, num_classes=2,
-                     resize=resize)
+    config = _config(source="images:/unused", image_height=6, image_width=8, channels=3, num_classes=2, resize=resize)
     out = preprocessing.preprocessing_fn(inputs, config)
     expected = images.to_unit_floats(images.decode_to_pixels(tf.constant(files), (6, 8, 3), resize))
     np.testing.assert_array_equal(out["image"].numpy(), expected.numpy())
@@ -90,14 +93,17 @@ def test_class_name_vocabulary_through_tf_transform(tmp_path):
     config = encoded_model.encoded_config(height=6, width=8, num_classes=3)
     names = ["moth", "ant", "zebra", "ant"]  # "zebra": only in the eval split
     order = contract.class_order(names)
-    examples = [encoded_model.encoded_example(_png(np.full((5 + i, 7, 3), 40 * i, np.uint8)), order.index(n), n)
-                for i, n in enumerate(names)]
+    examples = [
+        encoded_model.encoded_example(_png(np.full((5 + i, 7, 3), 40 * i, np.uint8)), order.index(n), n)
+        for i, n in enumerate(names)
+    ]
     output = tft.TFTransformOutput(encoded_model.write_transform_graph(str(tmp_path), examples, config))
     vocabulary = [v.decode() for v in output.vocabulary_by_name(contract.CLASS_NAMES_VOCABULARY)]
     assert sorted(vocabulary) == ["ant", "moth", "zebra"] and vocabulary[0] == "ant"  # by frequency
     assert export.class_names(output, 3) == ["ant", "moth", "zebra"]
     transformed = output.transform_features_layer()(
-        tf.io.parse_example(tf.constant(examples), {k: v for k, v in encoded_model.encoded_spec().items()}))
+        tf.io.parse_example(tf.constant(examples), {k: v for k, v in encoded_model.encoded_spec().items()})
+    )
     assert transformed["label"].numpy().tolist() == [order.index(n) for n in names]
     assert set(transformed) == {"image", "label"}
 
@@ -112,8 +118,9 @@ def test_integer_named_classes_keep_numeric_ids(tmp_path):
 
     names = [str(i) for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)]
     config = encoded_model.encoded_config(height=4, width=4, num_classes=11)
-    examples = [encoded_model.encoded_example(_png(np.full((4, 4, 3), i, np.uint8)), int(n), n)
-                for i, n in enumerate(names)]
+    examples = [
+        encoded_model.encoded_example(_png(np.full((4, 4, 3), i, np.uint8)), int(n), n) for i, n in enumerate(names)
+    ]
     output = tft.TFTransformOutput(encoded_model.write_transform_graph(str(tmp_path), examples, config))
     assert export.class_names(output, 11) == [str(i) for i in range(11)]
 

@@ -1,4 +1,5 @@
 """A real, prepared TFDS data set (built here, offline) read through the TFDS source."""
+
 import json
 
 import apache_beam as beam
@@ -22,10 +23,11 @@ class TinyDigits(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1)),
-                "label": tfds.features.ClassLabel(num_classes=3)}),
-            supervised_keys=("image", "label"))
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(8, 8, 1)), "label": tfds.features.ClassLabel(num_classes=3)}
+            ),
+            supervised_keys=("image", "label"),
+        )
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in NUM}
@@ -40,10 +42,11 @@ class TinyDigitsFour(TinyDigits):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1)),
-                "label": tfds.features.ClassLabel(num_classes=4)}),
-            supervised_keys=("image", "label"))
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(8, 8, 1)), "label": tfds.features.ClassLabel(num_classes=4)}
+            ),
+            supervised_keys=("image", "label"),
+        )
 
     def _generate_examples(self, split):
         for i in range(NUM[split]):
@@ -60,24 +63,31 @@ def data_dir(tmp_path_factory):
 def test_prepared_tfds_is_read_without_decoding(data_dir):
     records = list(data_sources.read_tfds("tiny_digits", "test", data_dir, limit=None))
     assert all(image.startswith(b"\x89PNG") for image, _, _, _ in records)  # as TFDS stores it
-    assert sorted((int(tf.io.decode_png(image)[0, 0, 0]), label, name) for image, label, name, _ in records) == \
-        [(i, i % 3, str(i % 3)) for i in range(6)]
+    assert sorted((int(tf.io.decode_png(image)[0, 0, 0]), label, name) for image, label, name, _ in records) == [
+        (i, i % 3, str(i % 3)) for i in range(6)
+    ]
     assert all(tfds_id.startswith("tiny_digits-test") for _, _, _, tfds_id in records)
 
 
 def test_tfds_source_through_example_gen(data_dir):
-    data = DataConfig(source="tfds:tiny_digits", tfds_data_dir=data_dir, image_height=8, image_width=8,
-                      num_classes=3, max_examples=10)
+    data = DataConfig(
+        source="tfds:tiny_digits", tfds_data_dir=data_dir, image_height=8, image_width=8, num_classes=3, max_examples=10
+    )
     data_sources.check_source(data)
     expected = [(i, i % 3) for i in range(NUM["train"])]
     with beam.Pipeline() as pipeline:
         examples = pipeline | example_gen._SourceToExamples(
-            {example_gen.DATA_CONFIG_KEY: json.dumps(data.__dict__)}, "train")
+            {example_gen.DATA_CONFIG_KEY: json.dumps(data.__dict__)}, "train"
+        )
         count = examples | beam.combiners.Count.Globally()
         assert_that(count, equal_to([10]), label="limited")
-        assert_that(examples | beam.Map(lambda e: (first_pixel(e), decode(e)[1]) in expected)
-                    | beam.combiners.Count.PerElement(),
-                    equal_to([(True, 10)]), label="genuine")
+        assert_that(
+            examples
+            | beam.Map(lambda e: (first_pixel(e), decode(e)[1]) in expected)
+            | beam.combiners.Count.PerElement(),
+            equal_to([(True, 10)]),
+            label="genuine",
+        )
 
 
 def test_tfds_split_that_does_not_exist_is_named(data_dir):

@@ -1,9 +1,13 @@
 """The blessing rule: absolute lower bounds, and no regression against a baseline beyond a tolerance."""
+
 from triplet_tfx.components.config import EvalConfig
 from triplet_tfx.components.evaluation.evaluator import blessing_decision
 
-RULE = EvalConfig(lower_bounds={"precision_at_1": 0.9, "map_at_r": 0.5},
-                  compared_metrics=("precision_at_1", "map_at_r"), max_regression=0.01)
+RULE = EvalConfig(
+    lower_bounds={"precision_at_1": 0.9, "map_at_r": 0.5},
+    compared_metrics=("precision_at_1", "map_at_r"),
+    max_regression=0.01,
+)
 
 
 def test_bounds_met_without_baseline_blesses():
@@ -68,9 +72,11 @@ from triplet_tfx.components.evaluation import evaluator  # noqa: E402
 def _example(pixels: np.ndarray, label: int, name: str) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "PNG")
-    feature = {contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[out.getvalue()])),
-               contract.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-               contract.CLASS_NAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()]))}
+    feature = {
+        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[out.getvalue()])),
+        contract.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        contract.CLASS_NAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+    }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -81,8 +87,9 @@ def test_encoded_examples_are_decoded_at_the_training_shape_as_transform_decodes
     examples = [_example(white, 1, "bee"), _example(np.zeros((12, 12, 3), np.uint8), 0, "ant")]
     labels, pictures = examples_io.parse_examples(examples, (16, 12, 3), encoded=True, resize="pad")
     assert labels.tolist() == [1, 0] and pictures.shape == (2, 16, 12, 3) and pictures.dtype == np.uint8
-    traced = tf.function(lambda x: images.decode_to_pixels(x, (16, 12, 3), "pad"),
-                         input_signature=[tf.TensorSpec([None], tf.string)])
+    traced = tf.function(
+        lambda x: images.decode_to_pixels(x, (16, 12, 3), "pad"), input_signature=[tf.TensorSpec([None], tf.string)]
+    )
     files = tf.io.parse_example(tf.constant(examples), {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
     np.testing.assert_array_equal(pictures, traced(files).numpy())
     assert examples_io.parse_examples(examples)[1] is None  # labels only

@@ -1,4 +1,5 @@
 """components.metrics against brute-force NumPy references (full distance matrix + argsort)."""
+
 import json
 
 import numpy as np
@@ -98,9 +99,7 @@ def test_nearest_neighbors_ties_smaller_index_first(exclude_self):
     r = rng.integers(0, 3, size=(60, 3)).astype(np.float32)
     q = r if exclude_self else rng.integers(0, 3, size=(25, 3)).astype(np.float32)
     k = 59 if exclude_self else 60  # full ranking: ties everywhere, across block borders
-    idx, dist = M.nearest_neighbors(
-        q, r, k, exclude_self=exclude_self, block_size=4, reference_block_size=7
-    )
+    idx, dist = M.nearest_neighbors(q, r, k, exclude_self=exclude_self, block_size=4, reference_block_size=7)
     order, dref = brute_ranking(q, r, exclude_self)
     np.testing.assert_array_equal(idx, order)
     np.testing.assert_allclose(dist, dref, atol=1e-6)
@@ -180,9 +179,7 @@ def test_leave_one_out_matches_brute_force(max_r, monkeypatch):
     x[5] = x[6]
     seen = _force_small_blocks(monkeypatch, 300)
     ks = (1, 2, 5, 10)
-    m, per_query = M.evaluate_embeddings(
-        x, y, ks=ks, max_r=max_r, block_size=7, return_per_query=True
-    )
+    m, per_query = M.evaluate_embeddings(x, y, ks=ks, max_r=max_r, block_size=7, return_per_query=True)
     _assert_blocked(seen)
     ref = brute_metrics(x, y, ks=ks, max_r=max_r)
     _check_against_brute(m, ref, ks)
@@ -225,9 +222,7 @@ def test_exact_ties_in_metrics():
     _check_against_brute(M.evaluate_embeddings(x, y, ks=ks), brute_metrics(x, y, ks=ks), ks)
     xr = rng.integers(0, 2, size=(50, 3)).astype(np.float32)
     yr = rng.integers(0, 3, size=50)
-    _check_against_brute(
-        M.evaluate_embeddings(x, y, xr, yr, ks=ks), brute_metrics(x, y, xr, yr, ks=ks), ks
-    )
+    _check_against_brute(M.evaluate_embeddings(x, y, xr, yr, ks=ks), brute_metrics(x, y, xr, yr, ks=ks), ks)
 
 
 def test_hand_computed_map_at_r():

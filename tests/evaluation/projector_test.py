@@ -1,4 +1,5 @@
 """The projector bundle, read back by TensorBoard's own projector plugin (its HTTP routes)."""
+
 import io
 import json
 import os
@@ -81,9 +82,7 @@ def test_single_column_bundle_through_plugin(tmp_path):
 def test_multi_column_metadata_has_header(tmp_path):
     emb, labels, images = _data(n=12, channels=3)
     correct = np.arange(12) % 3 == 0
-    projector.write_projector_bundle(
-        str(tmp_path), emb, labels, images=images, split="eval", correct_at_1=correct
-    )
+    projector.write_projector_bundle(str(tmp_path), emb, labels, images=images, split="eval", correct_at_1=correct)
     get = _plugin_client(tmp_path)
     status, body = get("/metadata", run=".", name=projector.TENSOR_NAME)
     assert status == 200

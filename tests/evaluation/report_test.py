@@ -1,4 +1,5 @@
 """components.report: plots decode as PNG, tables and reports carry the values."""
+
 import re
 import warnings
 
@@ -178,24 +179,33 @@ def test_gallery_and_confusion_in_the_report_side_by_side(tmp_path, monkeypatch)
     monkeypatch.setattr(P, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
     x, y = _data(n=60)
     rng = np.random.default_rng(0)
-    gallery = {"query_images": rng.integers(0, 255, (3, 8, 8, 1), dtype=np.uint8),
-               "query_labels": np.array([0, 1, 2]),
-               "neighbour_images": rng.integers(0, 255, (3, 4, 8, 8, 1), dtype=np.uint8),
-               "neighbour_labels": np.array([[1, 0, 0, 0], [1, 2, 1, 1], [0, 0, 2, 2]])}
+    gallery = {
+        "query_images": rng.integers(0, 255, (3, 8, 8, 1), dtype=np.uint8),
+        "query_labels": np.array([0, 1, 2]),
+        "neighbour_images": rng.integers(0, 255, (3, 4, 8, 8, 1), dtype=np.uint8),
+        "neighbour_labels": np.array([[1, 0, 0, 0], [1, 2, 1, 1], [0, 0, 2, 2]]),
+    }
     confusion = {"candidate": (np.array([[5, 1], [0, 6]]), [0, 1]), "baseline": (np.array([[4, 2], [1, 5]]), [0, 1])}
-    out = R.make_report(str(tmp_path), x, y, CAND, BASE, confusion=confusion,
-                        galleries={"candidate": gallery, "baseline": gallery})
+    out = R.make_report(
+        str(tmp_path), x, y, CAND, BASE, confusion=confusion, galleries={"candidate": gallery, "baseline": gallery}
+    )
     for name in (*R.GALLERY_FILENAMES.values(), R.CONFUSION_FILENAME):
         image = _decode_png(tmp_path / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
     page = open(out["html"]).read()
     # Both galleries in one row of the page, then the confusion heat map.
-    row = (f"<div class='row'><img src='{R.GALLERY_FILENAMES['candidate']}'"
-           f" alt='{R.GALLERY_CAPTION}'><img src='{R.GALLERY_FILENAMES['baseline']}'")
+    row = (
+        f"<div class='row'><img src='{R.GALLERY_FILENAMES['candidate']}'"
+        f" alt='{R.GALLERY_CAPTION}'><img src='{R.GALLERY_FILENAMES['baseline']}'"
+    )
     assert row in page
     # Pictures first, then the numbers: galleries, confusion, metrics table, then the other figures.
-    order = [page.index(R.GALLERY_FILENAMES["baseline"]), page.index(f"src='{R.CONFUSION_FILENAME}'"),
-             page.index("<h2>Metrics</h2>"), page.index(f"src='{R.SCATTER_FILENAME}'")]
+    order = [
+        page.index(R.GALLERY_FILENAMES["baseline"]),
+        page.index(f"src='{R.CONFUSION_FILENAME}'"),
+        page.index("<h2>Metrics</h2>"),
+        page.index(f"src='{R.SCATTER_FILENAME}'"),
+    ]
     assert order == sorted(order)
     md = open(out["markdown"]).read()
     assert f"]({R.GALLERY_FILENAMES['candidate']}) ![" in md and f"]({R.CONFUSION_FILENAME})" in md
@@ -233,21 +243,31 @@ def test_integer_classes_are_shown_by_their_ids(tmp_path):
 
 
 def test_confusion_axes_and_gallery_captions_use_class_names(tmp_path):
-    out = R.plot_confusion_matrices({"candidate": (np.array([[9, 1], [0, 9]]), [0, 1])}, str(tmp_path / "c.png"),
-                                    class_names=NAMES)
+    out = R.plot_confusion_matrices(
+        {"candidate": (np.array([[9, 1], [0, 9]]), [0, 1])}, str(tmp_path / "c.png"), class_names=NAMES
+    )
     assert out["class_labels"] == {"candidate": ["ant", "bee"]}
-    assert R.plot_confusion_matrices({"candidate": (np.eye(2, dtype=int), [0, 1])},
-                                     str(tmp_path / "d.png"))["class_labels"] == {"candidate": ["0", "1"]}
+    assert R.plot_confusion_matrices({"candidate": (np.eye(2, dtype=int), [0, 1])}, str(tmp_path / "d.png"))[
+        "class_labels"
+    ] == {"candidate": ["0", "1"]}
     rng = np.random.default_rng(0)
-    out = R.plot_worst_retrievals(rng.integers(0, 255, (1, 8, 8, 1), dtype=np.uint8), np.array([0]),
-                                  rng.integers(0, 255, (1, 2, 8, 8, 1), dtype=np.uint8), np.array([[1, 0]]),
-                                  str(tmp_path / "g.png"), title="t", class_names=NAMES)
+    out = R.plot_worst_retrievals(
+        rng.integers(0, 255, (1, 8, 8, 1), dtype=np.uint8),
+        np.array([0]),
+        rng.integers(0, 255, (1, 2, 8, 8, 1), dtype=np.uint8),
+        np.array([[1, 0]]),
+        str(tmp_path / "g.png"),
+        title="t",
+        class_names=NAMES,
+    )
     assert out["captions"] == [["query: ant", "1: bee \u2717", "2: ant"]]
 
 
 def test_unseen_classes_line_names_the_classes():
     metrics = {"eval_classes": [2, 10], "train_classes": [0, 1], "class_names": NAMES}
-    assert R.unseen_classes_line(metrics) == ("Unseen classes: eval classes 2,10 (cat, dog) were not in training "
-                                              "(train classes 0-1 (ant, bee)); classes_seen_in_training: false")
+    assert R.unseen_classes_line(metrics) == (
+        "Unseen classes: eval classes 2,10 (cat, dog) were not in training "
+        "(train classes 0-1 (ant, bee)); classes_seen_in_training: false"
+    )
     metrics["class_names"] = {c: c for c in NAMES}
     assert "(cat, dog)" not in R.unseen_classes_line(metrics)

@@ -1,4 +1,5 @@
 """components.evaluation.retrievals: worst queries and the 1-NN confusion matrix, by hand."""
+
 import numpy as np
 import pytest
 
@@ -30,9 +31,7 @@ def test_worst_queries_of_a_perfect_model_is_empty_and_shapes_are_checked():
 def test_confusion_matrix_counts_by_hand():
     counts, classes = retrievals.confusion_matrix([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 2, 0])
     assert classes == [0, 1, 2]
-    np.testing.assert_array_equal(counts, [[2, 1, 0],
-                                           [0, 1, 1],
-                                           [1, 0, 0]])
+    np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 1, 1], [1, 0, 0]])
     # A predicted class with no query of its own still gets a column; given classes fix the order.
     counts, classes = retrievals.confusion_matrix(["b", "b"], ["a", "b"], classes=["b", "a", "c"])
     np.testing.assert_array_equal(counts, [[1, 1, 0], [0, 0, 0], [0, 0, 0]])

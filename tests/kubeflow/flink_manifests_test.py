@@ -5,6 +5,7 @@ The FlinkDeployment's spec is validated against the Flink Kubernetes operator's 
 Kubernetes would silently drop a misspelled field), its pod template and the plain objects with
 the kubernetes client's models (a round trip through the model must keep every field).
 """
+
 import os
 
 import apache_beam
@@ -27,8 +28,11 @@ def strict(schema):
     """Objects with declared properties accept no others (as `kubectl apply --validate=strict`)."""
     if isinstance(schema, dict):
         schema = {k: strict(v) for k, v in schema.items()}
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     return [strict(v) for v in schema] if isinstance(schema, list) else schema
@@ -90,8 +94,11 @@ def test_job_server_matches_beam_and_the_flink_cluster(flink_deployment, job_ser
     # The operator's REST Service of the session cluster is <name>-rest, port 8081.
     assert args["flink-master"] == f"{flink_deployment['metadata']['name']}-rest:8081"
     ports = {p.name: p.container_port for p in container.ports}
-    assert ports == {"job": int(args["job-port"]), "artifact": int(args["artifact-port"]),
-                     "expansion": int(args["expansion-port"])}
+    assert ports == {
+        "job": int(args["job-port"]),
+        "artifact": int(args["artifact-port"]),
+        "expansion": int(args["expansion-port"]),
+    }
     assert service.spec.selector == deployment.spec.template.metadata.labels == deployment.spec.selector.match_labels
     assert {p.port: p.target_port for p in service.spec.ports} == {8099: "job", 8098: "artifact", 8097: "expansion"}
     assert service.metadata.name == "beam-flink-job-server"  # --beam-job-endpoint beam-flink-job-server.<ns>:8099

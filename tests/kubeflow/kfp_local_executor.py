@@ -19,6 +19,7 @@ which is what they return on a first run against a fresh pipeline root.
 
 It is not an orchestrator (no caching, no retries, no parallelism, no conditions).
 """
+
 from __future__ import annotations
 
 import os
@@ -45,9 +46,15 @@ def load_pipeline_spec(path: str) -> pb.PipelineSpec:
 
 def topological_order(spec: pb.PipelineSpec) -> List[str]:
     tasks = spec.root.dag.tasks
-    upstream = {name: set(task.dependent_tasks) | {
-        a.task_output_artifact.producer_task for a in task.inputs.artifacts.values()
-        if a.task_output_artifact.producer_task} for name, task in tasks.items()}
+    upstream = {
+        name: set(task.dependent_tasks)
+        | {
+            a.task_output_artifact.producer_task
+            for a in task.inputs.artifacts.values()
+            if a.task_output_artifact.producer_task
+        }
+        for name, task in tasks.items()
+    }
     order, done = [], set()
     while len(order) < len(tasks):
         ready = sorted(name for name in tasks if name not in done and upstream[name] <= done)
@@ -65,8 +72,9 @@ def _executor(spec: pb.PipelineSpec, task_name: str):
     return component, deployment.executors[component.executor_label]
 
 
-def build_executor_input(spec: pb.PipelineSpec, task_name: str, pipeline_root: str,
-                         produced: Dict[str, Dict[str, List[pb.RuntimeArtifact]]]) -> pb.ExecutorInput:
+def build_executor_input(
+    spec: pb.PipelineSpec, task_name: str, pipeline_root: str, produced: Dict[str, Dict[str, List[pb.RuntimeArtifact]]]
+) -> pb.ExecutorInput:
     task = spec.root.dag.tasks[task_name]
     component, _ = _executor(spec, task_name)
     executor_input = pb.ExecutorInput()
@@ -89,7 +97,8 @@ def build_executor_input(spec: pb.PipelineSpec, task_name: str, pipeline_root: s
         uri = os.path.join(task_root, key)
         os.makedirs(uri, exist_ok=True)
         executor_input.outputs.artifacts[key].artifacts.add(
-            name=f"local-run/{task_name}/{key}", uri=uri, type=definition.artifact_type)
+            name=f"local-run/{task_name}/{key}", uri=uri, type=definition.artifact_type
+        )
     executor_input.outputs.output_file = os.path.join(task_root, "executor_output.json")
     return executor_input
 
@@ -117,14 +126,23 @@ def upstream_closure(spec: pb.PipelineSpec, task_name: str) -> set:
             needed.add(name)
             task = tasks[name]
             pending.extend(task.dependent_tasks)
-            pending.extend(a.task_output_artifact.producer_task for a in task.inputs.artifacts.values()
-                           if a.task_output_artifact.producer_task)
+            pending.extend(
+                a.task_output_artifact.producer_task
+                for a in task.inputs.artifacts.values()
+                if a.task_output_artifact.producer_task
+            )
     return needed
 
 
-def run_pipeline_spec(spec_path: str, pipeline_root: str, python: Optional[str] = None,
-                      timeout_per_task: float = 600.0, env: Optional[Dict[str, str]] = None,
-                      log=print, until: Optional[str] = None) -> Dict[str, Dict[str, List[pb.RuntimeArtifact]]]:
+def run_pipeline_spec(
+    spec_path: str,
+    pipeline_root: str,
+    python: Optional[str] = None,
+    timeout_per_task: float = 600.0,
+    env: Optional[Dict[str, str]] = None,
+    log=print,
+    until: Optional[str] = None,
+) -> Dict[str, Dict[str, List[pb.RuntimeArtifact]]]:
     """Runs every task (or only `until` and its upstream tasks); returns
     {task: {output key: [RuntimeArtifact reported by the executor]}}."""
     python = python or sys.executable
@@ -145,8 +163,14 @@ def run_pipeline_spec(spec_path: str, pipeline_root: str, python: Optional[str] 
         log_path = os.path.join(pipeline_root, task_name, "container.log")
         log(f"[kfp-local] {task_name}: {' '.join(argv[:4])} {executor.container.args[1]} (log: {log_path})")
         with open(log_path, "wb") as out:
-            code = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=run_env,
-                                  cwd=os.path.join(pipeline_root, task_name), timeout=timeout_per_task).returncode
+            code = subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=run_env,
+                cwd=os.path.join(pipeline_root, task_name),
+                timeout=timeout_per_task,
+            ).returncode
         if code != 0:
             with open(log_path, errors="replace") as f:
                 tail = "".join(f.readlines()[-40:])
@@ -156,8 +180,11 @@ def run_pipeline_spec(spec_path: str, pipeline_root: str, python: Optional[str] 
             json_format.Parse(f.read(), executor_output, ignore_unknown_fields=True)
         outputs = {}
         for key, definition in component.output_definitions.artifacts.items():
-            reported = executor_output.artifacts[key].artifacts if key in executor_output.artifacts else \
-                executor_input.outputs.artifacts[key].artifacts
+            reported = (
+                executor_output.artifacts[key].artifacts
+                if key in executor_output.artifacts
+                else executor_input.outputs.artifacts[key].artifacts
+            )
             outputs[key] = []
             for artifact in reported:
                 # What the KFP launcher hands downstream: the artifact as recorded in ML Metadata.

@@ -7,6 +7,7 @@ package that is not a PipelineSpec (parsed with kfp's own pipeline_spec_pb2), a 
 wrong bearer token (401), a duplicate pipeline or version name (409 ALREADY_EXISTS).
 Every request is recorded in `server.requests` for assertions.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -84,8 +85,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         state = self.state
         with state.lock:
-            state.requests.append({"method": method, "path": parsed.path, "query": query,
-                                   "authorization": self.headers.get("Authorization"), "body": body})
+            state.requests.append(
+                {
+                    "method": method,
+                    "path": parsed.path,
+                    "query": query,
+                    "authorization": self.headers.get("Authorization"),
+                    "body": body,
+                }
+            )
             if state.token is not None and self.headers.get("Authorization") != f"Bearer {state.token}":
                 return self._error(401, 16, "Unauthenticated: missing or invalid bearer token")
             try:
@@ -108,9 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
             if path.endswith("/upload"):
                 if any(p["display_name"] == name for p in state.pipelines.values()):
                     return self._error(409, 6, f"Already exists: pipeline with name {name!r} already exists")
-                pipeline = {"pipeline_id": state.new_id("pipeline"), "display_name": name,
-                            "description": query.get("description", [""])[0],
-                            "namespace": query.get("namespace", [""])[0], "created_at": "2024-01-01T00:00:00Z"}
+                pipeline = {
+                    "pipeline_id": state.new_id("pipeline"),
+                    "display_name": name,
+                    "description": query.get("description", [""])[0],
+                    "namespace": query.get("namespace", [""])[0],
+                    "created_at": "2024-01-01T00:00:00Z",
+                }
                 state.pipelines[pipeline["pipeline_id"]] = pipeline
                 state.versions[pipeline["pipeline_id"]] = []
                 self._add_version(pipeline["pipeline_id"], name, spec)
@@ -126,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
             versions = list(state.versions.get(pipeline_id, []))
             if query.get("sort_by", [""])[0].endswith("desc"):
                 versions.reverse()
-            versions = versions[:int(query.get("page_size", ["10"])[0])]
+            versions = versions[: int(query.get("page_size", ["10"])[0])]
             return self._send(200, {"pipeline_versions": versions, "total_size": len(versions)})
         if method == "GET" and path == f"{API}/experiments":
             name = _filter_name(query)
@@ -134,8 +146,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"experiments": found, "total_size": len(found)} if found else {})
         if method == "POST" and path == f"{API}/experiments":
             request = json.loads(body)
-            experiment = {"experiment_id": state.new_id("experiment"), "display_name": request["display_name"],
-                          "namespace": request.get("namespace") or "", "storage_state": "AVAILABLE"}
+            experiment = {
+                "experiment_id": state.new_id("experiment"),
+                "display_name": request["display_name"],
+                "namespace": request.get("namespace") or "",
+                "storage_state": "AVAILABLE",
+            }
             state.experiments[experiment["experiment_id"]] = experiment
             return self._send(200, experiment)
         if method == "POST" and path == f"{API}/runs":
@@ -157,8 +173,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self._error(404, 5, f"no route for {method} {path}")
 
     def _add_version(self, pipeline_id: str, name: str, spec: Dict[str, Any]) -> Dict[str, Any]:
-        version = {"pipeline_id": pipeline_id, "pipeline_version_id": self.state.new_id("version"),
-                   "display_name": name, "pipeline_spec": spec, "created_at": "2024-01-01T00:00:00Z"}
+        version = {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": self.state.new_id("version"),
+            "display_name": name,
+            "pipeline_spec": spec,
+            "created_at": "2024-01-01T00:00:00Z",
+        }
         self.state.versions[pipeline_id].append(version)
         return version
 

@@ -5,6 +5,7 @@ kfp's component loader and the client's package reader), its DAG against the loc
 images and resources per task, the Dockerfiles, and that every module path the spec names is
 importable from the installed package.
 """
+
 import json
 import os
 import socket
@@ -20,10 +21,24 @@ from triplet_tfx.pipeline import cli
 from triplet_tfx.pipeline.pipeline import create_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FLAGS = ["--pipeline-root", "gs://my-bucket/triplet", "--image", "registry.example/triplet-tfx:1",
-         "--gpu-image", "registry.example/triplet-tfx-gpu:1", "--gpu-count", "2", "--trainer-cpu", "4",
-         "--trainer-memory", "16G", "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=p1",
-         "--max-examples", "500"]
+FLAGS = [
+    "--pipeline-root",
+    "gs://my-bucket/triplet",
+    "--image",
+    "registry.example/triplet-tfx:1",
+    "--gpu-image",
+    "registry.example/triplet-tfx-gpu:1",
+    "--gpu-count",
+    "2",
+    "--trainer-cpu",
+    "4",
+    "--trainer-memory",
+    "16G",
+    "--beam-arg=--runner=DataflowRunner",
+    "--beam-arg=--project=p1",
+    "--max-examples",
+    "500",
+]
 
 
 def compile_cli(tmp_path, *extra, capsys=None):
@@ -38,8 +53,10 @@ def load_documents(path):
 
 def tasks_and_executors(spec):
     executors = spec["deploymentSpec"]["executors"]
-    return {name: executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
-            for name, task in spec["root"]["dag"]["tasks"].items()}
+    return {
+        name: executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        for name, task in spec["root"]["dag"]["tasks"].items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +119,12 @@ def test_dag_equals_the_local_pipeline(compiled):
 
     tasks = spec["root"]["dag"]["tasks"]
     assert {local_id(t) for t in tasks} == local_ids
-    spec_edges = {(local_id(d), local_id(t)) for t, task in tasks.items() for d in task.get("dependentTasks", [])
-                  if local_id(d) != local_id(t)}
+    spec_edges = {
+        (local_id(d), local_id(t))
+        for t, task in tasks.items()
+        for d in task.get("dependentTasks", [])
+        if local_id(d) != local_id(t)
+    }
     assert spec_edges == local_edges
     # Every input artifact comes from an upstream task of the same DAG.
     for name, task in tasks.items():
@@ -115,12 +136,16 @@ def test_only_the_trainer_requests_a_gpu_and_uses_the_gpu_image(compiled):
     _, spec, _ = compiled
     containers = {t: e["container"] for t, e in tasks_and_executors(spec).items() if "container" in e}
     assert {t: c.get("resources") for t, c in containers.items() if c.get("resources")} == {
-        "Trainer": {"accelerator": {"type": "nvidia.com/gpu", "count": "2"}, "cpuLimit": 4.0, "memoryLimit": 16.0}}
+        "Trainer": {"accelerator": {"type": "nvidia.com/gpu", "count": "2"}, "cpuLimit": 4.0, "memoryLimit": 16.0}
+    }
     assert containers.pop("Trainer")["image"] == "registry.example/triplet-tfx-gpu:1"
     assert {c["image"] for c in containers.values()} == {"registry.example/triplet-tfx:1"}
     for task, container in {**containers}.items():
-        assert container["command"] == ["python", "-m",
-                                        "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"], task
+        assert container["command"] == [
+            "python",
+            "-m",
+            "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
+        ], task
 
 
 DATA_TASKS = {"SourceExampleGen", "StatisticsGen", "Transform"}  # the project's Beam components
@@ -132,7 +157,7 @@ def beam_args_by_task(spec):
     for task, executor in tasks_and_executors(spec).items():
         if "container" in executor:
             args = executor["container"]["args"]
-            rest = args[args.index("{{$}}") + 1:]
+            rest = args[args.index("{{$}}") + 1 :]
             if rest[:1] == ["--json_serialized_inputs_spec_args"]:
                 rest = rest[2:]
             result[task] = rest
@@ -144,28 +169,76 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
     by_task = beam_args_by_task(spec)
     fn_api = "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner"
     for task in DATA_TASKS:
-        assert by_task.pop(task) == [fn_api, "--direct_num_workers=1",
-                                     "--sdk_container_image=registry.example/triplet-tfx:1",
-                                     "--runner=DataflowRunner", "--project=p1"]
+        assert by_task.pop(task) == [
+            fn_api,
+            "--direct_num_workers=1",
+            "--sdk_container_image=registry.example/triplet-tfx:1",
+            "--runner=DataflowRunner",
+            "--project=p1",
+        ]
     assert by_task and all(args == [] for args in by_task.values()), by_task
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--beam-runner", "dataflow", "--dataflow-project", "p1", "--dataflow-region", "europe-west4",
-      "--dataflow-temp-location", "gs://b/tmp", "--dataflow-max-workers", "16",
-      "--dataflow-machine-type", "n2-standard-8", "--dataflow-service-account", "beam@p1.iam.gserviceaccount.com"],
-     ["--runner=DataflowRunner", "--project=p1", "--region=europe-west4", "--temp_location=gs://b/tmp",
-      "--machine_type=n2-standard-8", "--max_num_workers=16", "--sdk_container_image=cpu:7",
-      "--service_account_email=beam@p1.iam.gserviceaccount.com"]),
-    # Flink in the same cluster: kubeflow/flink/ (the Beam Flink job server in front of a FlinkDeployment,
-    # SDK worker pools as sidecars of the TaskManagers).
-    (["--beam-runner", "flink", "--beam-job-endpoint", "beam-flink-job-server.flink:8099", "--beam-parallelism", "4",
-      "--beam-artifact-endpoint", "beam-flink-job-server.flink:8098",
-      "--beam-environment-type", "EXTERNAL", "--beam-environment-config", "localhost:50000"],
-     ["--runner=FlinkRunner", "--job_endpoint=beam-flink-job-server.flink:8099",
-      "--artifact_endpoint=beam-flink-job-server.flink:8098", "--parallelism=4",
-      "--environment_type=EXTERNAL", "--environment_config=localhost:50000", "--sdk_container_image=cpu:7"]),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (
+            [
+                "--beam-runner",
+                "dataflow",
+                "--dataflow-project",
+                "p1",
+                "--dataflow-region",
+                "europe-west4",
+                "--dataflow-temp-location",
+                "gs://b/tmp",
+                "--dataflow-max-workers",
+                "16",
+                "--dataflow-machine-type",
+                "n2-standard-8",
+                "--dataflow-service-account",
+                "beam@p1.iam.gserviceaccount.com",
+            ],
+            [
+                "--runner=DataflowRunner",
+                "--project=p1",
+                "--region=europe-west4",
+                "--temp_location=gs://b/tmp",
+                "--machine_type=n2-standard-8",
+                "--max_num_workers=16",
+                "--sdk_container_image=cpu:7",
+                "--service_account_email=beam@p1.iam.gserviceaccount.com",
+            ],
+        ),
+        # Flink in the same cluster: kubeflow/flink/ (the Beam Flink job server in front of a FlinkDeployment,
+        # SDK worker pools as sidecars of the TaskManagers).
+        (
+            [
+                "--beam-runner",
+                "flink",
+                "--beam-job-endpoint",
+                "beam-flink-job-server.flink:8099",
+                "--beam-parallelism",
+                "4",
+                "--beam-artifact-endpoint",
+                "beam-flink-job-server.flink:8098",
+                "--beam-environment-type",
+                "EXTERNAL",
+                "--beam-environment-config",
+                "localhost:50000",
+            ],
+            [
+                "--runner=FlinkRunner",
+                "--job_endpoint=beam-flink-job-server.flink:8099",
+                "--artifact_endpoint=beam-flink-job-server.flink:8098",
+                "--parallelism=4",
+                "--environment_type=EXTERNAL",
+                "--environment_config=localhost:50000",
+                "--sdk_container_image=cpu:7",
+            ],
+        ),
+    ],
+)
 def test_distributed_runner_options_reach_the_data_components_only(tmp_path, flags, expected):
     code, path = compile_cli(tmp_path, "--pipeline-root", "gs://b/r", "--image", "cpu:7", *flags)
     assert code == 0
@@ -178,12 +251,18 @@ def test_distributed_runner_options_reach_the_data_components_only(tmp_path, fla
 
 
 def test_vertex_accelerator_cpu_trainer_and_component_images(tmp_path):
-    code, path = compile_cli(tmp_path, "--pipeline-root", "gs://b/r", "--gpu-type", "NVIDIA_TESLA_T4",
-                             "--component-image", "Transform=img/transform:2")
+    code, path = compile_cli(
+        tmp_path,
+        "--pipeline-root",
+        "gs://b/r",
+        "--gpu-type",
+        "NVIDIA_TESLA_T4",
+        "--component-image",
+        "Transform=img/transform:2",
+    )
     assert code == 0
     executors = tasks_and_executors(load_documents(path)[0])
-    assert executors["Trainer"]["container"]["resources"] == {"accelerator": {"type": "NVIDIA_TESLA_T4",
-                                                                              "count": "1"}}
+    assert executors["Trainer"]["container"]["resources"] == {"accelerator": {"type": "NVIDIA_TESLA_T4", "count": "1"}}
     assert executors["Transform"]["container"]["image"] == "img/transform:2"
 
     code, path = compile_cli(tmp_path, "--pipeline-root", "gs://b/r", "--gpu-count", "0", "--image", "cpu:3")
@@ -207,21 +286,31 @@ def test_pvc_pipeline_root_adds_a_kubernetes_platform_spec(tmp_path):
 
 
 def test_remote_data_source_is_not_checked_at_compile_time(tmp_path):
-    code, path = compile_cli(tmp_path, "--pipeline-root", "s3://b/r", "--data", "tfrecord:gs://bucket/mnist",
-                             "--serving-dir", "gs://bucket/serving")
+    code, path = compile_cli(
+        tmp_path,
+        "--pipeline-root",
+        "s3://b/r",
+        "--data",
+        "tfrecord:gs://bucket/mnist",
+        "--serving-dir",
+        "gs://bucket/serving",
+    )
     assert code == 0
     pusher = load_documents(path)[0]["root"]["dag"]["tasks"]["Pusher"]["inputs"]["parameters"]
     destination = json.loads(pusher["push_destination"]["runtimeValue"]["constantValue"]["stringValue"])
     assert destination["filesystem"]["base_directory"] == "gs://bucket/serving/triplet_mnist"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--gpu-type", "a T4 please"], "--gpu-type"),
-    (["--pipeline-root", "relative/root"], "--pvc"),
-    (["--pipeline-root", "/data/root", "--pvc", "c"], "below the PVC mount path"),
-    (["--pipeline-name", "Triplet_MNIST"], "--pipeline-name"),
-    (["--component-image", "Trainer"], "--component-image"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gpu-type", "a T4 please"], "--gpu-type"),
+        (["--pipeline-root", "relative/root"], "--pvc"),
+        (["--pipeline-root", "/data/root", "--pvc", "c"], "below the PVC mount path"),
+        (["--pipeline-name", "Triplet_MNIST"], "--pipeline-name"),
+        (["--component-image", "Trainer"], "--component-image"),
+    ],
+)
 def test_bad_kubeflow_flags_are_named(tmp_path, capsys, flags, message):
     code, _ = compile_cli(tmp_path, *flags)
     assert code == 2
@@ -232,12 +321,30 @@ def test_compile_help_explains_the_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["compile", "--help"])
     text = capsys.readouterr().out
-    for needle in ("--pipeline-root", "gs://", "s3://", "minio://", "--pvc", "--image", "--gpu-image",
-                   "nvidia.com/gpu", "NVIDIA_TESLA_T4", "--gpu-count", "--trainer-cpu", "--trainer-memory",
-                   "--beam-runner dataflow", "--dataflow-temp-location gs://", "--beam-runner flink",
-                   "--beam-job-endpoint", "--beam-artifact-endpoint", "kubeflow/flink/", "--beam-runner spark",
-                   "--beam-arg", "--data",
-                   "kfp pipeline create"):
+    for needle in (
+        "--pipeline-root",
+        "gs://",
+        "s3://",
+        "minio://",
+        "--pvc",
+        "--image",
+        "--gpu-image",
+        "nvidia.com/gpu",
+        "NVIDIA_TESLA_T4",
+        "--gpu-count",
+        "--trainer-cpu",
+        "--trainer-memory",
+        "--beam-runner dataflow",
+        "--dataflow-temp-location gs://",
+        "--beam-runner flink",
+        "--beam-job-endpoint",
+        "--beam-artifact-endpoint",
+        "kubeflow/flink/",
+        "--beam-runner spark",
+        "--beam-arg",
+        "--data",
+        "kfp pipeline create",
+    ):
         assert needle in text, needle
 
 
@@ -282,8 +389,10 @@ def test_module_paths_named_by_the_spec_are_importable_from_the_installed_packag
     tasks = spec["root"]["dag"]["tasks"]
     for task, key in (("Transform", "preprocessing_fn"), ("Trainer", "run_fn")):
         functions.add(tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constantValue"]["stringValue"])
-    assert functions == {"triplet_tfx.components.data.preprocessing.preprocessing_fn",
-                         "triplet_tfx.components.training.run.run_fn"}
+    assert functions == {
+        "triplet_tfx.components.data.preprocessing.preprocessing_fn",
+        "triplet_tfx.components.training.run.run_fn",
+    }
     assert not any("module_file" in t.get("inputs", {}).get("parameters", {}) for t in tasks.values())
     # A fresh interpreter outside the repository, as in the image: nothing but installed packages.
     script = (
@@ -296,9 +405,16 @@ def test_module_paths_named_by_the_spec_are_importable_from_the_installed_packag
         f"for path in {sorted(functions)!r}:\n"
         "    module, name = path.rsplit('.', 1)\n"
         "    found[path] = getattr(importlib.import_module(module), name).__module__\n"
-        "print(json.dumps(found))\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), capture_output=True, text=True,
-                            env={**os.environ, "TF_USE_LEGACY_KERAS": "0", "PYTHONPATH": ""}, timeout=300)
+        "print(json.dumps(found))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_USE_LEGACY_KERAS": "0", "PYTHONPATH": ""},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(found) == classes | functions

@@ -7,6 +7,7 @@ packages with kfp's PipelineSpec proto, and answers 401 / 409 as a real server d
 KFP server or cluster is involved: this proves the requests the deploy command makes and how
 it reports failures, not the cluster's behaviour.
 """
+
 import socket
 import time
 
@@ -26,9 +27,15 @@ def package(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_kfp_environment(monkeypatch, tmp_path):
-    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_TOKEN",
-                 "KF_PIPELINES_SA_TOKEN_PATH", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-                 "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME", "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID"):
+    for name in (
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_UI_ENDPOINT",
+        "KF_PIPELINES_TOKEN",
+        "KF_PIPELINES_SA_TOKEN_PATH",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/kfp/context.json of the user's
 
@@ -52,7 +59,8 @@ def test_new_pipeline_then_new_version_experiment_and_runs(package):
     assert len(state.experiments) == 1 and first.experiment_id == second.experiment_id
     assert [r["pipeline_version_reference"] for r in state.runs] == [
         {"pipeline_id": first.pipeline_id, "pipeline_version_id": first.version_id},
-        {"pipeline_id": first.pipeline_id, "pipeline_version_id": second.version_id}]
+        {"pipeline_id": first.pipeline_id, "pipeline_version_id": second.version_id},
+    ]
     assert first.run_url == f"{server.url}/#/runs/details/{first.run_id}"
     uploaded = state.versions[first.pipeline_id][0]["pipeline_spec"]
     assert uploaded["defaultPipelineRoot"] == "gs://bucket/root"
@@ -61,9 +69,23 @@ def test_new_pipeline_then_new_version_experiment_and_runs(package):
 
 def test_cli_deploy_prints_the_run_url(package, capsys, tmp_path):
     with KfpStandIn(token="s3cret") as server:
-        code = cli.main(["deploy", "--output-root", str(tmp_path), "--pipeline-root", "gs://bucket/root",
-                         "--host", server.url, "--token", "s3cret", "--ui-host", "https://kfp.example.com",
-                         "--run-name", "smoke"])
+        code = cli.main(
+            [
+                "deploy",
+                "--output-root",
+                str(tmp_path),
+                "--pipeline-root",
+                "gs://bucket/root",
+                "--host",
+                server.url,
+                "--token",
+                "s3cret",
+                "--ui-host",
+                "https://kfp.example.com",
+                "--run-name",
+                "smoke",
+            ]
+        )
         state = server.state
     out = capsys.readouterr().out
     assert code == 0, out
@@ -147,14 +169,16 @@ def test_kfp_cli_and_client_accept_the_package(package):
     from kfp.cli.cli import cli as kfp_cli
 
     with KfpStandIn() as server:
-        result = CliRunner().invoke(kfp_cli, ["--endpoint", server.url, "pipeline", "create", "-p", "triplet-mnist",
-                                              package], obj={})  # as kfp's console script calls it
+        result = CliRunner().invoke(
+            kfp_cli, ["--endpoint", server.url, "pipeline", "create", "-p", "triplet-mnist", package], obj={}
+        )  # as kfp's console script calls it
         assert result.exit_code == 0, result.output
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client = kfp.Client(host=server.url)
-            run = client.create_run_from_pipeline_package(package, experiment_name="adhoc",
-                                                          pipeline_root="gs://other/root")
+            run = client.create_run_from_pipeline_package(
+                package, experiment_name="adhoc", pipeline_root="gs://other/root"
+            )
         state = server.state
     assert [p["display_name"] for p in state.pipelines.values()] == ["triplet-mnist"]
     (submitted,) = state.runs

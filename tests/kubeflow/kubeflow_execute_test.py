@@ -5,6 +5,7 @@ tests/kfp_local_executor.py plays the KFP driver/launcher (ExecutorInput with lo
 URIs, `{{$}}` resolved, outputs handed downstream); only the container runtime is missing:
 the commands run with this interpreter instead of inside the images.
 """
+
 import json
 import os
 
@@ -17,18 +18,43 @@ from triplet_tfx.pipeline import cli
 
 pytestmark = pytest.mark.slow
 
-CONTAINER_TASKS = {"SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate",
-                   "Transform", "Trainer", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"}
+CONTAINER_TASKS = {
+    "SourceExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "AnomalyGate",
+    "Transform",
+    "Trainer",
+    "EmbeddingEvaluator",
+    "ServingModelBuilder",
+    "Pusher",
+}
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kfp-exec")
     serving = tmp / "serving"
-    args = cli.build_parser().parse_args([
-        "compile", "--output-root", str(tmp / "out"), "--pipeline-root", "gs://unused-bucket/root",
-        "--serving-dir", str(serving), "--max-examples", "200", "--max-steps", "5",
-        "--min-precision-at-1", "0.05", "--plot", "pca"])
+    args = cli.build_parser().parse_args(
+        [
+            "compile",
+            "--output-root",
+            str(tmp / "out"),
+            "--pipeline-root",
+            "gs://unused-bucket/root",
+            "--serving-dir",
+            str(serving),
+            "--max-examples",
+            "200",
+            "--max-steps",
+            "5",
+            "--min-precision-at-1",
+            "0.05",
+            "--plot",
+            "pca",
+        ]
+    )
     package = runner.compile_pipeline(cli.config_from_args(args), str(tmp / "package"))
     outputs = run_pipeline_spec(package.yaml_path, str(tmp / "root"), timeout_per_task=600)
     return outputs, serving

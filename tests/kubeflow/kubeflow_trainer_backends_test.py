@@ -3,6 +3,7 @@
 its custom_config, image and resources; the Vertex AI CustomJob TFX would submit from it, checked with
 Vertex AI's own CustomJob type; the configuration errors.
 """
+
 import dataclasses
 import json
 
@@ -29,34 +30,73 @@ def compile_yaml(tmp_path, *flags):
 def trainer_task(spec):
     task = spec["root"]["dag"]["tasks"]["Trainer"]
     executor = spec["deploymentSpec"]["executors"][spec["components"][task["componentRef"]["name"]]["executorLabel"]]
-    custom_config = json.loads(task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]
-                               ["stringValue"])
+    custom_config = json.loads(
+        task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"]
+    )
     return executor["container"], custom_config
 
 
 @pytest.fixture(scope="module")
 def tfjob_package(tmp_path_factory):
-    return compile_yaml(tmp_path_factory.mktemp("tfjob"), "--pipeline-root", "/mnt/pipeline/triplet", "--pvc",
-                        "triplet-claim", "--trainer-workers", "4", "--gpu-count", "2", "--trainer-cpu", "6",
-                        "--trainer-memory", "20G", "--tfjob-namespace", "team-a", "--tfjob-service-account",
-                        "gcs-writer")
+    return compile_yaml(
+        tmp_path_factory.mktemp("tfjob"),
+        "--pipeline-root",
+        "/mnt/pipeline/triplet",
+        "--pvc",
+        "triplet-claim",
+        "--trainer-workers",
+        "4",
+        "--gpu-count",
+        "2",
+        "--trainer-cpu",
+        "6",
+        "--trainer-memory",
+        "20G",
+        "--tfjob-namespace",
+        "team-a",
+        "--tfjob-service-account",
+        "gcs-writer",
+    )
 
 
 @pytest.fixture(scope="module")
 def vertex_package(tmp_path_factory):
-    return compile_yaml(tmp_path_factory.mktemp("vertex"), "--pipeline-root", "gs://bucket/triplet",
-                        "--trainer-backend", "vertex", "--trainer-workers", "3", "--vertex-project", "my-project",
-                        "--vertex-region", "europe-west4", "--vertex-machine-type", "a2-highgpu-2g",
-                        "--gpu-type", "NVIDIA_TESLA_A100", "--gpu-count", "2")
+    return compile_yaml(
+        tmp_path_factory.mktemp("vertex"),
+        "--pipeline-root",
+        "gs://bucket/triplet",
+        "--trainer-backend",
+        "vertex",
+        "--trainer-workers",
+        "3",
+        "--vertex-project",
+        "my-project",
+        "--vertex-region",
+        "europe-west4",
+        "--vertex-machine-type",
+        "a2-highgpu-2g",
+        "--gpu-type",
+        "NVIDIA_TESLA_A100",
+        "--gpu-count",
+        "2",
+    )
 
 
 def test_trainer_workers_put_the_tfjob_section_into_the_trainers_custom_config(tfjob_package):
     spec = tfjob_package[0]
     container, custom_config = trainer_task(spec)
     assert custom_config["tfjob"] == {
-        "workers": 4, "image": "registry.example/triplet-tfx-gpu:1", "gpu_type": "nvidia.com/gpu", "gpu_count": 2,
-        "cpu_limit": 6.0, "memory_limit_gb": 20.0, "namespace": "team-a", "service_account": "gcs-writer",
-        "pvc": "triplet-claim", "pvc_mount_path": "/mnt/pipeline"}
+        "workers": 4,
+        "image": "registry.example/triplet-tfx-gpu:1",
+        "gpu_type": "nvidia.com/gpu",
+        "gpu_count": 2,
+        "cpu_limit": 6.0,
+        "memory_limit_gb": 20.0,
+        "namespace": "team-a",
+        "service_account": "gcs-writer",
+        "pvc": "triplet-claim",
+        "pvc_mount_path": "/mnt/pipeline",
+    }
     assert {"data", "train", "code_fingerprint"} <= set(custom_config)
     # The step only launches and waits: CPU image, no GPU or limits of its own; the workers get them.
     assert container["image"] == "registry.example/triplet-tfx:1" and "resources" not in container
@@ -78,21 +118,30 @@ def test_one_worker_trains_in_the_step_as_before(tmp_path):
 
 def test_vertex_backend_compiles_tfxs_vertex_trainer_with_worker_pools(vertex_package):
     container, custom_config = trainer_task(vertex_package[0])
-    assert container["args"][:2] == ["--executor_class_path",
-                                     "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor"]
+    assert container["args"][:2] == [
+        "--executor_class_path",
+        "tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor",
+    ]
     assert container["image"] == "registry.example/triplet-tfx:1" and "resources" not in container
     assert "tfjob" not in custom_config
     assert custom_config["ai_platform_enable_vertex"] is True
     assert custom_config["ai_platform_vertex_region"] == "europe-west4"
     machine = {"machine_type": "a2-highgpu-2g", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 2}
     image = {"image_uri": "registry.example/triplet-tfx-gpu:1"}
-    assert custom_config["ai_platform_training_args"] == {"project": "my-project", "job_spec": {"worker_pool_specs": [
-        {"machine_spec": machine, "replica_count": 1, "container_spec": image},  # the chief
-        {"machine_spec": machine, "replica_count": 2, "container_spec": image}]}}
+    assert custom_config["ai_platform_training_args"] == {
+        "project": "my-project",
+        "job_spec": {
+            "worker_pool_specs": [
+                {"machine_spec": machine, "replica_count": 1, "container_spec": image},  # the chief
+                {"machine_spec": machine, "replica_count": 2, "container_spec": image},
+            ]
+        },
+    }
     summary = runner.summarize(runner.CompiledPackage("", "", vertex_package[0]))
     (line,) = [line for line in summary if "Trainer" in line]
-    assert line.endswith("[Vertex AI job: 3 replicas of a2-highgpu-2g + 2 NVIDIA_TESLA_A100, "
-                         "registry.example/triplet-tfx-gpu:1]")
+    assert line.endswith(
+        "[Vertex AI job: 3 replicas of a2-highgpu-2g + 2 NVIDIA_TESLA_A100, registry.example/triplet-tfx-gpu:1]"
+    )
 
 
 def test_the_custom_job_tfx_submits_is_a_valid_vertex_custom_job(vertex_package):
@@ -105,8 +154,15 @@ def test_the_custom_job_tfx_submits_is_a_valid_vertex_custom_job(vertex_package)
     job_args = dict(custom_config["ai_platform_training_args"])
     job_args.pop("project")  # taken out by TFX's runner before this call
     client = object.__new__(training_clients.VertexJobClient)  # no credentials: only the job body is built
-    body = client.create_training_job({}, {}, {"custom_config": json.dumps(custom_config)},
-                                      "tfx.components.trainer.executor.GenericExecutor", job_args, None, None)
+    body = client.create_training_job(
+        {},
+        {},
+        {"custom_config": json.dumps(custom_config)},
+        "tfx.components.trainer.executor.GenericExecutor",
+        job_args,
+        None,
+        None,
+    )
     job = CustomJob(body)
     pools = job.job_spec.worker_pool_specs
     assert [p.replica_count for p in pools] == [1, 2]
@@ -116,17 +172,27 @@ def test_the_custom_job_tfx_submits_is_a_valid_vertex_custom_job(vertex_package)
     assert list(pools[0].container_spec.command[:3]) == ["python", "-m", "tfx.scripts.run_executor"]
 
 
-@pytest.mark.parametrize("kubeflow, message", [
-    (dict(trainer_workers=0), r"kubeflow.trainer_workers \(--trainer-workers\): must be at least 1"),
-    (dict(trainer_backend="slurm"), r"kubeflow.trainer_backend \(--trainer-backend\): 'slurm'"),
-    (dict(trainer_workers=2, gpu_type="NVIDIA_TESLA_T4"), r"kubeflow.gpu_type \(--gpu-type\): 'NVIDIA_TESLA_T4': "
-                                                          "TFJob workers request a Kubernetes resource"),
-    (dict(trainer_backend="vertex", pipeline_root="gs://b/r"), r"kubeflow.vertex_project \(--vertex-project\)"),
-    (dict(trainer_backend="vertex", vertex_project="p", pipeline_root="s3://b/r"),
-     r"kubeflow.pipeline_root \(--pipeline-root\): 's3://b/r': Vertex AI .* use gs://"),
-    (dict(trainer_backend="vertex", vertex_project="p", pipeline_root="gs://b/r"),
-     r"kubeflow.gpu_type \(--gpu-type\): 'nvidia.com/gpu': Vertex AI needs an accelerator type"),
-])
+@pytest.mark.parametrize(
+    "kubeflow, message",
+    [
+        (dict(trainer_workers=0), r"kubeflow.trainer_workers \(--trainer-workers\): must be at least 1"),
+        (dict(trainer_backend="slurm"), r"kubeflow.trainer_backend \(--trainer-backend\): 'slurm'"),
+        (
+            dict(trainer_workers=2, gpu_type="NVIDIA_TESLA_T4"),
+            r"kubeflow.gpu_type \(--gpu-type\): 'NVIDIA_TESLA_T4': "
+            "TFJob workers request a Kubernetes resource",
+        ),
+        (dict(trainer_backend="vertex", pipeline_root="gs://b/r"), r"kubeflow.vertex_project \(--vertex-project\)"),
+        (
+            dict(trainer_backend="vertex", vertex_project="p", pipeline_root="s3://b/r"),
+            r"kubeflow.pipeline_root \(--pipeline-root\): 's3://b/r': Vertex AI .* use gs://",
+        ),
+        (
+            dict(trainer_backend="vertex", vertex_project="p", pipeline_root="gs://b/r"),
+            r"kubeflow.gpu_type \(--gpu-type\): 'nvidia.com/gpu': Vertex AI needs an accelerator type",
+        ),
+    ],
+)
 def test_invalid_trainer_settings_name_the_flag(kubeflow, message):
     config = dataclasses.replace(PipelineConfig(), kubeflow=KubeflowConfig(**{"pipeline_root": "gs://b/r", **kubeflow}))
     with pytest.raises(ConfigError, match=message):
@@ -137,6 +203,14 @@ def test_compile_help_explains_the_trainer_backends(capsys):
     with pytest.raises(SystemExit):
         cli.main(["compile", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--trainer-workers", "--trainer-backend", "--tfjob-namespace", "--tfjob-service-account",
-                 "--vertex-project", "--vertex-region", "--vertex-machine-type", "kubeflow/tfjob-rbac.yaml"):
+    for flag in (
+        "--trainer-workers",
+        "--trainer-backend",
+        "--tfjob-namespace",
+        "--tfjob-service-account",
+        "--vertex-project",
+        "--vertex-region",
+        "--vertex-machine-type",
+        "kubeflow/tfjob-rbac.yaml",
+    ):
         assert flag in out

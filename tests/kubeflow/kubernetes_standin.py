@@ -17,6 +17,7 @@ the other workers stopped as cleanPodPolicy Running says), and replicaStatuses.W
 Not simulated: restarts (restartPolicy ExitCode / backoffLimit), scheduling, images, volumes.
 Every request is recorded (`requests`: (method, path)) so tests can check them against the RBAC Role.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,8 +43,15 @@ def _now() -> str:
 
 
 def _status(code: int, reason: str, message: str) -> Dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class _Job:
@@ -60,24 +68,40 @@ class _Job:
         self.conditions = [self._condition("Created", "TFJobCreated", f"TFJob {self.name} is created.")]
         self.processes: List[subprocess.Popen] = []
         self.logs: List[str] = []
-        argv = [sys.executable if part == "python" else part
-                for part in worker_command or container.get("command", []) + container.get("args", [])]
+        argv = [
+            sys.executable if part == "python" else part
+            for part in worker_command or container.get("command", []) + container.get("args", [])
+        ]
         for index in range(replicas):
-            env = {**base_env, **{e["name"]: e["value"] for e in container.get("env", [])},
-                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index},
-                                            "environment": "cloud"})}
+            env = {
+                **base_env,
+                **{e["name"]: e["value"] for e in container.get("env", [])},
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}, "environment": "cloud"}
+                ),
+            }
             log_path = os.path.join(workdir, f"{self.name}-worker-{index}.log")
             self.logs.append(log_path)
             with open(log_path, "wb") as out:
-                self.processes.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                                       cwd=workdir, start_new_session=True))
-        self.conditions.append(self._condition("Running", "TFJobRunning",
-                                               f"TFJob {self.namespace}/{self.name} is running."))
+                self.processes.append(
+                    subprocess.Popen(
+                        argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True
+                    )
+                )
+        self.conditions.append(
+            self._condition("Running", "TFJobRunning", f"TFJob {self.namespace}/{self.name} is running.")
+        )
 
     @staticmethod
     def _condition(kind: str, reason: str, message: str) -> Dict:
-        return {"type": kind, "status": "True", "reason": reason, "message": message,
-                "lastUpdateTime": _now(), "lastTransitionTime": _now()}
+        return {
+            "type": kind,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastUpdateTime": _now(),
+            "lastTransitionTime": _now(),
+        }
 
     def _finished(self) -> bool:
         return any(c["type"] in ("Succeeded", "Failed") for c in self.conditions)
@@ -88,21 +112,34 @@ class _Job:
         if not self._finished():
             if failed:
                 self.stop()  # cleanPodPolicy Running
-                final = self._condition("Failed", "TFJobFailed", f"TFJob {self.namespace}/{self.name} has failed "
-                                                                 f"because {failed} Worker replica(s) failed.")
+                final = self._condition(
+                    "Failed",
+                    "TFJobFailed",
+                    f"TFJob {self.namespace}/{self.name} has failed because {failed} Worker replica(s) failed.",
+                )
             elif all(code == 0 for code in codes):
-                final = self._condition("Succeeded", "TFJobSucceeded",
-                                        f"TFJob {self.namespace}/{self.name} successfully completed.")
+                final = self._condition(
+                    "Succeeded", "TFJobSucceeded", f"TFJob {self.namespace}/{self.name} successfully completed."
+                )
             else:
                 final = None
             if final:
                 self.conditions[-1]["status"] = "False"  # Running
                 self.conditions.append(final)
         codes = [p.poll() for p in self.processes]
-        replica_status = {"active": sum(1 for c in codes if c is None), "succeeded": sum(1 for c in codes if c == 0),
-                          "failed": sum(1 for c in codes if c not in (None, 0))}
-        return {**self.body, "status": {"conditions": self.conditions, "replicaStatuses": {"Worker": replica_status},
-                                        "startTime": self.body["metadata"]["creationTimestamp"]}}
+        replica_status = {
+            "active": sum(1 for c in codes if c is None),
+            "succeeded": sum(1 for c in codes if c == 0),
+            "failed": sum(1 for c in codes if c not in (None, 0)),
+        }
+        return {
+            **self.body,
+            "status": {
+                "conditions": self.conditions,
+                "replicaStatuses": {"Worker": replica_status},
+                "startTime": self.body["metadata"]["creationTimestamp"],
+            },
+        }
 
     def stop(self) -> None:
         for process in self.processes:
@@ -114,8 +151,7 @@ class _Job:
 class KubernetesStandIn:
     """`with KubernetesStandIn(workdir) as k8s:` ... `k8s.host` is http://127.0.0.1:PORT."""
 
-    def __init__(self, workdir: str, env: Optional[Dict[str, str]] = None,
-                 worker_command: Optional[List[str]] = None):
+    def __init__(self, workdir: str, env: Optional[Dict[str, str]] = None, worker_command: Optional[List[str]] = None):
         """worker_command, when given, replaces the container's command: a test's own worker program."""
         self.workdir = workdir
         self.worker_command = worker_command
@@ -179,21 +215,35 @@ class KubernetesStandIn:
     def _tfjobs(self, handler, method: str, namespace: str, name: Optional[str]):
         if method == "POST" and name is None:
             body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-            problems = [problem for ok, problem in [
-                (body.get("apiVersion") == "kubeflow.org/v1" and body.get("kind") == "TFJob", "apiVersion/kind"),
-                (body.get("metadata", {}).get("namespace", namespace) == namespace, "metadata.namespace"),
-                ("Worker" in body.get("spec", {}).get("tfReplicaSpecs", {}), "spec.tfReplicaSpecs.Worker"),
-                (any(c.get("name") == "tensorflow" for c in body.get("spec", {}).get("tfReplicaSpecs", {})
-                     .get("Worker", {}).get("template", {}).get("spec", {}).get("containers", [])),
-                 "a container named tensorflow"),
-            ] if not ok]
+            problems = [
+                problem
+                for ok, problem in [
+                    (body.get("apiVersion") == "kubeflow.org/v1" and body.get("kind") == "TFJob", "apiVersion/kind"),
+                    (body.get("metadata", {}).get("namespace", namespace) == namespace, "metadata.namespace"),
+                    ("Worker" in body.get("spec", {}).get("tfReplicaSpecs", {}), "spec.tfReplicaSpecs.Worker"),
+                    (
+                        any(
+                            c.get("name") == "tensorflow"
+                            for c in body.get("spec", {})
+                            .get("tfReplicaSpecs", {})
+                            .get("Worker", {})
+                            .get("template", {})
+                            .get("spec", {})
+                            .get("containers", [])
+                        ),
+                        "a container named tensorflow",
+                    ),
+                ]
+                if not ok
+            ]
             if problems:
                 return handler._send(422, _status(422, "Invalid", f"TFJob is invalid: {', '.join(problems)}"))
             body["metadata"]["namespace"] = namespace
             key = (namespace, body["metadata"]["name"])
             if key in self.jobs:
-                return handler._send(409, _status(409, "AlreadyExists", f'tfjobs.kubeflow.org "{key[1]}" '
-                                                                        "already exists"))
+                return handler._send(
+                    409, _status(409, "AlreadyExists", f'tfjobs.kubeflow.org "{key[1]}" already exists')
+                )
             self.created.append(json.loads(json.dumps(body)))
             self.jobs[key] = _Job(body, self.workdir, self.env, self.worker_command)
             return handler._send(201, self.jobs[key].refresh())
@@ -205,8 +255,15 @@ class KubernetesStandIn:
         if method == "DELETE":
             job.stop()
             del self.jobs[(namespace, name)]
-            return handler._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
-                                       "details": {"name": name, "group": "kubeflow.org", "kind": "tfjobs"}})
+            return handler._send(
+                200,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Success",
+                    "details": {"name": name, "group": "kubeflow.org", "kind": "tfjobs"},
+                },
+            )
         return handler._send(405, _status(405, "MethodNotAllowed", f"{method} is not supported"))
 
     def _pod_log(self, handler, namespace: str, pod: str, query):

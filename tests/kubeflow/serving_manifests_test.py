@@ -1,6 +1,7 @@
 """kubeflow/serving/: the TF Serving Deployment + Service (+ ConfigMap, GPU patch) through the kubernetes
 client's models, and the KServe InferenceService against KServe's CRD schema (a vendored excerpt,
 kserve_crd_excerpt.yaml, source and commit stated there). No cluster is involved."""
+
 import copy
 import json
 import os
@@ -15,8 +16,15 @@ from tensorflow_serving.config import model_server_config_pb2
 from triplet_tfx.components.config import PipelineConfig
 
 # Flags of tensorflow_model_server, from tensorflow_serving/model_servers/main.cc at tag 2.16.1 (the ones used here).
-TF_SERVING_FLAGS = {"port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
-                    "file_system_poll_wait_seconds", "model_name", "model_base_path"}
+TF_SERVING_FLAGS = {
+    "port",
+    "rest_api_port",
+    "model_config_file",
+    "model_config_file_poll_wait_seconds",
+    "file_system_poll_wait_seconds",
+    "model_name",
+    "model_base_path",
+}
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "kubeflow", "serving")
 MODEL_NAME = PipelineConfig().model_name
 
@@ -44,8 +52,12 @@ def objects():
     docs = load("tf-serving.yaml")
     assert [d["kind"] for d in docs] == ["ConfigMap", "Deployment", "Service"]
     config_map, deployment, service = docs
-    return {"config_map": as_model(config_map, "V1ConfigMap"), "deployment": as_model(deployment, "V1Deployment"),
-            "service": as_model(service, "V1Service"), "raw_deployment": deployment}
+    return {
+        "config_map": as_model(config_map, "V1ConfigMap"),
+        "deployment": as_model(deployment, "V1Deployment"),
+        "service": as_model(service, "V1Service"),
+        "raw_deployment": deployment,
+    }
 
 
 def model_config(config_map):
@@ -86,8 +98,10 @@ def test_service_exposes_rest_and_grpc(objects):
     service, deployment = objects["service"], objects["deployment"]
     assert service.spec.selector.items() <= deployment.spec.template.metadata.labels.items()
     container_ports = {p.name for p in deployment.spec.template.spec.containers[0].ports}
-    assert {(p.name, p.port, p.target_port) for p in service.spec.ports} == {("grpc", 8500, "grpc"),
-                                                                            ("http", 8501, "http")}
+    assert {(p.name, p.port, p.target_port) for p in service.spec.ports} == {
+        ("grpc", 8500, "grpc"),
+        ("http", 8501, "http"),
+    }
     assert {p.target_port for p in service.spec.ports} <= container_ports
 
 
@@ -134,8 +148,10 @@ def test_inference_service_matches_kserves_schema_and_runtime(kserve, objects):
     assert _unknown_fields(isvc, kserve["openAPIV3Schema"]) == []
     model = isvc["spec"]["predictor"]["model"]
     runtime = kserve["tensorflowRuntime"]
-    assert any(f["name"] == model["modelFormat"]["name"] and f["version"] == model["modelFormat"]["version"]
-               for f in runtime["supportedModelFormats"])
+    assert any(
+        f["name"] == model["modelFormat"]["name"] and f["version"] == model["modelFormat"]["version"]
+        for f in runtime["supportedModelFormats"]
+    )
     assert model["protocolVersion"] in runtime["protocolVersions"]
     # The same pushed base directory and TF Serving version as the plain Deployment.
     (served,) = model_config(objects["config_map"]).model_config_list.config

@@ -3,6 +3,7 @@
 manifest, TF_CONFIG per worker, status streaming, the failure reason, reattaching, deleting on stop,
 and that every API call is granted by kubeflow/tfjob-rbac.yaml.
 """
+
 import json
 import logging
 import os
@@ -39,11 +40,15 @@ if index == 1 and spec["custom_config"].get("fail"):
 
 def fn_args(tmp_path, section, **custom):
     run_dir = tmp_path / "Trainer" / "model_run" / "7"
-    return FnArgs(working_dir=str(run_dir), train_files=[str(tmp_path / "train" / "*")],
-                  eval_files=[str(tmp_path / "eval" / "*")], transform_output=str(tmp_path / "transform"),
-                  serving_model_dir=str(tmp_path / "Trainer" / "model" / "7" / "Format-Serving"),
-                  model_run_dir=str(run_dir),
-                  custom_config={"train": {"epochs": 1}, tfjob.TFJOB_KEY: section, **custom})
+    return FnArgs(
+        working_dir=str(run_dir),
+        train_files=[str(tmp_path / "train" / "*")],
+        eval_files=[str(tmp_path / "eval" / "*")],
+        transform_output=str(tmp_path / "transform"),
+        serving_model_dir=str(tmp_path / "Trainer" / "model" / "7" / "Format-Serving"),
+        model_run_dir=str(run_dir),
+        custom_config={"train": {"epochs": 1}, tfjob.TFJOB_KEY: section, **custom},
+    )
 
 
 def section(workers=3, **kubeflow):
@@ -71,8 +76,18 @@ def launch(tmp_path, args, caplog, poll=0.2):
 
 
 def test_launches_n_workers_with_the_operators_tf_config_and_streams_the_status(tmp_path, caplog):
-    args = fn_args(tmp_path, section(workers=3, pvc="pipeline-claim", gpu_type="nvidia.com/gpu", gpu_count=2,
-                                     trainer_cpu=8, trainer_memory=30, tfjob_service_account="trainer-sa"))
+    args = fn_args(
+        tmp_path,
+        section(
+            workers=3,
+            pvc="pipeline-claim",
+            gpu_type="nvidia.com/gpu",
+            gpu_count=2,
+            trainer_cpu=8,
+            trainer_memory=30,
+            tfjob_service_account="trainer-sa",
+        ),
+    )
     standin, (namespace, name), error, spec_path = launch(tmp_path, args, caplog)
     assert error is None and namespace == "team-a" and name == tfjob.job_name(args.model_run_dir)
 
@@ -107,8 +122,11 @@ def test_launches_n_workers_with_the_operators_tf_config_and_streams_the_status(
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"Created TFJob team-a/{name}: 3 worker(s)") for m in messages)
     assert any("Running (TFJobRunning" in m for m in messages)
-    assert any(f"Succeeded (TFJobSucceeded: TFJob team-a/{name} successfully completed.); "
-               "Worker: 0 active, 3 succeeded, 0 failed" in m for m in messages)
+    assert any(
+        f"Succeeded (TFJobSucceeded: TFJob team-a/{name} successfully completed.); "
+        "Worker: 0 active, 3 succeeded, 0 failed" in m
+        for m in messages
+    )
 
 
 def test_a_failing_worker_fails_the_step_with_the_jobs_reason_and_log(tmp_path, caplog):
@@ -117,11 +135,13 @@ def test_a_failing_worker_fails_the_step_with_the_jobs_reason_and_log(tmp_path, 
     assert result is None and error is not None
     name = tfjob.job_name(args.model_run_dir)
     text = str(error)
-    assert text.startswith(f"TFJob team-a/{name} failed: TFJobFailed: TFJob team-a/{name} has failed because "
-                           "1 Worker replica(s) failed.")
+    assert text.startswith(
+        f"TFJob team-a/{name} failed: TFJobFailed: TFJob team-a/{name} has failed because 1 Worker replica(s) failed."
+    )
     assert f"--- {name}-worker-1, last 20 lines ---" in text and "worker 1: out of memory in step 3" in text
-    assert "resources" not in standin.created[0]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
-        "containers"][0]  # no GPU, no limits requested
+    assert (
+        "resources" not in standin.created[0]["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    )  # no GPU, no limits requested
     assert any("Failed (TFJobFailed" in r.getMessage() for r in caplog.records)
 
 
@@ -183,8 +203,10 @@ def assert_granted_by_rbac(requests):
             group, resource = parts[1], parts[5]
         else:  # /api/v1/namespaces/NS/pods/NAME/log
             group, resource = "", f"{parts[4]}/{parts[6]}"
-        assert any(group in rule["apiGroups"] and resource in rule["resources"] and verbs[method] in rule["verbs"]
-                   for rule in rules), (method, path)
+        assert any(
+            group in rule["apiGroups"] and resource in rule["resources"] and verbs[method] in rule["verbs"]
+            for rule in rules
+        ), (method, path)
 
 
 def test_rbac_manifest_is_valid_and_grants_what_the_launcher_calls():
@@ -198,22 +220,36 @@ def test_rbac_manifest_is_valid_and_grants_what_the_launcher_calls():
     assert binding.role_ref.api_group == "rbac.authorization.k8s.io"
     assert {(s.kind, s.name, s.namespace) for s in binding.subjects} == {
         ("ServiceAccount", account.metadata.name, account.metadata.namespace),
-        ("ServiceAccount", "pipeline-runner", "kubeflow")}
-    grants = {(group, resource, verb) for rule in role.rules for group in rule.api_groups
-              for resource in rule.resources for verb in rule.verbs}
+        ("ServiceAccount", "pipeline-runner", "kubeflow"),
+    }
+    grants = {
+        (group, resource, verb)
+        for rule in role.rules
+        for group in rule.api_groups
+        for resource in rule.resources
+        for verb in rule.verbs
+    }
     assert grants == {("kubeflow.org", "tfjobs", verb) for verb in ("create", "get", "list", "watch", "delete")} | {
-        ("", "pods/log", "get")}
+        ("", "pods/log", "get")
+    }
     assert role.metadata.namespace == binding.metadata.namespace == account.metadata.namespace
 
 
 def test_status_line_and_outcome_follow_the_operators_conditions():
-    job = {"metadata": {"namespace": "ns", "name": "j"}, "status": {
-        "conditions": [{"type": "Created", "status": "True", "reason": "TFJobCreated", "message": "created"},
-                       {"type": "Running", "status": "False", "reason": "TFJobRunning", "message": "running"},
-                       {"type": "Restarting", "status": "True", "reason": "TFJobRestarting", "message": "again"}],
-        "replicaStatuses": {"Worker": {"active": 1, "failed": 1}}}}
-    assert tfjob.status_line(job) == ("TFJob ns/j: Restarting (TFJobRestarting: again); "
-                                      "Worker: 1 active, 0 succeeded, 1 failed")
+    job = {
+        "metadata": {"namespace": "ns", "name": "j"},
+        "status": {
+            "conditions": [
+                {"type": "Created", "status": "True", "reason": "TFJobCreated", "message": "created"},
+                {"type": "Running", "status": "False", "reason": "TFJobRunning", "message": "running"},
+                {"type": "Restarting", "status": "True", "reason": "TFJobRestarting", "message": "again"},
+            ],
+            "replicaStatuses": {"Worker": {"active": 1, "failed": 1}},
+        },
+    }
+    assert tfjob.status_line(job) == (
+        "TFJob ns/j: Restarting (TFJobRestarting: again); Worker: 1 active, 0 succeeded, 1 failed"
+    )
     assert tfjob.outcome(job) is None
     assert tfjob.status_line({"metadata": {"namespace": "ns", "name": "j"}}) == "TFJob ns/j: Pending"
     job["status"]["conditions"].append({"type": "Failed", "status": "True", "reason": "TFJobFailed", "message": "x"})

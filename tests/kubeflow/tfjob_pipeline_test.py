@@ -8,6 +8,7 @@ examples, 4 steps) -> the chief exports the model into the Trainer's output.
 The pipeline root is a local folder standing for the PVC that the step and the workers mount.
 Slow: seven TFX tasks, each its own process, then two workers (minutes on 2 cores).
 """
+
 import os
 import re
 
@@ -24,10 +25,14 @@ pytestmark = pytest.mark.slow
 
 
 def write_kubeconfig(path, host):
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "standin",
-              "clusters": [{"name": "standin", "cluster": {"server": host}}],
-              "users": [{"name": "launcher", "user": {"token": "test-token"}}],
-              "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "launcher"}}]}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": host}}],
+        "users": [{"name": "launcher", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "launcher"}}],
+    }
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     return str(path)
@@ -38,17 +43,37 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tfjob-pipeline")
     mount = tmp / "pvc"
     root = mount / "triplet"
-    args = cli.build_parser().parse_args([
-        "compile", "--output-root", str(tmp / "out"), "--pipeline-root", str(root), "--pvc", "triplet-claim",
-        "--pvc-mount-path", str(mount), "--trainer-workers", "2", "--tfjob-namespace", "team-a",
-        "--gpu-count", "0", "--max-examples", "200", "--max-steps", "4"])
+    args = cli.build_parser().parse_args(
+        [
+            "compile",
+            "--output-root",
+            str(tmp / "out"),
+            "--pipeline-root",
+            str(root),
+            "--pvc",
+            "triplet-claim",
+            "--pvc-mount-path",
+            str(mount),
+            "--trainer-workers",
+            "2",
+            "--tfjob-namespace",
+            "team-a",
+            "--gpu-count",
+            "0",
+            "--max-examples",
+            "200",
+            "--max-steps",
+            "4",
+        ]
+    )
     package = runner.compile_pipeline(cli.config_from_args(args), str(tmp / "package"))
     pods = tmp / "pods"
     pods.mkdir()
     with KubernetesStandIn(str(pods)) as k8s:
         kubeconfig = write_kubeconfig(tmp / "kubeconfig", k8s.host)
-        outputs = run_pipeline_spec(package.yaml_path, str(root), env={"KUBECONFIG": kubeconfig},
-                                    until="Trainer", timeout_per_task=600)
+        outputs = run_pipeline_spec(
+            package.yaml_path, str(root), env={"KUBECONFIG": kubeconfig}, until="Trainer", timeout_per_task=600
+        )
     return outputs, k8s, root
 
 

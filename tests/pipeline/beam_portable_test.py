@@ -7,6 +7,7 @@ to them over the Job API, and the pool's SDK workers (more processes, started wi
 first on PATH: this virtual environment) run the project's code. The outputs must equal those of
 the default in-process runner.
 """
+
 import collections
 import glob
 import os
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES_PER_SPLIT = 40
 SPLITS = ("train", "eval")
-DATA_COMPONENT_IDS = ("SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate",
-                      "Transform")
+DATA_COMPONENT_IDS = ("SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,7 @@ def job_service_and_worker_pool(tmp_path_factory):
 
 
 def run_data_components(root, beam: BeamConfig) -> PipelineConfig:
-    config = PipelineConfig(output_root=str(root), beam=beam,
-                            data=DataConfig(max_examples=EXAMPLES_PER_SPLIT))
+    config = PipelineConfig(output_root=str(root), beam=beam, data=DataConfig(max_examples=EXAMPLES_PER_SPLIT))
     result = cli.run_locally(config, data_only=True)
     assert result.executions == {name: "COMPLETE" for name in DATA_COMPONENT_IDS}
     return config
@@ -73,8 +72,10 @@ def test_the_job_service_and_the_pools_workers_did_the_work(both_runs):
 def test_example_counts_per_split_are_equal(both_runs):
     local, portable, _ = both_runs
     for split in SPLITS:
-        counts = [len(read_records(os.path.join(output_dir(c, "SourceExampleGen", "examples"), f"Split-{split}")))
-                  for c in (local, portable)]
+        counts = [
+            len(read_records(os.path.join(output_dir(c, "SourceExampleGen", "examples"), f"Split-{split}")))
+            for c in (local, portable)
+        ]
         assert counts == [EXAMPLES_PER_SPLIT, EXAMPLES_PER_SPLIT], split
 
 
@@ -85,11 +86,19 @@ def feature_counts(config, split):
     counts = {"num_examples": dataset.num_examples}
     for feature in dataset.features:
         stats = getattr(feature, feature.WhichOneof("stats")).common_stats  # num_, string_ or bytes_stats
-        counts[feature.path.step[0]] = (stats.num_non_missing, stats.num_missing, stats.min_num_values,
-                                        stats.max_num_values, stats.tot_num_values)
+        counts[feature.path.step[0]] = (
+            stats.num_non_missing,
+            stats.num_missing,
+            stats.min_num_values,
+            stats.max_num_values,
+            stats.tot_num_values,
+        )
         if feature.HasField("num_stats"):
-            counts[feature.path.step[0] + " min/max/mean"] = (feature.num_stats.min, feature.num_stats.max,
-                                                               round(feature.num_stats.mean, 9))
+            counts[feature.path.step[0] + " min/max/mean"] = (
+                feature.num_stats.min,
+                feature.num_stats.max,
+                round(feature.num_stats.mean, 9),
+            )
     return counts
 
 
@@ -111,7 +120,8 @@ def trainer_examples(config, split):
 
     graph = tft.TFTransformOutput(output_dir(config, "Transform", "transform_graph"))
     pairs = trainer.read_transformed(
-        [os.path.join(output_dir(config, "SourceExampleGen", "examples"), f"Split-{split}", "*")], graph)
+        [os.path.join(output_dir(config, "SourceExampleGen", "examples"), f"Split-{split}", "*")], graph
+    )
     return collections.Counter((int(label), image.numpy().astype(np.float32).tobytes()) for image, label in pairs)
 
 

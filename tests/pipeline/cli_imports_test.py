@@ -2,6 +2,7 @@
 the configuration and the pipeline's own light modules (docs/architecture.md, "Dependency rule").
 Each runs in a fresh interpreter, as the console script does, since this test process may already
 hold TensorFlow."""
+
 import subprocess
 import sys
 import textwrap

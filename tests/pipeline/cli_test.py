@@ -1,4 +1,5 @@
 """The command line: flags, --help, and clear errors before anything runs."""
+
 import errno
 import json
 
@@ -13,28 +14,47 @@ def test_help_lists_the_flags(capsys):
         cli.main(["run", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--data", "--output-root", "--epochs", "--batch-size", "--min-precision-at-1", "--beam-arg",
-                 "--no-cache", "--precision", "--augment-shift"):
+    for flag in (
+        "--data",
+        "--output-root",
+        "--epochs",
+        "--batch-size",
+        "--min-precision-at-1",
+        "--beam-arg",
+        "--no-cache",
+        "--precision",
+        "--augment-shift",
+    ):
         assert flag in out
 
 
 def test_defaults_are_the_tutorials(capsys):
     assert cli.main(["run", "--print-config"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["train"] == {**config["train"], "batch_size": 32, "epochs": 5, "learning_rate": 0.001,
-                                    "embedding_dim": 256, "loss": "semihard", "margin": 1.0}
+    assert config["train"] == {
+        **config["train"],
+        "batch_size": 32,
+        "epochs": 5,
+        "learning_rate": 0.001,
+        "embedding_dim": 256,
+        "loss": "semihard",
+        "margin": 1.0,
+    }
     assert config["data"]["source"] == "mnist" and config["data"]["max_examples"] is None
     assert config["beam"]["runner"] == "local" and config["beam_args"] == []
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--epochs", "0"], "train.epochs (--epochs): must be positive"),
-    (["--data", "csv:/x"], "data.source (--data): unknown source 'csv:/x'"),
-    (["--image-size", "28x28"], "--image-size: expected HxWxC"),
-    (["--examples-per-class", "5"], "train.examples_per_class (--examples-per-class)"),
-    (["--dropout", "1"], "train.dropout (--dropout): must be in [0, 1)"),
-    (["--augment-shift", "0.7"], "train.augment_shift (--augment-shift): must be in [0, 0.5)"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "0"], "train.epochs (--epochs): must be positive"),
+        (["--data", "csv:/x"], "data.source (--data): unknown source 'csv:/x'"),
+        (["--image-size", "28x28"], "--image-size: expected HxWxC"),
+        (["--examples-per-class", "5"], "train.examples_per_class (--examples-per-class)"),
+        (["--dropout", "1"], "train.dropout (--dropout): must be in [0, 1)"),
+        (["--augment-shift", "0.7"], "train.augment_shift (--augment-shift): must be in [0, 0.5)"),
+    ],
+)
 def test_bad_flags_are_named(argv, message, capsys, tmp_path):
     assert cli.main(["run", "--output-root", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -67,8 +87,11 @@ def test_components_get_only_the_sections_they_read(tmp_path):
     by_id = {c.id: c for c in pipeline.create_pipeline(PipelineConfig(output_root=str(tmp_path))).components}
     assert set(json.loads(by_id["Transform"].exec_properties["custom_config"])) == {"data", "code_fingerprint"}
     assert set(json.loads(by_id["Trainer"].exec_properties["custom_config"])) == {"data", "train", "code_fingerprint"}
-    assert set(json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])) == {"data", "eval",
-                                                                                       "code_fingerprint"}
+    assert set(json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])) == {
+        "data",
+        "eval",
+        "code_fingerprint",
+    }
     assert set(json.loads(by_id["ServingModelBuilder"].exec_properties["config"])) == {"serving", "code_fingerprint"}
 
 
@@ -115,15 +138,27 @@ def test_an_identical_rerun_says_one_true_thing_in_the_log_and_the_summary():
     from triplet_tfx.components.evaluation import evaluator, report
     from triplet_tfx.pipeline.summary import RunSummary
 
-    line = ("Model already in production (blessed and pushed by an earlier run): precision_at_1 0.8700 >= "
-            "threshold 0.1000; nothing new to push")
+    line = (
+        "Model already in production (blessed and pushed by an earlier run): precision_at_1 0.8700 >= "
+        "threshold 0.1000; nothing new to push"
+    )
     message = evaluator.blessing_message(["precision_at_1 0.8700 >= threshold 0.1000"], already_pushed=True)
     assert report.verdict_line(False, True, message) == line  # the evaluator logs it with blessed=False
-    text = RunSummary(run_id="r", executions={}, metrics={}, blessed=True, blessing_message=message, pushed_to=None,
-                      evaluation_dir=None, already_pushed=True).format()
+    text = RunSummary(
+        run_id="r",
+        executions={},
+        metrics={},
+        blessed=True,
+        blessing_message=message,
+        pushed_to=None,
+        evaluation_dir=None,
+        already_pushed=True,
+    ).format()
     assert line in text.splitlines() and "BLESSED" not in text
-    assert report.verdict_line(False, False, "map_at_r 0.1 < threshold 0.2") == \
-        "Model NOT BLESSED: map_at_r 0.1 < threshold 0.2"
+    assert (
+        report.verdict_line(False, False, "map_at_r 0.1 < threshold 0.2")
+        == "Model NOT BLESSED: map_at_r 0.1 < threshold 0.2"
+    )
     assert report.verdict_line(True, False, "ok") == "Model BLESSED: ok"
 
 

@@ -4,6 +4,7 @@ The scenario (one output root, 200 examples, 5 steps): run A is killed (SIGKILL)
 Trainer; run B marks A's execution failed and blesses its model, but its push fails; run C, with
 the destination fixed and the cache on, pushes that model; run D is not blessed.
 """
+
 import json
 import logging
 import os
@@ -27,8 +28,10 @@ SMALL = ["--max-examples", "200", "--max-steps", "5", "--min-precision-at-1", "0
 
 def _hold_lock(root):
     """A helper process that holds the output root's run lock until killed."""
-    code = ("import sys, time\nfrom triplet_tfx.pipeline.run_lock import RunLock\n"
-            f"RunLock({str(root)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom triplet_tfx.pipeline.run_lock import RunLock\n"
+        f"RunLock({str(root)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(600)\n"
+    )
     helper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert helper.stdout.readline().strip() == "locked"
     return helper
@@ -52,8 +55,10 @@ def test_second_run_is_refused_while_another_holds_the_root_and_a_stale_lock_is_
         capsys.readouterr()
         assert cli.main(["run", "--output-root", str(root), *SMALL]) == 2
         [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # one line
-        assert (f"triplet-tfx: error: --output-root {root} is in use by another run (PID {helper.pid} on host "
-                f"{socket.gethostname()}, started ") in error
+        assert (
+            f"triplet-tfx: error: --output-root {root} is in use by another run (PID {helper.pid} on host "
+            f"{socket.gethostname()}, started "
+        ) in error
         assert not (root / "pipelines").exists()  # refused before any component ran
         with pytest.raises(RunLockError):
             RunLock(str(root)).acquire()
@@ -78,8 +83,10 @@ def test_unwritable_serving_dir_and_missing_source_are_named_before_anything_is_
     (tmp_path / "file").write_text("a regular file")
     root = tmp_path / "out"
     assert cli.main(["run", "--output-root", str(root), "--serving-dir", str(tmp_path / "file" / "serving")]) == 2
-    assert (f"triplet-tfx: error: --serving-dir {tmp_path / 'file' / 'serving'}/triplet_mnist: "
-            f"{tmp_path / 'file'} is a file, not a folder\n") in capsys.readouterr().err
+    assert (
+        f"triplet-tfx: error: --serving-dir {tmp_path / 'file' / 'serving'}/triplet_mnist: "
+        f"{tmp_path / 'file'} is a file, not a folder\n"
+    ) in capsys.readouterr().err
     assert cli.main(["run", "--output-root", str(tmp_path / "file" / "out")]) == 2
     assert "--output-root" in capsys.readouterr().err
     assert cli.main(["run", "--output-root", str(root), "--data", f"images:{tmp_path / 'nowhere'}"]) == 2
@@ -109,8 +116,12 @@ def scenario(tmp_path_factory):
     outputs = {}
 
     # A: a real process, killed once its Trainer execution has begun (its output folders exist).
-    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         models = os.path.join(config.pipeline_root, "Trainer", "model")
         deadline = time.time() + 300

@@ -1,5 +1,6 @@
 """Each option is declared once, on its configuration field (components/config.py): the flags, the
 profiles, the validation messages and docs/usage.md all follow from that declaration."""
+
 import dataclasses
 import json
 import os
@@ -24,20 +25,57 @@ from triplet_tfx.pipeline import cli, flag_docs, flags
 # value other than its default (some values exclude each other: a class split and query_vs_reference).
 SYNTHETIC_PROFILES = {
     "synthetic-1": {
-        "data": {"source": "tfds:fashion_mnist", "tfds_data_dir": "/data/tfds", "tfds_train_split": "train[:90%]",
-                 "tfds_eval_split": "validation", "image_height": 64, "image_width": 48, "channels": 3,
-                 "resize": "pad", "num_classes": 12, "max_examples": 100, "eval_percent": 30,
-                 "train_classes": "0-5", "eval_classes": "6-11", "on_bad_image": "skip",
-                 "tfrecord_image_key": "image/encoded", "tfrecord_label_key": "image/class/label",
-                 "tfrecord_encoded": True},
-        "train": {"epochs": 7, "batch_size": 48, "learning_rate": 0.002, "lr_schedule": "cosine", "embedding_dim": 64,
-                  "network": "mobilenet_v3_small", "dropout": 0.1, "backbone_weights": "none",
-                  "freeze_backbone_epochs": 2, "fine_tune_lr_factor": 0.5, "loss": "hard", "margin": 0.5,
-                  "distance": "angular", "soft": True, "examples_per_class": 8, "augment_shift": 0.1,
-                  "precision": "mixed_float16", "max_steps": 10, "seed": 7, "strategy": "multi_worker",
-                  "mining": "replica", "checkpoint_every": 123, "workers": 2},
-        "eval": {"recall_ks": [2, 4], "lower_bounds": {"precision_at_1": 0.5, "map_at_r": 0.25},
-                 "compared_metrics": ["map_at_r"], "max_regression": 0.01, "plot": "pca"},
+        "data": {
+            "source": "tfds:fashion_mnist",
+            "tfds_data_dir": "/data/tfds",
+            "tfds_train_split": "train[:90%]",
+            "tfds_eval_split": "validation",
+            "image_height": 64,
+            "image_width": 48,
+            "channels": 3,
+            "resize": "pad",
+            "num_classes": 12,
+            "max_examples": 100,
+            "eval_percent": 30,
+            "train_classes": "0-5",
+            "eval_classes": "6-11",
+            "on_bad_image": "skip",
+            "tfrecord_image_key": "image/encoded",
+            "tfrecord_label_key": "image/class/label",
+            "tfrecord_encoded": True,
+        },
+        "train": {
+            "epochs": 7,
+            "batch_size": 48,
+            "learning_rate": 0.002,
+            "lr_schedule": "cosine",
+            "embedding_dim": 64,
+            "network": "mobilenet_v3_small",
+            "dropout": 0.1,
+            "backbone_weights": "none",
+            "freeze_backbone_epochs": 2,
+            "fine_tune_lr_factor": 0.5,
+            "loss": "hard",
+            "margin": 0.5,
+            "distance": "angular",
+            "soft": True,
+            "examples_per_class": 8,
+            "augment_shift": 0.1,
+            "precision": "mixed_float16",
+            "max_steps": 10,
+            "seed": 7,
+            "strategy": "multi_worker",
+            "mining": "replica",
+            "checkpoint_every": 123,
+            "workers": 2,
+        },
+        "eval": {
+            "recall_ks": [2, 4],
+            "lower_bounds": {"precision_at_1": 0.5, "map_at_r": 0.25},
+            "compared_metrics": ["map_at_r"],
+            "max_regression": 0.01,
+            "plot": "pca",
+        },
         "serving": {"index_split": "eval"},
     },
     "synthetic-2": {"data": {"class_split": "random:3"}, "eval": {"lower_bounds": {"nmi": 0.3}}},
@@ -89,8 +127,9 @@ def test_the_synthetic_profiles_cover_every_field_with_other_values():
 
 def test_flags_win_over_the_profile_and_the_profile_sets_the_help_defaults(capsys, monkeypatch):
     monkeypatch.setitem(config_module.PROFILES, "synthetic-1", SYNTHETIC_PROFILES["synthetic-1"])
-    config = _parse("synthetic-1", "--checkpoint-every", "50", "--image-size", "32x32x3", "--min-metric", "nmi=0.2",
-                    "--no-cache")
+    config = _parse(
+        "synthetic-1", "--checkpoint-every", "50", "--image-size", "32x32x3", "--min-metric", "nmi=0.2", "--no-cache"
+    )
     assert config.train.checkpoint_every == 50 and config.train.epochs == 7
     assert config.data.image_shape == (32, 32, 3)
     assert config.eval.lower_bounds == {"precision_at_1": 0.5, "map_at_r": 0.25, "nmi": 0.2}
@@ -115,8 +154,14 @@ def _declared_flags(sections):
                     yield section, field.name, spec["flag"], spec.get("aliases", ())
 
 
-@pytest.mark.parametrize("command, sections", [("run", ("", "data", "train", "eval", "serving", "beam")),
-                                               ("compile", tuple(SECTIONS)), ("deploy", tuple(SECTIONS))])
+@pytest.mark.parametrize(
+    "command, sections",
+    [
+        ("run", ("", "data", "train", "eval", "serving", "beam")),
+        ("compile", tuple(SECTIONS)),
+        ("deploy", tuple(SECTIONS)),
+    ],
+)
 def test_every_declared_flag_is_in_help(command, sections, capsys):
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])
@@ -150,17 +195,30 @@ def test_old_spellings_still_work(alias, capsys):
     config = _parse("tutorial", alias, "32x32x3", "--convert-channels", "luminance")
     assert config.data.image_shape == (32, 32, 3)
     assert "--convert-channels is deprecated and has no effect" in capsys.readouterr().err
-    compiled = _parse("tutorial", "--pvc", "claim", "--trainer-memory", "2Gi", "--component-image", "Transform=i:1",
-                      "--pipeline-root", "relative/root", command="compile")
+    compiled = _parse(
+        "tutorial",
+        "--pvc",
+        "claim",
+        "--trainer-memory",
+        "2Gi",
+        "--component-image",
+        "Transform=i:1",
+        "--pipeline-root",
+        "relative/root",
+        command="compile",
+    )
     assert compiled.kubeflow.pvc == "claim" and compiled.kubeflow.component_images == ("Transform=i:1",)
     assert compiled.kubeflow.trainer_memory == pytest.approx(2 * 1.073741824)
     assert compiled.kubeflow.pipeline_root.startswith("/") and compiled.kubeflow.pipeline_root.endswith("relative/root")
 
 
-@pytest.mark.parametrize("flag, old, new, field", [
-    ("--network", "tutorial", "tutorial_cnn", ("train", "network")),
-    ("--eval-protocol", "eval_vs_train", "query_vs_reference", ("eval", "protocol")),
-])
+@pytest.mark.parametrize(
+    "flag, old, new, field",
+    [
+        ("--network", "tutorial", "tutorial_cnn", ("train", "network")),
+        ("--eval-protocol", "eval_vs_train", "query_vs_reference", ("eval", "protocol")),
+    ],
+)
 def test_renamed_values_still_work_with_a_warning(flag, old, new, field, capsys):
     config = _parse("tutorial", flag, old)
     assert getattr(getattr(config, field[0]), field[1]) == new
@@ -175,11 +233,24 @@ def test_renamed_values_still_work_with_a_warning(flag, old, new, field, capsys)
 # several fields or one field has several flags (--image-size, --min-precision-at-1 / --min-metric),
 # a Dataflow option carries its runner's prefix, a negation (--no-cache), a repeatable flag is singular.
 FLAGS_NAMED_OTHERWISE = {
-    ("data", "source"): "--data", ("data", "image_height"): "--image-size",
-    ("eval", "lower_bounds"): "--min-precision-at-1 --min-metric", ("", "enable_cache"): "--no-cache",
-    ("", "beam_args"): "--beam-arg", ("kubeflow", "component_images"): "--component-image",
-    **{("beam", field): f"--dataflow-{field.replace('_', '-')}" for field in (
-        "project", "region", "temp_location", "staging_location", "machine_type", "max_workers", "service_account")},
+    ("data", "source"): "--data",
+    ("data", "image_height"): "--image-size",
+    ("eval", "lower_bounds"): "--min-precision-at-1 --min-metric",
+    ("", "enable_cache"): "--no-cache",
+    ("", "beam_args"): "--beam-arg",
+    ("kubeflow", "component_images"): "--component-image",
+    **{
+        ("beam", field): f"--dataflow-{field.replace('_', '-')}"
+        for field in (
+            "project",
+            "region",
+            "temp_location",
+            "staging_location",
+            "machine_type",
+            "max_workers",
+            "service_account",
+        )
+    },
 }
 
 
@@ -195,4 +266,5 @@ def test_flags_are_named_after_their_fields():
 
 def test_usage_md_lists_the_run_options_as_declared():
     assert flag_docs.current_block() == flag_docs.expected_block(), (
-        f"docs/usage.md is stale: run `.venv/bin/{flag_docs.REGENERATE}`")
+        f"docs/usage.md is stale: run `.venv/bin/{flag_docs.REGENERATE}`"
+    )

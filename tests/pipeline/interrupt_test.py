@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM: one line on the terminal, the run marked cancelled, the lock released;
 a second signal exits at once. Real processes, signalled by the test."""
+
 import os
 import signal
 import subprocess
@@ -18,11 +19,29 @@ pytestmark = pytest.mark.slow
 
 def test_sigterm_during_training_stops_with_one_line_and_cancels_the_execution(tmp_path):
     root = tmp_path / "out"
-    argv = ["run", "--output-root", str(root), "--max-examples", "200", "--max-steps", "100000",
-            "--checkpoint-every", "1", "--min-precision-at-1", "0", "--plot", "pca"]
+    argv = [
+        "run",
+        "--output-root",
+        str(root),
+        "--max-examples",
+        "200",
+        "--max-steps",
+        "100000",
+        "--checkpoint-every",
+        "1",
+        "--min-precision-at-1",
+        "0",
+        "--plot",
+        "pca",
+    ]
     config = cli.config_from_args(cli.build_parser().parse_args(argv))
-    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         models = os.path.join(config.pipeline_root, "Trainer", "model")
         deadline = time.time() + 300
@@ -39,7 +58,8 @@ def test_sigterm_during_training_stops_with_one_line_and_cancels_the_execution(t
     assert process.returncode == cli.EXIT_INTERRUPTED, err[-2000:]
     assert err.rstrip().splitlines()[-1] == (
         "triplet-tfx: interrupted at Trainer; run the same command again to resume (finished components come "
-        "from the cache, the Trainer from its last backup)")
+        "from the cache, the Trainer from its last backup)"
+    )
     assert "Traceback" not in err
     store = summary.open_store(config.metadata_path)
     [trainer] = [e for e in store.get_executions() if summary.node_id(store, e) == "Trainer"]

@@ -1,5 +1,6 @@
 """The runner file of TFX's own CLI: options through TRIPLET_TFX_ARGS, and no orphan when the
 process that started it (`tfx run create`) is killed."""
+
 import json
 import os
 import signal
@@ -19,11 +20,13 @@ def test_options_come_from_the_environment_variable_then_the_arguments():
     completed = subprocess.run(
         [sys.executable, RUNNER, "--batch-size", "64", "--print-config"],
         env={**os.environ, "TRIPLET_TFX_ARGS": "--epochs 3 --batch-size 16 --pipeline-name 'my pipeline'"},
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     config = json.loads(completed.stdout)
-    assert (config["train"]["epochs"], config["train"]["batch_size"], config["pipeline_name"]) == (3, 64,
-                                                                                                    "my pipeline")
+    assert (config["train"]["epochs"], config["train"]["batch_size"], config["pipeline_name"]) == (3, 64, "my pipeline")
 
 
 PARENT = textwrap.dedent("""
@@ -37,8 +40,24 @@ PARENT = textwrap.dedent("""
 @pytest.mark.slow
 def test_killing_the_parent_stops_the_run_and_releases_the_lock(tmp_path):
     root = tmp_path / "out"
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, RUNNER, "--output-root", str(root), "--max-examples",
-                               "200", "--max-steps", "100000", "--plot", "pca"], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PARENT,
+            RUNNER,
+            "--output-root",
+            str(root),
+            "--max-examples",
+            "200",
+            "--max-steps",
+            "100000",
+            "--plot",
+            "pca",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child = int(parent.stdout.readline())
     try:
         deadline = time.time() + 300

@@ -1,6 +1,7 @@
 """End to end, photos as users have them: a folder of named classes holding JPEGs and PNGs of many
 sizes (a grey image, a CMYK JPEG, a PNG with alpha and an EXIF-rotated JPEG among them) through
 the real pipeline, with the `strided` network and with a Keras Applications backbone."""
+
 import dataclasses
 import glob
 import os
@@ -19,8 +20,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "data"))
 from photo_collection import CLASSES, make_photo_collection  # noqa: E402
 
 pytestmark = pytest.mark.slow
-COMPONENTS = {"SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
-              "Trainer", "BaselineModelResolver", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"}
+COMPONENTS = {
+    "SourceExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "AnomalyGate",
+    "Transform",
+    "Trainer",
+    "BaselineModelResolver",
+    "EmbeddingEvaluator",
+    "ServingModelBuilder",
+    "Pusher",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +44,19 @@ def photos(tmp_path_factory):
 def photo_config(root, folder, **train) -> PipelineConfig:
     return PipelineConfig(
         output_root=str(root),
-        data=DataConfig(source=f"images:{folder}", image_height=32, image_width=32, channels=3,
-                        num_classes=len(CLASSES), resize="pad"),
-        train=TrainConfig(**{"network": "strided", "batch_size": 16, "max_steps": 40, "learning_rate": 3e-3,
-                             "dropout": 0.0, **train}),
-        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"))
+        data=DataConfig(
+            source=f"images:{folder}",
+            image_height=32,
+            image_width=32,
+            channels=3,
+            num_classes=len(CLASSES),
+            resize="pad",
+        ),
+        train=TrainConfig(
+            **{"network": "strided", "batch_size": 16, "max_steps": 40, "learning_rate": 3e-3, "dropout": 0.0, **train}
+        ),
+        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +66,10 @@ def photo_run(photos, tmp_path_factory):
 
 
 def split_examples(config, split):
-    files = glob.glob(os.path.join(config.pipeline_root, "SourceExampleGen", "examples", "*", f"Split-{split}",
-                                   "*.gz"))
-    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(sorted(files),
-                                                                                     compression_type="GZIP")]
+    files = glob.glob(os.path.join(config.pipeline_root, "SourceExampleGen", "examples", "*", f"Split-{split}", "*.gz"))
+    return [
+        tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(sorted(files), compression_type="GZIP")
+    ]
 
 
 def feature(example, key):
@@ -76,7 +96,9 @@ def test_examples_hold_the_files_as_read_with_their_class_names(photo_run, photo
         assert feature(example, contract.CLASS_NAME_KEY).decode() == photo.class_name
         assert feature(example, contract.LABEL_KEY) == sorted(CLASSES).index(photo.class_name)
         assert (feature(example, contract.IMAGE_WIDTH_KEY), feature(example, contract.IMAGE_HEIGHT_KEY)) == (
-            photo.width, photo.height)
+            photo.width,
+            photo.height,
+        )
         assert feature(example, contract.IMAGE_FORMAT_KEY).decode() == photo.format
 
 
@@ -89,12 +111,14 @@ def test_served_embeddings_equal_the_evaluators_for_the_same_files(photo_run, ph
     model = tf.saved_model.load(summary.pushed_to)
     served = model.signatures["embed_images"](images=tf.constant(eval_images))["embedding"].numpy()
     # The evaluator's path: serving_default on the stored tf.Examples...
-    evaluated = model.signatures["serving_default"](
-        examples=tf.constant([e.SerializeToString() for e in examples]))["embedding"].numpy()
+    evaluated = model.signatures["serving_default"](examples=tf.constant([e.SerializeToString() for e in examples]))[
+        "embedding"
+    ].numpy()
     np.testing.assert_allclose(served, evaluated, atol=1e-6)
     # ...whose embeddings the Projector bundle holds (printed with 5 significant digits).
-    vectors = np.loadtxt(os.path.join(summary.evaluation_dir, "tensorboard", "vecs.tsv"), delimiter="\t",
-                         dtype=np.float32)
+    vectors = np.loadtxt(
+        os.path.join(summary.evaluation_dir, "tensorboard", "vecs.tsv"), delimiter="\t", dtype=np.float32
+    )
     assert served.shape == vectors.shape == (len(eval_images), 256)
     np.testing.assert_allclose(served, vectors, atol=1e-5)
     kinds = {p.kind for p in photos[1]}
@@ -134,8 +158,14 @@ def test_a_backbone_trains_and_serves_through_the_whole_pipeline(photos, tmp_pat
         truncated = f.read()[:200]
     with open(broken, "wb") as f:
         f.write(truncated)
-    config = photo_config(tmp_path / "backbone_run", folder, network="mobilenet_v3_small",
-                          backbone_weights="none", max_steps=3, batch_size=8)
+    config = photo_config(
+        tmp_path / "backbone_run",
+        folder,
+        network="mobilenet_v3_small",
+        backbone_weights="none",
+        max_steps=3,
+        batch_size=8,
+    )
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, on_bad_image="skip"))
     summary = cli.run_locally(config)
     assert summary.executions == {name: "COMPLETE" for name in COMPONENTS}

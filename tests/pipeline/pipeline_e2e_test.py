@@ -1,4 +1,5 @@
 """End to end: the real pipeline under LocalDagRunner on 2,000 MNIST examples, 100 steps."""
+
 import os
 
 import numpy as np
@@ -11,8 +12,19 @@ from triplet_tfx.pipeline import cli, summary
 
 pytestmark = pytest.mark.slow
 
-COMPONENTS = ["SourceExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomalyGate", "Transform",
-              "Trainer", "BaselineModelResolver", "EmbeddingEvaluator", "ServingModelBuilder", "Pusher"]
+COMPONENTS = [
+    "SourceExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "AnomalyGate",
+    "Transform",
+    "Trainer",
+    "BaselineModelResolver",
+    "EmbeddingEvaluator",
+    "ServingModelBuilder",
+    "Pusher",
+]
 
 
 def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
@@ -20,7 +32,8 @@ def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
         output_root=str(root),
         data=DataConfig(max_examples=2000),
         train=TrainConfig(max_steps=max_steps),
-        eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot="pca"))
+        eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot="pca"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +81,11 @@ def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
     from triplet_tfx.components.examples_io import parse_examples
 
     config, first = first_run
-    (examples,) = [a for a in summary.open_store(config.metadata_path).get_artifacts_by_type("Examples")
-                   if "SourceExampleGen" in a.uri]
+    (examples,) = [
+        a
+        for a in summary.open_store(config.metadata_path).get_artifacts_by_type("Examples")
+        if "SourceExampleGen" in a.uri
+    ]
     files = sorted(tf.io.gfile.glob(os.path.join(examples.uri, "Split-eval", "*")))  # as the evaluator reads them
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(50)]
     labels, images = parse_examples(serialized, config.data.image_shape)
@@ -116,8 +132,10 @@ def test_second_run_hits_the_cache(first_run):
     assert "Reusing the evaluation of candidate model" in log and "Embedding with model" not in log
     first_metrics = {k: v for k, v in first_run[1].metrics.items() if k not in ("blessed", "reasons")}
     for name in ("confusion_matrix_1nn.png", "worst_retrievals.png", "embedding_2d.png"):  # copied, not redrawn
-        with open(os.path.join(first_run[1].evaluation_dir, name), "rb") as a, \
-                open(os.path.join(summary.evaluation_dir, name), "rb") as b:
+        with (
+            open(os.path.join(first_run[1].evaluation_dir, name), "rb") as a,
+            open(os.path.join(summary.evaluation_dir, name), "rb") as b,
+        ):
             assert a.read() == b.read(), name
     assert {k: v for k, v in summary.metrics.items() if k not in ("blessed", "reasons")} == first_metrics
 
@@ -145,8 +163,15 @@ def test_weaker_candidate_loses_against_the_blessed_baseline(first_run):
     assert "regression beyond tolerance" in summary.blessing_message
     assert summary.pushed_to is None and pushed_versions(config) == before
     evaluation = summary.evaluation_dir
-    names = ("report.md", "report.html", "embedding_2d.png", "per_class_precision_at_1.png",
-             "worst_retrievals.png", "worst_retrievals_baseline.png", "confusion_matrix_1nn.png")
+    names = (
+        "report.md",
+        "report.html",
+        "embedding_2d.png",
+        "per_class_precision_at_1.png",
+        "worst_retrievals.png",
+        "worst_retrievals_baseline.png",
+        "confusion_matrix_1nn.png",
+    )
     for name in names:
         assert os.path.getsize(os.path.join(evaluation, name)) > 0, name
     with open(os.path.join(evaluation, "report.html")) as f:

@@ -1,4 +1,5 @@
 """A quiet terminal: a small `triplet-tfx run` as a user runs it, terminal vs log file."""
+
 import logging
 import os
 import re
@@ -12,11 +13,30 @@ from triplet_tfx.pipeline import terminal
 pytestmark = pytest.mark.slow
 
 # Lines of third-party origin that must not reach the terminal at the default verbosity.
-NOISE = re.compile("|".join([
-    r"FutureWarning", r"cuda", r"cuDNN", r"cuBLAS", r"cuFFT", r"TensorRT", r"oneDNN", r"cpu_feature_guard",
-    r"XLA service", r"StreamExecutor", r"absl::InitializeLog", r"only compatible with Keras 2",
-    r"Local rendezvous", r"ran out of data", r"n_jobs", r"payload_format", r"warnings\.warn", r"in-place Transform",
-]))
+NOISE = re.compile(
+    "|".join(
+        [
+            r"FutureWarning",
+            r"cuda",
+            r"cuDNN",
+            r"cuBLAS",
+            r"cuFFT",
+            r"TensorRT",
+            r"oneDNN",
+            r"cpu_feature_guard",
+            r"XLA service",
+            r"StreamExecutor",
+            r"absl::InitializeLog",
+            r"only compatible with Keras 2",
+            r"Local rendezvous",
+            r"ran out of data",
+            r"n_jobs",
+            r"payload_format",
+            r"warnings\.warn",
+            r"in-place Transform",
+        ]
+    )
+)
 NATIVE_TF_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] ", re.M)
 
 
@@ -24,9 +44,23 @@ NATIVE_TF_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] ", re.
 def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quiet") / "out"
     completed = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "triplet-tfx"), "run", "--output-root", str(root),
-         "--max-examples", "200", "--max-steps", "5", "--plot", "pca"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        [
+            os.path.join(os.path.dirname(sys.executable), "triplet-tfx"),
+            "run",
+            "--output-root",
+            str(root),
+            "--max-examples",
+            "200",
+            "--max-steps",
+            "5",
+            "--plot",
+            "pca",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:]
     logs = os.listdir(root / terminal.LOG_DIR)
     assert len(logs) == 1
@@ -38,8 +72,13 @@ def test_terminal_shows_only_the_projects_lines(small_run):
     terminal_text, log_path, _ = small_run
     noisy = [line for line in terminal_text.splitlines() if NOISE.search(line)]
     assert noisy == []
-    for expected in ("SourceExampleGen started", "Trainer finished in", "EmbeddingEvaluator finished in",
-                     "Model NOT BLESSED: precision_at_1", "Metrics (eval split):"):
+    for expected in (
+        "SourceExampleGen started",
+        "Trainer finished in",
+        "EmbeddingEvaluator finished in",
+        "Model NOT BLESSED: precision_at_1",
+        "Metrics (eval split):",
+    ):
         assert expected in terminal_text
     assert re.search(r"^5/5 - .*loss: [\d.]+ - val_loss: [\d.]+$", terminal_text, re.M)  # the epoch line
     assert terminal_text.count(f"Log file: {log_path}") == 2  # at start and at the end
@@ -72,13 +111,20 @@ def test_filter_rewrites_component_lines_and_drops_only_known_noise():
     keep.filter(_record("absl", logging.INFO, "Component %s is running.", "Pusher"))
     finished = _record("absl", logging.INFO, "Component %s is finished.", "Pusher")
     assert keep.filter(finished) and not finished.getMessage().endswith("(cached)")
-    api_core = ("/v/site-packages/google/api_core/_python_version_support.py:246: FutureWarning: "
-                "You are using a non-supported Python version (3.10.13).")
+    api_core = (
+        "/v/site-packages/google/api_core/_python_version_support.py:246: FutureWarning: "
+        "You are using a non-supported Python version (3.10.13)."
+    )
     assert not keep.filter(_record("py.warnings", logging.WARNING, api_core))
     # The same text from another origin, or another warning from google, still shows.
     assert keep.filter(_record("other", logging.WARNING, api_core))
-    assert keep.filter(_record("py.warnings", logging.WARNING,
-                               "/v/site-packages/google/api_core/x.py:1: DeprecationWarning: something else"))
+    assert keep.filter(
+        _record(
+            "py.warnings",
+            logging.WARNING,
+            "/v/site-packages/google/api_core/x.py:1: DeprecationWarning: something else",
+        )
+    )
     assert keep.filter(_record("triplet_tfx.components.training.trainer", logging.INFO, "Fit in 3.0 s"))
     assert not keep.filter(_record("absl", logging.INFO, "Running launcher for node_info"))
     assert keep.filter(_record("absl", logging.ERROR, "a real error"))
@@ -93,8 +139,9 @@ def test_another_librarys_traceback_goes_to_the_log_file_only(tmp_path, capsys):
             try:
                 raise ValueError("/data/x.png: not an image")
             except ValueError:
-                logging.getLogger("apache_beam.runners.common").error("/data/x.png: not an image [while running "
-                                                                      "'Read']", exc_info=True)
+                logging.getLogger("apache_beam.runners.common").error(
+                    "/data/x.png: not an image [while running 'Read']", exc_info=True
+                )
                 logging.getLogger("triplet_tfx.pipeline.cli").error("ours keeps it", exc_info=True)
     finally:
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)

@@ -1,5 +1,6 @@
 """End to end, unseen classes: the real pipeline trains on MNIST 0-4 and is scored on 5-9
 (200 examples per split, 5 steps, the `strided` network)."""
+
 import glob
 import os
 
@@ -22,7 +23,8 @@ def unseen_run(tmp_path_factory):
         output_root=str(tmp_path_factory.mktemp("unseen")),
         data=DataConfig(max_examples=200, train_classes="0-4", eval_classes="5-9"),
         train=TrainConfig(max_steps=5, network="strided"),
-        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"))
+        eval=EvalConfig(lower_bounds={"precision_at_1": 0.0}, plot="pca"),
+    )
     return config, cli.run_locally(config)
 
 
@@ -36,14 +38,21 @@ def test_each_split_holds_only_its_classes(unseen_run):
     config, summary = unseen_run
     assert set(summary.executions.values()) == {"COMPLETE"}
     train_labels, test_labels = (data_sources.load_mnist()[s][1][:200] for s in ("train", "test"))
-    np.testing.assert_array_equal(np.sort(split_labels(config, "SourceExampleGen", "train")),
-                                  np.sort(train_labels[train_labels < 5]))
-    np.testing.assert_array_equal(np.sort(split_labels(config, "SourceExampleGen", "eval")),
-                                  np.sort(test_labels[test_labels >= 5]))
+    np.testing.assert_array_equal(
+        np.sort(split_labels(config, "SourceExampleGen", "train")), np.sort(train_labels[train_labels < 5])
+    )
+    np.testing.assert_array_equal(
+        np.sort(split_labels(config, "SourceExampleGen", "eval")), np.sort(test_labels[test_labels >= 5])
+    )
     # The statistics (and so the schema) are those of the filtered splits.
     for split, (low, high) in (("train", (0, 4)), ("eval", (5, 9))):
-        stats = tfdv.load_stats_binary(glob.glob(os.path.join(
-            config.pipeline_root, "StatisticsGen", "statistics", "*", f"Split-{split}", "FeatureStats.pb"))[0])
+        stats = tfdv.load_stats_binary(
+            glob.glob(
+                os.path.join(
+                    config.pipeline_root, "StatisticsGen", "statistics", "*", f"Split-{split}", "FeatureStats.pb"
+                )
+            )[0]
+        )
         label = next(f for f in stats.datasets[0].features if f.path.step == ["label"])
         assert (label.num_stats.min, label.num_stats.max) == (low, high)
 

@@ -2,6 +2,7 @@
 cannot hang the client; symbolic links followed once, loops left out, broken links named; hidden and
 AppleDouble files ignored), --k checked against the index size as soon as the model is read, and a
 terminal as quiet as `triplet-tfx run`'s."""
+
 import contextlib
 import os
 import signal
@@ -22,6 +23,7 @@ NOISE = ("cuda", "cudnn", "tensorrt", "onednn", "futurewarning", "local rendezvo
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fails the test instead of hanging for ever (e.g. on opening a FIFO for reading)."""
+
     def expired(*_):
         raise TimeoutError(f"still blocked after {seconds} s")
 
@@ -53,8 +55,9 @@ def indexed_model(tmp_path_factory, contract_dir):
     import tensorflow as tf
 
     pixels, labels = random_digits(500, seed=11)
-    embeddings = tf.saved_model.load(contract_dir).signatures["embed_pixels"](
-        pixels=tf.constant(pixels))["embedding"].numpy()
+    embeddings = (
+        tf.saved_model.load(contract_dir).signatures["embed_pixels"](pixels=tf.constant(pixels))["embedding"].numpy()
+    )
     assert embeddings.shape == (500, EMBEDDING_DIM)
     base = tmp_path_factory.mktemp("indexed") / "indexed_model"
     index.build_serving_model(contract_dir, index.reference_ids("train", 500), labels, embeddings, str(base / "1"))
@@ -87,8 +90,14 @@ def test_links_are_followed_once_loops_left_out_hidden_files_ignored(capsys, tmp
     (folder / "._digit0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     os.makedirs(folder / "__MACOSX")
     (folder / "__MACOSX" / "._digit1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
-    expected = sorted([str(folder / "digit0.png"), str(folder / "digit1.png"), str(folder / "file_link.png"),
-                       str(folder / "linked" / "digit0.png")])
+    expected = sorted(
+        [
+            str(folder / "digit0.png"),
+            str(folder / "digit1.png"),
+            str(folder / "file_link.png"),
+            str(folder / "linked" / "digit0.png"),
+        ]
+    )
     warnings = []
     assert image_files([str(folder)], warn=warnings.append) == expected
     assert warnings == [f"{folder / 'loop'}: symbolic link loop (to .), left out"]
@@ -103,7 +112,8 @@ def test_a_broken_link_is_named_in_one_line(capsys, folder, contract_dir):
     code, out, err = run(capsys, "search", str(folder), "--model", contract_dir)
     assert (code, out) == (2, "")
     assert err.strip().splitlines() == [
-        f"triplet-tfx: error: {folder / 'broken.png'}: broken symbolic link (to {folder / 'gone.png'})"]
+        f"triplet-tfx: error: {folder / 'broken.png'}: broken symbolic link (to {folder / 'gone.png'})"
+    ]
 
 
 def test_k_larger_than_the_index_fails_in_one_line(capsys, folder, indexed_model, contract_dir):

@@ -14,6 +14,7 @@ be tested in seconds. The contract (input/output names, dtypes, shapes) is the o
 
 `write_contract_model(base_dir)` writes it as `<base_dir>/<version>/`, the layout TF Serving loads.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 class ContractModel(tf.Module):
-    def __init__(self, reference_pixels: np.ndarray, reference_labels: np.ndarray, seed: int = 0,
-                 class_names: bool = True):
+    def __init__(
+        self, reference_pixels: np.ndarray, reference_labels: np.ndarray, seed: int = 0, class_names: bool = True
+    ):
         super().__init__()
         self.with_class_names = class_names
         self.class_names = tf.Variable(list(CLASS_NAMES))
@@ -71,13 +73,17 @@ class ContractModel(tf.Module):
     def embed_pixels(self, pixels):
         return {"embedding": self._embed(pixels)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="images"), tf.TensorSpec([], tf.int32, name="k")]
+    )
     def search(self, images, k):
         size = tf.shape(self.index)[0]
-        with tf.control_dependencies([
+        with tf.control_dependencies(
+            [
                 tf.debugging.assert_greater_equal(k, 1, message="k must be at least 1"),
-                tf.debugging.assert_less_equal(k, size, message="k must be at most the index size")]):
+                tf.debugging.assert_less_equal(k, size, message="k must be at most the index size"),
+            ]
+        ):
             queries = self._embed(self._decode(images))
         distances = tf.sqrt(tf.maximum(2.0 - 2.0 * tf.matmul(queries, self.index, transpose_b=True), 0.0))
         negative, indices = tf.math.top_k(-distances, k=k)
@@ -91,8 +97,7 @@ class ContractModel(tf.Module):
 def random_digits(count: int, seed: int = 0):
     """`count` random uint8 images [count, 28, 28, 1] and labels in [0, 10)."""
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(count, *IMAGE_SHAPE), dtype=np.uint8),
-            rng.integers(0, 10, size=count))
+    return (rng.integers(0, 256, size=(count, *IMAGE_SHAPE), dtype=np.uint8), rng.integers(0, 10, size=count))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -106,9 +111,14 @@ def write_contract_model(base_dir: str, version: int = 1, num_references: int = 
     pixels, labels = random_digits(num_references, seed=version)
     module = ContractModel(pixels, labels, class_names=class_names)
     path = os.path.join(base_dir, str(version))
-    tf.saved_model.save(module, path, signatures={
-        name: getattr(module, name).get_concrete_function()
-        for name in ("serving_default", "embed_images", "embed_pixels", "search")})
+    tf.saved_model.save(
+        module,
+        path,
+        signatures={
+            name: getattr(module, name).get_concrete_function()
+            for name in ("serving_default", "embed_images", "embed_pixels", "search")
+        },
+    )
     return path
 
 
@@ -125,8 +135,11 @@ def reference_search(version_dir: str, queries: np.ndarray, k: int):
     index, labels = model.index.numpy(), model.index_labels.numpy()
     distances = np.sqrt(np.maximum(2 - 2 * queries @ index.T, 0))
     nearest = np.argsort(distances, axis=1, kind="stable")[:, :k]
-    return ([[f"train/{i}" for i in row] for row in nearest], labels[nearest],
-            np.take_along_axis(distances, nearest, 1))
+    return (
+        [[f"train/{i}" for i in row] for row in nearest],
+        labels[nearest],
+        np.take_along_axis(distances, nearest, 1),
+    )
 
 
 def write_pngs(folder: str, count: int, seed: int = 7):

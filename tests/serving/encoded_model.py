@@ -3,6 +3,7 @@ writes them for images:/manifest:/tfds: sources (the encoded file bytes in `imag
 `class_name`, `image_width/height/channels`, `image_format`, `id`), the project's preprocessing_fn
 through tf.Transform (Beam's in-process FnApiRunner, analysing the examples given), an untrained
 tiny network and the Trainer's export."""
+
 from __future__ import annotations
 
 import functools
@@ -47,10 +48,13 @@ def encoded_example(data: bytes, label: int, class_name: str, item_id: str = "")
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
     features = {
-        contract.IMAGE_KEY: strings(data), contract.LABEL_KEY: ints(label),
+        contract.IMAGE_KEY: strings(data),
+        contract.LABEL_KEY: ints(label),
         contract.CLASS_NAME_KEY: strings(class_name.encode()),
-        contract.IMAGE_HEIGHT_KEY: ints(image.shape[0]), contract.IMAGE_WIDTH_KEY: ints(image.shape[1]),
-        contract.IMAGE_CHANNELS_KEY: ints(image.shape[2]), contract.IMAGE_FORMAT_KEY: strings(fmt.encode()),
+        contract.IMAGE_HEIGHT_KEY: ints(image.shape[0]),
+        contract.IMAGE_WIDTH_KEY: ints(image.shape[1]),
+        contract.IMAGE_CHANNELS_KEY: ints(image.shape[2]),
+        contract.IMAGE_FORMAT_KEY: strings(fmt.encode()),
         contract.ID_KEY: strings((item_id or f"item{label}").encode()),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
@@ -58,25 +62,40 @@ def encoded_example(data: bytes, label: int, class_name: str, item_id: str = "")
 
 def encoded_spec() -> Dict[str, tf.io.FixedLenFeature]:
     """The schema SchemaGen infers (infer_feature_shape=True) for ExampleGen's encoded examples."""
-    return {contract.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
-            contract.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
-            contract.CLASS_NAME_KEY: tf.io.FixedLenFeature([1], tf.string),
-            contract.IMAGE_HEIGHT_KEY: tf.io.FixedLenFeature([1], tf.int64),
-            contract.IMAGE_WIDTH_KEY: tf.io.FixedLenFeature([1], tf.int64),
-            contract.IMAGE_CHANNELS_KEY: tf.io.FixedLenFeature([1], tf.int64),
-            contract.IMAGE_FORMAT_KEY: tf.io.FixedLenFeature([1], tf.string),
-            contract.ID_KEY: tf.io.FixedLenFeature([1], tf.string)}
+    return {
+        contract.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
+        contract.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
+        contract.CLASS_NAME_KEY: tf.io.FixedLenFeature([1], tf.string),
+        contract.IMAGE_HEIGHT_KEY: tf.io.FixedLenFeature([1], tf.int64),
+        contract.IMAGE_WIDTH_KEY: tf.io.FixedLenFeature([1], tf.int64),
+        contract.IMAGE_CHANNELS_KEY: tf.io.FixedLenFeature([1], tf.int64),
+        contract.IMAGE_FORMAT_KEY: tf.io.FixedLenFeature([1], tf.string),
+        contract.ID_KEY: tf.io.FixedLenFeature([1], tf.string),
+    }
 
 
-def encoded_config(resize: str = "stretch", height: int = 16, width: int = 12, channels: int = 3,
-                   num_classes: int = 3) -> PipelineConfig:
-    return PipelineConfig(data=DataConfig(source="images:/unused", image_height=height, image_width=width,
-                                          channels=channels, resize=resize, num_classes=num_classes),
-                          train=TrainConfig(embedding_dim=8))
+def encoded_config(
+    resize: str = "stretch", height: int = 16, width: int = 12, channels: int = 3, num_classes: int = 3
+) -> PipelineConfig:
+    return PipelineConfig(
+        data=DataConfig(
+            source="images:/unused",
+            image_height=height,
+            image_width=width,
+            channels=channels,
+            resize=resize,
+            num_classes=num_classes,
+        ),
+        train=TrainConfig(embedding_dim=8),
+    )
 
 
-def write_transform_graph(folder: str, examples: Sequence[bytes], config: PipelineConfig,
-                          spec: Optional[Dict[str, tf.io.FixedLenFeature]] = None) -> str:
+def write_transform_graph(
+    folder: str,
+    examples: Sequence[bytes],
+    config: PipelineConfig,
+    spec: Optional[Dict[str, tf.io.FixedLenFeature]] = None,
+) -> str:
     """Transform's output folder for the project's preprocessing_fn analysing `examples`."""
     import apache_beam as beam
     import tensorflow_transform as tft
@@ -120,6 +139,7 @@ def photos(seed: int = 0) -> List[bytes]:
         out.append(encode(pixels, "PNG"))
         out.append(encode(pixels, "JPEG", quality=90))
     out.append(encode(random_photo(20, 30, seed + 99, 1), "PNG"))  # grey
-    out.append(encode(np.concatenate([random_photo(25, 25, seed + 7), np.full((25, 25, 1), 128, np.uint8)], -1),
-                      "PNG", "RGBA"))
+    out.append(
+        encode(np.concatenate([random_photo(25, 25, seed + 7), np.full((25, 25, 1), 128, np.uint8)], -1), "PNG", "RGBA")
+    )
     return out

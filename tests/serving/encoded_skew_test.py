@@ -2,6 +2,7 @@
 to `embed_images` as a file, to `serving_default` as ExampleGen's tf.Example (the evaluator's path),
 read by the Trainer (its input pipeline: the Transform graph, then the network) or decoded by the
 image function and sent to `embed_pixels`; and the class names travel with the model."""
+
 import os
 import sys
 
@@ -24,8 +25,10 @@ NAMES = ["zebra", "ant", "moth"]  # class ids by contract.class_order: ant 0, mo
 
 def graph_pixels(files, data) -> np.ndarray:
     """images.decode_to_pixels as the Transform graph and the SavedModel run it: traced, shapes unknown."""
-    decode = tf.function(lambda x: images.decode_to_pixels(x, data.image_shape, data.resize),
-                         input_signature=[tf.TensorSpec([None], tf.string)])
+    decode = tf.function(
+        lambda x: images.decode_to_pixels(x, data.image_shape, data.resize),
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
     return decode(tf.constant(files)).numpy()
 
 
@@ -39,13 +42,22 @@ def built(request, tmp_path_factory):
     config = encoded_model.encoded_config(resize=request.param)
     files = encoded_model.photos()
     names = [NAMES[i % 3] for i in range(len(files))]
-    examples = [encoded_model.encoded_example(f, _label(n), n, f"photo{i}") for i, (f, n) in
-                enumerate(zip(files, names))]
+    examples = [
+        encoded_model.encoded_example(f, _label(n), n, f"photo{i}") for i, (f, n) in enumerate(zip(files, names))
+    ]
     transform_output = encoded_model.write_transform_graph(folder, examples, config)
     model, path = encoded_model.export_untrained(folder, transform_output, config)
-    return {"config": config, "files": files, "examples": examples, "names": names, "folder": folder,
-            "transform_output": transform_output, "model": model, "path": path,
-            "loaded": tf.saved_model.load(path)}
+    return {
+        "config": config,
+        "files": files,
+        "examples": examples,
+        "names": names,
+        "folder": folder,
+        "transform_output": transform_output,
+        "model": model,
+        "path": path,
+        "loaded": tf.saved_model.load(path),
+    }
 
 
 def _trainer_input_embeddings(built) -> np.ndarray:
@@ -64,10 +76,12 @@ def _trainer_input_embeddings(built) -> np.ndarray:
 
 def test_embed_images_equals_serving_default_and_trainer_input(built):
     loaded = built["loaded"]
-    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](
-        images=tf.constant(built["files"]))[EMBEDDING_KEY].numpy()
-    by_example = loaded.signatures[contract.SERVING_SIGNATURE](
-        examples=tf.constant(built["examples"]))[EMBEDDING_KEY].numpy()
+    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](images=tf.constant(built["files"]))[
+        EMBEDDING_KEY
+    ].numpy()
+    by_example = loaded.signatures[contract.SERVING_SIGNATURE](examples=tf.constant(built["examples"]))[
+        EMBEDDING_KEY
+    ].numpy()
     np.testing.assert_allclose(by_file, by_example, atol=1e-6, rtol=0)
     np.testing.assert_allclose(by_file, _trainer_input_embeddings(built), atol=1e-6, rtol=0)
     assert by_file.shape == (len(built["files"]), built["config"].train.embedding_dim)
@@ -78,8 +92,9 @@ def test_embed_pixels_equals_embed_images_of_the_decoded_photo(built):
     loaded = built["loaded"]
     pixels = graph_pixels(built["files"], data)
     by_pixels = loaded.signatures[contract.EMBED_PIXELS_SIGNATURE](pixels=pixels)[EMBEDDING_KEY].numpy()
-    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](
-        images=tf.constant(built["files"]))[EMBEDDING_KEY].numpy()
+    by_file = loaded.signatures[contract.EMBED_IMAGES_SIGNATURE](images=tf.constant(built["files"]))[
+        EMBEDDING_KEY
+    ].numpy()
     np.testing.assert_allclose(by_pixels, by_file, atol=1e-6, rtol=0)
 
 
@@ -96,11 +111,20 @@ def test_transform_output_is_the_image_function(built):
 
 
 def test_serving_default_needs_only_the_image_feature(built):
-    bare = [tf.train.Example(features=tf.train.Features(feature={contract.IMAGE_KEY: tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[f]))})).SerializeToString() for f in built["files"][:3]]
+    bare = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[f]))}
+            )
+        ).SerializeToString()
+        for f in built["files"][:3]
+    ]
     serve = built["loaded"].signatures[contract.SERVING_SIGNATURE]
-    np.testing.assert_allclose(serve(examples=tf.constant(bare))[EMBEDDING_KEY].numpy(),
-                               serve(examples=tf.constant(built["examples"][:3]))[EMBEDDING_KEY].numpy(), atol=1e-7)
+    np.testing.assert_allclose(
+        serve(examples=tf.constant(bare))[EMBEDDING_KEY].numpy(),
+        serve(examples=tf.constant(built["examples"][:3]))[EMBEDDING_KEY].numpy(),
+        atol=1e-7,
+    )
 
 
 def test_bad_images_name_the_signature_input(built):
@@ -116,18 +140,25 @@ def test_bad_images_name_the_signature_input(built):
 def test_class_names_travel_with_the_model_and_search(built, tmp_path):
     assert signatures.read_class_names(built["path"]) == ["ant", "moth", "zebra"]
     loaded = built["loaded"]
-    embeddings = loaded.signatures[contract.SERVING_SIGNATURE](
-        examples=tf.constant(built["examples"]))[EMBEDDING_KEY].numpy()
+    embeddings = loaded.signatures[contract.SERVING_SIGNATURE](examples=tf.constant(built["examples"]))[
+        EMBEDDING_KEY
+    ].numpy()
     labels = np.array([_label(n) for n in built["names"]])
     served = str(tmp_path / "served")
     index.build_serving_model(built["path"], index.reference_ids("eval", len(labels)), labels, embeddings, served)
     assert signatures.read_class_names(served) == ["ant", "moth", "zebra"]
     out = tf.saved_model.load(served).signatures[contract.SEARCH_SIGNATURE](
-        images=tf.constant(built["files"][:4]), k=tf.constant(3))
+        images=tf.constant(built["files"][:4]), k=tf.constant(3)
+    )
     assert out[contract.CLASS_NAMES_OUTPUT].dtype == tf.string
     assert out[contract.CLASS_NAMES_OUTPUT].shape == (4, 3)
     got_labels = out[contract.LABELS_OUTPUT].numpy()
-    assert [[n.decode() for n in row] for row in out[contract.CLASS_NAMES_OUTPUT].numpy()] == \
-        [[["ant", "moth", "zebra"][i] for i in row] for row in got_labels]
-    assert set(out) == {contract.IDS_OUTPUT, contract.LABELS_OUTPUT, contract.DISTANCES_OUTPUT,
-                        contract.CLASS_NAMES_OUTPUT}
+    assert [[n.decode() for n in row] for row in out[contract.CLASS_NAMES_OUTPUT].numpy()] == [
+        [["ant", "moth", "zebra"][i] for i in row] for row in got_labels
+    ]
+    assert set(out) == {
+        contract.IDS_OUTPUT,
+        contract.LABELS_OUTPUT,
+        contract.DISTANCES_OUTPUT,
+        contract.CLASS_NAMES_OUTPUT,
+    }

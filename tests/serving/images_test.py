@@ -1,6 +1,7 @@
 """components/images.py, the one image function: channels as Pillow converts them, the pad and crop
 geometry, identity at the training size, EXIF orientation ignored. Traced as the Transform graph
 and the SavedModel run it (shapes unknown) unless said otherwise."""
+
 import io
 
 import numpy as np
@@ -19,8 +20,9 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 def decode(data, shape, resize="stretch") -> np.ndarray:
     """decode_to_pixels as the Transform graph runs it: traced, shapes unknown."""
-    function = tf.function(lambda x: images.decode_to_pixels(x, shape, resize),
-                           input_signature=[tf.TensorSpec([None], tf.string)])
+    function = tf.function(
+        lambda x: images.decode_to_pixels(x, shape, resize), input_signature=[tf.TensorSpec([None], tf.string)]
+    )
     return function(tf.constant(data if isinstance(data, list) else [data])).numpy()
 
 
@@ -156,8 +158,10 @@ def test_to_unit_floats():
     np.testing.assert_allclose(images.to_unit_floats(tf.constant([0, 51, 255], tf.uint8)).numpy(), [0, 0.2, 1])
 
 
-@pytest.mark.parametrize("data,message", [(b"", "image: empty string"), (b"RIFF....WEBPVP8 ", "image: not a PNG"),
-                                          (b"\x89PNG\r\n\x1a\n broken", "PNG")])
+@pytest.mark.parametrize(
+    "data,message",
+    [(b"", "image: empty string"), (b"RIFF....WEBPVP8 ", "image: not a PNG"), (b"\x89PNG\r\n\x1a\n broken", "PNG")],
+)
 def test_bad_images_fail_with_invalid_argument(data, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         decode(data, (4, 4, 1))

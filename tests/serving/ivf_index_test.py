@@ -1,6 +1,7 @@
 """The IVF index (components/serving/ivf_index.py) against brute-force NumPy k-NN: recall, exactness
 when every list is probed, int8 round-trip errors, tie order, argument checks, incremental
 additions and the SavedModel round trip."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +9,7 @@ import tensorflow as tf
 from triplet_tfx.components.serving import ivf_index as ivf
 
 N, D, CLUSTERS, K = 20_000, 64, 100, 10
-RECALL_NPROBE = 8        # of default_lists(20k) = 512 lists: recall@10 >= 0.95 (measured: ~0.99 float32, ~0.97 int8)
+RECALL_NPROBE = 8  # of default_lists(20k) = 512 lists: recall@10 >= 0.95 (measured: ~0.99 float32, ~0.97 int8)
 
 
 def clustered(n, d, clusters, seed, spread=0.5):
@@ -73,8 +74,10 @@ def test_quantizer_is_seeded_and_assign_is_nearest(data):
     assert ivf.train_quantizer(x[:3000], 32, iterations=2, seed=3, init="random").shape == (32, D)
 
 
-@pytest.mark.parametrize("storage,scale,keep", [("float32", "vector", False), ("int8", "vector", False),
-                                                ("int8", "dimension", False), ("int8", "vector", True)])
+@pytest.mark.parametrize(
+    "storage,scale,keep",
+    [("float32", "vector", False), ("int8", "vector", False), ("int8", "dimension", False), ("int8", "vector", True)],
+)
 def test_recall_at_10_against_exact_search(data, storage, scale, keep):
     x, labels, ids, queries, centroids = data
     state = ivf.build(x, ids, labels, centroids, storage=storage, scale=scale, keep_float32=keep)
@@ -103,10 +106,10 @@ def test_int8_round_trip_error_is_bounded(data, scale):
     assert codes.dtype == np.int8 and np.abs(codes.astype(int)).max() <= 127 and clipped == 0.0
     restored = ivf.dequantize(codes, scales, scale)
     step = scales[:, None] if scale == "vector" else scales[None, :]
-    assert np.all(np.abs(restored - x) <= step / 2 + 1e-7)            # half a quantisation step
+    assert np.all(np.abs(restored - x) <= step / 2 + 1e-7)  # half a quantisation step
     peak = np.abs(x).max(axis=1 if scale == "vector" else 0)
     np.testing.assert_allclose(scales, peak / 127, rtol=1e-6)
-    assert np.linalg.norm(restored - x, axis=1).max() < 0.02            # unit vectors: < 2 % of their norm
+    assert np.linalg.norm(restored - x, axis=1).max() < 0.02  # unit vectors: < 2 % of their norm
 
 
 @pytest.mark.parametrize("scale", ["vector", "dimension"])
@@ -115,7 +118,7 @@ def test_int8_distances_are_the_distances_to_the_dequantised_vectors(data, scale
     state = ivf.build(x, ids, labels, centroids, storage="int8", scale=scale)
     indices, distances = ivf.IvfIndex(state).search(queries[:20], K, 16)
     indices, distances = indices.numpy(), distances.numpy()
-    restored = state.float32()                    # dequantised codes, stored order
+    restored = state.float32()  # dequantised codes, stored order
     to_restored = np.linalg.norm(restored[indices] - queries[:20, None, :], axis=2)
     np.testing.assert_allclose(distances, to_restored, atol=2e-3)
     originals = x[[[int(i.split("/")[1]) for i in row] for row in state.ids[indices]]]
@@ -126,7 +129,7 @@ def test_int8_distances_are_the_distances_to_the_dequantised_vectors(data, scale
 @pytest.mark.parametrize("storage,keep", [("float32", False), ("int8", False), ("int8", True)])
 def test_equal_distances_are_ordered_by_the_smaller_stored_index(storage, keep):
     base, _ = clustered(400, 16, 8, seed=5)
-    x = np.concatenate([base, base, base[:100]])            # every vector two or three times
+    x = np.concatenate([base, base, base[:100]])  # every vector two or three times
     ids = [f"i{i}" for i in range(len(x))]
     centroids = ivf.train_quantizer(base, 8, iterations=5, seed=0)
     state = ivf.build(x, ids, np.zeros(len(x), np.int64), centroids, storage=storage, keep_float32=keep)
@@ -143,10 +146,15 @@ def test_equal_distances_are_ordered_by_the_smaller_stored_index(storage, keep):
         np.testing.assert_array_equal(ivf.IvfIndex(state).search(queries, 7, 8)[0].numpy(), truth)
 
 
-@pytest.mark.parametrize("k,nprobe,message", [(0, 1, "k must be at least 1"),
-                                              (301, 1, "k must be at most the index size"),
-                                              (1, 0, "nprobe must be at least 1"),
-                                              (1, 9, "nprobe must be at most the number of lists")])
+@pytest.mark.parametrize(
+    "k,nprobe,message",
+    [
+        (0, 1, "k must be at least 1"),
+        (301, 1, "k must be at most the index size"),
+        (1, 0, "nprobe must be at least 1"),
+        (1, 9, "nprobe must be at most the number of lists"),
+    ],
+)
 def test_argument_checks(k, nprobe, message):
     x, labels = clustered(300, 8, 4, seed=2)
     state = ivf.build(x, [str(i) for i in range(300)], labels, ivf.train_quantizer(x, 8, seed=0))
@@ -156,8 +164,7 @@ def test_argument_checks(k, nprobe, message):
 
 def test_small_lists_are_probed_until_k_items():
     x, labels = clustered(300, 8, 4, seed=2)
-    state = ivf.build(x, [str(i) for i in range(300)], labels, ivf.train_quantizer(x, 64, seed=0),
-                      storage="float32")
+    state = ivf.build(x, [str(i) for i in range(300)], labels, ivf.train_quantizer(x, 64, seed=0), storage="float32")
     assert state.lengths.min() < 50
     indices, distances = ivf.IvfIndex(state).search(x[:5], 50, 1)
     assert indices.shape == (5, 50) and np.all(indices.numpy() < 300) and np.all(np.isfinite(distances.numpy()))
@@ -180,19 +187,19 @@ def test_items_added_later_are_found(data, storage, scale):
     first = ivf.build(x[:15_000], ids[:15_000], labels[:15_000], centroids, storage=storage, scale=scale)
     state = ivf.add(first, x[15_000:], ids[15_000:], labels[15_000:])
     assert state.size == N and state.lists == first.lists
-    np.testing.assert_array_equal(state.centroids, first.centroids)             # no re-clustering
+    np.testing.assert_array_equal(state.centroids, first.centroids)  # no re-clustering
     np.testing.assert_array_equal(state.lengths, np.bincount(ivf.assign(x, centroids), minlength=state.lists))
     assert np.all(np.diff(state.list_ids) >= 0) and np.array_equal(state.offsets[1:], np.cumsum(state.lengths)[:-1])
     sample = np.arange(15_000, N, 97)
     indices, distances = ivf.IvfIndex(state).search(x[sample], 1, 1)
     found = state.ids[indices.numpy()[:, 0]]
-    np.testing.assert_array_equal(found, ids[sample])                          # each finds itself
+    np.testing.assert_array_equal(found, ids[sample])  # each finds itself
     np.testing.assert_array_equal(state.labels[indices.numpy()[:, 0]], labels[sample])
     assert distances.numpy().max() < 0.02
     # the same as building everything at once (same lists, same within-list order)
     whole = ivf.build(x, ids, labels, centroids, storage=storage, scale=scale)
     np.testing.assert_array_equal(state.ids, whole.ids)
-    if scale == "vector":      # (per-dimension scales: the whole build's differ from the first part's)
+    if scale == "vector":  # (per-dimension scales: the whole build's differ from the first part's)
         np.testing.assert_array_equal(state.vectors, whole.vectors)
     assert ivf.rebuild_reasons(state) == []
     assert any("grew" in r for r in ivf.rebuild_reasons(ivf.add(first, x, ids, labels)))
@@ -217,19 +224,22 @@ def test_memory_bytes(data):
     assert ivf.memory_bytes(both) == ivf.memory_bytes(i8) + N * D * 4
 
 
-@pytest.mark.parametrize("storage,scale,keep", [("float32", "vector", False), ("int8", "dimension", False),
-                                                ("int8", "vector", True)])
+@pytest.mark.parametrize(
+    "storage,scale,keep", [("float32", "vector", False), ("int8", "dimension", False), ("int8", "vector", True)]
+)
 def test_saved_model_round_trip(data, tmp_path, storage, scale, keep):
     x, labels, ids, queries, centroids = data
-    state = ivf.build(x[:5000], ids[:5000], labels[:5000], centroids[:64], storage=storage, scale=scale,
-                      keep_float32=keep)
+    state = ivf.build(
+        x[:5000], ids[:5000], labels[:5000], centroids[:64], storage=storage, scale=scale, keep_float32=keep
+    )
     module = ivf.IvfIndex(state)
     before = module.search(queries[:20], K, 4)
     tf.saved_model.save(module, str(tmp_path), signatures={"ivf_search": module.search})
     loaded = tf.saved_model.load(str(tmp_path))
     after = loaded.search(queries[:20], tf.constant(K), tf.constant(4))
-    signature = loaded.signatures["ivf_search"](queries=tf.constant(queries[:20]), k=tf.constant(K),
-                                                nprobe=tf.constant(4))
+    signature = loaded.signatures["ivf_search"](
+        queries=tf.constant(queries[:20]), k=tf.constant(K), nprobe=tf.constant(4)
+    )
     for answer in (after, (signature["output_0"], signature["output_1"])):
         np.testing.assert_array_equal(answer[0].numpy(), before[0].numpy())
         np.testing.assert_array_equal(answer[1].numpy(), before[1].numpy())

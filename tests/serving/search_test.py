@@ -1,5 +1,6 @@
 """The served model: four signatures (as `saved_model_cli show --all` lists them), the index in
 variables, and `search` answering with the evaluator's own nearest neighbours."""
+
 import contextlib
 import io
 import os
@@ -35,8 +36,9 @@ def served(tmp_path_factory):
     export = tiny_serving_model.trained_export()
     train_x, train_y, _, _ = tiny_serving_model.mnist_examples()
     examples = [data_sources.make_example(x, y) for x, y in zip(train_x, train_y)]
-    embeddings = tf.saved_model.load(export).signatures["serving_default"](
-        examples=tf.constant(examples))["embedding"].numpy()
+    embeddings = (
+        tf.saved_model.load(export).signatures["serving_default"](examples=tf.constant(examples))["embedding"].numpy()
+    )
     path = str(tmp_path_factory.mktemp("served") / "1")
     index.build_serving_model(export, index.reference_ids("train", len(train_y)), train_y, embeddings, path)
     return path, embeddings, train_y
@@ -54,8 +56,10 @@ def signature_table(cli_output: str) -> dict:
         name = re.match(r"signature_def\['([^']+)'\]", block).group(1)
         sides = {}
         for side, tensors in re.findall(r"following (input|output)\(s\):\n((?:    .*\n|        .*\n)*)", block):
-            sides[side + "s"] = {n: (d, s) for n, d, s in re.findall(
-                r"\['([^']+)'\] tensor_info:\n\s+dtype: (\w+)\n\s+shape: (.*)\n", tensors)}
+            sides[side + "s"] = {
+                n: (d, s)
+                for n, d, s in re.findall(r"\['([^']+)'\] tensor_info:\n\s+dtype: (\w+)\n\s+shape: (.*)\n", tensors)
+            }
         table[name] = sides
     return table
 
@@ -70,10 +74,15 @@ def test_saved_model_cli_shows_the_four_signatures(served):
         "serving_default": {"inputs": {"examples": ("DT_STRING", "(-1)")}, "outputs": embedding},
         "embed_images": {"inputs": {"images": ("DT_STRING", "(-1)")}, "outputs": embedding},
         "embed_pixels": {"inputs": {"pixels": ("DT_UINT8", "(-1, 28, 28, 1)")}, "outputs": embedding},
-        "search": {"inputs": {"images": ("DT_STRING", "(-1)"), "k": ("DT_INT32", "()")},
-                   "outputs": {"ids": ("DT_STRING", "(-1, -1)"), "labels": ("DT_INT64", "(-1, -1)"),
-                               "distances": ("DT_FLOAT", "(-1, -1)"),
-                               "class_names": ("DT_STRING", "(-1, -1)")}},
+        "search": {
+            "inputs": {"images": ("DT_STRING", "(-1)"), "k": ("DT_INT32", "()")},
+            "outputs": {
+                "ids": ("DT_STRING", "(-1, -1)"),
+                "labels": ("DT_INT64", "(-1, -1)"),
+                "distances": ("DT_FLOAT", "(-1, -1)"),
+                "class_names": ("DT_STRING", "(-1, -1)"),
+            },
+        },
     }
 
 
@@ -83,8 +92,9 @@ def test_search_gives_the_class_names_of_integer_labels(served):
     assert signatures.read_class_names(path) == [str(i) for i in range(10)]
     search = tf.saved_model.load(path).signatures["search"]
     out = search(images=tf.constant([png(np.zeros((28, 28, 1), np.uint8))]), k=tf.constant(3))
-    assert [[n.decode() for n in row] for row in out["class_names"].numpy()] == \
-        out["labels"].numpy().astype(str).tolist()
+    assert [[n.decode() for n in row] for row in out["class_names"].numpy()] == out["labels"].numpy().astype(
+        str
+    ).tolist()
 
 
 def test_the_index_is_in_variables_not_in_the_graph(served, model):
@@ -98,8 +108,13 @@ def test_the_index_is_in_variables_not_in_the_graph(served, model):
     assert len(stored) == 1 and reader.get_tensor(stored[0]).shape == embeddings.shape
     # The graph does not grow with the index: a second model with 4x the references has the same graph.
     bigger = path + "_bigger"
-    index.build_serving_model(tiny_serving_model.trained_export(), index.reference_ids("train", 4 * len(labels)),
-                              np.tile(labels, 4), np.tile(embeddings, (4, 1)), bigger)
+    index.build_serving_model(
+        tiny_serving_model.trained_export(),
+        index.reference_ids("train", 4 * len(labels)),
+        np.tile(labels, 4),
+        np.tile(embeddings, (4, 1)),
+        bigger,
+    )
     assert abs(os.path.getsize(os.path.join(bigger, "saved_model.pb")) - graph_bytes) < 1024
 
 
@@ -107,11 +122,15 @@ def test_served_embeddings_are_the_exported_ones(model):
     export = tf.saved_model.load(tiny_serving_model.trained_export())
     _, _, images, labels = tiny_serving_model.mnist_examples()
     examples = tf.constant([data_sources.make_example(x, y) for x, y in zip(images[:20], labels[:20])])
-    for name, inputs in (("serving_default", {"examples": examples}),
-                         ("embed_images", {"images": tf.constant([png(x) for x in images[:20]])}),
-                         ("embed_pixels", {"pixels": tf.constant(images[:20])})):
-        np.testing.assert_array_equal(model.signatures[name](**inputs)["embedding"].numpy(),
-                                      export.signatures[name](**inputs)["embedding"].numpy())
+    for name, inputs in (
+        ("serving_default", {"examples": examples}),
+        ("embed_images", {"images": tf.constant([png(x) for x in images[:20]])}),
+        ("embed_pixels", {"pixels": tf.constant(images[:20])}),
+    ):
+        np.testing.assert_array_equal(
+            model.signatures[name](**inputs)["embedding"].numpy(),
+            export.signatures[name](**inputs)["embedding"].numpy(),
+        )
 
 
 def test_nearest_is_the_evaluators_knn_ties_included():
@@ -121,8 +140,12 @@ def test_nearest_is_the_evaluators_knn_ties_included():
     references[150:160] = references[10]  # exact ties: the lower index comes first in both
     queries = np.concatenate([references[:5] + 0.01, rng.normal(size=(20, 8)).astype(np.float32)])
     expected_indices, expected_distances = metrics.nearest_neighbors(queries, references, k=15)
-    indices, distances = index.nearest(tf.constant(queries), tf.constant(references),
-                                       tf.constant(np.einsum("ij,ij->i", references, references)), tf.constant(15))
+    indices, distances = index.nearest(
+        tf.constant(queries),
+        tf.constant(references),
+        tf.constant(np.einsum("ij,ij->i", references, references)),
+        tf.constant(15),
+    )
     np.testing.assert_array_equal(indices.numpy(), expected_indices)
     np.testing.assert_allclose(distances.numpy(), expected_distances, rtol=1e-5, atol=1e-5)
 
@@ -149,12 +172,15 @@ def test_search_answers_with_the_evaluators_neighbours(served, model):
     assert precision_at_1 > 0.6 and abs((majority == labels).mean() - precision_at_1) < 0.1
 
 
-@pytest.mark.parametrize("images,k,message", [
-    ([b"x"], 0, "k must be at least 1"),
-    ([b"x"], 601, "k must be at most the index size"),
-    ([], 3, "images: empty batch"),
-    ([b"not an image"], 3, "images: not a PNG, JPEG, GIF or BMP image"),
-])
+@pytest.mark.parametrize(
+    "images,k,message",
+    [
+        ([b"x"], 0, "k must be at least 1"),
+        ([b"x"], 601, "k must be at most the index size"),
+        ([], 3, "images: empty batch"),
+        ([b"not an image"], 3, "images: not a PNG, JPEG, GIF or BMP image"),
+    ],
+)
 def test_bad_search_requests_are_invalid_argument(model, images, k, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         model.signatures["search"](images=tf.constant(images, tf.string), k=tf.constant(k))

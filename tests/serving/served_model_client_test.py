@@ -2,6 +2,7 @@
 as the ServingModelBuilder builds it, from tiny_serving_model): in-process, and over the REST and gRPC
 stand-ins of tfserving_standin.py (contract tests), the same embeddings to 1e-6 as the evaluator's
 path (serving_default on the same images as tf.Examples), and the same neighbours."""
+
 import json
 import os
 
@@ -27,11 +28,11 @@ def base_dir(tmp_path_factory):
     export = tiny_serving_model.trained_export()
     train_x, train_y, _, _ = tiny_serving_model.mnist_examples()
     examples = [data_sources.make_example(x, y) for x, y in zip(train_x, train_y)]
-    embeddings = tf.saved_model.load(export).signatures["serving_default"](
-        examples=tf.constant(examples))["embedding"].numpy()
+    embeddings = (
+        tf.saved_model.load(export).signatures["serving_default"](examples=tf.constant(examples))["embedding"].numpy()
+    )
     base = tmp_path_factory.mktemp("serving") / MODEL
-    index.build_serving_model(export, index.reference_ids("train", len(train_y)), train_y, embeddings,
-                              str(base / "1"))
+    index.build_serving_model(export, index.reference_ids("train", len(train_y)), train_y, embeddings, str(base / "1"))
     return str(base)
 
 
@@ -52,8 +53,11 @@ def queries(tmp_path_factory):
 def clients(base_dir):
     registry = ModelRegistry({MODEL: base_dir})
     with RestStandIn(registry) as rest, GrpcStandIn(registry) as grpc_server:
-        made = {"local": Client(model=base_dir), "rest": Client(server=rest.url, model_name=MODEL),
-                "grpc": Client(server=grpc_server.url, model_name=MODEL)}
+        made = {
+            "local": Client(model=base_dir),
+            "rest": Client(server=rest.url, model_name=MODEL),
+            "grpc": Client(server=grpc_server.url, model_name=MODEL),
+        }
         yield made
         for client in made.values():
             client.close()
@@ -61,8 +65,11 @@ def clients(base_dir):
 
 def test_embed_and_search_agree_everywhere_and_with_the_evaluators_embeddings(base_dir, clients, queries):
     paths, examples = queries
-    evaluator = tf.saved_model.load(os.path.join(base_dir, "1")).signatures["serving_default"](
-        examples=tf.constant(examples))["embedding"].numpy()
+    evaluator = (
+        tf.saved_model.load(os.path.join(base_dir, "1"))
+        .signatures["serving_default"](examples=tf.constant(examples))["embedding"]
+        .numpy()
+    )
     results = {}
     for name, client in clients.items():
         np.testing.assert_allclose(client.embed(paths), evaluator, atol=1e-6, err_msg=name)

@@ -1,5 +1,6 @@
 """`triplet-tfx embed` / `search`: JSON lines, TSV and Projector outputs, in-process and through the REST
 and gRPC stand-ins (contract tests, see tfserving_standin.py), and errors that name the file or flag."""
+
 import json
 import os
 import re
@@ -52,8 +53,9 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_embed_jsonl_default_model_and_tsv_over_rest(capsys, monkeypatch, output_root, version_dir, folder, files,
-                                                     servers):
+def test_embed_jsonl_default_model_and_tsv_over_rest(
+    capsys, monkeypatch, output_root, version_dir, folder, files, servers
+):
     expected = reference_embeddings(version_dir, files)
     monkeypatch.chdir(output_root.parent)
     code, out, _ = run(capsys, "embed", str(folder), "--output-root", output_root.name)  # default model
@@ -78,8 +80,9 @@ def test_search_jsonl_and_tsv(capsys, version_dir, files, servers):
     assert [r["input"] for r in rows] == files
     assert [[n["id"] for n in r["neighbours"]] for r in rows] == ids
     assert [[n["label"] for n in r["neighbours"]] for r in rows] == labels.tolist()
-    assert [[n["class_name"] for n in r["neighbours"]] for r in rows] == \
-        [[CLASS_NAMES[v] for v in row] for row in labels]
+    assert [[n["class_name"] for n in r["neighbours"]] for r in rows] == [
+        [CLASS_NAMES[v] for v in row] for row in labels
+    ]
     np.testing.assert_allclose([[n["distance"] for n in r["neighbours"]] for r in rows], distances, atol=1e-5)
     code, out, _ = run(capsys, "search", *files, "--server", servers["grpc"], "--k", "3", "--format", "tsv")
     assert code == 0
@@ -87,7 +90,8 @@ def test_search_jsonl_and_tsv(capsys, version_dir, files, servers):
     assert header == "input\trank\tid\tlabel\tdistance\tclass_name"
     cells = [line.split("\t") for line in lines]
     assert [(c[0], int(c[1]), c[2], int(c[3])) for c in cells] == [
-        (f, rank + 1, ids[i][rank], int(labels[i][rank])) for i, f in enumerate(files) for rank in range(3)]
+        (f, rank + 1, ids[i][rank], int(labels[i][rank])) for i, f in enumerate(files) for rank in range(3)
+    ]
     assert [c[5] for c in cells] == [CLASS_NAMES[labels[i][rank]] for i in range(len(files)) for rank in range(3)]
 
 
@@ -98,7 +102,7 @@ def test_projector_files(capsys, tmp_path, version_dir, files, servers):
     vecs = np.loadtxt(out_dir / "vecs.tsv", delimiter="\t")
     np.testing.assert_allclose(vecs, reference_embeddings(version_dir, files), atol=1e-4)
     assert (out_dir / "meta.tsv").read_text().splitlines() == files
-    assert "tensor_path: \"vecs.tsv\"" in (out_dir / "projector_config.pbtxt").read_text()
+    assert 'tensor_path: "vecs.tsv"' in (out_dir / "projector_config.pbtxt").read_text()
     code, _, err = run(capsys, "embed", *files, "--model", version_dir, "--projector", str(out_dir))
     assert code == 2 and f"--projector {out_dir}: folder is not empty" in err
 
@@ -107,20 +111,32 @@ def test_errors_name_the_file_or_flag(capsys, tmp_path, version_dir, files):
     text = tmp_path / "notes.png"
     text.write_text("hello")
     cases = [
-        (["embed", str(tmp_path / "missing.png"), "--model", version_dir], 2,
-         f"{tmp_path / 'missing.png'}: no such file"),
+        (
+            ["embed", str(tmp_path / "missing.png"), "--model", version_dir],
+            2,
+            f"{tmp_path / 'missing.png'}: no such file",
+        ),
         (["embed", files[0], str(text), "--model", version_dir], 2, f"{text}: not a PNG, JPEG, GIF or BMP image"),
         (["embed", str(tmp_path / "empty_dir_missing")], 2, "no such file or folder"),
         (["search", files[0], "--model", version_dir, "--k", "0"], 2, "--k: must be at least 1, got 0"),
-        (["search", files[0], "--model", version_dir, "--k", "51"], 2, "^triplet-tfx: error: --k 51: the index holds "
-         "50 references\n$"),
+        (
+            ["search", files[0], "--model", version_dir, "--k", "51"],
+            2,
+            "^triplet-tfx: error: --k 51: the index holds 50 references\n$",
+        ),
         (["embed", files[0], "--server", "localhost:8501"], 2, "--server localhost:8501: expected http://HOST:8501"),
-        (["embed", files[0], "--model", os.path.dirname(version_dir), "--model-version", "9"], 2,
-         "--model-version 9: model .* has no version 9 \\(versions: 3\\)"),
+        (
+            ["embed", files[0], "--model", os.path.dirname(version_dir), "--model-version", "9"],
+            2,
+            "--model-version 9: model .* has no version 9 \\(versions: 3\\)",
+        ),
         (["embed", files[0], "--model", str(tmp_path)], 2, f"--model: no SavedModel at {tmp_path}"),
         (["embed", files[0], "--output-root", str(tmp_path)], 2, "run `triplet-tfx run` first"),
-        (["embed", files[0], "--serving-dir", str(tmp_path / "pushed")], 2,
-         f"no SavedModel at {tmp_path / 'pushed' / 'triplet_mnist'}"),
+        (
+            ["embed", files[0], "--serving-dir", str(tmp_path / "pushed")],
+            2,
+            f"no SavedModel at {tmp_path / 'pushed' / 'triplet_mnist'}",
+        ),
     ]
     for argv, expected_code, message in cases:
         code, out, err = run(capsys, *argv)

@@ -2,6 +2,7 @@
 tests/serving/tfserving_standin.py (TF Serving 2.16's wire formats, on 127.0.0.1), all on the
 contract fixture of contract_model.py. Expected values come from the SavedModel's own
 `embed_pixels` on images decoded by PIL, and from a NumPy search over the stored index."""
+
 import base64
 import json
 import os
@@ -66,9 +67,11 @@ def servers(registry):
 
 @pytest.fixture(scope="module")
 def clients(base_dir, servers):
-    made = {"local": Client(model=base_dir),
-            "rest": Client(server=servers["rest"], model_name=MODEL, batch_size=2),
-            "grpc": Client(server=servers["grpc"], model_name=MODEL, batch_size=3)}
+    made = {
+        "local": Client(model=base_dir),
+        "rest": Client(server=servers["rest"], model_name=MODEL, batch_size=2),
+        "grpc": Client(server=servers["grpc"], model_name=MODEL, batch_size=3),
+    }
     yield made
     for client in made.values():
         client.close()
@@ -110,8 +113,9 @@ def test_rest_wire_format_is_tf_servings(servers, images):
         b64 = base64.b64encode(f.read()).decode()
 
     def post(body):
-        request = urllib.request.Request(f"{servers['rest']}/v1/models/{MODEL}/versions/2:predict",
-                                         data=json.dumps(body).encode(), method="POST")
+        request = urllib.request.Request(
+            f"{servers['rest']}/v1/models/{MODEL}/versions/2:predict", data=json.dumps(body).encode(), method="POST"
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
@@ -168,8 +172,11 @@ def test_unknown_model_and_version_not_loaded(kind, servers, images):
             client.embed(images[:1])
         assert not isinstance(err.value, VersionNotLoadedError)
     with Client(server=url, model_name=MODEL, version=1, retries=0) as client:
-        with pytest.raises(VersionNotLoadedError, match=rf"{url}, model '{MODEL}' version 1 is not loaded "
-                                                        r"\(loaded versions: 2\)"):
+        with pytest.raises(
+            VersionNotLoadedError,
+            match=rf"{url}, model '{MODEL}' version 1 is not loaded "
+            r"\(loaded versions: 2\)",
+        ):
             client.search(images[:1], k=2)
 
 
@@ -221,8 +228,11 @@ def test_a_model_without_class_names_gives_the_labels_as_text(tmp_path, images):
     registry = ModelRegistry({"old": base})
     rest, grpc_server = RestStandIn(registry), GrpcStandIn(registry)
     try:
-        for client in (Client(model=base), Client(server=rest.url, model_name="old"),
-                       Client(server=grpc_server.url, model_name="old")):
+        for client in (
+            Client(model=base),
+            Client(server=rest.url, model_name="old"),
+            Client(server=grpc_server.url, model_name="old"),
+        ):
             with client:
                 result = client.search(images, k=2)
                 assert result.class_names.tolist() == result.labels.astype(str).tolist(), client.target

@@ -1,5 +1,6 @@
 """The serving folder: concurrent pushes get their own versions, killed pushes leave nothing a
 model server would load, and leftovers are cleaned up (real processes, killed by the test)."""
+
 import errno
 import os
 import shutil
@@ -42,8 +43,10 @@ def test_two_processes_pushing_in_the_same_second_get_two_versions(tmp_path):
     base = str(tmp_path / "serving" / "model")
     models = [saved_model(tmp_path / f"model{i}", f"model {i}") for i in range(2)]
     start = str(time.time() + 1.0)
-    processes = [subprocess.Popen([sys.executable, "-c", PUSH, model, base, start], stdout=subprocess.PIPE, text=True)
-                 for model in models]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", PUSH, model, base, start], stdout=subprocess.PIPE, text=True)
+        for model in models
+    ]
     pushed = [p.communicate(timeout=60)[0].strip() for p in processes]
     assert all(p.returncode == 0 for p in processes)
     assert pushed[0] != pushed[1]
@@ -79,8 +82,9 @@ KILLED_PUSH = textwrap.dedent("""
 def test_a_push_killed_midway_leaves_no_version_and_is_cleaned_up(tmp_path):
     base = str(tmp_path / "model")
     model = saved_model(tmp_path / "candidate", "candidate")
-    process = subprocess.Popen([sys.executable, "-c", KILLED_PUSH, model, base], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PUSH, model, base], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         assert process.stdout.readline().strip() == "copied"
     finally:
@@ -91,7 +95,8 @@ def test_a_push_killed_midway_leaves_no_version_and_is_cleaned_up(tmp_path):
     assert serving_folder.versions(base) == []
 
     assert serving_folder.clean_serving_folder(base) == [
-        f"removed {os.path.join(base, leftover)}, the leftover of an interrupted push (no model server saw it)"]
+        f"removed {os.path.join(base, leftover)}, the leftover of an interrupted push (no model server saw it)"
+    ]
     pushed = serving_folder.push_atomically(model, base)
     assert os.listdir(base) == [os.path.basename(pushed)] and content_of(pushed) == "candidate"
 
@@ -101,7 +106,8 @@ def test_half_written_versions_of_in_place_copies_are_moved_aside(tmp_path):
     complete = saved_model(base / "100", "complete")
     (base / "200" / "variables").mkdir(parents=True)  # killed before saved_model.pb was written
     assert serving_folder.clean_serving_folder(str(base)) == [
-        f"moved {base / '200'} to {base / '.interrupted-200'}: a half-written version (no saved_model.pb)"]
+        f"moved {base / '200'} to {base / '.interrupted-200'}: a half-written version (no saved_model.pb)"
+    ]
     assert serving_folder.versions(str(base)) == [100] and content_of(complete) == "complete"
 
 
@@ -109,9 +115,18 @@ def test_no_clean_up_while_another_process_pushes(tmp_path):
     base = tmp_path / "model"
     (base / ".push-tmp-7-1").mkdir(parents=True)
     with serving_folder.serving_folder_lock(str(base)):
-        holder = subprocess.run([sys.executable, "-c", "import sys; from triplet_tfx.components.serving import "
-                                 "serving_folder as s; print(s.clean_serving_folder(sys.argv[1]))", str(base)],
-                                capture_output=True, text=True, timeout=60)
+        holder = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from triplet_tfx.components.serving import "
+                "serving_folder as s; print(s.clean_serving_folder(sys.argv[1]))",
+                str(base),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert holder.stdout.strip() == "[]"
     assert (base / ".push-tmp-7-1").is_dir()
 
@@ -123,8 +138,9 @@ def test_a_push_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatc
     monkeypatch.setattr(serving_folder.shutil, "disk_usage", lambda path: real(path)._replace(free=1500))
     with pytest.raises(serving_folder.NoSpaceError) as raised:
         serving_folder.push_atomically(model, str(base))
-    assert str(raised.value) == (f"[Errno 28] no space left on device for the model: it needs 0.0 MB, 0.0 MB are "
-                                 f"free: '{base}'")
+    assert str(raised.value) == (
+        f"[Errno 28] no space left on device for the model: it needs 0.0 MB, 0.0 MB are free: '{base}'"
+    )
     assert os.listdir(base) == []
 
 
@@ -138,6 +154,7 @@ def test_running_out_of_space_midway_removes_the_partial_copy_and_says_so(tmp_pa
             if s.endswith("saved_model.pb"):
                 raise OSError(errno.ENOSPC, "No space left on device", d)
             return shutil.copy2(s, d, **kwargs)
+
         return copytree(src, dst, copy_function=copy)
 
     monkeypatch.setattr(serving_folder.shutil, "copytree", full_disk)

@@ -1,6 +1,7 @@
 """Bad input to the exported signatures fails with InvalidArgument naming the input: bytes that are
 not a tf.Example (not Python's UnicodeDecodeError of an error message quoting them), and pixels of
 any shape other than [B, H, W, C] of the training shape."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -38,12 +39,23 @@ def test_serving_default_refuses_bytes_that_are_not_examples(model, digits, garb
     np.testing.assert_allclose(embedding, pixels, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(1, H, W), (1, 1, H, W), (1, H * W, 1, 1), (1, H, W, C, 1), (1, W * H * C),
-                                   (2, H // 2, W * 2, C), (1, H, W, C + 2)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, H, W),
+        (1, 1, H, W),
+        (1, H * W, 1, 1),
+        (1, H, W, C, 1),
+        (1, W * H * C),
+        (2, H // 2, W * 2, C),
+        (1, H, W, C + 2),
+    ],
+)
 def test_embed_pixels_refuses_other_shapes(model, digits, shape):
     pixels = np.zeros(shape, np.uint8)
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"pixels: expected uint8 pixels of shape \[B, {H}, {W}, {C}\]"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=rf"pixels: expected uint8 pixels of shape \[B, {H}, {W}, {C}\]"
+    ):
         model.signatures["embed_pixels"](pixels=tf.constant(pixels))
 
 
@@ -67,7 +79,8 @@ def test_an_encoded_source_export_refuses_the_same(tmp_path):
         loaded.signatures["serving_default"](examples=tf.constant([examples[0], NOT_UTF8]))
     assert loaded.signatures["serving_default"](examples=tf.constant(examples))["embedding"].shape[0] == 2
     h, w, c = config.data.image_shape
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=rf"pixels: expected uint8 pixels of shape \[B, {h}, {w}, {c}\]"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=rf"pixels: expected uint8 pixels of shape \[B, {h}, {w}, {c}\]"
+    ):
         loaded.signatures["embed_pixels"](pixels=tf.zeros([1, h * w, c], tf.uint8))
     assert loaded.signatures["embed_pixels"](pixels=tf.zeros([3, h, w, c], tf.uint8))["embedding"].shape[0] == 3

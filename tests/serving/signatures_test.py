@@ -1,5 +1,6 @@
 """The embedding signatures: encoded images are converted as the training images are read, every
 signature gives the same embedding for the same picture, and bad input fails with InvalidArgument."""
+
 import io
 
 import numpy as np
@@ -33,8 +34,10 @@ def eval_images():
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("LA", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "GIF"),
-                                      ("RGB", "BMP"), ("L", "BMP")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("L", "PNG"), ("LA", "PNG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("RGB", "BMP"), ("L", "BMP")],
+)
 def test_channels_are_converted_as_read_image_converts_them(mode, fmt, channels, tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (9, 7, len(mode) if mode != "P" else 3), dtype=np.uint8)
@@ -97,18 +100,27 @@ def test_jpeg_and_color_images_of_any_size_are_embedded(model, eval_images):
 
 def zero_width_bmp() -> bytes:
     header = b"BM" + (54).to_bytes(4, "little") + bytes(4) + (54).to_bytes(4, "little")
-    info = ((40).to_bytes(4, "little") + (0).to_bytes(4, "little", signed=True) + (4).to_bytes(4, "little", signed=True)
-            + (1).to_bytes(2, "little") + (24).to_bytes(2, "little") + bytes(24))
+    info = (
+        (40).to_bytes(4, "little")
+        + (0).to_bytes(4, "little", signed=True)
+        + (4).to_bytes(4, "little", signed=True)
+        + (1).to_bytes(2, "little")
+        + (24).to_bytes(2, "little")
+        + bytes(24)
+    )
     return header + info
 
 
-@pytest.mark.parametrize("images,message", [
-    ([], "images: empty batch"),
-    ([b""], "images: empty string"),
-    ([b"not an image at all"], "images: not a PNG, JPEG, GIF or BMP image at index] [0]"),
-    ([b"\x89PNG\r\n\x1a\n" + bytes(20)], "Invalid PNG"),  # TensorFlow's decoders name these problems
-    ([zero_width_bmp()], "Width must be positive"),
-])
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        ([], "images: empty batch"),
+        ([b""], "images: empty string"),
+        ([b"not an image at all"], "images: not a PNG, JPEG, GIF or BMP image at index] [0]"),
+        ([b"\x89PNG\r\n\x1a\n" + bytes(20)], "Invalid PNG"),  # TensorFlow's decoders name these problems
+        ([zero_width_bmp()], "Width must be positive"),
+    ],
+)
 def test_bad_images_are_invalid_argument(model, images, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("[", r"\[").replace("]", r"\]")):
         model.signatures["embed_images"](images=tf.constant(images, tf.string))

@@ -23,6 +23,7 @@ Version policy: TF Serving's default, the latest version of each base directory 
 UNAVAILABLE, as a server that is still loading, to test the client's retries; `delay_seconds` slows
 every predict down, to test its timeout.
 """
+
 from __future__ import annotations
 
 import base64
@@ -48,12 +49,21 @@ from tensorflow_serving.apis import (
 
 from triplet_tfx.components.serving.client.transports import saved_model_versions
 
-HTTP_STATUS = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "UNAVAILABLE": 503,
-               "UNIMPLEMENTED": 501}
-PREDICT_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:"
-                          r"(classify|regress|predict)")
-STATUS_PATH = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-                         r"(?:\/(metadata))?")
+HTTP_STATUS = {
+    "NOT_FOUND": 404,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAVAILABLE": 503,
+    "UNIMPLEMENTED": 501,
+}
+PREDICT_PATH = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:"
+    r"(classify|regress|predict)"
+)
+STATUS_PATH = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:\/(metadata))?"
+)
 
 
 class StandInError(Exception):
@@ -87,8 +97,9 @@ class ModelRegistry:
         chosen, model = self.servable(name, version)
         function = model.signatures.get(signature_name or "serving_default")
         if function is None:
-            raise StandInError("FAILED_PRECONDITION",
-                               f'Serving signature key "{signature_name or "serving_default"}" not found.')
+            raise StandInError(
+                "FAILED_PRECONDITION", f'Serving signature key "{signature_name or "serving_default"}" not found.'
+            )
         return chosen, function
 
     def predict(self, name: str, version: Optional[int], signature_name: str, inputs: Dict[str, np.ndarray]):
@@ -102,8 +113,11 @@ class ModelRegistry:
         specs = function.structured_input_signature[1]
         if set(inputs) != set(specs):
             sent, wanted = ",".join(sorted(inputs)), ",".join(sorted(specs))
-            raise StandInError("INVALID_ARGUMENT", f"input size does not match signature: {len(inputs)}!="
-                               f"{len(specs)} len({{{sent}}}) != len({{{wanted}}})")
+            raise StandInError(
+                "INVALID_ARGUMENT",
+                f"input size does not match signature: {len(inputs)}!="
+                f"{len(specs)} len({{{sent}}}) != len({{{wanted}}})",
+            )
         try:
             outputs = function(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
@@ -117,13 +131,14 @@ class ModelRegistry:
         if version is not None and version not in versions:
             raise StandInError("NOT_FOUND", f"Could not find version {version} of model {name}")
         response = get_model_status_pb2.GetModelStatusResponse()
-        for v in ([version] if version is not None else sorted(versions)):
+        for v in [version] if version is not None else sorted(versions):
             entry = response.model_version_status.add(version=v)
             entry.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
         return response
 
 
 # ---------------------------------------------------------------------------------------------- REST
+
 
 def _decode_json(value):
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
@@ -154,8 +169,9 @@ def _array(values, spec: tf.TensorSpec) -> np.ndarray:
 def rest_predict(registry: ModelRegistry, name: str, version: Optional[int], body: dict) -> dict:
     signature_name = body.get("signature_name", "")
     if "instances" in body and "inputs" in body:
-        raise StandInError("INVALID_ARGUMENT", "Not formatted correctly expecting only one of 'inputs' or "
-                                               "'instances' keys to exist")
+        raise StandInError(
+            "INVALID_ARGUMENT", "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"
+        )
     _, function = registry.signature(name, version, signature_name)
     specs = function.structured_input_signature[1]
     if "instances" in body:
@@ -165,17 +181,23 @@ def rest_predict(registry: ModelRegistry, name: str, version: Optional[int], bod
         if _is_named_object(instances[0]):
             inputs = {k: _array([_decode_json(i[k]) for i in instances], s) for k, s in specs.items()}
         elif len(specs) > 1:
-            raise StandInError("INVALID_ARGUMENT", "instances is a plain list, but expecting list of objects "
-                                                   "as multiple input tensors required as per tensorinfo_map")
+            raise StandInError(
+                "INVALID_ARGUMENT",
+                "instances is a plain list, but expecting list of objects "
+                "as multiple input tensors required as per tensorinfo_map",
+            )
         else:
-            (key, spec), = specs.items()
+            ((key, spec),) = specs.items()
             inputs = {key: _array(_decode_json(instances), spec)}
     elif "inputs" in body:
         given = body["inputs"]
         if not _is_named_object(given):
             if len(specs) > 1:
-                raise StandInError("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting an object "
-                                                       "as multiple input tensors required as per tensorinfo_map")
+                raise StandInError(
+                    "INVALID_ARGUMENT",
+                    "inputs is a plain value/list, but expecting an object "
+                    "as multiple input tensors required as per tensorinfo_map",
+                )
             given = {next(iter(specs)): given}
         missing = [k for k in specs if k not in given]
         if missing:
@@ -231,8 +253,13 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         if not match or not match.group(1) or match.group(3) or match.group(4):
             return self._answer(400, {"error": f"Malformed request: GET {self.path}"})
         version = int(match.group(2)) if match.group(2) else None
-        self._handle(lambda: json.loads(json_format.MessageToJson(
-            self.registry.status(match.group(1), version), including_default_value_fields=True)))
+        self._handle(
+            lambda: json.loads(
+                json_format.MessageToJson(
+                    self.registry.status(match.group(1), version), including_default_value_fields=True
+                )
+            )
+        )
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -262,6 +289,7 @@ class RestStandIn:
 
 # ---------------------------------------------------------------------------------------------- gRPC
 
+
 def as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
     """A TensorProto with the values in the typed repeated field, as TF Serving writes outputs."""
     proto = tensor_pb2.TensorProto()
@@ -273,8 +301,12 @@ def as_proto_field(array: np.ndarray) -> tensor_pb2.TensorProto:
         return proto
     dtype = tf.as_dtype(array.dtype)
     proto.dtype = dtype.as_datatype_enum
-    field = {tf.float32: proto.float_val, tf.float64: proto.double_val, tf.int64: proto.int64_val,
-             tf.bool: proto.bool_val}.get(dtype, proto.int_val)
+    field = {
+        tf.float32: proto.float_val,
+        tf.float64: proto.double_val,
+        tf.int64: proto.int64_val,
+        tf.bool: proto.bool_val,
+    }.get(dtype, proto.int_val)
     field.extend(array.ravel().tolist())
     return proto
 

@@ -1,6 +1,7 @@
 """A tiny trained embedding SavedModel, built in-process for the serving tests: the project's own
 preprocessing_fn through tf.Transform (Beam's in-process FnApiRunner), the project's network
 trained a few steps with the project's loss on 600 MNIST images, and the Trainer's export."""
+
 from __future__ import annotations
 
 import atexit
@@ -38,8 +39,10 @@ def write_transform_graph(folder: str, examples: list) -> str:
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-    spec = {data_sources.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
-            data_sources.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64)}
+    spec = {
+        data_sources.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
+        data_sources.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64),
+    }
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
     fn = functools.partial(preprocessing.preprocessing_fn, custom_config={"data": CONFIG.to_dict()["data"]})
     records = [{k: v.numpy() for k, v in tf.io.parse_single_example(e, spec).items()} for e in examples]
@@ -61,7 +64,8 @@ def trained_export() -> str:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     train_x, train_y, _, _ = mnist_examples()
     tft_output = tft.TFTransformOutput(
-        write_transform_graph(folder, [data_sources.make_example(x, y) for x, y in zip(train_x[:8], train_y[:8])]))
+        write_transform_graph(folder, [data_sources.make_example(x, y) for x, y in zip(train_x[:8], train_y[:8])])
+    )
     keras.utils.set_random_seed(0)
     model = build_model(CONFIG.data.image_shape, CONFIG.train.embedding_dim)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=losses.TripletSemiHardLoss(margin=0.5))

@@ -1,6 +1,7 @@
 """Keras Applications backbones: the models, their preprocessing, the export copy, --backbone-weights
 (imagenet's pre-flight check without a download, a weights file), freeze then fine-tune with resumes
 in both phases, and the Trainer's decision to cache decoded examples in memory."""
+
 import hashlib
 import json
 import os
@@ -79,6 +80,7 @@ def test_export_copy_equals_the_trained_model():
 
 # -- --backbone-weights ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_imagenet_file_table_is_what_keras_downloads(monkeypatch):
     from keras.src.utils import file_utils
@@ -132,8 +134,9 @@ def test_imagenet_weights_in_the_cache_need_no_network(offline_imagenet, monkeyp
     content = b"weights"
     (offline_imagenet / backbones.imagenet_weights_file("resnet50_v2").file_name).write_bytes(content)
     real = backbones.imagenet_weights_file
-    monkeypatch.setattr(backbones, "imagenet_weights_file",
-                        lambda name: real(name)._replace(file_hash=hashlib.md5(content).hexdigest()))
+    monkeypatch.setattr(
+        backbones, "imagenet_weights_file", lambda name: real(name)._replace(file_hash=hashlib.md5(content).hexdigest())
+    )
     assert backbones.ensure_imagenet_weights("resnet50_v2").endswith("_notop.h5")
     # Incomplete (another hash): downloaded again, which fails here.
     (offline_imagenet / backbones.imagenet_weights_file("resnet50_v2").file_name).write_bytes(b"weigh")
@@ -156,8 +159,7 @@ def test_weights_file_checked_and_loaded(tmp_path):
     model = network.build_model(SHAPE, 8, network="mobilenet_v3_small", backbone_weights=path)
     for loaded, original in zip(backbones.backbone_of(model).get_weights(), saved.get_weights()):
         np.testing.assert_array_equal(loaded, original)
-    for bad, problem in [(str(tmp_path / "missing.weights.h5"), "no such file"),
-                         (str(tmp_path), "no such file")]:
+    for bad, problem in [(str(tmp_path / "missing.weights.h5"), "no such file"), (str(tmp_path), "no such file")]:
         with pytest.raises(backbones.BackboneWeightsError, match=problem):
             backbones.check_backbone_weights(TrainConfig(network="mobilenet_v3_small", backbone_weights=bad), SHAPE)
     other = tmp_path / "weights.npz"
@@ -172,9 +174,19 @@ def test_weights_file_checked_and_loaded(tmp_path):
 
 # -- freeze, then fine-tune -----------------------------------------------------------------------
 
-FREEZE = TrainConfig(network="mobilenet_v3_small", backbone_weights="none", batch_size=8, examples_per_class=4,
-                     embedding_dim=8, dropout=0.0, learning_rate=0.01, freeze_backbone_epochs=1,
-                     fine_tune_lr_factor=0.1, epochs=3, checkpoint_every=1)
+FREEZE = TrainConfig(
+    network="mobilenet_v3_small",
+    backbone_weights="none",
+    batch_size=8,
+    examples_per_class=4,
+    embedding_dim=8,
+    dropout=0.0,
+    learning_rate=0.01,
+    freeze_backbone_epochs=1,
+    fine_tune_lr_factor=0.1,
+    epochs=3,
+    checkpoint_every=1,
+)
 PLAN = {"epochs": 3, "steps_per_epoch": 2}
 
 
@@ -205,6 +217,7 @@ def test_frozen_epochs_train_the_head_then_everything_at_the_lower_rate(monkeypa
         def switch():
             seen["backbone"], seen["head"] = backbone.get_weights(), model.layers[-2].get_weights()
             on_switch()
+
         real_fit_from(model_, make_batches, plan, start, switch_step, switch, **fit_args)
 
     monkeypatch.setattr(trainer, "fit_from", spy)
@@ -234,11 +247,14 @@ def test_resume_in_either_phase_trains_as_an_uninterrupted_run(tmp_path, monkeyp
 
     def run(start_dir=None):
         keras.utils.set_random_seed(3)
-        model, start = trainer.restored_model(SHAPE, FREEZE, PLAN, start_dir or str(tmp_path / "none"),
-                                              tf.distribute.get_strategy())
-        callbacks = [checkpoints.StepBackup(backup, 1, start,
-                                            state=lambda s: {"phase": trainer.phase_at(s, PLAN, FREEZE)})] \
-            if start_dir is None else []
+        model, start = trainer.restored_model(
+            SHAPE, FREEZE, PLAN, start_dir or str(tmp_path / "none"), tf.distribute.get_strategy()
+        )
+        callbacks = (
+            [checkpoints.StepBackup(backup, 1, start, state=lambda s: {"phase": trainer.phase_at(s, PLAN, FREEZE)})]
+            if start_dir is None
+            else []
+        )
         trainer.fit_phases(model, batches, PLAN, start, FREEZE, callbacks=callbacks, verbose=0)
         return start, model.get_weights()
 
@@ -264,8 +280,13 @@ def test_frozen_backups_leave_the_backbone_to_the_weights_file(tmp_path):
 
 @pytest.mark.slow
 def test_backbone_freeze_and_fine_tune_under_mirrored_strategy():
-    run = subprocess.run([sys.executable, os.path.join(HERE, "two_replica_backbone.py")], capture_output=True,
-                         text=True, timeout=600, cwd=HERE)
+    run = subprocess.run(
+        [sys.executable, os.path.join(HERE, "two_replica_backbone.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=HERE,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["backbone_trainable"]
@@ -275,6 +296,7 @@ def test_backbone_freeze_and_fine_tune_under_mirrored_strategy():
 
 
 # -- caching decoded examples ---------------------------------------------------------------------
+
 
 def test_cache_only_what_fits_a_quarter_of_the_memory():
     gib = 1 << 30

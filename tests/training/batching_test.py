@@ -1,4 +1,5 @@
 """Tests of components/batching.py: class-balanced batches."""
+
 import collections
 
 import numpy as np

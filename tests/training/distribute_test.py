@@ -1,5 +1,6 @@
 """Strategy choice, the split of the global batch over replicas, and one Trainer step under
 MirroredStrategy on two logical CPU devices against one device."""
+
 import json
 import os
 import subprocess
@@ -47,17 +48,20 @@ def test_global_batch_splits_into_whole_classes():
 
 
 def test_config_checks_name_the_flags():
-    for train, flag in [(TrainConfig(strategy="tpu"), "--strategy"), (TrainConfig(mining="batch"), "--mining"),
-                        (TrainConfig(checkpoint_every=0), "--checkpoint-every"),
-                        (TrainConfig(workers=0), "--workers"),
-                        (TrainConfig(workers=2, strategy="mirrored"), "--strategy")]:
+    for train, flag in [
+        (TrainConfig(strategy="tpu"), "--strategy"),
+        (TrainConfig(mining="batch"), "--mining"),
+        (TrainConfig(checkpoint_every=0), "--checkpoint-every"),
+        (TrainConfig(workers=0), "--workers"),
+        (TrainConfig(workers=2, strategy="mirrored"), "--strategy"),
+    ]:
         with pytest.raises(ConfigError, match=flag):
             PipelineConfig(train=train).validate()
-    args = cli.build_parser().parse_args(["run", "--strategy", "multi_worker", "--mining", "replica",
-                                          "--checkpoint-every", "50", "--workers", "3"])
+    args = cli.build_parser().parse_args(
+        ["run", "--strategy", "multi_worker", "--mining", "replica", "--checkpoint-every", "50", "--workers", "3"]
+    )
     train = cli.config_from_args(args).train
-    assert (train.strategy, train.mining, train.checkpoint_every, train.workers) == \
-        ("multi_worker", "replica", 50, 3)
+    assert (train.strategy, train.mining, train.checkpoint_every, train.workers) == ("multi_worker", "replica", 50, 3)
     assert TrainConfig().strategy == "auto" and TrainConfig().mining == "global"
 
 
@@ -65,8 +69,13 @@ def test_config_checks_name_the_flags():
 def test_mirrored_step_equals_one_device_on_the_global_batch():
     """Tolerances: the loss to 1e-6 (relative); weights to 1e-5 after one Adam step of 1e-2 (Adam's
     first step is lr * g / (|g| + eps): float32 summation order moves tiny gradients' updates a little)."""
-    run = subprocess.run([sys.executable, os.path.join(HERE, "two_replica_step.py")], capture_output=True,
-                         text=True, timeout=600, cwd=HERE)
+    run = subprocess.run(
+        [sys.executable, os.path.join(HERE, "two_replica_step.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=HERE,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["per_replica_batch"] == 8

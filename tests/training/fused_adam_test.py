@@ -1,4 +1,5 @@
 """FusedAdam computes Keras 3's Adam update, in one kernel per variable."""
+
 import keras
 import numpy as np
 import pytest

@@ -7,6 +7,7 @@
 - Keras 3: config round trip, compile/fit (XLA) and .keras save/load.
 - Global-batch mining under MirroredStrategy with two logical CPUs, in a fresh subprocess.
 """
+
 import json
 import math
 import os
@@ -106,9 +107,7 @@ def test_golden_parity_each_code_path(impl, golden_arrays, monkeypatch):
 
         if impl == "xla":
             step = tf.function(step, jit_compile=True)
-        value, grad = step(
-            tf.constant(golden_arrays[f"labels_{i}"]), tf.constant(golden_arrays[f"embeddings_{i}"])
-        )
+        value, grad = step(tf.constant(golden_arrays[f"labels_{i}"]), tf.constant(golden_arrays[f"embeddings_{i}"]))
         np.testing.assert_allclose(value.numpy(), case["value"], rtol=1e-5, atol=1e-6, err_msg=case["name"])
         np.testing.assert_allclose(grad.numpy(), golden_arrays[f"grad_{i}"], atol=1e-4, err_msg=case["name"])
 
@@ -188,9 +187,7 @@ def tfa_semihard_dense(labels, pdist_matrix, margin):
     mask_final = tf.transpose(mask_final)
     adjacency_not = tf.cast(adjacency_not, tf.float32)
     mask = tf.cast(mask, tf.float32)
-    negatives_outside = tf.transpose(
-        tf.reshape(masked_minimum(pdist_matrix_tile, mask), [batch_size, batch_size])
-    )
+    negatives_outside = tf.transpose(tf.reshape(masked_minimum(pdist_matrix_tile, mask), [batch_size, batch_size]))
     negatives_inside = tf.tile(masked_maximum(pdist_matrix, adjacency_not), [1, batch_size])
     semi_hard_negatives = tf.where(mask_final, negatives_outside, negatives_inside)
     loss_mat = tf.math.add(margin, pdist_matrix - semi_hard_negatives)
@@ -237,8 +234,7 @@ class _sort_impl:
 
 
 @_hyp
-@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.0, 0.1, 1.0, 3.0]),
-       impl=IMPLS)
+@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.0, 0.1, 1.0, 3.0]), impl=IMPLS)
 def test_semihard_matches_definition(batch, metric, margin, impl):
     labels, x = batch
     d = L.distance_matrix(tf.constant(x), metric).numpy()
@@ -249,8 +245,7 @@ def test_semihard_matches_definition(batch, metric, margin, impl):
 
 
 @_hyp
-@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.0, 0.5, 1.0]),
-       soft=st.booleans())
+@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.0, 0.5, 1.0]), soft=st.booleans())
 def test_hard_matches_definition(batch, metric, margin, soft):
     labels, x = batch
     d = L.distance_matrix(tf.constant(x), metric).numpy()
@@ -271,8 +266,7 @@ def test_distances_match_numpy(batch, metric):
 
 
 @_hyp
-@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.1, 1.0]),
-       impl=IMPLS)
+@given(batch=batches(), metric=st.sampled_from(METRICS), margin=st.sampled_from([0.1, 1.0]), impl=IMPLS)
 def test_semihard_value_and_gradient_match_tfa_algorithm(batch, metric, margin, impl):
     """Against TFA's tiled algorithm: same values and gradients, ties included."""
     labels, x = batch
@@ -286,8 +280,7 @@ def test_semihard_value_and_gradient_match_tfa_algorithm(batch, metric, margin, 
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
     if _positive_tied_with_negative(labels, L.distance_matrix(e, metric).numpy()):
         return  # the documented residual difference in the gradient's split (values agree)
-    np.testing.assert_allclose(tape.gradient(ours, e).numpy(), tape.gradient(theirs, e).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours, e).numpy(), tape.gradient(theirs, e).numpy(), atol=1e-5)
 
 
 def _positive_tied_with_negative(labels, d):
@@ -316,9 +309,11 @@ def test_gradient_finite_differences_float64(metric, kind):
             return np_semihard(labels, d, margin)
         return np_hard(labels, d, margin, soft=kind == "soft")
 
-    fn = {"semihard": L.triplet_semihard_loss,
-          "hard": lambda y, e, **k: L.triplet_hard_loss(y, e, **k),
-          "soft": lambda y, e, **k: L.triplet_hard_loss(y, e, soft=True, **k)}[kind]
+    fn = {
+        "semihard": L.triplet_semihard_loss,
+        "hard": lambda y, e, **k: L.triplet_hard_loss(y, e, **k),
+        "soft": lambda y, e, **k: L.triplet_hard_loss(y, e, soft=True, **k),
+    }[kind]
     value, grad = _value_and_grad(fn, labels, x, margin=margin, distance_metric=metric)
     assert grad.dtype == np.float64
     np.testing.assert_allclose(value, ref(x), rtol=1e-6)
@@ -334,8 +329,9 @@ def test_gradient_finite_differences_float64(metric, kind):
 
 
 # --------------------------------------------------------------------------- edge cases
-@pytest.mark.parametrize("fn", [L.triplet_semihard_loss, L.triplet_hard_loss,
-                                lambda y, e: L.triplet_hard_loss(y, e, soft=True)])
+@pytest.mark.parametrize(
+    "fn", [L.triplet_semihard_loss, L.triplet_hard_loss, lambda y, e: L.triplet_hard_loss(y, e, soft=True)]
+)
 @pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4], [3, 3, 3, 3], [7]], ids=["distinct", "one-class", "single"])
 def test_degenerate_batches_zero_not_nan(fn, labels):
     x = np.random.default_rng(0).normal(size=(len(labels), 3)).astype(np.float32)
@@ -362,8 +358,7 @@ def test_soft_hard_loss_stable_at_large_scale():
     rng = np.random.default_rng(2)
     labels = np.array([0, 0, 1, 1, 2, 2])
     x = (rng.normal(size=(6, 4)) * 100).astype(np.float32)
-    value, grad = _value_and_grad(L.triplet_hard_loss, labels, x, soft=True,
-                                  distance_metric="squared-L2")
+    value, grad = _value_and_grad(L.triplet_hard_loss, labels, x, soft=True, distance_metric="squared-L2")
     d = L.pairwise_distance(x, squared=True).numpy().astype(np.float64)
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     np.testing.assert_allclose(value, np_hard(labels, d, 1.0, soft=True), rtol=1e-5)
@@ -373,8 +368,10 @@ def test_labels_shapes_and_dtypes_agree():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=20)
     x = rng.normal(size=(20, 5)).astype(np.float32)
-    values = [L.triplet_semihard_loss(y, x).numpy()
-              for y in (labels.astype(np.int32), labels.astype(np.int64), labels.reshape(-1, 1))]
+    values = [
+        L.triplet_semihard_loss(y, x).numpy()
+        for y in (labels.astype(np.int32), labels.astype(np.int64), labels.reshape(-1, 1))
+    ]
     assert values[0] == values[1] == values[2]
 
 
@@ -390,10 +387,14 @@ def test_callable_distance_metric():
     for margin in (0.5, 2.0):
         np.testing.assert_allclose(
             L.triplet_semihard_loss(labels, x, margin=margin, distance_metric=manhattan).numpy(),
-            np_semihard(labels, d, margin), rtol=1e-5)
+            np_semihard(labels, d, margin),
+            rtol=1e-5,
+        )
         np.testing.assert_allclose(
             L.triplet_hard_loss(labels, x, margin=margin, distance_metric=manhattan).numpy(),
-            np_hard(labels, d, margin), rtol=1e-5)
+            np_hard(labels, d, margin),
+            rtol=1e-5,
+        )
     with pytest.raises(ValueError):
         L.distance_matrix(x, "cosine")
 
@@ -408,8 +409,7 @@ def test_row_chunked_mining_matches_one_block(monkeypatch, static_shape):
     x[5] = x[4]
     full_value, full_grad = _value_and_grad(L.triplet_semihard_loss, labels, x, margin=0.6)
     monkeypatch.setattr(L.mining, "_CHUNK_ELEMENTS", 300)  # blocks of 4 rows, the last one shorter
-    signature = None if static_shape else [tf.TensorSpec([None], tf.int64),
-                                            tf.TensorSpec([None, 3], tf.float32)]
+    signature = None if static_shape else [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 3], tf.float32)]
 
     @tf.function(input_signature=signature)
     def step(y, e):
@@ -435,10 +435,13 @@ def test_large_batch_memory_is_quadratic():
 
 
 # --------------------------------------------------------------------------- Keras
-@pytest.mark.parametrize("loss", [
-    L.TripletSemiHardLoss(margin=0.3, distance_metric="angular"),
-    L.TripletHardLoss(margin=0.2, soft=True, distance_metric="squared-L2", global_batch=True),
-])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        L.TripletSemiHardLoss(margin=0.3, distance_metric="angular"),
+        L.TripletHardLoss(margin=0.2, soft=True, distance_metric="squared-L2", global_batch=True),
+    ],
+)
 def test_config_round_trip(loss):
     config = loss.get_config()
     clone = type(loss).from_config(config)
@@ -561,11 +564,10 @@ _GLOBAL_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_global_batch_mining_matches_single_device():
     env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _GLOBAL_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _GLOBAL_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-5000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     assert out["replicas"] == 2
     for name in ("semihard", "hard", "numpy_sort", "keras"):
         r = out[name]

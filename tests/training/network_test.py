@@ -1,4 +1,5 @@
 """The network option: `tutorial_cnn` is the tutorial's network, unchanged; `strided` is another one."""
+
 import numpy as np
 import pytest
 
@@ -24,8 +25,18 @@ def test_tutorial_cnn_is_the_tutorials_network():
 def test_strided_network_shapes_and_parameters():
     net = network.build_model((28, 28, 1), 256, dropout=0.0, network="strided")
     kinds = [type(layer).__name__ for layer in net.layers]
-    assert kinds == ["InputLayer", "Conv2D", "BatchNormalization", "ReLU", "Conv2D", "BatchNormalization", "ReLU",
-                     "Flatten", "Dense", "UnitNormalization"]
+    assert kinds == [
+        "InputLayer",
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+        "Flatten",
+        "Dense",
+        "UnitNormalization",
+    ]
     # 3x3x1 -> 32 (no bias) = 288, BN 4x32 = 128; 3x3x32 -> 64 = 18,432, BN 4x64 = 256;
     # two stride-2 convolutions leave 7x7x64 = 3,136 features; dense 3,136 -> 256 (+256) = 803,072.
     assert net.count_params() == 288 + 128 + 18_432 + 256 + 803_072

@@ -1,6 +1,7 @@
 """Kill and rerun the whole local pipeline: `triplet-tfx run` SIGKILLed while the Trainer trains
 (after its first backup), rerun with the same flags: ExampleGen to Transform come from the cache,
 the new Trainer execution resumes from the backup, and exactly one model is pushed."""
+
 import glob
 import os
 import re
@@ -13,8 +14,22 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--max-examples", "256", "--batch-size", "32", "--examples-per-class", "8", "--max-steps", "40",
-         "--checkpoint-every", "5", "--min-precision-at-1", "0", "--plot", "pca"]
+FLAGS = [
+    "--max-examples",
+    "256",
+    "--batch-size",
+    "32",
+    "--examples-per-class",
+    "8",
+    "--max-steps",
+    "40",
+    "--checkpoint-every",
+    "5",
+    "--min-precision-at-1",
+    "0",
+    "--plot",
+    "pca",
+]
 
 
 def run_command(root):

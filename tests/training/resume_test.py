@@ -1,6 +1,7 @@
 """Kill and resume: a training process SIGKILLed after its first backup, rerun, resumes from that
 step, ends with the configured step count, and trains the weights an uninterrupted run trains
 (TensorFlow op determinism on CPU: bit-equal)."""
+
 import os
 import re
 import signal
@@ -17,13 +18,14 @@ pytestmark = pytest.mark.slow
 
 # 256 examples / batch 32 = 8 steps per epoch, 6 epochs: 48 steps, a backup every 5; dropout 0.3 and
 # a cosine schedule, so that the dropout generators and the step counter must be restored too.
-TRAIN = dict(batch_size=32, examples_per_class=8, epochs=6, embedding_dim=16, lr_schedule="cosine",
-             checkpoint_every=5)
+TRAIN = dict(batch_size=32, examples_per_class=8, epochs=6, embedding_dim=16, lr_schedule="cosine", checkpoint_every=5)
 TOTAL = 48
 # The worker entry point, with op determinism on (a test setting, not the product's).
-DETERMINISTIC_WORKER = ("import sys, triplet_tfx.components, tensorflow as tf; "
-                        "tf.config.experimental.enable_op_determinism(); "
-                        "from triplet_tfx.components.training import worker; sys.exit(worker.main(sys.argv[1:]))")
+DETERMINISTIC_WORKER = (
+    "import sys, triplet_tfx.components, tensorflow as tf; "
+    "tf.config.experimental.enable_op_determinism(); "
+    "from triplet_tfx.components.training import worker; sys.exit(worker.main(sys.argv[1:]))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,12 @@ def inputs(tmp_path_factory):
 
 def start(spec: str, log: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    return subprocess.Popen([sys.executable, "-c", DETERMINISTIC_WORKER, "--spec", spec], env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", DETERMINISTIC_WORKER, "--spec", spec],
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def finish(process: subprocess.Popen, log: str) -> str:
@@ -65,8 +71,9 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(inputs, tmp_pa
     assert "Resuming" not in uninterrupted
 
     first = tiny_training_inputs.fn_args(inputs, str(tmp_path / "root"), 1, **TRAIN)
-    backup = checkpoints.backup_dir(first.model_run_dir, [*first.train_files, *first.eval_files,
-                                                          first.transform_output], first.custom_config)
+    backup = checkpoints.backup_dir(
+        first.model_run_dir, [*first.train_files, *first.eval_files, first.transform_output], first.custom_config
+    )
     killed = start(worker.write_spec(first), str(tmp_path / "killed.log"))
     try:
         deadline = time.time() + 600

@@ -4,6 +4,7 @@ writes them (gzipped tf.Examples of uint8 pixel bytes), and the FnArgs fields ru
 
 Images are 8x8x1, 4 classes, each class a bright 3x3 square at its own place plus noise.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def images_and_labels(n: int, seed: int):
     images = rng.integers(0, 60, (n,) + IMAGE_SHAPE).astype(np.uint8)
     for i, label in enumerate(labels):
         r, c = divmod(int(label), 2)
-        images[i, 4 * r:4 * r + 3, 4 * c:4 * c + 3, 0] = 250
+        images[i, 4 * r : 4 * r + 3, 4 * c : 4 * c + 3, 0] = 250
     return images, labels
 
 
@@ -42,14 +43,18 @@ def write_transform_output(folder: str) -> str:
 
     images, labels = images_and_labels(8, seed=99)
     raw = [{IMAGE_KEY: img.tobytes(), LABEL_KEY: int(lab)} for img, lab in zip(images, labels)]
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec({
-        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}))
+    metadata = dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(
+            {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+        )
+    )
     custom_config = {"data": PipelineConfig(data=DATA).to_dict()["data"]}
     output = os.path.join(folder, "transform_graph")
     with beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
         with tft_beam.Context(temp_dir=os.path.join(folder, "tft_tmp"), force_tf_compat_v1=False):
             transform_fn = (pipeline | beam.Create(raw), metadata) | tft_beam.AnalyzeDataset(
-                lambda inputs: preprocessing_fn(inputs, custom_config))
+                lambda inputs: preprocessing_fn(inputs, custom_config)
+            )
             _ = transform_fn | tft_beam.WriteTransformFn(output)
     metadata_io.write_metadata(metadata, os.path.join(output, "metadata"))  # the raw schema, as TFX's Transform
     return output
@@ -81,5 +86,7 @@ def fn_args(inputs: str, root: str, execution: int, **train) -> types.SimpleName
         transform_output=os.path.join(inputs, "transform_graph"),
         serving_model_dir=os.path.join(root, "Trainer", "model", str(execution), "Format-Serving"),
         model_run_dir=os.path.join(root, "Trainer", "model_run", str(execution)),
-        custom_config=json.loads(json.dumps({"data": config["data"], "train": config["train"],
-                                             "code_fingerprint": "test"})))
+        custom_config=json.loads(
+            json.dumps({"data": config["data"], "train": config["train"], "code_fingerprint": "test"})
+        ),
+    )

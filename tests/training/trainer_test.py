@@ -1,4 +1,5 @@
 """The tutorial's network, the step plan, and the serving export."""
+
 import keras
 import numpy as np
 import pytest
@@ -11,8 +12,18 @@ from triplet_tfx.components.training import network, trainer
 def test_network_is_the_tutorials():
     net = network.build_model((28, 28, 1), 256)
     kinds = [type(layer).__name__ for layer in net.layers]
-    assert kinds == ["InputLayer", "Conv2D", "MaxPooling2D", "Dropout", "Conv2D", "MaxPooling2D", "Dropout",
-                     "Flatten", "Dense", "UnitNormalization"]
+    assert kinds == [
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "UnitNormalization",
+    ]
     conv1, conv2 = net.layers[1], net.layers[4]
     assert (conv1.filters, conv1.kernel_size, conv2.filters, conv2.kernel_size) == (64, (2, 2), 32, (2, 2))
     assert [net.layers[i].rate for i in (3, 6)] == [0.3, 0.3]
@@ -40,8 +51,7 @@ def test_step_plan_full_epochs_and_cap():
 def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig()) == 25  # gcd 125
     assert trainer.steps_per_execution({"epochs": 6, "steps_per_epoch": 8}, TrainConfig(checkpoint_every=5)) == 1
-    assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 4096},
-                                       TrainConfig(checkpoint_every=1024)) == 32
+    assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 4096}, TrainConfig(checkpoint_every=1024)) == 32
     assert trainer.steps_per_execution({"epochs": 1, "steps_per_epoch": 20}, TrainConfig()) == 20
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
@@ -53,8 +63,7 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
     from triplet_tfx.components.training import checkpoints
 
     rng = np.random.default_rng(0)
-    data = tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32),
-                                               np.arange(64) % 4)).cache()
+    data = tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32), np.arange(64) % 4)).cache()
     train = TrainConfig(embedding_dim=16, examples_per_class=8, checkpoint_every=4)
     plan = {"epochs": 2, "steps_per_epoch": 8}
     weights, saved = [], []
@@ -128,5 +137,6 @@ def test_float16_training_scales_the_loss():
     net = trainer.compiled_model((28, 28, 1), TrainConfig(precision="mixed_float16"), plan)
     assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
     assert net.layers[1].compute_dtype == "float16"
-    assert not isinstance(trainer.compiled_model((28, 28, 1), TrainConfig(), plan).optimizer,
-                          keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(
+        trainer.compiled_model((28, 28, 1), TrainConfig(), plan).optimizer, keras.optimizers.LossScaleOptimizer
+    )

@@ -2,6 +2,7 @@
 TensorFlow initialises its devices). A tiny backbone (mobilenet_v3_small, random weights, 32x32x3) trained
 by the Trainer's fit_phases under MirroredStrategy over two logical CPU devices: one frozen epoch, then
 fine-tuning, compiled in the strategy's scope; prints JSON."""
+
 import json
 
 import triplet_tfx.components  # noqa: F401  (Keras 3)
@@ -29,9 +30,18 @@ class Losses(keras.callbacks.Callback):
 
 
 def main():
-    train = TrainConfig(network="mobilenet_v3_small", backbone_weights="none", batch_size=16, examples_per_class=4,
-                        embedding_dim=8, dropout=0.0, learning_rate=0.01, freeze_backbone_epochs=1, epochs=2,
-                        strategy="mirrored")
+    train = TrainConfig(
+        network="mobilenet_v3_small",
+        backbone_weights="none",
+        batch_size=16,
+        examples_per_class=4,
+        embedding_dim=8,
+        dropout=0.0,
+        learning_rate=0.01,
+        freeze_backbone_epochs=1,
+        epochs=2,
+        strategy="mirrored",
+    )
     plan = {"epochs": 2, "steps_per_epoch": 2}
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensor_slices((rng.random((64, 32, 32, 3), np.float32), np.arange(64) % 4))
@@ -50,13 +60,23 @@ def main():
         real_compile_phase(*args, **kwargs)
 
     trainer.compile_phase = spy
-    trainer.fit_phases(model, lambda: trainer.training_batches(data, train), plan, 0, train, strategy,
-                       callbacks=[losses], verbose=0)
-    print(json.dumps({
-        "replicas": strategy.num_replicas_in_sync, "backbone_trainable": backbone.trainable, "losses": losses.losses,
-        "frozen_backbone_change": max(float(np.abs(a - b).max()) for a, b in zip(initial, after_frozen["weights"])),
-        "backbone_change": max(float(np.abs(a - b).max()) for a, b in zip(initial, backbone.get_weights())),
-        "learning_rate": float(model.optimizer.learning_rate.numpy())}))
+    trainer.fit_phases(
+        model, lambda: trainer.training_batches(data, train), plan, 0, train, strategy, callbacks=[losses], verbose=0
+    )
+    print(
+        json.dumps(
+            {
+                "replicas": strategy.num_replicas_in_sync,
+                "backbone_trainable": backbone.trainable,
+                "losses": losses.losses,
+                "frozen_backbone_change": max(
+                    float(np.abs(a - b).max()) for a, b in zip(initial, after_frozen["weights"])
+                ),
+                "backbone_change": max(float(np.abs(a - b).max()) for a, b in zip(initial, backbone.get_weights())),
+                "learning_rate": float(model.optimizer.learning_rate.numpy()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run as a script by distribute_test.py (a process of its own: the logical devices must be set before
 TensorFlow initialises its devices). One Trainer step, from the same weights on the same global batch,
 on one device and under MirroredStrategy over two logical CPU devices; prints JSON."""
+
 import dataclasses
 import json
 
@@ -35,20 +36,27 @@ def main():
     images, labels = images_and_labels(64, seed=3)
     order = np.concatenate([np.flatnonzero(labels == c)[:4] for c in (2, 0, 3, 1)])
     images, labels = (images[order] / 255.0).astype(np.float32), labels[order].astype(np.int64)
-    train = TrainConfig(batch_size=16, examples_per_class=4, dropout=0.0, embedding_dim=16, learning_rate=0.01,
-                        margin=0.5)
+    train = TrainConfig(
+        batch_size=16, examples_per_class=4, dropout=0.0, embedding_dim=16, learning_rate=0.01, margin=0.5
+    )
     tf.keras.utils.set_random_seed(0)
     initial = trainer.build_model(IMAGE_SHAPE, train.embedding_dim, dropout=0.0).get_weights()
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    results = {"replicas": mirrored.num_replicas_in_sync,
-               "per_replica_batch": distribute.replica_batch_size(train, mirrored.num_replicas_in_sync)}
+    results = {
+        "replicas": mirrored.num_replicas_in_sync,
+        "per_replica_batch": distribute.replica_batch_size(train, mirrored.num_replicas_in_sync),
+    }
     loss_one, weights_one = one_step(tf.distribute.get_strategy(), train, initial, images, labels)
-    results["one_device"] = {"loss": loss_one, "max_weight_change": max(
-        float(np.abs(a - b).max()) for a, b in zip(weights_one, initial))}
+    results["one_device"] = {
+        "loss": loss_one,
+        "max_weight_change": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, initial)),
+    }
     for mining in ("global", "replica"):
         loss, weights = one_step(mirrored, dataclasses.replace(train, mining=mining), initial, images, labels)
-        results[mining] = {"loss": loss, "max_weight_diff": max(
-            float(np.abs(a - b).max()) for a, b in zip(weights_one, weights))}
+        results[mining] = {
+            "loss": loss,
+            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights)),
+        }
     print(json.dumps(results))
 
 

@@ -7,6 +7,7 @@ it needs no TFX and no Beam (an import-linter contract says so).
 `model_client.py` (Client, image files), `transports.py` (in-process, REST, gRPC), `errors.py` (what it
 raises), `result_formats.py` (JSON Lines, TSV, Projector files).
 """
+
 from triplet_tfx.components.serving.client.errors import (
     ImageInputError,
     InvalidRequestError,
@@ -24,9 +25,18 @@ _MODEL_CLIENT = ("Client", "IndexSizeError", "SearchResult", "image_files", "rea
 def __getattr__(name: str):
     if name in _MODEL_CLIENT:
         from triplet_tfx.components.serving.client import model_client
+
         return getattr(model_client, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ImageInputError", "InvalidRequestError", "ModelNotFoundError", "ServerUnavailableError", "ServingError",
-           "ServingTimeoutError", "VersionNotLoadedError", *_MODEL_CLIENT]
+__all__ = [
+    "ImageInputError",
+    "InvalidRequestError",
+    "ModelNotFoundError",
+    "ServerUnavailableError",
+    "ServingError",
+    "ServingTimeoutError",
+    "VersionNotLoadedError",
+    *_MODEL_CLIENT,
+]

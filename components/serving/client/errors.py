@@ -1,4 +1,5 @@
 """What the serving client raises. Every message names the server (or SavedModel path) and model."""
+
 from __future__ import annotations
 
 

@@ -10,6 +10,7 @@
 Images are file paths or encoded bytes (PNG, JPEG, GIF, BMP); the served model decodes and resizes
 them (`embed_images`, `search` signatures). All three ways give the same numbers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
     """The k nearest reference items of each query, nearest first: arrays of shape [N, k]."""
+
     ids: np.ndarray  # str
     labels: np.ndarray  # int64
     distances: np.ndarray  # float32
@@ -64,8 +66,9 @@ class IndexSizeError(InvalidRequestError):
 
     def __init__(self, k: int, size: Optional[int], detail: str = ""):
         self.k, self.size = k, size
-        self.detail = f"the index holds {size} references" if size is not None else \
-            f"larger than the served index ({detail})"
+        self.detail = (
+            f"the index holds {size} references" if size is not None else f"larger than the served index ({detail})"
+        )
         super().__init__(f"k {k}: {self.detail}")
 
 
@@ -116,8 +119,11 @@ def _walk(folder: str, warn: Callable[[str], None]) -> List[str]:
         key = (info.st_dev, info.st_ino)
         if key in ancestors or key in listed:
             target = os.readlink(path) if os.path.islink(path) else path
-            warn(f"{path}: symbolic link loop (to {target}), left out" if key in ancestors else
-                 f"{path}: the same folder as {listed[key]}, left out")
+            warn(
+                f"{path}: symbolic link loop (to {target}), left out"
+                if key in ancestors
+                else f"{path}: the same folder as {listed[key]}, left out"
+            )
             return
         listed[key] = path
         try:
@@ -216,9 +222,17 @@ class Client:
     is unreachable (connection refused, HTTP 503, gRPC UNAVAILABLE). `batch_size`: images per request.
     """
 
-    def __init__(self, model: Optional[str] = None, server: Optional[str] = None, model_name: str = "triplet_mnist",
-                 version: Optional[int] = None, timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        server: Optional[str] = None,
+        model_name: str = "triplet_mnist",
+        version: Optional[int] = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        batch_size: int = 64,
+    ):
         if (model is None) == (server is None):
             raise ValueError("Client: give exactly one of model= (a SavedModel path) or server= (a URL)")
         if batch_size < 1 or retries < 0 or timeout <= 0:
@@ -229,8 +243,9 @@ class Client:
         elif server.startswith(("http://", "https://")):
             self._transport = RestTransport(server, model_name, version, timeout, retries, backoff)
         elif server.startswith("grpc://"):
-            self._transport = GrpcTransport(server[len("grpc://"):].rstrip("/"), model_name, version, timeout,
-                                            retries, backoff)
+            self._transport = GrpcTransport(
+                server[len("grpc://") :].rstrip("/"), model_name, version, timeout, retries, backoff
+            )
         else:
             raise ValueError(f"server {server!r}: expected http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
 
@@ -242,18 +257,23 @@ class Client:
     def _batches(self, images, signature: str, extra: dict, outputs: Sequence[str]):
         names, data = read_images(images)
         for start in range(0, len(data), self.batch_size):
-            batch = {IMAGES_INPUT: np.array(data[start:start + self.batch_size], dtype=object), **extra}
+            batch = {IMAGES_INPUT: np.array(data[start : start + self.batch_size], dtype=object), **extra}
             try:
                 yield self._transport.predict(signature, batch, outputs)
             except InvalidRequestError as err:
-                shown = names[start:start + self.batch_size]
-                raise InvalidRequestError(f"{err} (inputs: {', '.join(shown[:5])}"
-                                          f"{', ...' if len(shown) > 5 else ''})") from None
+                shown = names[start : start + self.batch_size]
+                raise InvalidRequestError(
+                    f"{err} (inputs: {', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''})"
+                ) from None
 
     def embed(self, images: Union[Image, Sequence[Image]]) -> np.ndarray:
         """float32 [N, D] unit-norm embeddings of the images, in order."""
-        return np.concatenate([out[EMBEDDING_KEY].astype(np.float32) for out in
-                               self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_KEY,))])
+        return np.concatenate(
+            [
+                out[EMBEDDING_KEY].astype(np.float32)
+                for out in self._batches(images, EMBED_IMAGES_SIGNATURE, {}, (EMBEDDING_KEY,))
+            ]
+        )
 
     def index_size(self) -> Optional[int]:
         """The number of reference items of the served index, where the model says (a SavedModel
@@ -293,7 +313,8 @@ class Client:
             ids=np.array(ids, dtype=str).reshape(len(ids), k),
             labels=labels,
             distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32),
-            class_names=names)
+            class_names=names,
+        )
 
     def close(self) -> None:
         self._transport.close()

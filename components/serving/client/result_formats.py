@@ -8,6 +8,7 @@
 (class_name: the label's class name; the id as text for integer-labelled sources.)
 Floats are written in the shortest form that reads back as the same float32.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,18 +43,23 @@ def write_neighbours(stream: TextIO, names: Sequence[str], result, fmt: str) -> 
     """`result`: a client SearchResult (ids, labels, class_names, distances of shape [N, k])."""
     if fmt == "tsv":
         stream.write("input\trank\tid\tlabel\tdistance\tclass_name\n")
-    class_names = result.class_names if getattr(result, "class_names", None) is not None else \
-        np.asarray(result.labels).astype(str)
-    for name, ids, labels, classes, distances in zip(names, result.ids, result.labels, class_names,
-                                                     result.distances):
-        neighbours = [{"id": str(i), "label": int(label), "class_name": str(c), "distance": _float(d)}
-                      for i, label, c, d in zip(ids, labels, classes, distances)]
+    class_names = (
+        result.class_names
+        if getattr(result, "class_names", None) is not None
+        else np.asarray(result.labels).astype(str)
+    )
+    for name, ids, labels, classes, distances in zip(names, result.ids, result.labels, class_names, result.distances):
+        neighbours = [
+            {"id": str(i), "label": int(label), "class_name": str(c), "distance": _float(d)}
+            for i, label, c, d in zip(ids, labels, classes, distances)
+        ]
         if fmt == "jsonl":
             stream.write(json.dumps({"input": name, "neighbours": neighbours}) + "\n")
             continue
         for rank, n in enumerate(neighbours, 1):
-            stream.write(f"{_cell(name)}\t{rank}\t{_cell(n['id'])}\t{n['label']}\t{n['distance']}\t"
-                         f"{_cell(n['class_name'])}\n")
+            stream.write(
+                f"{_cell(name)}\t{rank}\t{_cell(n['id'])}\t{n['label']}\t{n['distance']}\t{_cell(n['class_name'])}\n"
+            )
 
 
 def write_projector(out_dir: str, names: Sequence[str], embeddings: np.ndarray) -> dict:

@@ -15,6 +15,7 @@ The wire formats are those of TF Serving 2.16 (tensorflow-serving-api 2.16.1; th
 
 Connection refused, HTTP 503 and gRPC UNAVAILABLE are retried with exponential backoff.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,42 +57,53 @@ def _retrying(call: Callable, retries: int, backoff: float, target: str):
         except _Unavailable as err:
             if attempt == retries:
                 raise ServerUnavailableError(
-                    f"{target} is unavailable after {retries + 1} attempt{'s' if retries else ''}: {err}") from None
-            time.sleep(min(backoff * 2 ** attempt, MAX_BACKOFF_SECONDS))
+                    f"{target} is unavailable after {retries + 1} attempt{'s' if retries else ''}: {err}"
+                ) from None
+            time.sleep(min(backoff * 2**attempt, MAX_BACKOFF_SECONDS))
 
 
 def tf_error_text(message: str) -> str:
     """TensorFlow's error message on one line, without graph-node and stack-trace noise."""
     message = re.sub(r"\s*\[\[\{\{.*?\}\}\]\]|\s*\[Op:[^\]]*\]", "", message)
     lines = [line.strip() for line in message.splitlines()]
-    return " ".join(line for line in lines if line and not line.startswith(
-        ("Graph execution error", "Detected at node", "<stack traces unavailable>", "File \"")))
+    return " ".join(
+        line
+        for line in lines
+        if line
+        and not line.startswith(("Graph execution error", "Detected at node", "<stack traces unavailable>", 'File "'))
+    )
 
 
 def saved_model_versions(base_dir: str) -> Dict[int, str]:
     """{version: path} of the numbered SavedModel folders below a TF Serving base directory."""
     if not os.path.isdir(base_dir):
         return {}
-    return {int(name): os.path.join(base_dir, name) for name in os.listdir(base_dir)
-            if re.fullmatch(r"\d+", name) and os.path.isfile(os.path.join(base_dir, name, "saved_model.pb"))}
+    return {
+        int(name): os.path.join(base_dir, name)
+        for name in os.listdir(base_dir)
+        if re.fullmatch(r"\d+", name) and os.path.isfile(os.path.join(base_dir, name, "saved_model.pb"))
+    }
 
 
 def resolve_saved_model(path: str, version: Optional[int]) -> str:
     """A SavedModel folder, or a base directory of numbered versions (the latest, or `version`)."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         if version is not None and os.path.basename(os.path.normpath(path)) != str(version):
-            raise VersionNotLoadedError(f"SavedModel {path} is one version; give its base directory "
-                                        f"to choose version {version}")
+            raise VersionNotLoadedError(
+                f"SavedModel {path} is one version; give its base directory to choose version {version}"
+            )
         return path
     versions = saved_model_versions(path)
     if not versions:
-        raise ModelNotFoundError(f"no SavedModel at {path}: neither saved_model.pb nor numbered "
-                                 "version folders holding one")
+        raise ModelNotFoundError(
+            f"no SavedModel at {path}: neither saved_model.pb nor numbered version folders holding one"
+        )
     if version is None:
         return versions[max(versions)]
     if version not in versions:
-        raise VersionNotLoadedError(f"model {path} has no version {version} (versions: "
-                                    f"{', '.join(map(str, sorted(versions)))})")
+        raise VersionNotLoadedError(
+            f"model {path} has no version {version} (versions: {', '.join(map(str, sorted(versions)))})"
+        )
     return versions[version]
 
 
@@ -115,13 +127,13 @@ class LocalTransport:
     def predict(self, signature: str, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         function = self._model.signatures.get(signature)
         if function is None:
-            raise InvalidRequestError(f"{self.target} has no signature {signature!r} "
-                                      f"(it has: {', '.join(sorted(self._model.signatures))})")
+            raise InvalidRequestError(
+                f"{self.target} has no signature {signature!r} (it has: {', '.join(sorted(self._model.signatures))})"
+            )
         try:
             outputs = function(**{name: self._tf.constant(value) for name, value in inputs.items()})
         except self._tf.errors.InvalidArgumentError as err:
-            raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(err.message)}") \
-                from None
+            raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(err.message)}") from None
         return {name: outputs[name].numpy() for name in output_names}
 
     def close(self) -> None:
@@ -148,14 +160,14 @@ def _from_json(value):
 
 def _describe(kind: str, address: str, model_name: str, version: Optional[int]) -> str:
     return f"TF Serving {kind} at {address}, model {model_name!r}" + (
-        f" version {version}" if version is not None else "")
+        f" version {version}" if version is not None else ""
+    )
 
 
 class RestTransport:
     """TF Serving's REST API (port 8501)."""
 
-    def __init__(self, url: str, model_name: str, version: Optional[int], timeout: float, retries: int,
-                 backoff: float):
+    def __init__(self, url: str, model_name: str, version: Optional[int], timeout: float, retries: int, backoff: float):
         self.url, self.model_name, self.version = url.rstrip("/"), model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.target = _describe("REST", self.url, model_name, version)
@@ -166,8 +178,9 @@ class RestTransport:
 
     def _send(self, url: str, body: Optional[dict]) -> Tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=data, method="GET" if body is None else "POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return response.status, json.loads(response.read())
@@ -203,8 +216,10 @@ class RestTransport:
         elif len(names) == 1:
             body = {"signature_name": signature, "instances": _to_json(inputs[names[0]])}
         else:
-            body = {"signature_name": signature,
-                    "instances": [{n: _to_json(inputs[n][i]) for n in names} for i in range(sizes.pop())]}
+            body = {
+                "signature_name": signature,
+                "instances": [{n: _to_json(inputs[n][i]) for n in names} for i in range(sizes.pop())],
+            }
         status, payload = self._call(self._model_url(with_version=True) + ":predict", body)
         if status == 404:
             raise self._not_found(payload["error"])
@@ -229,12 +244,14 @@ class RestTransport:
     def _not_found(self, message: str) -> ModelNotFoundError:
         status, payload = self._call(self._model_url(with_version=False), None)
         if status != 200:
-            return ModelNotFoundError(f"TF Serving REST at {self.url} has no model named "
-                                      f"{self.model_name!r} ({message})")
+            return ModelNotFoundError(
+                f"TF Serving REST at {self.url} has no model named {self.model_name!r} ({message})"
+            )
         loaded = [s["version"] for s in payload.get("model_version_status", []) if s.get("state") == "AVAILABLE"]
         if self.version is not None:
-            return VersionNotLoadedError(f"{self.target} is not loaded (loaded versions: "
-                                         f"{', '.join(loaded) or 'none'}): {message}")
+            return VersionNotLoadedError(
+                f"{self.target} is not loaded (loaded versions: {', '.join(loaded) or 'none'}): {message}"
+            )
         return ModelNotFoundError(f"{self.target}: {message}")
 
     def close(self) -> None:
@@ -244,8 +261,9 @@ class RestTransport:
 class GrpcTransport:
     """TF Serving's gRPC PredictionService (port 8500), through tensorflow-serving-api."""
 
-    def __init__(self, address: str, model_name: str, version: Optional[int], timeout: float, retries: int,
-                 backoff: float):
+    def __init__(
+        self, address: str, model_name: str, version: Optional[int], timeout: float, retries: int, backoff: float
+    ):
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -254,9 +272,13 @@ class GrpcTransport:
         self.address, self.model_name, self.version = address, model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.target = _describe("gRPC", f"grpc://{address}", model_name, version)
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT)])
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+                ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+            ],
+        )
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -291,8 +313,7 @@ class GrpcTransport:
             if code == self._grpc.StatusCode.NOT_FOUND:
                 raise self._not_found(details) from None
             if code in (self._grpc.StatusCode.INVALID_ARGUMENT, self._grpc.StatusCode.FAILED_PRECONDITION):
-                raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(details)}") \
-                    from None
+                raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(details)}") from None
             if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ServingTimeoutError(f"{self.target}: no answer within {self.timeout} s") from None
             raise ServingError(f"{self.target}: {code.name}: {details}") from None
@@ -310,13 +331,15 @@ class GrpcTransport:
         try:
             status = self._call(self._models.GetModelStatus, request)
         except self._grpc.RpcError:
-            return ModelNotFoundError(f"TF Serving gRPC at grpc://{self.address} has no model named "
-                                      f"{self.model_name!r} ({message})")
+            return ModelNotFoundError(
+                f"TF Serving gRPC at grpc://{self.address} has no model named {self.model_name!r} ({message})"
+            )
         available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
         loaded = [str(s.version) for s in status.model_version_status if s.state == available]
         if self.version is not None:
-            return VersionNotLoadedError(f"{self.target} is not loaded (loaded versions: "
-                                         f"{', '.join(loaded) or 'none'}): {message}")
+            return VersionNotLoadedError(
+                f"{self.target} is not loaded (loaded versions: {', '.join(loaded) or 'none'}): {message}"
+            )
         return ModelNotFoundError(f"{self.target}: {message}")
 
     def close(self) -> None:

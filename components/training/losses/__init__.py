@@ -91,6 +91,7 @@ segment reductions and, on CPU, ``tf.numpy_function``, which ``keras.ops`` does 
 every backend. The functions run in eager mode, in ``tf.function``, under XLA and under
 ``tf.distribute`` strategies.
 """
+
 from __future__ import annotations
 
 import os

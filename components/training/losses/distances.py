@@ -1,6 +1,7 @@
 """Pairwise distance matrices (B x B): TFA's ``pairwise_distance`` and ``angular_distance``,
 operation for operation, with closed-form gradients (one matmul; only the B x B output is kept
 for the backward pass), and ``distance_matrix`` that picks one by name or takes a callable."""
+
 from __future__ import annotations
 
 from typing import Callable, Union
@@ -25,9 +26,7 @@ def _pairwise_distance_forward(feature, squared):
     if squared:
         pairwise_distances = pairwise_distances_squared
     else:
-        pairwise_distances = tf.math.sqrt(
-            pairwise_distances_squared + tf.cast(error_mask, dtype=feature.dtype) * 1e-16
-        )
+        pairwise_distances = tf.math.sqrt(pairwise_distances_squared + tf.cast(error_mask, dtype=feature.dtype) * 1e-16)
     pairwise_distances = tf.math.multiply(
         pairwise_distances, tf.cast(tf.math.logical_not(error_mask), dtype=feature.dtype)
     )
@@ -99,7 +98,4 @@ def distance_matrix(embeddings, distance_metric: DistanceMetric = "L2") -> tf.Te
         return pairwise_distance(embeddings, squared=True)
     if distance_metric == "angular":
         return angular_distance(embeddings)
-    raise ValueError(
-        f"distance_metric must be 'L2', 'squared-L2', 'angular' or a callable, got {distance_metric!r}"
-    )
-
+    raise ValueError(f"distance_metric must be 'L2', 'squared-L2', 'angular' or a callable, got {distance_metric!r}")

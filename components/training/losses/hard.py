@@ -1,4 +1,5 @@
 """TFA's batch-hard triplet loss (and its soft variant), see the package docstring."""
+
 from __future__ import annotations
 
 import tensorflow as tf

@@ -1,6 +1,7 @@
 """The inputs of the losses: flat labels and float32-or-wider embeddings, and the global batch
 all-gathered over the replicas of a ``tf.distribute`` strategy (see the package docstring for
 the loss-scaling convention)."""
+
 from __future__ import annotations
 
 import tensorflow as tf

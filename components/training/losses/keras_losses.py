@@ -1,6 +1,7 @@
 """``keras.losses.Loss`` classes of the triplet losses, registered as serializable under the
 package ``triplet_tfx`` so that saved ``.keras`` models reload; under a strategy with several
 replicas they divide the loss by ``num_replicas_in_sync`` (see the package docstring)."""
+
 from __future__ import annotations
 
 import keras
@@ -66,26 +67,29 @@ class _TripletLossBase(keras.losses.Loss):
 class TripletSemiHardLoss(_TripletLossBase):
     """Keras 3 semi-hard triplet loss; ``y_true``: integer labels, ``y_pred``: embeddings."""
 
-    def __init__(self, margin=1.0, distance_metric="L2", global_batch=False,
-                 name="triplet_semihard_loss", **kwargs):
-        super().__init__(margin=margin, distance_metric=distance_metric,
-                         global_batch=global_batch, name=name, **kwargs)
+    def __init__(self, margin=1.0, distance_metric="L2", global_batch=False, name="triplet_semihard_loss", **kwargs):
+        super().__init__(margin=margin, distance_metric=distance_metric, global_batch=global_batch, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        return _scale_for_distribution(triplet_semihard_loss(
-            tf.cast(y_true, tf.int64), y_pred, margin=self.margin,
-            distance_metric=self.distance_metric, global_batch=self.global_batch,
-        ))
+        return _scale_for_distribution(
+            triplet_semihard_loss(
+                tf.cast(y_true, tf.int64),
+                y_pred,
+                margin=self.margin,
+                distance_metric=self.distance_metric,
+                global_batch=self.global_batch,
+            )
+        )
 
 
 @keras.saving.register_keras_serializable(package="triplet_tfx")
 class TripletHardLoss(_TripletLossBase):
     """Keras 3 batch-hard triplet loss; ``y_true``: integer labels, ``y_pred``: embeddings."""
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", global_batch=False,
-                 name="triplet_hard_loss", **kwargs):
-        super().__init__(margin=margin, distance_metric=distance_metric,
-                         global_batch=global_batch, name=name, **kwargs)
+    def __init__(
+        self, margin=1.0, soft=False, distance_metric="L2", global_batch=False, name="triplet_hard_loss", **kwargs
+    ):
+        super().__init__(margin=margin, distance_metric=distance_metric, global_batch=global_batch, name=name, **kwargs)
         self.soft = bool(soft)
 
     def get_config(self):
@@ -94,7 +98,13 @@ class TripletHardLoss(_TripletLossBase):
         return config
 
     def call(self, y_true, y_pred):
-        return _scale_for_distribution(triplet_hard_loss(
-            tf.cast(y_true, tf.int64), y_pred, margin=self.margin, soft=self.soft,
-            distance_metric=self.distance_metric, global_batch=self.global_batch,
-        ))
+        return _scale_for_distribution(
+            triplet_hard_loss(
+                tf.cast(y_true, tf.int64),
+                y_pred,
+                margin=self.margin,
+                soft=self.soft,
+                distance_metric=self.distance_metric,
+                global_batch=self.global_batch,
+            )
+        )

@@ -18,6 +18,7 @@ the working memory; under XLA or with a GPU, ``tf.sort`` and one block (``sortin
 ``model.fit``'s step with XLA by default on TensorFlow, where the sort and the row cumsum are
 slower on CPU: for large batches on CPU, ``model.compile(..., jit_compile=False)`` is faster.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -53,12 +54,8 @@ def _semihard_from_sorted(layout, pdist, same, row_ids, row_max, row_min, margin
 
     zeros = tf.zeros_like(s_val)
     neg_inf = tf.fill(tf.shape(s_val), tf.constant(-float("inf"), tf.float32))
-    group_val = tf.math.unsorted_segment_max(
-        tf.reshape(tf.where(s_neg, s_val, neg_inf), [-1]), seg_own, num_segments
-    )
-    group_cnt = tf.math.unsorted_segment_sum(
-        tf.reshape(tf.cast(s_neg, tf.float32), [-1]), seg_own, num_segments
-    )
+    group_val = tf.math.unsorted_segment_max(tf.reshape(tf.where(s_neg, s_val, neg_inf), [-1]), seg_own, num_segments)
+    group_cnt = tf.math.unsorted_segment_sum(tf.reshape(tf.cast(s_neg, tf.float32), [-1]), seg_own, num_segments)
     sel_val = tf.reshape(tf.gather(group_val, seg_sel), [m, n])
     sel_val = tf.where(s_pos, sel_val, zeros)
 
@@ -78,9 +75,7 @@ def _semihard_from_sorted(layout, pdist, same, row_ids, row_max, row_min, margin
     g_sorted = w - tf.where(s_neg, neg_w, zeros)
     # Back from the sorted layout to the original columns (a permutation of each row).
     flat_idx = tf.reshape(rows * n + s_col, [-1])
-    weights = tf.reshape(
-        tf.math.unsorted_segment_sum(tf.reshape(g_sorted, [-1]), flat_idx, m * n), [m, n]
-    )
+    weights = tf.reshape(tf.math.unsorted_segment_sum(tf.reshape(g_sorted, [-1]), flat_idx, m * n), [m, n])
 
     # TFA's gradient when the selected negative sits at the row's extreme: masked_minimum's
     # min over (d - row_max) * mask is then 0 and ties with every unmasked entry, and the
@@ -104,15 +99,15 @@ def _semihard_from_sorted(layout, pdist, same, row_ids, row_max, row_min, margin
         c_neg = tf.reduce_sum(neg, axis=1, keepdims=True)
         c_tmax = tf.reduce_sum(t_max, axis=1, keepdims=True)
         c_tmin = tf.reduce_sum(t_min, axis=1, keepdims=True)
-        fix_max = (tf.math.divide_no_nan(g_max, c_g) - g_max / size
-                   - t_max * tf.math.divide_no_nan(1.0 - c_g / size, c_tmax))
-        fix_min = (tf.math.divide_no_nan(neg, c_neg) - neg / size
-                   - t_min * tf.math.divide_no_nan(1.0 - c_neg / size, c_tmin))
+        fix_max = (
+            tf.math.divide_no_nan(g_max, c_g) - g_max / size - t_max * tf.math.divide_no_nan(1.0 - c_g / size, c_tmax)
+        )
+        fix_min = (
+            tf.math.divide_no_nan(neg, c_neg) - neg / size - t_min * tf.math.divide_no_nan(1.0 - c_neg / size, c_tmin)
+        )
         return weights + r_max * fix_max + r_min * fix_min
 
-    weights = tf.cond(
-        tf.reduce_any(tf.logical_or(r_max > 0, r_min > 0)), tie_correction, lambda: weights
-    )
+    weights = tf.cond(tf.reduce_any(tf.logical_or(r_max > 0, r_min > 0)), tie_correction, lambda: weights)
 
     # Inside pairs (no negative farther than the positive): TFA's masked_maximum splits the
     # gradient over the negatives with d - row_min equal to the farthest one's; the last group
@@ -171,8 +166,14 @@ def semihard_value_and_weights(pdist, adjacency, margin):
         same = adjacency[r0:r1]
         keys = keys_fn(d, same)
         return _semihard_from_sorted(
-            sorting.sorted_layout(keys, row_max[r0:r1], use_numpy), d, same, tf.range(r0, r1),
-            row_max[r0:r1], row_min[r0:r1], margin, denom,
+            sorting.sorted_layout(keys, row_max[r0:r1], use_numpy),
+            d,
+            same,
+            tf.range(r0, r1),
+            row_max[r0:r1],
+            row_min[r0:r1],
+            margin,
+            denom,
         )
 
     if not use_numpy or (static_n is not None and static_n * static_n <= 2 * _CHUNK_ELEMENTS):
@@ -182,8 +183,7 @@ def semihard_value_and_weights(pdist, adjacency, margin):
 
     chunk = tf.maximum(_CHUNK_ELEMENTS // tf.maximum(n, 1), 1)
     num_chunks = (n + chunk - 1) // chunk
-    parts = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
-                           element_shape=tf.TensorShape([None, None]))
+    parts = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False, element_shape=tf.TensorShape([None, None]))
 
     def body(i, total, parts):
         r0 = i * chunk
@@ -192,7 +192,9 @@ def semihard_value_and_weights(pdist, adjacency, margin):
         return i + 1, total + h, parts.write(i, w)
 
     _, hinge_sum, parts = tf.while_loop(
-        lambda i, *_: i < num_chunks, body, (tf.constant(0), tf.constant(0.0), parts),
+        lambda i, *_: i < num_chunks,
+        body,
+        (tf.constant(0), tf.constant(0.0), parts),
         parallel_iterations=1,
     )
     weights = tf.reshape(parts.concat(), [n, n])
@@ -207,4 +209,3 @@ def masked_maximum(data, mask, dim=1):
 def masked_minimum(data, mask, dim=1):
     axis_maximums = tf.math.reduce_max(data, dim, keepdims=True)
     return tf.math.reduce_min(tf.math.multiply(data - axis_maximums, mask), dim, keepdims=True) + axis_maximums
-

@@ -1,4 +1,5 @@
 """TFA's semi-hard triplet loss in O(B^2) memory (see the package docstring for the semantics)."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -40,8 +41,6 @@ def triplet_semihard_loss(
     compute_dtype = pdist.dtype
     pdist32 = tf.cast(pdist, tf.float32)
     adjacency = tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :])
-    value, weights = semihard_value_and_weights(
-        tf.stop_gradient(pdist32), adjacency, tf.cast(margin, tf.float32)
-    )
+    value, weights = semihard_value_and_weights(tf.stop_gradient(pdist32), adjacency, tf.cast(margin, tf.float32))
     loss = _apply_weights(tf.cast(value, compute_dtype), tf.cast(weights, compute_dtype), pdist)
     return tf.cast(loss, out_dtype)

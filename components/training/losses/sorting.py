@@ -7,6 +7,7 @@ the ids of the groups of tied negatives. On CPU outside XLA, TensorFlow's sort i
 than NumPy's, so there the rows are sorted with NumPy (``tf.numpy_function``); ``SORT_IMPL``
 (``TRIPLET_TFX_SORT``) overrides the choice and is read at call time.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,18 +70,14 @@ def _tf_sorted_layout(keys, row_max):
     sorted_keys = tf.sort(keys, axis=1)
     s_col = tf.cast(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS - 1), tf.int32)
     s_neg = tf.equal(tf.bitwise.bitwise_and(sorted_keys, 2**_COL_BITS), 0)
-    s_val = _float_from_sortable(
-        tf.cast(tf.bitwise.right_shift(sorted_keys, _COL_BITS + 1), tf.int32)
-    )
+    s_val = _float_from_sortable(tf.cast(tf.bitwise.right_shift(sorted_keys, _COL_BITS + 1), tf.int32))
     # Tied negatives: consecutive negatives whose distances are equal once shifted by the row
     # maximum (TFA's _masked_minimum compares d - row_max, where rounding can merge distances
     # 1 ulp apart). Negatives sort first at equal distance, so exact ties are contiguous.
     shifted = s_val - row_max
     prev_neg = _shift_right(s_neg, False)
     prev_shifted = _shift_right(shifted, 0.0)
-    new_group = tf.logical_and(
-        s_neg, tf.logical_not(tf.logical_and(prev_neg, tf.equal(prev_shifted, shifted)))
-    )
+    new_group = tf.logical_and(s_neg, tf.logical_not(tf.logical_and(prev_neg, tf.equal(prev_shifted, shifted))))
     gid = tf.cumsum(tf.cast(new_group, tf.int32), axis=1)
     return s_col, s_val, s_neg, gid
 
@@ -88,7 +85,9 @@ def _tf_sorted_layout(keys, row_max):
 def sorted_layout(keys, row_max, use_numpy):
     if use_numpy:
         outs = tf.numpy_function(
-            _np_sorted_layout, [keys, row_max], [tf.int32, tf.float32, tf.bool, tf.int32],
+            _np_sorted_layout,
+            [keys, row_max],
+            [tf.int32, tf.float32, tf.bool, tf.int32],
             stateful=False,
         )
         return [tf.ensure_shape(o, keys.shape) for o in outs]
@@ -99,7 +98,6 @@ def _shift_right(x, fill):
     """x[:, j-1] at column j, ``fill`` at column 0."""
     first = tf.fill([tf.shape(x)[0], 1], tf.constant(fill, dtype=x.dtype))
     return tf.concat([first, x[:, :-1]], axis=1)
-
 
 
 def semihard_keys(pdist, same):
