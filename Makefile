@@ -23,12 +23,13 @@ $(STAMP): constraints.txt setup.py pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/triplet-tfx run $(ARGS)
 
-# Static checks, configured in pyproject.toml: ruff (pycodestyle, pyflakes, isort, bugbear; not
-# `ruff format`, which is configured but not enforced yet), mypy on the modules listed in
-# [tool.mypy], vulture (dead code) and the import contracts ([tool.importlinter], docs/architecture.md).
+# Static checks, configured in pyproject.toml: ruff (pycodestyle, pyflakes, isort, bugbear) and
+# `ruff format --check` (the code's layout), mypy on the modules listed in [tool.mypy], vulture
+# (dead code) and the import contracts ([tool.importlinter], docs/architecture.md).
 # .pre-commit-config.yaml runs the same checks.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/vulture
 	$(VENV)/bin/lint-imports
