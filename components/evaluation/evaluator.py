@@ -102,7 +102,8 @@ def evaluate_model(
     rule: EvalConfig,
 ):
     """(metrics, per-query details, query embeddings, gallery neighbours [Q, k]) of one model under
-    the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn")."""
+    the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn"). One
+    nearest-neighbour search per model: the gallery's neighbours come from the metrics' search."""
     query_embeddings = embed(model, queries)
     reference_embeddings = embed(model, references) if references is not None else None
     with Progress(f"Nearest neighbours and metrics of model {model.id}", len(queries), "queries") as progress:
@@ -114,16 +115,10 @@ def evaluate_model(
             ks=rule.recall_ks,
             return_per_query=True,
             progress=progress.advance,
+            neighbours=GALLERY_NEIGHBOURS,
         )
-    loo = reference_embeddings is None
-    references_ = query_embeddings if loo else reference_embeddings
-    labels_ = query_labels if loo else reference_labels
-    k = min(GALLERY_NEIGHBOURS, len(references_) - (1 if loo else 0))
-    neighbours = (
-        metrics.nearest_neighbors(query_embeddings, references_, k, exclude_self=loo)[0]
-        if k > 0
-        else np.zeros((len(queries), 0), np.int64)
-    )
+    labels_ = query_labels if reference_embeddings is None else reference_labels
+    neighbours = per_query.get("neighbour_indices", np.zeros((len(queries), 0), np.int64))
     kept = ~per_query["skipped"] & (per_query["nearest_index"] >= 0)
     counts, classes = retrievals.confusion_matrix(
         query_labels[kept],

@@ -344,6 +344,7 @@ def evaluate_embeddings(
     block_size: int = 1024,
     return_per_query: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    neighbours: int = 0,
 ):
     """Retrieval and clustering metrics of embeddings (see module doc for the definitions).
 
@@ -362,6 +363,10 @@ def evaluate_embeddings(
       return_per_query: also return a dict of per-query arrays: ``correct_at_1`` (bool [Q]),
         ``nearest_index`` (int64 [Q], -1 if no reference), ``skipped`` (bool [Q]).
       progress: called with the number of queries of each block searched (for progress display).
+      neighbours: with ``return_per_query``, also the indices of each query's nearest references
+        (``neighbour_indices``, int64 [Q, min(neighbours, available references)], nearest first),
+        from the same search as the metrics: what `nearest_neighbors` would return, without a
+        second search.
 
     Returns:
       A JSON-serialisable dict (plain Python types) with keys: protocol, num_queries,
@@ -387,6 +392,8 @@ def evaluate_embeddings(
     hits_at_k = {k: np.zeros(nq, dtype=bool) for k in ks}
     r_prec = np.zeros(nq, dtype=np.float64)
     map_r = np.zeros(nq, dtype=np.float64)
+    n_neighbours = min(int(neighbours), available) if return_per_query else 0
+    neighbour_indices = np.empty((nq, max(n_neighbours, 0)), dtype=np.int64)
     nearest = np.full(nq, -1, dtype=np.int64)
 
     if available >= 1 and valid.any():
@@ -395,7 +402,7 @@ def evaluate_embeddings(
         # Process queries in chunks so that the [chunk, k] neighbour lists stay bounded.
         for c0, c1 in _iter_query_chunks(nq, block_size):
             r_chunk = r_eff[c0:c1]
-            k_need = int(min(available, max(k_recall, int(r_chunk.max(initial=0)))))
+            k_need = int(min(available, max(k_recall, n_neighbours, int(r_chunk.max(initial=0)))))
             sub, rbs = _plan(c1 - c0, k_need)
             for s0, s1 in _iter_query_chunks(c1 - c0, sub):
                 a0, a1 = c0 + s0, c0 + s1
@@ -403,6 +410,7 @@ def evaluate_embeddings(
                 keys = _knn_keys(q[a0:a1], r, ref_sq, k_need, self_index, rbs)
                 idx = keys & _INDEX_MASK
                 nearest[a0:a1] = idx[:, 0]
+                neighbour_indices[a0:a1] = idx[:, :n_neighbours]
                 same = r_ids[idx] == q_ids[a0:a1, None]  # [n, k_need]
                 for k in ks:
                     hits_at_k[k][a0:a1] = same[:, : min(k, k_need)].any(axis=1)
@@ -449,5 +457,10 @@ def evaluate_embeddings(
         per_class[_label_key(classes[cid])] = float(correct1[m].mean()) if m.any() else None
     metrics["per_class_precision_at_1"] = per_class
     if return_per_query:
-        return metrics, {"correct_at_1": correct1, "nearest_index": nearest, "skipped": ~valid}
+        per_query = {"correct_at_1": correct1, "nearest_index": nearest, "skipped": ~valid}
+        if n_neighbours > 0:
+            if not (available >= 1 and valid.any()):  # the loop above did not search: no query has a relevant item
+                neighbour_indices = nearest_neighbors(q, r, n_neighbours, exclude_self=loo, block_size=block_size)[0]
+            per_query["neighbour_indices"] = neighbour_indices
+        return metrics, per_query
     return metrics

@@ -276,3 +276,25 @@ def test_nearest_neighbors_default_plan_splits_blocks(monkeypatch):
         idx, _ = M.nearest_neighbors(qq, r, 9, exclude_self=exclude_self, block_size=16)
         np.testing.assert_array_equal(idx, brute_ranking(qq, r, exclude_self)[0][:, :9])
         assert len(seen) > 3 and all(n <= 16 and 36 <= rbs < len(r) for n, rbs in seen)
+
+
+@pytest.mark.parametrize("loo", [True, False])
+def test_neighbour_indices_are_the_brute_force_ranking(loo):
+    # The gallery's neighbours come from the metrics' own search: the first k of the exact ranking.
+    xq, yq = clustered(90, 5, 4, seed=8, spread=2.0)
+    xr, yr = (None, None) if loo else clustered(140, 5, 4, seed=9, spread=2.0)
+    _, per_query = M.evaluate_embeddings(xq, yq, xr, yr, block_size=16, return_per_query=True, neighbours=6)
+    order, _ = brute_ranking(xq, xq if loo else xr, loo)
+    np.testing.assert_array_equal(per_query["neighbour_indices"], order[:, :6])
+    np.testing.assert_array_equal(per_query["neighbour_indices"][:, 0], per_query["nearest_index"])
+
+
+def test_neighbour_indices_when_no_query_has_a_relevant_reference():
+    # Every query's class is absent from the references: no metrics search, neighbours all the same.
+    xq, _ = clustered(12, 3, 4, seed=5)
+    xr, _ = clustered(20, 3, 4, seed=6)
+    yq, yr = np.full(12, 7), np.zeros(20, np.int64)
+    m, per_query = M.evaluate_embeddings(xq, yq, xr, yr, return_per_query=True, neighbours=25, clustering=False)
+    assert m["num_queries_skipped"] == 12
+    np.testing.assert_array_equal(per_query["neighbour_indices"], brute_ranking(xq, xr, False)[0])
+    assert "neighbour_indices" not in M.evaluate_embeddings(xq, yq, xr, yr, return_per_query=True, clustering=False)[1]
