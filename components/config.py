@@ -62,6 +62,9 @@ DISTANCES = ("L2", "squared-L2", "angular")
 MINING = ("global", "replica")
 PROTOCOLS = ("leave_one_out", "query_vs_reference")
 PLOT_METHODS = ("umap", "pca")
+INDEX_KINDS = ("auto", "exact", "ivf")  # serving.index
+INDEX_STORAGES = ("int8", "float32")  # serving.index_storage (ivf)
+INDEX_AUTO_EXACT_LIMIT = 200_000  # serving.index auto: exact search below this many references
 TRAINER_BACKENDS = ("kubeflow", "vertex")  # kubeflow.trainer_backend
 
 
@@ -517,6 +520,37 @@ class ServingConfig:
         choices=SPLITS,
         help="reference set of the served search signature: this split's examples, embedded by "
         "the blessed model and pushed with it as one version (default %(default)s)",
+    )
+    # How `search` finds neighbours (docs/serving.md, "Search index"): exact compares a query with
+    # every reference; ivf (components/serving/ivf_index.py) only with the references of the lists
+    # nearest to it.
+    index: str = option(
+        "auto",
+        flag="--index",
+        choices=INDEX_KINDS,
+        help="search index of the served model: exact, ivf (approximate: an inverted file of k-means lists, "
+        f"in plain TensorFlow ops) or auto (exact below {INDEX_AUTO_EXACT_LIMIT:,} references; default %(default)s)",
+    )
+    index_lists: int = option(
+        0,
+        flag="--index-lists",
+        metavar="N",
+        help="ivf: number of lists (k-means centroids); 0: the power of two nearest to 4 x sqrt(references), "
+        "with at least 16 references per list (default %(default)s)",
+    )
+    index_nprobe: int = option(
+        0,
+        flag="--index-nprobe",
+        metavar="N",
+        help="ivf: lists searched per query by `search` (`search_with_nprobe` takes it per request); "
+        "0: lists / 128, at least 4 (default %(default)s)",
+    )
+    index_storage: str = option(
+        "int8",
+        flag="--index-storage",
+        choices=INDEX_STORAGES,
+        help="ivf: how the reference embeddings are stored: int8 (a quarter of the memory, one scale per "
+        "vector, approximate distances) or float32 (default %(default)s)",
     )
 
 
@@ -1045,6 +1079,19 @@ class PipelineConfig:
                 self.serving.index_split in SPLITS,
                 _label("serving", "index_split"),
                 "must be one of " + ", ".join(SPLITS),
+            ),
+            (self.serving.index in INDEX_KINDS, _label("serving", "index"), "must be one of " + ", ".join(INDEX_KINDS)),
+            (self.serving.index_lists >= 0, _label("serving", "index_lists"), "must be >= 0 (0: the default)"),
+            (self.serving.index_nprobe >= 0, _label("serving", "index_nprobe"), "must be >= 0 (0: the default)"),
+            (
+                not (self.serving.index_lists and self.serving.index_nprobe > self.serving.index_lists),
+                _label("serving", "index_nprobe"),
+                "must be at most --index-lists",
+            ),
+            (
+                self.serving.index_storage in INDEX_STORAGES,
+                _label("serving", "index_storage"),
+                "must be one of " + ", ".join(INDEX_STORAGES),
             ),
         ]
         for ok, field, problem in checks:

@@ -66,11 +66,14 @@ SERVING_SIGNATURE = "serving_default"
 EMBED_IMAGES_SIGNATURE = "embed_images"
 EMBED_PIXELS_SIGNATURE = "embed_pixels"
 SEARCH_SIGNATURE = "search"
+# With an ivf index: `search` with the number of lists to probe per request.
+SEARCH_WITH_NPROBE_SIGNATURE = "search_with_nprobe"
 # Their inputs...
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
 PIXELS_INPUT = "pixels"
 K_INPUT = "k"
+NPROBE_INPUT = "nprobe"
 # ...and outputs: the embedding signatures give EMBEDDING_KEY, `search` the others.
 EMBEDDING_KEY = "embedding"
 IDS_OUTPUT = "ids"
@@ -94,3 +97,8 @@ INDEX_SIZE = "index_size"
 INDEX_SPLIT = "index_split"
 INDEX_BUILD_SECONDS = "index_build_seconds"
 INDEX_BYTES = "index_bytes"
+# ...its kind (exact or ivf), and for ivf its lists, default nprobe and recall@10 against exact search.
+INDEX_KIND = "index_kind"
+INDEX_LISTS = "index_lists"
+INDEX_NPROBE = "index_nprobe"
+INDEX_RECALL_AT_10 = "index_recall_at_10"

@@ -164,6 +164,12 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
             f"(ServingModelBuilder), "
             f"{properties[contract.INDEX_BYTES].int_value / 1e6:.1f} MB in the model"
         )
+        if contract.INDEX_RECALL_AT_10 in properties:  # an approximate (ivf) index
+            search_index += (
+                f"; ivf, {properties[contract.INDEX_LISTS].int_value} lists, nprobe "
+                f"{properties[contract.INDEX_NPROBE].int_value}, recall@10 against exact search "
+                f"{properties[contract.INDEX_RECALL_AT_10].double_value:.4f}"
+            )
     skipped_images = ""
     examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
     if examples:

@@ -28,9 +28,11 @@ from tfx.utils import path_utils
 from triplet_tfx.components import contract
 from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.components.examples_io import embed, parse_examples, read_split
-from triplet_tfx.components.serving import index
+from triplet_tfx.components.serving import index, ivf_index
 
 logger = logging.getLogger(__name__)
+
+RECALL_QUERIES = 1000  # ivf: eval examples whose recall@10 against exact search is measured and recorded
 
 
 def folder_bytes(folder: str) -> int:
@@ -54,22 +56,46 @@ def ServingModelBuilder(
         logger.info("Model %s is not blessed: no serving model built, nothing to push", model.uri)
         serving_model.set_int_custom_property(contract.INDEX_SIZE, 0)
         return
-    split = PipelineConfig.from_dict({"serving": json.loads(config)["serving"]}).serving.index_split
+    serving = PipelineConfig.from_dict({"serving": json.loads(config)["serving"]}).serving
+    split = serving.index_split
     start = time.monotonic()
     references = read_split(examples, split)
     labels, _ = parse_examples(references)
     embeddings = embed(model, references)  # the evaluator's own path: serving_default on raw tf.Examples
+    ids = index.reference_ids(split, len(labels))
+    kind = ivf_index.choose_index(len(labels)) if serving.index == "auto" else serving.index
+    ivf, nprobe = None, 0
+    if kind == "ivf":
+        ivf = ivf_index.build_for(embeddings, ids, labels, serving.index_lists, serving.index_storage)
+        nprobe = serving.index_nprobe or ivf_index.default_nprobe(ivf.lists)
+        if nprobe > ivf.lists:
+            raise ValueError(f"--index-nprobe {nprobe}: the index has {ivf.lists} lists")
+        queries = embed(model, read_split(examples, "eval")[:RECALL_QUERIES])
+        recall = index.ivf_recall(ivf, nprobe, queries, embeddings, ids)
+        serving_model.set_int_custom_property(contract.INDEX_LISTS, ivf.lists)
+        serving_model.set_int_custom_property(contract.INDEX_NPROBE, nprobe)
+        serving_model.set_float_custom_property(contract.INDEX_RECALL_AT_10, recall)
+        logger.info(
+            "Search index: ivf, %d lists, nprobe %d, %s storage; recall@10 against exact search %.4f (%d eval queries)",
+            ivf.lists,
+            nprobe,
+            serving.index_storage,
+            recall,
+            len(queries),
+        )
     path = path_utils.serving_model_dir(serving_model.uri)
     index.build_serving_model(
-        path_utils.serving_model_path(model.uri), index.reference_ids(split, len(labels)), labels, embeddings, path
+        path_utils.serving_model_path(model.uri), ids, labels, embeddings, path, ivf=ivf, nprobe=nprobe
     )
     seconds, size = time.monotonic() - start, folder_bytes(path)
     serving_model.set_int_custom_property(contract.INDEX_SIZE, len(labels))
     serving_model.set_string_custom_property(contract.INDEX_SPLIT, split)
+    serving_model.set_string_custom_property(contract.INDEX_KIND, kind)
     serving_model.set_float_custom_property(contract.INDEX_BUILD_SECONDS, seconds)
     serving_model.set_int_custom_property(contract.INDEX_BYTES, size)
     logger.info(
-        "Search index: %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
+        "Search index (%s): %d %s references embedded and saved with the model in %.1f s (%.1f MB): %s",
+        kind,
         len(labels),
         split,
         seconds,

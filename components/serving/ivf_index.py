@@ -58,13 +58,15 @@ from typing import List, Optional, Sequence, cast
 import numpy as np
 import tensorflow as tf
 
-AUTO_EXACT_LIMIT = 200_000  # choose_index: exact below this many items
+from triplet_tfx.components.config import INDEX_AUTO_EXACT_LIMIT, INDEX_STORAGES
+
+AUTO_EXACT_LIMIT = INDEX_AUTO_EXACT_LIMIT  # choose_index: exact below this many items (--index auto)
 RERANK_MULTIPLE = 4  # re-rank max(4 k, 64) candidates exactly when float32 vectors are kept
 MIN_RERANK = 64
 IMBALANCE_LIMIT = 8.0  # rebuild_reasons: largest list > 8 x the mean list size
 GROWTH_LIMIT = 1.0  # rebuild_reasons: catalogue more than doubled since the quantizer was trained
 SATURATION_LIMIT = 0.001  # rebuild_reasons: > 0.1 % of the added int8 codes clipped (per-dimension scales)
-STORAGES = ("float32", "int8")
+STORAGES = INDEX_STORAGES
 SCALES = ("vector", "dimension")
 
 
@@ -348,6 +350,39 @@ def add(state: IvfState, new_embeddings: np.ndarray, ids: Sequence[str], labels:
         trained_size=state.trained_size,
         clipped_fraction=(state.clipped_fraction * state.size + clipped * x.shape[0]) / total,
     )
+
+
+SAMPLE_PER_LIST = 40  # build_for: k-means sample size per list (faiss warns below 39)
+
+
+def build_for(
+    embeddings: np.ndarray,
+    ids: Sequence[str],
+    labels: Sequence[int],
+    lists: int = 0,
+    storage: str = "int8",
+    seed: int = 0,
+) -> IvfState:
+    """The index of a catalogue from scratch: k-means (10 iterations) on a seeded sample of
+    SAMPLE_PER_LIST items per list, then `build` (per-vector scales for int8, no float32 copy).
+    lists 0: `default_lists`."""
+    x = np.asarray(embeddings, np.float32)
+    lists = lists or default_lists(x.shape[0])
+    if not 1 <= lists <= x.shape[0]:
+        raise ValueError(f"ivf index: lists must be in [1, {x.shape[0]}] (the number of items), got {lists}")
+    rng = np.random.default_rng(seed)
+    sample = x[np.sort(rng.choice(x.shape[0], min(x.shape[0], SAMPLE_PER_LIST * lists), replace=False))]
+    return build(x, ids, labels, train_quantizer(sample, lists, iterations=10, seed=seed), storage=storage)
+
+
+def recall(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of `exact` [Q, k] (indices or ids) found in the same row of
+    `approximate` [Q, k]: recall@k of an approximate search against exact search."""
+    approximate, exact = np.asarray(approximate), np.asarray(exact)
+    if approximate.shape != exact.shape or approximate.ndim != 2 or exact.shape[1] < 1:
+        raise ValueError(f"recall: two [Q, k >= 1] arrays of one shape, got {approximate.shape} and {exact.shape}")
+    found = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approximate, exact)]
+    return float(np.mean(found)) / exact.shape[1] if found else 1.0
 
 
 def rebuild_reasons(state: IvfState, recall_at_10: Optional[float] = None, target_recall: float = 0.95) -> List[str]:

@@ -97,9 +97,28 @@ def test_components_get_only_the_sections_they_read(tmp_path):
 
 def test_index_split_is_a_flag_and_is_validated(capsys):
     assert cli.main(["run", "--index-split", "eval", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["serving"] == {"index_split": "eval"}
+    assert json.loads(capsys.readouterr().out)["serving"]["index_split"] == "eval"
     with pytest.raises(ConfigError, match=r"serving.index_split \(--index-split\): must be one of train, eval"):
         PipelineConfig(serving=ServingConfig(index_split="test")).validate()
+
+
+def test_index_flags_are_validated(capsys):
+    assert cli.main(["run", "--index", "ivf", "--index-lists", "64", "--index-nprobe", "8", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["serving"] == {
+        "index_split": "train",
+        "index": "ivf",
+        "index_lists": 64,
+        "index_nprobe": 8,
+        "index_storage": "int8",
+    }
+    for serving, message in (
+        (ServingConfig(index="hnsw"), r"serving.index \(--index\): must be one of auto, exact, ivf"),
+        (ServingConfig(index_lists=-1), r"serving.index_lists \(--index-lists\): must be >= 0"),
+        (ServingConfig(index_lists=8, index_nprobe=9), r"serving.index_nprobe \(--index-nprobe\): must be at most"),
+        (ServingConfig(index_storage="int4"), r"serving.index_storage \(--index-storage\): must be one of int8"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            PipelineConfig(serving=serving).validate()
 
 
 def test_data_fingerprint_follows_the_files(tmp_path):

@@ -15,6 +15,7 @@ from triplet_tfx.components.config import (
     DataConfig,
     EvalConfig,
     PipelineConfig,
+    ServingConfig,
     TrainConfig,
     flag_of,
     profile_config,
@@ -76,7 +77,13 @@ SYNTHETIC_PROFILES = {
             "max_regression": 0.01,
             "plot": "pca",
         },
-        "serving": {"index_split": "eval"},
+        "serving": {
+            "index_split": "eval",
+            "index": "ivf",
+            "index_lists": 32,
+            "index_nprobe": 4,
+            "index_storage": "float32",
+        },
     },
     "synthetic-2": {"data": {"class_split": "random:3"}, "eval": {"lower_bounds": {"nmi": 0.3}}},
     "synthetic-3": {"eval": {"protocol": "query_vs_reference"}},
@@ -117,7 +124,12 @@ def test_a_profile_can_set_every_field(name, capsys, monkeypatch):
 
 
 def test_the_synthetic_profiles_cover_every_field_with_other_values():
-    for section, cls in (("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)):
+    for section, cls in (
+        ("data", DataConfig),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+        ("serving", ServingConfig),
+    ):
         default = cls()
         for field in dataclasses.fields(cls):
             values = [p[section][field.name] for p in SYNTHETIC_PROFILES.values() if field.name in p.get(section, {})]

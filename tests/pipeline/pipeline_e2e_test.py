@@ -1,4 +1,6 @@
-"""End to end: the real pipeline under LocalDagRunner on 2,000 MNIST examples, 100 steps."""
+"""End to end: the real pipeline under LocalDagRunner on 2,000 MNIST examples, 100 steps, served with an
+approximate (ivf) search index (the exact index is served end to end by photos_e2e_test and
+kubeflow_execute_test)."""
 
 import os
 
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from triplet_tfx.components.config import DataConfig, EvalConfig, PipelineConfig, ServingConfig, TrainConfig
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.pipeline import cli, summary
 
@@ -33,6 +35,7 @@ def small_config(root, min_precision_at_1=0.5, max_steps=100) -> PipelineConfig:
         data=DataConfig(max_examples=2000),
         train=TrainConfig(max_steps=max_steps),
         eval=EvalConfig(lower_bounds={"precision_at_1": min_precision_at_1}, plot="pca"),
+        serving=ServingConfig(index="ivf", index_lists=16),
     )
 
 
@@ -60,9 +63,12 @@ def test_pushed_model_serves_unit_norm_embeddings(first_run):
     versions = pushed_versions(config)
     assert len(versions) == 1 and summary.pushed_to == os.path.join(config.serving_model_dir, versions[0])
     loaded = tf.saved_model.load(summary.pushed_to)
-    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search"}
-    assert loaded.reference_embeddings.shape == (2000, 256)  # the index: the train split, pushed with the model
+    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search", "search_with_nprobe"}
+    # The index: the train split, pushed with the model as 16 lists of int8 codes; 4 lists probed by default.
+    assert loaded.reference_ids.shape == (2000,) and loaded.ivf.vectors.shape == (2000, 256)
+    assert loaded.ivf.vectors.dtype == tf.int8 and int(loaded.nprobe.numpy()) == 4
     assert summary.search_index.startswith("2000 train references, built in ")
+    assert "; ivf, 16 lists, nprobe 4, recall@10 against exact search 0." in summary.search_index
     images, labels = data_sources.load_mnist()["test"]
     examples = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(8)])
     embeddings = loaded.signatures["serving_default"](examples=examples)["embedding"].numpy()
@@ -101,6 +107,12 @@ def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
     np.testing.assert_allclose(from_pixels.numpy(), embedded.numpy(), atol=1e-6)
     found = loaded.signatures["search"](images=tf.constant([f.getvalue() for f in pngs]), k=tf.constant(1))
     assert (found["labels"].numpy()[:, 0] == labels).mean() > 0.5
+    every_list = loaded.signatures["search_with_nprobe"](
+        images=tf.constant([f.getvalue() for f in pngs]), k=tf.constant(1), nprobe=tf.constant(16)
+    )
+    assert (every_list["labels"].numpy()[:, 0] == labels).mean() > 0.5
+    with pytest.raises(tf.errors.InvalidArgumentError, match="nprobe must be at most the number of lists"):
+        loaded.signatures["search_with_nprobe"](images=tf.constant(pngs[0].getvalue())[None], k=1, nprobe=17)
 
 
 def test_projector_files_are_written(first_run):

@@ -250,3 +250,22 @@ def test_saved_model_round_trip(data, tmp_path, storage, scale, keep):
         np.testing.assert_array_equal(getattr(restored, field), getattr(state, field))
     assert (restored.storage, restored.scale) == (storage, scale)
     assert (restored.float_vectors is None) == (not keep)
+
+
+def test_recall_is_the_share_of_exact_neighbours_found():
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert ivf.recall(exact[:, ::-1], exact) == 1.0  # order within the k does not matter
+    assert ivf.recall(np.array([[1, 2, 9, 9], [5, 0, 0, 0]]), exact) == pytest.approx((2 / 4 + 1 / 4) / 2)
+    with pytest.raises(ValueError, match="one shape"):
+        ivf.recall(exact[:, :3], exact)
+
+
+def test_build_for_trains_the_default_lists_on_a_sample():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    state = ivf.build_for(x, [str(i) for i in range(3000)], np.zeros(3000, np.int64), storage="float32")
+    assert state.lists == ivf.default_lists(3000) == 128 and state.size == 3000 and state.lengths.sum() == 3000
+    again = ivf.build_for(x, [str(i) for i in range(3000)], np.zeros(3000, np.int64), storage="float32")
+    np.testing.assert_array_equal(state.centroids, again.centroids)  # seeded
+    with pytest.raises(ValueError, match=r"lists must be in \[1, 3000\]"):
+        ivf.build_for(x, [str(i) for i in range(3000)], np.zeros(3000, np.int64), lists=3001)
