@@ -64,14 +64,25 @@ def ServingModelBuilder(
     embeddings = embed(model, references)  # the evaluator's own path: serving_default on raw tf.Examples
     ids = index.reference_ids(split, len(labels))
     kind = ivf_index.choose_index(len(labels)) if serving.index == "auto" else serving.index
-    ivf, nprobe = None, 0
+    ivf, nprobe, queries = None, 0, None
     if kind == "ivf":
         ivf = ivf_index.build_for(embeddings, ids, labels, serving.index_lists, serving.index_storage)
         nprobe = serving.index_nprobe or ivf_index.default_nprobe(ivf.lists)
         if nprobe > ivf.lists:
             raise ValueError(f"--index-nprobe {nprobe}: the index has {ivf.lists} lists")
         queries = embed(model, read_split(examples, "eval")[:RECALL_QUERIES])
-        recall = index.ivf_recall(ivf, nprobe, queries, embeddings, ids)
+    path = path_utils.serving_model_dir(serving_model.uri)
+    recall = index.build_serving_model(
+        path_utils.serving_model_path(model.uri),
+        ids,
+        labels,
+        embeddings,
+        path,
+        ivf=ivf,
+        nprobe=nprobe,
+        recall_queries=queries,
+    )
+    if ivf is not None and recall is not None:
         serving_model.set_int_custom_property(contract.INDEX_LISTS, ivf.lists)
         serving_model.set_int_custom_property(contract.INDEX_NPROBE, nprobe)
         serving_model.set_float_custom_property(contract.INDEX_RECALL_AT_10, recall)
@@ -83,10 +94,6 @@ def ServingModelBuilder(
             recall,
             len(queries),
         )
-    path = path_utils.serving_model_dir(serving_model.uri)
-    index.build_serving_model(
-        path_utils.serving_model_path(model.uri), ids, labels, embeddings, path, ivf=ivf, nprobe=nprobe
-    )
     seconds, size = time.monotonic() - start, folder_bytes(path)
     serving_model.set_int_custom_property(contract.INDEX_SIZE, len(labels))
     serving_model.set_string_custom_property(contract.INDEX_SPLIT, split)

@@ -45,7 +45,7 @@ them), the catalogue grown by more than GROWTH_LIMIT since the quantizer was tra
 centroids no longer describe the data), per-dimension int8 codes saturating on the new items, or a
 measured recall@10 (against exact search on a held-out sample) that has dropped below the target.
 
-`choose_index` picks `exact` below AUTO_EXACT_LIMIT items (the exact matmul is faster than the
+`choose_index` picks `exact` below INDEX_AUTO_EXACT_LIMIT items (the exact matmul is faster than the
 IVF's fixed costs there and always right) and `ivf` above.
 """
 
@@ -60,20 +60,18 @@ import tensorflow as tf
 
 from triplet_tfx.components.config import INDEX_AUTO_EXACT_LIMIT, INDEX_STORAGES
 
-AUTO_EXACT_LIMIT = INDEX_AUTO_EXACT_LIMIT  # choose_index: exact below this many items (--index auto)
 RERANK_MULTIPLE = 4  # re-rank max(4 k, 64) candidates exactly when float32 vectors are kept
 MIN_RERANK = 64
 IMBALANCE_LIMIT = 8.0  # rebuild_reasons: largest list > 8 x the mean list size
 GROWTH_LIMIT = 1.0  # rebuild_reasons: catalogue more than doubled since the quantizer was trained
 SATURATION_LIMIT = 0.001  # rebuild_reasons: > 0.1 % of the added int8 codes clipped (per-dimension scales)
-STORAGES = INDEX_STORAGES
 SCALES = ("vector", "dimension")
 
 
 # ----------------------------------------------------------------------------------------- rules
 
 
-def choose_index(catalog_size: int, exact_limit: int = AUTO_EXACT_LIMIT) -> str:
+def choose_index(catalog_size: int, exact_limit: int = INDEX_AUTO_EXACT_LIMIT) -> str:
     """`auto` mode: "exact" below `exact_limit` items, "ivf" from there on."""
     if catalog_size < 0:
         raise ValueError(f"catalog size must be >= 0, got {catalog_size}")
@@ -276,8 +274,8 @@ def build(
 ) -> IvfState:
     """The index of `embeddings` [n, d] over the given centroids (see `train_quantizer`);
     `list_ids`: `assign(embeddings, centroids)` when already computed (several storages, one assignment)."""
-    if storage not in STORAGES:
-        raise ValueError(f"ivf index: storage must be one of {STORAGES}, got {storage!r}")
+    if storage not in INDEX_STORAGES:
+        raise ValueError(f"ivf index: storage must be one of {INDEX_STORAGES}, got {storage!r}")
     if scale not in SCALES:
         raise ValueError(f"ivf index: scale must be one of {SCALES}, got {scale!r}")
     centroids = np.ascontiguousarray(centroids, np.float32)

@@ -3,6 +3,7 @@ takes the lists to probe per request, and probing every list of float32 vectors 
 
 import contextlib
 import io
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ LISTS = 8
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """{storage: served model path}, plus the reference embeddings and labels."""
+    """({storage: served model path}, the reference embeddings, labels, {storage: recall@10 returned})."""
     export = tiny_serving_model.trained_export()
     train_x, train_y, _, _ = tiny_serving_model.mnist_examples()
     examples = [data_sources.make_example(x, y) for x, y in zip(train_x, train_y)]
@@ -30,12 +31,25 @@ def served(tmp_path_factory):
         tf.saved_model.load(export).signatures["serving_default"](examples=tf.constant(examples))["embedding"].numpy()
     )
     ids = index.reference_ids("train", len(train_y))
-    paths = {}
+    paths, recalls = {}, {}
     for storage in ("float32", "int8"):
         state = ivf_index.build_for(embeddings, ids, train_y, LISTS, storage)
         paths[storage] = str(tmp_path_factory.mktemp(storage) / "1")
-        index.build_serving_model(export, ids, train_y, embeddings, paths[storage], ivf=state, nprobe=2)
-    return paths, embeddings, train_y
+        recalls[storage] = index.build_serving_model(
+            export,
+            ids,
+            train_y,
+            embeddings,
+            paths[storage],
+            ivf=state,
+            nprobe=2,
+            recall_queries=recall_queries(embeddings),
+        )
+    return paths, embeddings, train_y, recalls
+
+
+def recall_queries(embeddings):
+    return embeddings[:60] + 0.01
 
 
 def _queries():
@@ -62,7 +76,7 @@ def test_the_signatures(served):
 
 
 def test_every_list_of_float32_vectors_is_exact_search(served):
-    paths, references, labels = served
+    paths, references, labels, _ = served
     model = tf.saved_model.load(paths["float32"])
     images = _queries()
     found = model.signatures["search_with_nprobe"](images=images, k=tf.constant(5), nprobe=tf.constant(LISTS))
@@ -78,7 +92,7 @@ def test_every_list_of_float32_vectors_is_exact_search(served):
 
 
 def test_search_probes_the_default_lists_and_nprobe_changes_the_answer_set(served):
-    paths, references, _ = served
+    paths, references, _, _ = served
     model = tf.saved_model.load(paths["int8"])
     images = _queries()
     default = model.signatures["search"](images=images, k=tf.constant(10))
@@ -108,9 +122,21 @@ def test_bad_requests_are_invalid_argument(served, k, nprobe, message):
 
 
 def test_recall_of_every_list_is_one_and_a_bad_nprobe_is_refused(served):
-    _, references, labels = served
+    _, references, labels, _ = served
     ids = index.reference_ids("train", len(labels))
     state = ivf_index.build_for(references, ids, labels, LISTS, "float32")
-    assert index.ivf_recall(state, LISTS, references[:50] + 0.01, references, ids) == 1.0
+    assert index.ivf_recall(ivf_index.IvfIndex(state), LISTS, references[:50] + 0.01, references, ids) == 1.0
     with pytest.raises(ValueError, match=r"nprobe must be in \[1, 8\]"):
         index.ServingModel(None, ids, labels, None, ivf=state, nprobe=LISTS + 1)
+
+
+def test_the_recall_returned_is_the_saved_indexs(served):
+    paths, references, labels, recalls = served
+    ids = index.reference_ids("train", len(labels))
+    for storage, path in paths.items():
+        loaded = tf.saved_model.load(path)
+        measured = index.ivf_recall(loaded.ivf, 2, recall_queries(references), references, ids)
+        assert 0.0 < recalls[storage] == measured <= 1.0, storage
+    export = tiny_serving_model.trained_export()
+    exact_path = str(os.path.join(os.path.dirname(paths["int8"]), "exact"))
+    assert index.build_serving_model(export, ids, labels, references, exact_path, recall_queries=references[:5]) is None
