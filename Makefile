@@ -42,14 +42,16 @@ test: lint
 test-fast: lint
 	$(VENV)/bin/python -m pytest -q -n auto -m "not slow" tests $(ARGS)
 
-# Benchmarks (figures in README.md); each script's --help tells its options.
+# Benchmarks (figures in README.md); each script's --help tells its options. Ends with one summary
+# table of the pipeline's and the training step's figures (bench/bench_summary.py).
 bench: $(STAMP)
-	$(VENV)/bin/python bench/bench_pipeline.py $(ARGS)
+	$(VENV)/bin/python bench/bench_pipeline.py --tutorial --json runs/bench/pipeline.json $(ARGS)
 	$(VENV)/bin/python bench/bench_losses.py
 	$(VENV)/bin/python bench/bench_metrics.py
-	$(VENV)/bin/python bench/bench_train_step.py
+	$(VENV)/bin/python bench/bench_train_step.py --json runs/bench/train_step.json
 	$(VENV)/bin/python bench/bench_serving.py   # the latest model `make run` pushed under runs/serving
 	$(VENV)/bin/python bench/bench_beam.py
+	$(VENV)/bin/python bench/bench_summary.py --pipeline runs/bench/pipeline.json --train-step runs/bench/train_step.json
 
 # Re-resolve the pins after changing requirements.in (needs `uv`; not part of set-up).
 constraints:

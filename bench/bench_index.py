@@ -1,5 +1,5 @@
 """Benchmark of the search index (not a test): exact k-NN (the served `search` today) against the IVF
-index (components/serving/ivf_index.py), with faiss-cpu and ScaNN as reference points only.
+index (components/ivf_index.py), with faiss-cpu and ScaNN as reference points only.
 
     .venv/bin/python bench/bench_index.py                          # N = 60,000 and 1,000,000
     .venv/bin/python bench/bench_index.py --sizes 60000 --no-references
@@ -21,7 +21,7 @@ Each index is built once, saved with tf.saved_model.save, loaded in process (tf.
 and queried through its saved signature: batch-1 latency p50/p99 over --latency-queries queries,
 recall@10 over all the queries (batches of 25). Methods:
 
-* exact: the current scheme, reference embeddings in a variable, index.nearest (one matmul + top_k);
+* exact: the current scheme, reference embeddings in a variable, ivf_index.nearest (one matmul + top_k);
 * ivf float32 / ivf int8 (per-vector scale) / ivf int8 per-dimension scale / ivf int8 + float32
   re-rank: ivf_index.IvfIndex, default_lists(N) lists from k-means (10 iterations, random init) on
   a sample of 40 x lists items, swept over nprobe;
@@ -324,7 +324,7 @@ def ids_for(n):
 def run_size(n, data, args, rows):
     import tensorflow as tf
 
-    from triplet_tfx.components.serving import index as exact_index, ivf_index as ivf
+    from triplet_tfx.components import ivf_index as ivf
 
     print(f"\n[N={n:,}] generating {data} data...", file=sys.stderr, flush=True)
     x, labels, queries = synthetic(n, args.queries, data)
@@ -371,7 +371,7 @@ def run_size(n, data, args, rows):
 
         @tf.function(input_signature=[tf.TensorSpec([None, DIM], tf.float32), tf.TensorSpec([], tf.int32)])
         def search(self, q, k):
-            return exact_index.nearest(q, self.references, self.norms, k)
+            return ivf.nearest(q, self.references, self.norms, k)
 
     module = Exact()
     signature = saved(module, module.search, "exact")

@@ -5,6 +5,7 @@ measured float32 peak; a per-op profile of one setting; the input pipeline alone
   .venv/bin/python bench/bench_train_step.py                 # the table
   .venv/bin/python bench/bench_train_step.py --profile 0     # + top ops of row 0 (TensorBoard trace)
   .venv/bin/python bench/bench_train_step.py --only strided --repeat 3
+  .venv/bin/python bench/bench_train_step.py --json runs/bench/train_step.json   # + figures for bench_summary.py
 
 Per row, in a process of its own (a dtype policy and thread settings are per process):
 - FLOP per step: counted by TensorFlow's profiler (`float_operation`) on the graph of one training
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import bench_summary
 
 # (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
 SETTINGS = [
@@ -172,15 +175,6 @@ def _in_process(job: dict) -> object:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]}, {len(names)} logical CPUs"
-    except (OSError, IndexError):
-        return "unknown CPU"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=500, help="timed steps per row (default %(default)s)")
@@ -193,6 +187,7 @@ def main() -> int:
     )
     parser.add_argument("--profile", type=int, metavar="ROW", help="also the top ops of this row, by time")
     parser.add_argument("--trace-dir", default=None, help="where the profiler trace goes (default: a temp folder)")
+    parser.add_argument("--json", metavar="PATH", help="also write the table's figures to PATH, for bench_summary.py")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = parser.parse_args()
     if args.job:
@@ -208,6 +203,7 @@ def main() -> int:
         return 0
 
     rows = [(label, setting) for label, setting in SETTINGS if not args.only or args.only in label]
+    measured = bench_summary.machine()
     peaks, steps, inputs = [], collections.defaultdict(list), collections.defaultdict(list)
     for _ in range(args.repeat):  # interleaved, so that a busy spell of a shared machine hits every row
         peaks.append(_in_process({"kind": "peak"}))
@@ -215,29 +211,43 @@ def main() -> int:
             steps[i].append(_in_process({"kind": "step", "setting": setting, "steps": args.steps}))
             inputs[i].append(_in_process({"kind": "input", "setting": setting, "steps": args.steps}))
     peak = statistics.median(peaks)
-    print(f"{_cpu_name()}; float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n")
+    figures = []
+    for i, (label, setting) in enumerate(rows):
+        ms = statistics.median(r["ms"] for r in steps[i])
+        figures.append(
+            {
+                "label": label,
+                "network": setting["network"],
+                "batch_size": setting["batch_size"],
+                "examples_per_class": setting.get("examples_per_class"),
+                "steps_per_call": steps[i][0]["steps_per_call"],
+                "mflop": steps[i][0]["flops"] / 1e6,
+                "ms": ms,
+                "cpu_ms": statistics.median(r["cpu_ms"] for r in steps[i]),
+                "gflops": steps[i][0]["flops"] / ms / 1e6,
+                "epoch_seconds": ms * -(-EPOCH // setting["batch_size"]) / 1e3,
+                "input_ms": statistics.median(inputs[i]),
+            }
+        )
+    print(
+        f"{measured['cpu']}, {measured['logical_cpus']} logical CPUs; "
+        f"float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n"
+    )
     print(
         "| setting | batch | steps per call | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
         "| % of peak | s per 60k epoch | input alone, ms per batch |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
-    for i, (label, setting) in enumerate(rows):
-        ms = statistics.median(r["ms"] for r in steps[i])
-        cpu_ms = statistics.median(r["cpu_ms"] for r in steps[i])
-        flops, per_call = steps[i][0]["flops"], steps[i][0]["steps_per_call"]
-        gflops = flops / ms / 1e6
-        batch = setting["batch_size"]
-        balanced = (
-            f" = {batch // setting['examples_per_class']} x {setting['examples_per_class']}"
-            if setting.get("examples_per_class")
-            else ""
-        )
+    for row in figures:
+        per_class = row["examples_per_class"]
+        balanced = f" = {row['batch_size'] // per_class} x {per_class}" if per_class else ""
         print(
-            f"| {label} ({setting['network']}) | {batch}{balanced} | {per_call} | {flops / 1e6:.1f} | {ms:.2f} "
-            f"| {cpu_ms:.2f} "
-            f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {ms * -(-EPOCH // batch) / 1e3:.1f} "
-            f"| {statistics.median(inputs[i]):.2f} |"
+            f"| {row['label']} ({row['network']}) | {row['batch_size']}{balanced} | {row['steps_per_call']} "
+            f"| {row['mflop']:.1f} | {row['ms']:.2f} | {row['cpu_ms']:.2f} | {row['gflops']:.1f} "
+            f"| {100 * row['gflops'] / peak:.1f} | {row['epoch_seconds']:.1f} | {row['input_ms']:.2f} |"
         )
+    if args.json:
+        bench_summary.write_json(args.json, {"machine": measured, "peak_gflops": peak, "rows": figures})
     if args.profile is not None:
         label, setting = SETTINGS[args.profile]
         trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")

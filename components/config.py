@@ -494,6 +494,14 @@ class EvalConfig:
         + " and ".join(COMPARED_METRICS)
         + " against the latest blessed model (default %(default)s)",
     )
+    # "No match" (evaluation/calibration.py): the served `match` signature's distance threshold is the
+    # largest one at which this share of the eval queries' nearest neighbours have the query's class.
+    match_precision: float = option(
+        0.95,
+        flag="--match-precision",
+        help="precision the served match threshold is calibrated for on the eval data: a query whose nearest "
+        "reference is farther than the threshold is answered 'no match' (default %(default)s)",
+    )
     # 2-D picture of the embedding space: `umap` (falls back to PCA if UMAP fails) or `pca`.
     plot: str = option(
         "umap",
@@ -522,7 +530,7 @@ class ServingConfig:
         "the blessed model and pushed with it as one version (default %(default)s)",
     )
     # How `search` finds neighbours (docs/serving.md, "Search index"): exact compares a query with
-    # every reference; ivf (components/serving/ivf_index.py) only with the references of the lists
+    # every reference; ivf (components/ivf_index.py) only with the references of the lists
     # nearest to it.
     index: str = option(
         "auto",
@@ -551,6 +559,30 @@ class ServingConfig:
         choices=INDEX_STORAGES,
         help="ivf: how the reference embeddings are stored: int8 (a quarter of the memory, one scale per "
         "vector, approximate distances) or float32 (default %(default)s)",
+    )
+    # A catalog other than the training data (serving/catalog.py): embedded in Beam by the blessed
+    # model, it is the index instead of --index-split, and is exported for Vertex AI Vector Search.
+    catalog: str = option(
+        "",
+        flag="--catalog",
+        metavar="SOURCE",
+        help="index this catalog instead of --index-split: any source --data accepts (images:<dir>, "
+        "manifest:<file>, ...), embedded in Beam by the blessed model and also written as Vertex AI "
+        "Vector Search import files",
+    )
+    # `triplet-tfx index` only: add the catalog to the served ivf index's lists (no re-clustering).
+    index_add: bool = option(
+        False,
+        flag="--index-add",
+        help="index: add the catalog's items to the served model's ivf index, keeping its lists (no "
+        "re-clustering; the run says when a full rebuild is advised) instead of building a new index",
+    )
+    # Pushes keep the newest N versions in the serving folder (0: all).
+    keep_versions: int = option(
+        0,
+        flag="--keep-versions",
+        metavar="N",
+        help="after a push, keep only the newest N versions in the serving folder (default 0: keep all)",
     )
 
 
@@ -1074,6 +1106,7 @@ class PipelineConfig:
                 "bounds must be within [0, 1]",
             ),
             (self.eval.max_regression >= 0, _label("eval", "max_regression"), "must be >= 0"),
+            (0 < self.eval.match_precision <= 1, _label("eval", "match_precision"), "must be in (0, 1]"),
             (self.eval.plot in PLOT_METHODS, _label("eval", "plot"), "must be umap or pca"),
             (
                 self.serving.index_split in SPLITS,
@@ -1092,6 +1125,18 @@ class PipelineConfig:
                 self.serving.index_storage in INDEX_STORAGES,
                 _label("serving", "index_storage"),
                 "must be one of " + ", ".join(INDEX_STORAGES),
+            ),
+            (
+                not self.serving.catalog or self.serving.catalog.split(":", 1)[0] in SOURCE_KINDS,
+                _label("serving", "catalog"),
+                f"unknown source {self.serving.catalog!r}: any --data source (mnist, tfds:<name>, "
+                "tfrecord:<dir>, images:<dir>, manifest:<file>)",
+            ),
+            (self.serving.keep_versions >= 0, _label("serving", "keep_versions"), "must be >= 0 (0: keep all)"),
+            (
+                not self.serving.index_add or self.serving.catalog,
+                _label("serving", "index_add"),
+                f"adds a catalog: give {flag_of('serving', 'catalog')} SOURCE",
             ),
         ]
         for ok, field, problem in checks:

@@ -68,6 +68,10 @@ EMBED_PIXELS_SIGNATURE = "embed_pixels"
 SEARCH_SIGNATURE = "search"
 # With an ivf index: `search` with the number of lists to probe per request.
 SEARCH_WITH_NPROBE_SIGNATURE = "search_with_nprobe"
+# Each image's nearest reference, and whether it is near enough to be a match (the evaluator's
+# calibrated threshold, metrics.json's MATCH_THRESHOLD): the outputs of `search` for k = 1, one
+# per image, plus MATCHED_OUTPUT.
+MATCH_SIGNATURE = "match"
 # Their inputs...
 EXAMPLES_INPUT = "examples"
 IMAGES_INPUT = "images"
@@ -80,6 +84,7 @@ IDS_OUTPUT = "ids"
 LABELS_OUTPUT = "labels"
 DISTANCES_OUTPUT = "distances"
 CLASS_NAMES_OUTPUT = "class_names"
+MATCHED_OUTPUT = "matched"
 
 # In the ModelEvaluation folder: the metrics, the report and one folder for TensorBoard (the metric
 # scalars and the Embedding Projector bundle).
@@ -102,3 +107,7 @@ INDEX_KIND = "index_kind"
 INDEX_LISTS = "index_lists"
 INDEX_NPROBE = "index_nprobe"
 INDEX_RECALL_AT_10 = "index_recall_at_10"
+# ...and for an index items were added to (--index-add), why it should be rebuilt ("": no need).
+INDEX_REBUILD_REASONS = "index_rebuild_reasons"
+# ...and the `match` signature's distance threshold (absent: the model has no `match` signature).
+MATCH_THRESHOLD = "match_threshold"

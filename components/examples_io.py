@@ -74,9 +74,17 @@ def parse_examples(
     return np.concatenate(labels), np.concatenate(images) if images else None
 
 
+def model_path(model: Model) -> str:
+    """The SavedModel of a Model artifact: a Trainer's or builder's (in its Format-Serving folder), or
+    a pushed serving version imported as it is (the folder holding saved_model.pb)."""
+    if tf.io.gfile.exists(os.path.join(model.uri, "saved_model.pb")):
+        return model.uri
+    return path_utils.serving_model_path(model.uri)
+
+
 def embed(model: Model, serialized: list) -> np.ndarray:
     """Embeddings of serialized raw tf.Examples through the model's serving signature."""
-    serve = tf.saved_model.load(path_utils.serving_model_path(model.uri)).signatures[SERVING_SIGNATURE]
+    serve = tf.saved_model.load(model_path(model)).signatures[SERVING_SIGNATURE]
     batches = []
     with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
         for start in range(0, len(serialized), _BATCH):

@@ -74,6 +74,13 @@ def _add_kubeflow_flags(groups: Dict[str, Any]) -> None:
     groups["kubeflow"].add_argument(
         "--package-dir", default=None, help="where to write the package (default <output-root>/kubeflow)"
     )
+    groups["kubeflow"].add_argument(
+        "--index-model",
+        default=None,
+        metavar="VERSION_URI",
+        help="compile the index pipeline instead (<pipeline-name>-index: --catalog embedded by this pushed "
+        "model version, pushed next to it as a new version), e.g. for a recurring run",
+    )
 
 
 def _package_dir(args: argparse.Namespace, config: PipelineConfig) -> str:
@@ -87,7 +94,7 @@ def _compile(args: argparse.Namespace, config: PipelineConfig):
     from triplet_tfx.kubeflow import runner
 
     try:
-        package = runner.compile_pipeline(config, _package_dir(args, config))
+        package = runner.compile_pipeline(config, _package_dir(args, config), args.index_model)
     except (ConfigError, DataSourceError) as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return None
@@ -101,9 +108,8 @@ def compile_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     package = _compile(args, config)
     if package is None:
         return 2
-    print(
-        f"\nUpload: kfp --endpoint $KF_PIPELINES_ENDPOINT pipeline create -p {config.pipeline_name} {package.yaml_path}"
-    )
+    name = os.path.splitext(os.path.basename(package.yaml_path))[0]
+    print(f"\nUpload: kfp --endpoint $KF_PIPELINES_ENDPOINT pipeline create -p {name} {package.yaml_path}")
     return 0
 
 
@@ -126,10 +132,11 @@ def deploy_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     package = _compile(args, config)
     if package is None:
         return 2
+    name = os.path.splitext(os.path.basename(package.yaml_path))[0]  # <pipeline-name>[-index]
     try:
         result = deploy.deploy(
             package.yaml_path,
-            config.pipeline_name,
+            name,
             target,
             version_name=args.version,
             experiment_name=args.experiment,
@@ -140,7 +147,7 @@ def deploy_command(args: argparse.Namespace, config: PipelineConfig) -> int:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 1
     kind = "new pipeline" if result.new_pipeline else "new version of pipeline"
-    print(f"\nUploaded {kind} {config.pipeline_name!r}: {result.pipeline_url}")
+    print(f"\nUploaded {kind} {name!r}: {result.pipeline_url}")
     if result.run_url:
         print(f"Run {result.run_id} (experiment {result.experiment_id}): {result.run_url}")
     return 0

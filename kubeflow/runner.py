@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.components.config import ConfigError, KubeflowConfig, PipelineConfig
@@ -226,12 +226,16 @@ def trainer_resources(kf: KubeflowConfig):
     return spec if spec.ByteSize() else None
 
 
-def build_pipeline(config: PipelineConfig):
-    """create_pipeline(config), plus the Trainer's resource request. Returns (pipeline, config)."""
-    from triplet_tfx.components.data.data_sources import check_source
-    from triplet_tfx.pipeline.pipeline import create_pipeline
+def build_pipeline(config: PipelineConfig, index_model: Optional[str] = None):
+    """create_pipeline(config), plus the Trainer's resource request; with `index_model` (a pushed
+    version's URI) the index pipeline instead (create_index_pipeline). Returns (pipeline, config)."""
+    from triplet_tfx.components.data.data_sources import catalog_data, check_source
+    from triplet_tfx.pipeline.pipeline import create_index_pipeline, create_pipeline, index_config
 
     config = kubeflow_config(config)
+    if index_model is not None:
+        check_source(catalog_data(config.data, config.serving.catalog))
+        return create_index_pipeline(config, index_model), index_config(config, index_model)
     check_source(config.data)
     trainer_class, trainer_custom_config = trainer_launch(config.kubeflow)
     pipeline = create_pipeline(
@@ -272,14 +276,15 @@ def job_to_pipeline_spec(pipeline_job: Dict[str, Any], pipeline_root: str) -> Di
     return spec
 
 
-def compile_pipeline(config: PipelineConfig, package_dir: str) -> CompiledPackage:
-    """Writes <package_dir>/<pipeline_name>.yaml (PipelineSpec) and .json (TFX PipelineJob)."""
+def compile_pipeline(config: PipelineConfig, package_dir: str, index_model: Optional[str] = None) -> CompiledPackage:
+    """Writes <package_dir>/<pipeline_name>.yaml (PipelineSpec) and .json (TFX PipelineJob); with
+    `index_model`, the index pipeline's (<pipeline_name>-index)."""
     import yaml
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
     from tfx import v1 as tfx, version as tfx_version
 
-    pipeline, config = build_pipeline(config)
+    pipeline, config = build_pipeline(config, index_model)
     kf = config.kubeflow
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -321,6 +326,10 @@ def summarize(package: CompiledPackage) -> List[str]:
     lines = []
     for task_id, task in sorted(spec["root"]["dag"]["tasks"].items()):
         executor = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        if "importer" in executor:
+            uri = executor["importer"]["artifactUri"].get("constantValue", {}).get("stringValue", "")
+            lines.append(f"  {task_id:<45} (importer: registers {uri}, no container)")
+            continue
         if "container" not in executor:
             lines.append(f"  {task_id:<45} (resolver: ML Metadata query, no container)")
             continue

@@ -3,7 +3,7 @@
   triplet-tfx run                     # the main job: full MNIST, the tutorial's settings
   triplet-tfx run --max-examples 2000 --max-steps 100 --output-root /tmp/smoke
 
-The commands live in their own modules: `run` in run_command.py, `compile` and `deploy` in
+The commands live in their own modules: `run` in run_command.py, `index` in index_command.py, `compile` and `deploy` in
 kubeflow/cli.py, `embed` and `search` in serving_commands.py, `runs` in runs.py; the configuration
 flags (declared on the configuration's fields, components/config.py) in flags.py.
 """
@@ -20,7 +20,7 @@ from typing import List, Optional
 import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 from triplet_tfx.components.config import PROFILES, ConfigError, PipelineConfig
 from triplet_tfx.kubeflow import cli as kubeflow_cli
-from triplet_tfx.pipeline import run_command as run_module, runs, serving_commands
+from triplet_tfx.pipeline import index_command, run_command as run_module, runs, serving_commands
 from triplet_tfx.pipeline.flags import add_config_flags, config_from_args, profile_flag_defaults
 
 # Names the tests, the benchmarks and pipeline/local_runner.py use as cli.<name>.
@@ -72,6 +72,7 @@ def build_parser(profile: str = "tutorial") -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_module.add_command(commands, functools.partial(add_config_flags, profile=profile))
+    index_command.add_command(commands, functools.partial(add_config_flags, profile=profile))
     kubeflow_cli.add_commands(commands, functools.partial(add_config_flags, profile=profile, kubeflow=True))
     for command in commands.choices.values():
         command.add_argument("--print-config", action="store_true", help="print the configuration as JSON and exit")

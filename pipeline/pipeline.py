@@ -2,11 +2,15 @@
 
 ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> AnomalyGate -> Transform
 -> Trainer -> EmbeddingEvaluator (against the latest blessed model) -> ServingModelBuilder (model +
-search index) -> Pusher.
+search index) -> Pusher; with --catalog, CatalogExampleGen -> CatalogEmbedder feed the index.
+
+create_index_pipeline: the index refreshed without retraining (ModelImporter -> CatalogExampleGen
+-> CatalogEmbedder -> ServingModelBuilder -> Pusher), `triplet-tfx index`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,14 +18,15 @@ from typing import Optional
 
 from tfx.proto import transform_pb2
 
-from triplet_tfx.components.config import PipelineConfig
-from triplet_tfx.components.data import manifest
+from triplet_tfx.components.config import ConfigError, PipelineConfig, flag_of
+from triplet_tfx.components.data import data_sources, manifest
 from triplet_tfx.components.data.example_gen import SourceExampleGen
 from triplet_tfx.components.data.validation import AnomalyGate
 from triplet_tfx.components.evaluation.baseline import LatestPushedModelStrategy
 from triplet_tfx.components.evaluation.evaluator import EmbeddingEvaluator
 from triplet_tfx.components.serving.builder import ServingModelBuilder
-from triplet_tfx.components.serving.pusher import Pusher
+from triplet_tfx.components.serving.catalog import CatalogEmbedder
+from triplet_tfx.components.serving.pusher import KEEP_VERSIONS_KEY, Pusher
 from triplet_tfx.pipeline import tfx_api  # tfx.v1's names, without its extensions
 
 # User code is referenced by the dotted names of installed modules (no module_file): TFX then
@@ -29,6 +34,8 @@ from triplet_tfx.pipeline import tfx_api  # tfx.v1's names, without its extensio
 PREPROCESSING_FN = "triplet_tfx.components.data.preprocessing.preprocessing_fn"
 RUN_FN = "triplet_tfx.components.training.run.run_fn"
 BASELINE_RESOLVER_ID = "BaselineModelResolver"
+CATALOG_EXAMPLE_GEN_ID = "CatalogExampleGen"
+MODEL_IMPORTER_ID = "ModelImporter"
 
 
 def code_fingerprint() -> str:
@@ -67,6 +74,10 @@ def data_fingerprint(source_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# Sources whose files tell TFX's cache when the data changed.
+FINGERPRINT_OF = {"tfrecord": data_fingerprint, "images": data_fingerprint, "manifest": manifest.fingerprint}
+
+
 def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Optional[object] = None,
@@ -83,6 +94,8 @@ def create_pipeline(
     The callers check the data source first (`data_sources.check_source`): `triplet-tfx run` before
     it creates the output root, the Kubeflow compiler before it compiles."""
     config.validate()
+    if config.serving.index_add:
+        raise ConfigError(f"{flag_of('serving', 'index_add')} adds to a served index: it is for `triplet-tfx index`")
     fingerprint = code_fingerprint()
     everything = config.to_dict()
 
@@ -92,12 +105,11 @@ def create_pipeline(
         return {**{name: everything[name] for name in names}, "code_fingerprint": fingerprint}
 
     data = config.data
-    fingerprint_of = {"tfrecord": data_fingerprint, "images": data_fingerprint, "manifest": manifest.fingerprint}
     local = "://" not in data.source_path
     example_gen = SourceExampleGen(
         data=data,
-        data_fingerprint=fingerprint_of[data.source_kind](data.source_path)
-        if data.source_kind in fingerprint_of and local
+        data_fingerprint=FINGERPRINT_OF[data.source_kind](data.source_path)
+        if data.source_kind in FINGERPRINT_OF and local
         else None,
     )
     statistics_gen = tfx_api.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -173,23 +185,94 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"],
-        config=json.dumps(sections("data", "eval"), sort_keys=True),
+        config=json.dumps(sections("data", "eval", "serving"), sort_keys=True),
     )
 
+    # A catalog other than the training data: embedded in Beam by the blessed model, it is the index.
+    catalog_components = (
+        catalog_embedding(config, trainer.outputs["model"], evaluator.outputs["blessing"])
+        if config.serving.catalog
+        else []
+    )
     # The blessed model with its search index, as one Model (see components/serving/builder.py).
     serving_model_builder = ServingModelBuilder(
         model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],
         blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        catalog_embeddings=catalog_components[-1].outputs["catalog_embeddings"] if catalog_components else None,
         config=json.dumps(sections("serving"), sort_keys=True),
     )
+    pusher = serving_pusher(config, serving_model_builder, evaluator.outputs["blessing"])
+    return assemble(
+        data_components + [trainer, baseline_resolver, evaluator] + catalog_components + [serving_model_builder, pusher]
+    )
 
-    pusher = Pusher(
-        model=serving_model_builder.outputs["serving_model"],
-        model_blessing=evaluator.outputs["blessing"],
+
+def catalog_embedding(config: PipelineConfig, model, blessing=None) -> list:
+    """[CatalogExampleGen, CatalogEmbedder]: the --catalog source read as examples, embedded in Beam."""
+    catalog_data = data_sources.catalog_data(config.data, config.serving.catalog)
+    local = "://" not in catalog_data.source_path and catalog_data.source_kind in FINGERPRINT_OF
+    example_gen = SourceExampleGen(
+        data=catalog_data,
+        data_fingerprint=FINGERPRINT_OF[catalog_data.source_kind](catalog_data.source_path) if local else None,
+        catalog=True,
+    ).with_id(CATALOG_EXAMPLE_GEN_ID)
+    embedder = CatalogEmbedder(examples=example_gen.outputs["examples"], model=model, blessing=blessing)
+    for component in (example_gen, embedder):
+        component.with_beam_pipeline_args(config.data_beam_args)
+    return [example_gen, embedder]
+
+
+def serving_pusher(config: PipelineConfig, builder, blessing=None) -> Pusher:
+    return Pusher(
+        model=builder.outputs["serving_model"],
+        model_blessing=blessing,
         push_destination=tfx_api.proto.PushDestination(
             filesystem=tfx_api.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)
         ),
+        custom_config={KEEP_VERSIONS_KEY: config.serving.keep_versions},
     )
 
-    return assemble(data_components + [trainer, baseline_resolver, evaluator, serving_model_builder, pusher])
+
+def create_index_pipeline(
+    config: PipelineConfig, model_uri: str, metadata_connection_config: Optional[object] = None
+) -> tfx_api.dsl.Pipeline:
+    """Index refresh without retraining: an existing served model (a pushed version folder,
+    `model_uri`) embeds the --catalog source in Beam, and a new version holding the same model and the
+    new index is pushed next to it, keeping the model's match threshold. Its name, root, ML Metadata
+    and serving folder: `index_config`'s."""
+    config.validate()
+    if not config.serving.catalog:
+        raise ValueError("the index pipeline needs a catalog (--catalog SOURCE)")
+    fingerprint = code_fingerprint()
+    refresh = index_config(config, model_uri)
+    model = tfx_api.dsl.Importer(source_uri=model_uri, artifact_type=tfx_api.types.standard_artifacts.Model).with_id(
+        MODEL_IMPORTER_ID
+    )
+    catalog_components = catalog_embedding(config, model.outputs["result"])
+    builder = ServingModelBuilder(
+        model=model.outputs["result"],
+        catalog_embeddings=catalog_components[-1].outputs["catalog_embeddings"],
+        config=json.dumps({"serving": config.to_dict()["serving"], "code_fingerprint": fingerprint}, sort_keys=True),
+    )
+    return tfx_api.dsl.Pipeline(
+        pipeline_name=refresh.pipeline_name,
+        pipeline_root=refresh.pipeline_root,
+        components=[model] + catalog_components + [builder, serving_pusher(refresh, builder)],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+    )
+
+
+def index_config(config: PipelineConfig, model_uri: str) -> PipelineConfig:
+    """The index pipeline's configuration: named <--pipeline-name>-index, so that it has its own
+    pipeline root and ML Metadata next to the training pipeline's, and pushing next to the model
+    (`model_uri`, a version folder of a serving folder)."""
+    base = os.path.dirname(model_uri.rstrip("/"))
+    return dataclasses.replace(
+        config,
+        pipeline_name=f"{config.pipeline_name}-index",
+        serving_dir=os.path.dirname(base),
+        model_name=os.path.basename(base),
+    )

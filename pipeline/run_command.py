@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 from triplet_tfx.components.config import PipelineConfig
 from triplet_tfx.pipeline import terminal
@@ -81,16 +81,19 @@ def check_writable(path: str, flag: str) -> None:
         raise OutputRootError(f"{flag} {path}: cannot write in {existing} ({err.strerror})") from None
 
 
-def preflight(config: PipelineConfig, verbose: bool) -> str:
+def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True) -> str:
     """Checks the source and the folders before anything is created; returns what was logged
     meanwhile. The source check imports TensorFlow, whose native start-up lines belong in the
     run's log file, which does not exist yet: they go to a scratch log, returned for the real one."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch_log = os.path.join(scratch, "preflight.log")
         with terminal.logged_to_file(scratch_log, verbose):
-            from triplet_tfx.components.data.data_sources import check_source
+            from triplet_tfx.components.data.data_sources import catalog_data, check_source
 
-            check_source(config.data)  # before TFX loads
+            if training_data:  # not for an index refresh, which reads the catalog alone
+                check_source(config.data)  # before TFX loads
+            if config.serving.catalog:
+                check_source(catalog_data(config.data, config.serving.catalog))
             from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
 
             try:  # --backbone-weights: ImageNet weights cached or downloadable now, or a file that loads
@@ -118,15 +121,22 @@ def preflight(config: PipelineConfig, verbose: bool) -> str:
 
 
 def run_locally(
-    config: PipelineConfig, verbose: bool = True, data_only: bool = False
+    config: PipelineConfig, verbose: bool = True, data_only: bool = False, served_model: Optional[str] = None
 ) -> "Optional[summary.RunSummary]":
     """Runs the pipeline with TFX's LocalDagRunner (Beam, SQLite ML Metadata), holding the output
     root's run lock and logging everything into a new log file in the output root (see `terminal`);
     returns the summary of this run (None if it reached no component). data_only: its data
-    components alone (ExampleGen through Transform, no training)."""
+    components alone (ExampleGen through Transform, no training). served_model: a pushed version
+    folder; runs the index pipeline instead (pipeline.create_index_pipeline: its --catalog indexed
+    anew with that model)."""
     from triplet_tfx.pipeline.run_lock import RunLock
 
-    preflight_lines = preflight(config, verbose)
+    pipeline_config = config
+    if served_model is not None:
+        from triplet_tfx.pipeline.pipeline import index_config
+
+        pipeline_config = index_config(config, served_model)
+    preflight_lines = preflight(pipeline_config, verbose, training_data=served_model is None)
     claim_output_root(config)
     with RunLock(config.output_root):
         log_path = terminal.new_log_path(config.output_root)
@@ -143,30 +153,31 @@ def run_locally(
                     summary,
                     tfx_api,  # tfx.v1's names, without its extensions
                 )
-                from triplet_tfx.pipeline.pipeline import create_pipeline
+                from triplet_tfx.pipeline.pipeline import create_index_pipeline, create_pipeline
 
-                interrupted = recovery.mark_interrupted_runs(config)
-                before = summary.latest_context_id(config)
-                os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+                interrupted = recovery.mark_interrupted_runs(pipeline_config)
+                before = summary.latest_context_id(pipeline_config)
+                os.makedirs(os.path.dirname(pipeline_config.metadata_path), exist_ok=True)
+                connection = tfx_api.orchestration.metadata.sqlite_metadata_connection_config(
+                    pipeline_config.metadata_path
+                )
                 try:
                     tfx_api.orchestration.LocalDagRunner().run(
-                        create_pipeline(
-                            config,
-                            tfx_api.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
-                            data_only=data_only,
-                        )
+                        create_pipeline(config, connection, data_only=data_only)
+                        if served_model is None
+                        else create_index_pipeline(config, served_model, connection)
                     )
                 except Exception as err:  # a component failed: its run's summary still tells what happened
                     failure = err
                 except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see run_command)
-                    stopped = recovery.mark_cancelled(config)
+                    stopped = recovery.mark_cancelled(pipeline_config)
                     where = ", ".join(sorted({s.component for s in stopped})) or "the start"
                     logger.debug("Interrupted", exc_info=True)  # the traceback: log file only
                     raise RunInterrupted(
                         f"interrupted at {where}; run the same command again to resume (finished components "
                         "come from the cache, the Trainer from its last backup)"
                     ) from None
-                result = summary.latest_run(config, after_context_id=before)
+                result = summary.latest_run(pipeline_config, after_context_id=before)
         except RunInterrupted:
             logger.info("The run's log file: %s", log_path)
             raise
@@ -241,30 +252,39 @@ def _interruptible() -> Iterator[None]:
 
 
 def run_command(args: argparse.Namespace, config: PipelineConfig) -> int:
-    terminal.setup_logging(args.verbose)
+    code, result = run_and_report(config, args.verbose)
+    if code == 0 and args.require_blessed and not (result is not None and result.blessed):
+        return EXIT_NOT_BLESSED
+    return code
+
+
+def run_and_report(
+    config: PipelineConfig, verbose: bool, served_model: Optional[str] = None
+) -> "Tuple[int, Optional[summary.RunSummary]]":
+    """`run_locally` on the terminal: the run's summary, or one line naming what went wrong; returns
+    (exit code, summary)."""
+    terminal.setup_logging(verbose)
     logger.info("Beam arguments of the data components: %s", " ".join(config.data_beam_args))
     from triplet_tfx.pipeline.run_lock import RunLockError
 
     try:
         with _interruptible():
-            result = run_locally(config, args.verbose)
+            result = run_locally(config, verbose, served_model=served_model)
     except RunInterrupted as err:
         print(f"triplet-tfx: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, None
     except (OutputRootError, RunLockError, _data_source_error()) as err:  # evaluated only on an error
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
-        return 2
+        return 2, None
     except PipelineRunError as err:
         if err.summary is not None:
             print("\n" + err.summary.format())
         full = disk_full(err, config)
         print(f"triplet-tfx: error: {full or err} (the log above has the details)", file=sys.stderr)
-        return 2 if isinstance(err.__cause__, _data_source_error()) else 1
+        return (2 if isinstance(err.__cause__, _data_source_error()) else 1), err.summary
     if result is not None:
         print("\n" + result.format())
-    if args.require_blessed and not (result is not None and result.blessed):
-        return EXIT_NOT_BLESSED
-    return 0
+    return 0, result
 
 
 def add_command(commands, add_config_flags: Callable[[argparse.ArgumentParser], Any]) -> None:

@@ -54,6 +54,13 @@ def add_commands(commands) -> None:
         )
         if name == "search":
             command.add_argument("--k", type=int, default=5, help="neighbours per image (default %(default)s)")
+            command.add_argument(
+                "--nprobe",
+                type=int,
+                metavar="N",
+                help="lists of an ivf index searched per query (default: the index's own, its --index-nprobe); "
+                "more lists: better recall, slower. Only for ivf indexes: an exact index refuses it",
+            )
         where = command.add_mutually_exclusive_group()
         where.add_argument("--model", metavar="PATH", help="SavedModel folder or base directory of versions")
         where.add_argument("--server", metavar="URL", help="http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
@@ -100,6 +107,7 @@ def _serving_command(args: argparse.Namespace) -> int:
     from triplet_tfx.components.serving.client import (
         Client,
         IndexSizeError,
+        NprobeError,
         errors as client_errors,
         image_files,
         result_formats,
@@ -112,8 +120,10 @@ def _serving_command(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(f"triplet-tfx: warning: {message}", file=sys.stderr)
 
+    nprobe = getattr(args, "nprobe", None)
     for flag, value, low in (
         ("--k", getattr(args, "k", 1), 1),
+        ("--nprobe", 1 if nprobe is None else nprobe, 1),
         ("--retries", args.retries, 0),
         ("--batch-size", args.batch_size, 1),
         ("--timeout", args.timeout, 1e-9),
@@ -144,7 +154,7 @@ def _serving_command(args: argparse.Namespace) -> int:
         ) as client:
             if args.command == "search":
                 client.check_k(args.k)  # the index size, where the model tells it: before any image work
-                result_formats.write_neighbours(sys.stdout, files, client.search(files, args.k), args.format)
+                result_formats.write_neighbours(sys.stdout, files, client.search(files, args.k, nprobe), args.format)
             embeddings = client.embed(files) if args.command == "embed" or args.projector else None
             if args.command == "embed":
                 result_formats.write_embeddings(sys.stdout, files, embeddings, args.format)
@@ -163,6 +173,8 @@ def _serving_command(args: argparse.Namespace) -> int:
         return fail(str(err))
     except IndexSizeError as err:
         return fail(f"--k {args.k}: {err.detail}")
+    except NprobeError as err:
+        return fail(f"--nprobe {nprobe}: {err.detail}")
     except client_errors.ServingError as err:
         print(f"triplet-tfx: error: {err}", file=sys.stderr)
         return 1

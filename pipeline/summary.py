@@ -170,6 +170,12 @@ def summarize_run(store: metadata_store.MetadataStore, run: metadata_store_pb2.C
                 f"{properties[contract.INDEX_NPROBE].int_value}, recall@10 against exact search "
                 f"{properties[contract.INDEX_RECALL_AT_10].double_value:.4f}"
             )
+        if properties.get(contract.INDEX_REBUILD_REASONS, None) is not None:
+            reasons = properties[contract.INDEX_REBUILD_REASONS].string_value
+            advice = f"rebuild advised: {reasons}" if reasons else "no rebuild needed"
+            search_index += f"; items added to the served lists, {advice}"
+        if contract.MATCH_THRESHOLD in properties:
+            search_index += f"; match threshold {properties[contract.MATCH_THRESHOLD].double_value:.4g}"
     skipped_images = ""
     examples = [a for a in latest.get("Examples", []) if contract.SKIPPED_IMAGES_PROPERTY in a.custom_properties]
     if examples:

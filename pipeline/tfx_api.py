@@ -9,6 +9,7 @@ start-up (measured with `python -X importtime`). These are the modules `tfx.v1` 
 from types import SimpleNamespace
 
 from tfx import components  # noqa: F401  (StatisticsGen, SchemaGen, ..., Trainer, Pusher)
+from tfx.dsl.components.common.importer import Importer
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration import metadata
@@ -18,6 +19,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import channel, standard_artifacts
 
 dsl = SimpleNamespace(
+    Importer=Importer,
     Resolver=Resolver,
     Channel=channel.Channel,
     Pipeline=Pipeline,

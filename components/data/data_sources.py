@@ -13,6 +13,7 @@ components/data/image_folder.py and manifest.py; the check of each image: image_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -141,6 +142,19 @@ def image_dir_files(root: str, num_classes: Optional[int] = None) -> List[Tuple[
         check_class_count(layout.class_names, num_classes, root, "class folders")
     ids = {name: i for i, name in enumerate(layout.class_names)}
     return [(item.uri, ids[item.class_name]) for items in layout.splits.values() for item in items]
+
+
+def catalog_data(data: DataConfig, source: str) -> DataConfig:
+    """The data settings of a catalog `source` (--catalog): the training data's image settings, every
+    item (no --max-examples, no class split), and as many classes as the catalog names (images: and
+    manifest:; the training data's --num-classes otherwise)."""
+    catalog = dataclasses.replace(
+        data, source=source, max_examples=None, train_classes="", eval_classes="", class_split=""
+    )
+    if catalog.source_kind in ("images", "manifest") and "://" not in catalog.source_path:
+        listing = (manifest.read if catalog.source_kind == "manifest" else image_folder.scan)(catalog.source_path)
+        catalog = dataclasses.replace(catalog, num_classes=max(2, len(listing.class_names)))
+    return catalog
 
 
 def tfds_builder(name: str, data_dir: str | None):

@@ -37,6 +37,10 @@ from triplet_tfx.components.data.errors import BadImageError
 
 DATA_CONFIG_KEY = "data_config"
 DATA_FINGERPRINT_KEY = "data_fingerprint"
+# 1: a catalog to embed (serving/catalog.py), not training data: every item in one split (or the
+# source's own splits), no rule on how many classes a split holds.
+CATALOG_KEY = "catalog"
+CATALOG_SPLIT = "catalog"
 # Execution property added by the executor: the Examples artifact's folder, where the Beam graph
 # writes each split's skipped images (SKIPPED_PART_PREFIX files, merged into SKIPPED_IMAGES_FILE).
 SKIPPED_DIR_KEY = "_skipped_images_dir"
@@ -315,6 +319,8 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
         the hash split of `images:` sources, so every source is filtered the same way). Then each
         split must hold at least 2 classes, and, without a class split, all --num-classes appear."""
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        if exec_properties.get(CATALOG_KEY):
+            return splits
         data = DataConfig(**json.loads(exec_properties[DATA_CONFIG_KEY]))
         classes = data.classes_by_split
         for split, keep in (classes or {}).items():
@@ -368,6 +374,7 @@ class SourceExampleGenSpec(component_spec.ComponentSpec):
         DATA_CONFIG_KEY: component_spec.ExecutionParameter(type=str),  # DataConfig as JSON
         # Sizes and times of the source files, so that TFX's cache notices changed data.
         DATA_FINGERPRINT_KEY: component_spec.ExecutionParameter(type=str),
+        CATALOG_KEY: component_spec.ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {}
     OUTPUTS = standard_component_specs.QueryBasedExampleGenSpec.OUTPUTS
@@ -380,7 +387,8 @@ class SourceExampleGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(SourceExampleGenExecutor)
     DRIVER_CLASS = driver.QueryBasedDriver
 
-    def __init__(self, data: DataConfig, data_fingerprint: Optional[str] = None):
+    def __init__(self, data: DataConfig, data_fingerprint: Optional[str] = None, catalog: bool = False):
+        """`catalog`: the examples of a catalog (`catalog_data`), in one split (or the source's own)."""
         patterns = split_patterns(data)
         if patterns:
             input_config = example_gen_pb2.Input(
@@ -389,11 +397,12 @@ class SourceExampleGen(base_beam_component.BaseBeamComponent):
             output_config = example_gen_pb2.Output()
         else:
             input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="all", pattern="*")])
+            buckets = {CATALOG_SPLIT: 1} if catalog else {"train": 100 - data.eval_percent, "eval": data.eval_percent}
             output_config = example_gen_pb2.Output(
                 split_config=example_gen_pb2.SplitConfig(
                     splits=[
-                        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - data.eval_percent),
-                        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=data.eval_percent),
+                        example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=count)
+                        for name, count in buckets.items()
                     ]
                 )
             )
@@ -404,6 +413,7 @@ class SourceExampleGen(base_beam_component.BaseBeamComponent):
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             data_config=json.dumps(dataclasses.asdict(data), sort_keys=True),
             data_fingerprint=data_fingerprint or "",
+            catalog=int(catalog),
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         super().__init__(spec=spec)

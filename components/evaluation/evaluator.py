@@ -14,6 +14,8 @@ Transform graph runs it) at the training shape.
 Outputs, in the ModelEvaluation folder:
   metrics.json            candidate metrics (and `baseline` metrics when compared)
   report.md, report.html  metrics table, candidate vs baseline; embedding_2d.png; per_class_precision.png
+  calibration.csv         the match threshold's calibration curve (calibration.py), match_threshold.png its plot;
+                          metrics.json's "match_threshold" is what the served `match` signature uses
   tensorboard/            the metrics as scalars, and vecs.tsv, meta.tsv, sprite.png,
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
@@ -33,10 +35,16 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation
 from tfx.utils import path_utils
 
-from triplet_tfx.components import projector
-from triplet_tfx.components.config import EvalConfig, PipelineConfig
-from triplet_tfx.components.contract import ALREADY_PUSHED_KEY, METRICS_FILE, TENSORBOARD_DIR
-from triplet_tfx.components.evaluation import metrics, report, retrievals
+from triplet_tfx.components import ivf_index, projector
+from triplet_tfx.components.config import EvalConfig, PipelineConfig, ServingConfig
+from triplet_tfx.components.contract import (
+    ALREADY_PUSHED_KEY,
+    INDEX_RECALL_AT_10,
+    MATCH_THRESHOLD,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+)
+from triplet_tfx.components.evaluation import calibration, metrics, report, retrievals
 from triplet_tfx.components.evaluation.report import verdict_line
 from triplet_tfx.components.examples_io import embed, parse_examples, read_split
 from triplet_tfx.components.progress import Progress
@@ -129,6 +137,45 @@ def evaluate_model(
     return result, per_query, query_embeddings, neighbours
 
 
+def match_calibration(per_query: Dict, match_precision: float, folder: Optional[str]) -> Dict:
+    """metrics.json's "match_threshold" (None: no threshold reaches the precision), "match_recall"
+    and "calibration" (calibration.calibrate) from the queries' nearest neighbours; with a `folder`,
+    the curve (calibration.CURVE_FILE) and its plot are written there."""
+    searched = per_query["nearest_index"] >= 0
+    result = calibration.calibrate(
+        per_query["nearest_distance"][searched], per_query["correct_at_1"][searched], match_precision
+    )
+    curve, chosen = result.pop("curve"), result["match"]
+    if folder is not None:
+        with tf.io.gfile.GFile(os.path.join(folder, calibration.CURVE_FILE), "w") as f:
+            calibration.write_curve(f, curve)
+        report.plot_calibration(curve, chosen, os.path.join(folder, report.CALIBRATION_FILENAME), match_precision)
+    return {
+        MATCH_THRESHOLD: None if chosen is None else chosen["threshold"],
+        "match_recall": None if chosen is None else chosen["recall"],
+        "calibration": result,
+    }
+
+
+def served_index_recall(
+    model: Model, query_embeddings: np.ndarray, examples: Examples, serving: ServingConfig
+) -> Optional[float]:
+    """Recall@10 against exact search, on the eval queries, of the ivf index that the serving
+    settings build over the --index-split examples (None: the index is exact, or a --catalog's, which
+    the ServingModelBuilder measures). Metrics stay exact; this says what serving loses."""
+    if serving.catalog:
+        return None
+    references = read_split(examples, serving.index_split)
+    if ivf_index.served_kind(serving.index, len(references)) != "ivf":
+        return None
+    labels, _ = parse_examples(references)
+    embeddings = embed(model, references)
+    ids = [str(i) for i in range(len(labels))]
+    state = ivf_index.build_for(embeddings, ids, labels, serving.index_lists, serving.index_storage)
+    nprobe = ivf_index.served_nprobe(serving.index_nprobe, state.lists)
+    return ivf_index.recall_against_exact(ivf_index.IvfIndex(state), nprobe, query_embeddings, embeddings, ids)
+
+
 def gallery(
     query_labels: np.ndarray,
     query_images: np.ndarray,
@@ -170,6 +217,8 @@ def result_key(model: Model, examples: Examples, cfg: PipelineConfig, code_finge
         "protocol": cfg.eval.protocol,
         "recall_ks": list(cfg.eval.recall_ks),
         "plot": cfg.eval.plot,
+        "match_precision": cfg.eval.match_precision,
+        "serving": dataclasses.asdict(cfg.serving),  # the served index's recall
     }
     text = json.dumps([model.uri, examples.uri, code_fingerprint, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -248,7 +297,7 @@ def EmbeddingEvaluator(
     model: InputArtifact[Model],
     evaluation: OutputArtifact[ModelEvaluation],
     blessing: OutputArtifact[ModelBlessing],
-    config: Parameter[str],  # JSON: the data and eval sections, and the code fingerprint
+    config: Parameter[str],  # JSON: the data, eval and serving sections, and the code fingerprint
     baseline_model: InputArtifact[Model] = None,
 ) -> None:
     """Retrieval and clustering metrics, report, projector files and a ModelBlessing.
@@ -258,7 +307,7 @@ def EmbeddingEvaluator(
     metrics and pictures come from that earlier evaluation (an index of results by
     `result_key`, next to the evaluation folders)."""
     parameters = json.loads(config)
-    cfg = PipelineConfig.from_dict({k: v for k, v in parameters.items() if k in ("data", "eval")})
+    cfg = PipelineConfig.from_dict({k: v for k, v in parameters.items() if k in ("data", "eval", "serving")})
     rule = cfg.eval
     folder = evaluation.uri
     index_dir = os.path.join(os.path.dirname(os.path.dirname(folder)), RESULT_INDEX_DIR)
@@ -288,6 +337,14 @@ def EmbeddingEvaluator(
         all_labels = query_labels if reference_labels is None else np.concatenate([query_labels, reference_labels])
         names = class_name_map(model_class_names(evaluated), all_labels)
         result["class_names"] = names
+        result.update(match_calibration(per_query, rule.match_precision, folder if role == "candidate" else None))
+        if role == "candidate":
+            result[INDEX_RECALL_AT_10] = served_index_recall(evaluated, embeddings, examples, cfg.serving)
+        if role == "candidate" and cfg.data.classes_by_split is not None:
+            # The served index holds the train split, whose classes the eval queries' are not.
+            index_embeddings = embed(evaluated, read_split(examples, "train"))
+            distances = metrics.nearest_neighbors(embeddings, index_embeddings, 1)[1][:, 0]
+            result["open_set_rejection_rate"] = calibration.rejection_rate(distances, result[MATCH_THRESHOLD])
         report.plot_worst_retrievals(
             **gallery(
                 query_labels,
@@ -329,7 +386,15 @@ def EmbeddingEvaluator(
             result = candidate_part(json.load(f))
         copy_files(source, folder, {report.GALLERY_FILENAMES["candidate"]: report.GALLERY_FILENAMES[role]})
         if role == "candidate":
-            copy_files(source, folder, {report.SCATTER_FILENAME: report.SCATTER_FILENAME})
+            copy_files(
+                source,
+                folder,
+                {
+                    name: name
+                    for name in (report.SCATTER_FILENAME, report.CALIBRATION_FILENAME, calibration.CURVE_FILE)
+                    if tf.io.gfile.exists(os.path.join(source, name))
+                },
+            )
             copy_projector_files(source, folder)
         return result
 

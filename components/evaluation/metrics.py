@@ -361,7 +361,8 @@ def evaluate_embeddings(
       kmeans_n_init: K-means restarts.
       block_size: queries per block.
       return_per_query: also return a dict of per-query arrays: ``correct_at_1`` (bool [Q]),
-        ``nearest_index`` (int64 [Q], -1 if no reference), ``skipped`` (bool [Q]).
+        ``nearest_index`` (int64 [Q], -1 if no reference), ``nearest_distance`` (float32 [Q],
+        Euclidean; inf if no reference), ``skipped`` (bool [Q]).
       progress: called with the number of queries of each block searched (for progress display).
       neighbours: with ``return_per_query``, also the indices of each query's nearest references
         (``neighbour_indices``, int64 [Q, min(neighbours, available references)], nearest first),
@@ -395,6 +396,7 @@ def evaluate_embeddings(
     n_neighbours = min(int(neighbours), available) if return_per_query else 0
     neighbour_indices = np.empty((nq, max(n_neighbours, 0)), dtype=np.int64)
     nearest = np.full(nq, -1, dtype=np.int64)
+    nearest_distance = np.full(nq, np.inf, dtype=np.float32)
 
     if available >= 1 and valid.any():
         ref_sq = _squared_norms(r)
@@ -410,6 +412,7 @@ def evaluate_embeddings(
                 keys = _knn_keys(q[a0:a1], r, ref_sq, k_need, self_index, rbs)
                 idx = keys & _INDEX_MASK
                 nearest[a0:a1] = idx[:, 0]
+                nearest_distance[a0:a1] = _keys_to_result(keys[:, 0])[1]
                 neighbour_indices[a0:a1] = idx[:, :n_neighbours]
                 same = r_ids[idx] == q_ids[a0:a1, None]  # [n, k_need]
                 for k in ks:
@@ -457,7 +460,12 @@ def evaluate_embeddings(
         per_class[_label_key(classes[cid])] = float(correct1[m].mean()) if m.any() else None
     metrics["per_class_precision_at_1"] = per_class
     if return_per_query:
-        per_query = {"correct_at_1": correct1, "nearest_index": nearest, "skipped": ~valid}
+        per_query = {
+            "correct_at_1": correct1,
+            "nearest_index": nearest,
+            "nearest_distance": nearest_distance,
+            "skipped": ~valid,
+        }
         if n_neighbours > 0:
             if not (available >= 1 and valid.any()):  # the loop above did not search: no query has a relevant item
                 neighbour_indices = nearest_neighbors(q, r, n_neighbours, exclude_self=loo, block_size=block_size)[0]

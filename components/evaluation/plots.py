@@ -199,6 +199,28 @@ def plot_per_class_precision(
     return {"path": path}
 
 
+def plot_calibration(curve: Mapping[str, np.ndarray], chosen: Optional[Mapping[str, float]], path: str, target: float):
+    """Precision, recall and F1 of "match" against the distance threshold (calibration.py), with the
+    served threshold (`chosen`, for precision `target`) marked. Returns {"path"}."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for key, colour in (("precision", _PALETTE[0]), ("recall", _PALETTE[1]), ("f1", _PALETTE[2])):
+        ax.plot(curve["threshold"], curve[key], label=key if key != "f1" else "F1", color=colour)
+    if chosen is not None:
+        ax.axvline(chosen["threshold"], color=_PALETTE[3], linestyle="--",
+                   label=f"served threshold {chosen['threshold']:.4g} (precision >= {target:g})")  # fmt: skip
+    ax.set_xlabel("distance threshold (nearest neighbour at most this far: match)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Match threshold calibration on the eval queries")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return {"path": path}
+
+
 def plot_confusion_matrices(
     matrices: Mapping[str, Tuple[np.ndarray, List]], path: str, class_names: Optional[Mapping[str, str]] = None
 ) -> Dict[str, object]:

@@ -21,6 +21,7 @@ from triplet_tfx.components.evaluation.plots import (  # noqa: F401
     _pca_2d,
     _sorted_class_keys,
     class_label,
+    plot_calibration,
     plot_confusion_matrices,
     plot_embedding_2d,
     plot_per_class_precision,
@@ -31,6 +32,7 @@ from triplet_tfx.components.evaluation.plots import (  # noqa: F401
 
 SCATTER_FILENAME = "embedding_2d.png"
 PER_CLASS_FILENAME = "per_class_precision_at_1.png"
+CALIBRATION_FILENAME = "match_threshold.png"
 CONFUSION_FILENAME = "confusion_matrix_1nn.png"
 CONFUSION_CAPTION = "1-nearest-neighbour confusion matrix (colour: fraction of the query class; text: count)"
 GALLERY_CAPTION = "Worst retrievals: query, then its nearest neighbours (wrong class in red)"
@@ -51,6 +53,9 @@ _LABELS = {
     "num_queries_skipped": "queries skipped",
     "num_references": "references",
     "num_classes": "classes",
+    "match_threshold": "match threshold (distance)",
+    "match_recall": "recall at the match threshold",
+    "open_set_rejection_rate": "unseen-class queries rejected",
 }
 
 # report.md.j2 and report.html.j2 (autoescaped), shipped as package data (setup.py).
@@ -153,6 +158,11 @@ def unseen_classes_line(metrics: Mapping) -> str:
         f"{_names_of(metrics['eval_classes'], names)} were not in training "
         f"(train classes {format_classes(metrics['train_classes'])}{_names_of(metrics['train_classes'], names)}); "
         f"classes_seen_in_training: false"
+        + (
+            f"; {metrics['open_set_rejection_rate']:.1%} of their queries answered 'no match' by the served index"
+            if metrics.get("open_set_rejection_rate") is not None
+            else ""
+        )
     )
 
 
@@ -212,6 +222,7 @@ def write_report(
             (CONFUSION_CAPTION, (CONFUSION_FILENAME,)),
             ("2-D projection of the embeddings", (SCATTER_FILENAME,)),
             ("Precision@1 per class", (PER_CLASS_FILENAME,)),
+            ("Match threshold: precision, recall and F1 against the distance threshold", (CALIBRATION_FILENAME,)),
         ):
             found = [f for f in fnames if os.path.isfile(os.path.join(out_dir, f))]
             if found:

@@ -1,6 +1,7 @@
 """The `search` signature: the k nearest neighbours among reference embeddings kept in the
 SavedModel as variables (a checkpoint, not graph constants: no 2 GB proto limit), found by exact
-search (`nearest`) or by an approximate ivf index (`ivf_index.py`, `--index ivf`, which adds the
+search (`ivf_index.nearest`) or by an approximate ivf index (`components/ivf_index.py`, `--index ivf`,
+which adds the
 `search_with_nprobe` signature).
 
 `build_serving_model` wraps an embedding SavedModel (the Trainer's export, `training/export.py`) and an
@@ -9,20 +10,22 @@ the three embedding signatures, unchanged (the very functions the evaluator scor
 Distances are Euclidean, computed as `metrics.nearest_neighbors` computes them
 (|q|^2 - 2 q.r + |r|^2, clamped at zero, in float32); equal distances are ordered by the smaller
 reference index (tf.math.top_k keeps the lower index first), as the evaluator orders them.
-`search` also gives the neighbours' class names (the embedding SavedModel's id-ordered class
-names, `signatures.read_class_names`), which the serving SavedModel keeps in its assets as well.
+`match` answers each image with its nearest reference and whether it lies within the evaluator's
+calibrated distance threshold (`evaluation/calibration.py`). `search` also gives the neighbours'
+class names (the embedding SavedModel's id-ordered class names, `signatures.read_class_names`, or a
+catalog's own), which the serving SavedModel keeps in its assets as well.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from triplet_tfx.components import contract, signatures
+from triplet_tfx.components import contract, ivf_index, signatures
 from triplet_tfx.components.contract import EMBEDDING_KEY, SERVING_SIGNATURE
-from triplet_tfx.components.serving import ivf_index
+from triplet_tfx.components.ivf_index import nearest
 from triplet_tfx.components.signatures import read_class_names, write_class_names
 
 EMBEDDING_SIGNATURES = (SERVING_SIGNATURE, contract.EMBED_IMAGES_SIGNATURE, contract.EMBED_PIXELS_SIGNATURE)
@@ -41,13 +44,18 @@ def names_of(labels: np.ndarray, class_names: Optional[Sequence[str]]) -> np.nda
     )
 
 
-def nearest(queries: tf.Tensor, references: tf.Tensor, reference_squared_norms: tf.Tensor, k: tf.Tensor):
-    """(indices [Q, k] int32, distances [Q, k] float32) of the k nearest references, ascending."""
-    squared = tf.matmul(queries, references, transpose_b=True) * -2.0
-    squared += tf.reduce_sum(queries * queries, axis=1, keepdims=True)
-    squared = tf.maximum(squared + reference_squared_norms[None, :], 0.0)
-    negated, indices = tf.math.top_k(-squared, k=k, sorted=True)
-    return indices, tf.sqrt(-negated)
+def names_by_label(labels: np.ndarray, names: Sequence[str]) -> List[str]:
+    """The class-name table by class id of items given with their labels and names (a catalog's);
+    an id no item has is named by itself."""
+    table: Dict[int, str] = {}
+    for label, name in zip(np.asarray(labels, np.int64).tolist(), names):
+        table.setdefault(label, name)
+    return [table.get(i, str(i)) for i in range(max(table, default=-1) + 1)]
+
+
+def embedding_dimension(embedding_model) -> int:
+    """The embedding size of a loaded embedding (or serving) SavedModel."""
+    return int(embedding_model.signatures[SERVING_SIGNATURE].structured_outputs[EMBEDDING_KEY].shape[-1])
 
 
 class ServingModel(tf.Module):
@@ -67,6 +75,7 @@ class ServingModel(tf.Module):
         class_names: Optional[Sequence[str]] = None,
         ivf: Optional[ivf_index.IvfState] = None,
         nprobe: int = 0,
+        match_threshold: Optional[float] = None,
     ):
         super().__init__()
         self.embedding_model = embedding_model
@@ -103,6 +112,11 @@ class ServingModel(tf.Module):
         self.reference_class_names = tf.Variable(
             names_of(labels, class_names), dtype=tf.string, trainable=False, name="reference_class_names"
         )
+        if match_threshold is not None:
+            self.match_threshold = tf.Variable(
+                match_threshold, dtype=tf.float32, trainable=False, name="match_threshold"
+            )
+            self.match = tf.function(self._match, input_signature=[signatures.images_spec()])
 
     def _embed(self, images, k):
         size = tf.shape(self.reference_ids)[0]
@@ -132,32 +146,18 @@ class ServingModel(tf.Module):
             return self._answer(*self.ivf.search(queries, k, self.nprobe))
         return self._answer(*nearest(queries, self.reference_embeddings, self.reference_squared_norms, k))
 
+    def _match(self, images):
+        queries = self._embed(images, tf.constant(1))
+        if self.ivf is not None:
+            indices, distances = self.ivf.search(queries, 1, self.nprobe)
+        else:
+            indices, distances = nearest(queries, self.reference_embeddings, self.reference_squared_norms, 1)
+        answer = self._answer(indices[:, 0], distances[:, 0])
+        answer[contract.MATCHED_OUTPUT] = distances[:, 0] <= self.match_threshold
+        return answer
+
     def _search_with_nprobe(self, images, k, nprobe):
         return self._answer(*self.ivf.search(self._embed(images, k), k, nprobe))
-
-
-def ivf_recall(
-    module: ivf_index.IvfIndex,
-    nprobe: int,
-    queries: np.ndarray,
-    embeddings: np.ndarray,
-    ids: Sequence[str],
-    k: int = 10,
-    batch: int = 64,
-) -> float:
-    """Recall@k of an ivf index (e.g. a ServingModel's `ivf`) searched with `nprobe` lists against
-    exact search of the same references (`embeddings`, `ids`: the catalogue in its own order), for
-    `queries` [Q, d]."""
-    stored_ids = np.array([i.decode("utf-8") for i in module.ids.numpy()], dtype=object)
-    references = tf.constant(np.asarray(embeddings, np.float32))
-    norms = tf.reduce_sum(references * references, axis=1)
-    k = min(k, len(ids))
-    found, expected = [], []
-    for start in range(0, len(queries), batch):
-        chunk = tf.constant(np.asarray(queries[start : start + batch], np.float32))
-        found.append(stored_ids[module.search(chunk, k, nprobe)[0].numpy()])
-        expected.append(np.asarray(ids, dtype=object)[nearest(chunk, references, norms, k)[0].numpy()])
-    return ivf_index.recall(np.concatenate(found), np.concatenate(expected))
 
 
 def build_serving_model(
@@ -169,21 +169,38 @@ def build_serving_model(
     ivf: Optional[ivf_index.IvfState] = None,
     nprobe: int = 0,
     recall_queries: Optional[np.ndarray] = None,
+    match_threshold: Optional[float] = None,
+    reference_names: Optional[Sequence[str]] = None,
 ) -> Optional[float]:
-    """Writes the SavedModel with its signatures (the three embedding signatures, `search`, and with
-    an ivf index `search_with_nprobe`), and the class names, to `path`. With an ivf index and
-    `recall_queries` [Q, d], returns its recall@10 against exact search (`ivf_recall`) measured on
+    """Writes the SavedModel with its signatures (the three embedding signatures, `search`, with an
+    ivf index `search_with_nprobe`, and given a `match_threshold` `match`), and the class names, to
+    `path`. `reference_names`: the references' class names by class id (a catalog's own), else the
+    model's. With an ivf index and
+    `recall_queries` [Q, d], returns its recall@10 against exact search (`ivf_index.recall_against_exact`) measured on
     the very index that is saved; else None."""
     embedding_model = tf.saved_model.load(embedding_model_path)
+    # A served model given again (index refresh): its embedding model alone, not its old index.
+    embedding_model = getattr(embedding_model, "embedding_model", embedding_model)
     class_names = read_class_names(embedding_model_path)
-    model = ServingModel(embedding_model, ids, labels, embeddings, class_names, ivf=ivf, nprobe=nprobe)
+    model = ServingModel(
+        embedding_model,
+        ids,
+        labels,
+        embeddings,
+        class_names if reference_names is None else reference_names,
+        ivf=ivf,
+        nprobe=nprobe,
+        match_threshold=match_threshold,
+    )
     served = {name: embedding_model.signatures[name] for name in EMBEDDING_SIGNATURES}
     served[contract.SEARCH_SIGNATURE] = model.search
+    if match_threshold is not None:
+        served[contract.MATCH_SIGNATURE] = model.match
     recall = None
     if model.ivf is not None:
         served[contract.SEARCH_WITH_NPROBE_SIGNATURE] = model.search_with_nprobe
         if recall_queries is not None:
-            recall = ivf_recall(model.ivf, nprobe, recall_queries, embeddings, ids)
+            recall = ivf_index.recall_against_exact(model.ivf, nprobe, recall_queries, embeddings, ids)
     tf.saved_model.save(model, path, signatures=served)
     if class_names is not None:
         write_class_names(path, class_names)

@@ -20,11 +20,12 @@ from tfx.components.pusher import component as pusher_component, executor as pus
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.utils import io_utils, json_utils, proto_utils
 
 from triplet_tfx.components.serving.serving_folder import push_atomically
 
 logger = logging.getLogger(__name__)
+KEEP_VERSIONS_KEY = "keep_versions"  # custom_config: keep the newest N versions (0: all)
 
 
 class AtomicPushExecutor(pusher_executor.Executor):
@@ -47,13 +48,16 @@ class AtomicPushExecutor(pusher_executor.Executor):
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
-        serving_path = push_atomically(self.GetModelPath(input_dict), base)
+        custom_config = json_utils.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null")
+        keep = int((custom_config or {}).get(KEEP_VERSIONS_KEY, 0))
+        serving_path = push_atomically(self.GetModelPath(input_dict), base, keep)
         logger.info("Model written to serving path %s.", serving_path)
         io_utils.copy_dir(self.GetModelPath(input_dict), model_push.uri)  # TFX's archive copy
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=os.path.basename(serving_path))
 
 
 class Pusher(pusher_component.Pusher):
-    """TFX's Pusher component, pushing with AtomicPushExecutor."""
+    """TFX's Pusher component, pushing with AtomicPushExecutor; `custom_config={KEEP_VERSIONS_KEY: N}`
+    keeps the newest N versions of a local serving folder."""
 
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPushExecutor)

@@ -8,6 +8,8 @@ the kernel releases it however the holder dies), so that runs sharing one servin
     server never sees a half-written version;
   * a push that does not fit the free space is refused before it writes anything, and one that
     runs out of space midway (ENOSPC) removes what it wrote and says so, with the sizes;
+  * `--keep-versions N` removes all but the newest N versions after a push (renamed out of sight
+    first, then deleted);
   * leftovers of interrupted pushes are removed before a push and by the pre-flight checks:
     `.push-tmp-*` folders, and numbered folders without `saved_model.pb` (the half-written
     versions of older releases, which copied in place), which are moved aside to
@@ -125,8 +127,24 @@ def expected_model_bytes(base: str) -> int:
     return folder_bytes(os.path.join(base, str(existing[-1]))) if existing else 0
 
 
-def push_atomically(model_path: str, base: str) -> str:
-    """Copies the SavedModel folder `model_path` to a new version of `base`; returns its path."""
+def remove_old_versions(base: str, keep: int) -> List[str]:
+    """Keeps the newest `keep` versions (0: all); call it holding the lock. Each older one is first
+    renamed out of the model server's sight (a non-number name), then removed. Returns their paths."""
+    removed: List[str] = []
+    for version in versions(base)[:-keep] if keep else []:
+        path = os.path.join(base, str(version))
+        aside = os.path.join(base, f"{TEMP_PREFIX}old-{version}")
+        os.rename(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        logger.info("Serving folder: removed %d older version(s) (--keep-versions %d): %s", len(removed), keep, removed)
+    return removed
+
+
+def push_atomically(model_path: str, base: str, keep: int = 0) -> str:
+    """Copies the SavedModel folder `model_path` to a new version of `base` and keeps the newest
+    `keep` versions (0: all); returns the new version's path."""
     needed = folder_bytes(model_path)
     with serving_folder_lock(base):
         remove_interrupted_pushes(base)
@@ -142,4 +160,5 @@ def push_atomically(model_path: str, base: str) -> str:
             raise
         final = os.path.join(base, str(version))
         os.rename(temporary, final)
+        remove_old_versions(base, keep)
     return final

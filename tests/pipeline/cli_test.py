@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from triplet_tfx.components.config import PROFILES, ConfigError, PipelineConfig, ServingConfig
+from triplet_tfx.components.config import PROFILES, ConfigError, EvalConfig, PipelineConfig, ServingConfig
 from triplet_tfx.pipeline import cli, pipeline
 
 
@@ -90,6 +90,7 @@ def test_components_get_only_the_sections_they_read(tmp_path):
     assert set(json.loads(by_id["EmbeddingEvaluator"].exec_properties["config"])) == {
         "data",
         "eval",
+        "serving",  # the recall of the index it will serve
         "code_fingerprint",
     }
     assert set(json.loads(by_id["ServingModelBuilder"].exec_properties["config"])) == {"serving", "code_fingerprint"}
@@ -103,22 +104,45 @@ def test_index_split_is_a_flag_and_is_validated(capsys):
 
 
 def test_index_flags_are_validated(capsys):
-    assert cli.main(["run", "--index", "ivf", "--index-lists", "64", "--index-nprobe", "8", "--print-config"]) == 0
+    argv = [
+        "--index",
+        "ivf",
+        "--index-lists",
+        "64",
+        "--index-nprobe",
+        "8",
+        "--catalog",
+        "images:/c",
+        "--keep-versions",
+        "3",
+    ]
+    assert cli.main(["run", *argv, "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["serving"] == {
         "index_split": "train",
         "index": "ivf",
         "index_lists": 64,
         "index_nprobe": 8,
         "index_storage": "int8",
+        "catalog": "images:/c",
+        "index_add": False,
+        "keep_versions": 3,
     }
     for serving, message in (
         (ServingConfig(index="hnsw"), r"serving.index \(--index\): must be one of auto, exact, ivf"),
         (ServingConfig(index_lists=-1), r"serving.index_lists \(--index-lists\): must be >= 0"),
         (ServingConfig(index_lists=8, index_nprobe=9), r"serving.index_nprobe \(--index-nprobe\): must be at most"),
         (ServingConfig(index_storage="int4"), r"serving.index_storage \(--index-storage\): must be one of int8"),
+        (ServingConfig(catalog="csv:/x"), r"serving.catalog \(--catalog\): unknown source 'csv:/x'"),
+        (ServingConfig(keep_versions=-1), r"serving.keep_versions \(--keep-versions\): must be >= 0"),
+        (ServingConfig(index_add=True), r"serving.index_add \(--index-add\): adds a catalog: give --catalog"),
     ):
         with pytest.raises(ConfigError, match=message):
             PipelineConfig(serving=serving).validate()
+
+
+def test_match_precision_is_validated():
+    with pytest.raises(ConfigError, match=r"eval.match_precision \(--match-precision\): must be in \(0, 1\]"):
+        PipelineConfig(eval=EvalConfig(match_precision=1.5)).validate()
 
 
 def test_data_fingerprint_follows_the_files(tmp_path):

@@ -75,6 +75,7 @@ SYNTHETIC_PROFILES = {
             "lower_bounds": {"precision_at_1": 0.5, "map_at_r": 0.25},
             "compared_metrics": ["map_at_r"],
             "max_regression": 0.01,
+            "match_precision": 0.9,
             "plot": "pca",
         },
         "serving": {
@@ -83,6 +84,9 @@ SYNTHETIC_PROFILES = {
             "index_lists": 32,
             "index_nprobe": 4,
             "index_storage": "float32",
+            "catalog": "images:/data/catalog",
+            "index_add": True,
+            "keep_versions": 4,
         },
     },
     "synthetic-2": {"data": {"class_split": "random:3"}, "eval": {"lower_bounds": {"nmi": 0.3}}},
@@ -170,6 +174,7 @@ def _declared_flags(sections):
     "command, sections",
     [
         ("run", ("", "data", "train", "eval", "serving", "beam")),
+        ("index", ("", "data", "train", "eval", "serving", "beam")),
         ("compile", tuple(SECTIONS)),
         ("deploy", tuple(SECTIONS)),
     ],

@@ -63,12 +63,21 @@ def test_pushed_model_serves_unit_norm_embeddings(first_run):
     versions = pushed_versions(config)
     assert len(versions) == 1 and summary.pushed_to == os.path.join(config.serving_model_dir, versions[0])
     loaded = tf.saved_model.load(summary.pushed_to)
-    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search", "search_with_nprobe"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "embed_images",
+        "embed_pixels",
+        "search",
+        "search_with_nprobe",
+        "match",
+    }
     # The index: the train split, pushed with the model as 16 lists of int8 codes; 4 lists probed by default.
     assert loaded.reference_ids.shape == (2000,) and loaded.ivf.vectors.shape == (2000, 256)
     assert loaded.ivf.vectors.dtype == tf.int8 and int(loaded.nprobe.numpy()) == 4
     assert summary.search_index.startswith("2000 train references, built in ")
     assert "; ivf, 16 lists, nprobe 4, recall@10 against exact search 0." in summary.search_index
+    # The evaluator measured the same index (same settings, same seed) on all 2,000 eval queries.
+    assert 0.8 < summary.metrics["index_recall_at_10"] <= 1.0
     images, labels = data_sources.load_mnist()["test"]
     examples = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(8)])
     embeddings = loaded.signatures["serving_default"](examples=examples)["embedding"].numpy()
@@ -113,6 +122,33 @@ def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
     assert (every_list["labels"].numpy()[:, 0] == labels).mean() > 0.5
     with pytest.raises(tf.errors.InvalidArgumentError, match="nprobe must be at most the number of lists"):
         loaded.signatures["search_with_nprobe"](images=tf.constant(pngs[0].getvalue())[None], k=1, nprobe=17)
+
+
+def test_the_match_threshold_is_calibrated_and_served(first_run):
+    import csv
+
+    _, first = first_run
+    metrics = first.metrics
+    threshold = metrics["match_threshold"]
+    assert metrics["calibration"]["match_precision"] == 0.95 and threshold > 0
+    assert os.path.isfile(os.path.join(first.evaluation_dir, "match_threshold.png"))
+    with open(os.path.join(first.evaluation_dir, "calibration.csv")) as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    assert max(r["threshold"] for r in rows if r["precision"] >= 0.95) == pytest.approx(threshold, rel=1e-5)
+    # Brute force on the scored embeddings (leave-one-out among the eval queries): the queries whose
+    # nearest neighbour lies within the threshold are right at least 95% of the time.
+    tb = os.path.join(first.evaluation_dir, "tensorboard")
+    vectors = np.loadtxt(os.path.join(tb, "vecs.tsv"), delimiter="\t")
+    with open(os.path.join(tb, "meta.tsv")) as f:
+        labels = np.array([line.split("\t")[0] for line in f.read().splitlines()[1:]])
+    distances = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = distances.argmin(axis=1)
+    within = distances[np.arange(len(labels)), nearest] <= threshold + 1e-4
+    assert within.sum() > 100 and (labels[nearest] == labels)[within].mean() >= 0.95 - 0.01
+    assert first.search_index.endswith(f"; match threshold {threshold:.4g}")
+    loaded = tf.saved_model.load(first.pushed_to)
+    assert float(loaded.match_threshold.numpy()) == pytest.approx(threshold, rel=1e-6)
 
 
 def test_projector_files_are_written(first_run):

@@ -75,6 +75,28 @@ def test_evaluator_says_the_classes_were_unseen(unseen_run):
         assert line in f.read()
 
 
+def test_unseen_class_queries_are_answered_no_match_at_the_reported_rate(unseen_run):
+    import io
+
+    from PIL import Image
+
+    _, summary = unseen_run
+    rate = summary.metrics["open_set_rejection_rate"]
+    assert 0.0 <= rate <= 1.0
+    assert f"{rate:.1%} of their queries answered 'no match' by the served index" in summary.format()
+    images, labels = data_sources.load_mnist()["test"]
+    unseen = [i for i in range(200) if labels[i] >= 5]  # the eval split: the first 200 of classes 5-9
+    pngs = []
+    for i in unseen:
+        pngs.append(io.BytesIO())
+        Image.fromarray(images[i][..., 0]).save(pngs[-1], "PNG")
+    match = tf.saved_model.load(summary.pushed_to).signatures["match"]
+    answer = match(images=tf.constant([f.getvalue() for f in pngs]))
+    assert set(answer["labels"].numpy().tolist()) <= {0, 1, 2, 3, 4}  # the index holds the train classes only
+    rejected = 1.0 - answer["matched"].numpy().mean()
+    assert rejected == pytest.approx(rate, abs=2 / len(unseen))
+
+
 def test_pushed_strided_model_serves_embeddings(unseen_run):
     _, summary = unseen_run
     assert summary.blessed is True and summary.pushed_to

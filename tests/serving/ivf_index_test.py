@@ -1,4 +1,4 @@
-"""The IVF index (components/serving/ivf_index.py) against brute-force NumPy k-NN: recall, exactness
+"""The IVF index (components/ivf_index.py) against brute-force NumPy k-NN: recall, exactness
 when every list is probed, int8 round-trip errors, tie order, argument checks, incremental
 additions and the SavedModel round trip."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.serving import ivf_index as ivf
+from triplet_tfx.components import ivf_index as ivf
 
 N, D, CLUSTERS, K = 20_000, 64, 100, 10
 RECALL_NPROBE = 8  # of default_lists(20k) = 512 lists: recall@10 >= 0.95 (measured: ~0.99 float32, ~0.97 int8)
@@ -269,3 +269,21 @@ def test_build_for_trains_the_default_lists_on_a_sample():
     np.testing.assert_array_equal(state.centroids, again.centroids)  # seeded
     with pytest.raises(ValueError, match=r"lists must be in \[1, 3000\]"):
         ivf.build_for(x, [str(i) for i in range(3000)], np.zeros(3000, np.int64), lists=3001)
+
+
+@pytest.mark.parametrize("storage,scale", [("float32", "vector"), ("int8", "vector"), ("int8", "dimension")])
+def test_state_of_reads_back_what_a_saved_index_holds(data, tmp_path, storage, scale):
+    x, labels, ids, _, centroids = data
+    state = ivf.build(x[:3000], ids[:3000], labels[:3000], centroids, storage=storage, scale=scale)
+    tf.saved_model.save(ivf.IvfIndex(state), str(tmp_path))
+    restored = ivf.state_of(tf.saved_model.load(str(tmp_path)))
+    for field in ("centroids", "offsets", "lengths", "list_ids", "vectors", "squared_norms", "ids", "labels"):
+        np.testing.assert_array_equal(getattr(restored, field), getattr(state, field), err_msg=field)
+    assert (restored.storage, restored.scale, restored.trained_size) == (storage, scale, state.trained_size)
+    if storage == "int8":
+        np.testing.assert_array_equal(restored.scales, state.scales)
+    # What `add` makes of the restored state is what it makes of the original.
+    np.testing.assert_array_equal(
+        ivf.add(restored, x[3000:3500], ids[3000:3500], labels[3000:3500]).vectors,
+        ivf.add(state, x[3000:3500], ids[3000:3500], labels[3000:3500]).vectors,
+    )

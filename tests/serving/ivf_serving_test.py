@@ -12,9 +12,10 @@ import tiny_serving_model
 from search_test import png, signature_table
 from tensorflow.python.tools import saved_model_cli
 
+from triplet_tfx.components import ivf_index
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
-from triplet_tfx.components.serving import index, ivf_index
+from triplet_tfx.components.serving import index
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +126,9 @@ def test_recall_of_every_list_is_one_and_a_bad_nprobe_is_refused(served):
     _, references, labels, _ = served
     ids = index.reference_ids("train", len(labels))
     state = ivf_index.build_for(references, ids, labels, LISTS, "float32")
-    assert index.ivf_recall(ivf_index.IvfIndex(state), LISTS, references[:50] + 0.01, references, ids) == 1.0
+    assert (
+        ivf_index.recall_against_exact(ivf_index.IvfIndex(state), LISTS, references[:50] + 0.01, references, ids) == 1.0
+    )
     with pytest.raises(ValueError, match=r"nprobe must be in \[1, 8\]"):
         index.ServingModel(None, ids, labels, None, ivf=state, nprobe=LISTS + 1)
 
@@ -135,7 +138,7 @@ def test_the_recall_returned_is_the_saved_indexs(served):
     ids = index.reference_ids("train", len(labels))
     for storage, path in paths.items():
         loaded = tf.saved_model.load(path)
-        measured = index.ivf_recall(loaded.ivf, 2, recall_queries(references), references, ids)
+        measured = ivf_index.recall_against_exact(loaded.ivf, 2, recall_queries(references), references, ids)
         assert 0.0 < recalls[storage] == measured <= 1.0, storage
     export = tiny_serving_model.trained_export()
     exact_path = str(os.path.join(os.path.dirname(paths["int8"]), "exact"))

@@ -13,7 +13,7 @@ import tiny_serving_model
 from PIL import Image
 from tensorflow.python.tools import saved_model_cli
 
-from triplet_tfx.components import signatures
+from triplet_tfx.components import ivf_index, signatures
 from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import metrics
 from triplet_tfx.components.serving import index
@@ -140,7 +140,7 @@ def test_nearest_is_the_evaluators_knn_ties_included():
     references[150:160] = references[10]  # exact ties: the lower index comes first in both
     queries = np.concatenate([references[:5] + 0.01, rng.normal(size=(20, 8)).astype(np.float32)])
     expected_indices, expected_distances = metrics.nearest_neighbors(queries, references, k=15)
-    indices, distances = index.nearest(
+    indices, distances = ivf_index.nearest(
         tf.constant(queries),
         tf.constant(references),
         tf.constant(np.einsum("ij,ij->i", references, references)),

@@ -119,6 +119,13 @@ def test_errors_name_the_file_or_flag(capsys, tmp_path, version_dir, files):
         (["embed", files[0], str(text), "--model", version_dir], 2, f"{text}: not a PNG, JPEG, GIF or BMP image"),
         (["embed", str(tmp_path / "empty_dir_missing")], 2, "no such file or folder"),
         (["search", files[0], "--model", version_dir, "--k", "0"], 2, "--k: must be at least 1, got 0"),
+        (["search", files[0], "--model", version_dir, "--nprobe", "0"], 2, "--nprobe: must be at least 1, got 0"),
+        (
+            ["search", files[0], "--model", version_dir, "--nprobe", "4"],
+            2,
+            f"^triplet-tfx: error: --nprobe 4: SavedModel {version_dir}: the served index is exact and takes no "
+            "nprobe \\(no search_with_nprobe signature: only ivf indexes have lists to probe\\)\n$",
+        ),
         (
             ["search", files[0], "--model", version_dir, "--k", "51"],
             2,
@@ -152,3 +159,26 @@ def test_server_errors_name_the_server_and_model(capsys, files, servers):
     assert code == 2 and f"--model-name other: TF Serving gRPC at {servers['grpc']} has no model named 'other'" in err
     code, _, err = run(capsys, "search", files[0], "--server", servers["rest"], "--model-version", "1")
     assert code == 2 and "--model-version 1: " in err and "(loaded versions: 3)" in err
+
+
+def test_nprobe_on_an_exact_index_is_refused_by_its_signatures(capsys, files, servers):
+    """The contract model has no search_with_nprobe: the servers' model metadata says so (the ivf
+    index itself: nprobe_client_test.py)."""
+    for kind, name in (("rest", "REST"), ("grpc", "gRPC")):
+        code, out, err = run(capsys, "search", files[0], "--server", servers[kind], "--nprobe", "2")
+        assert (code, out) == (2, "")
+        assert err == (
+            f"triplet-tfx: error: --nprobe 2: TF Serving {name} at {servers[kind]}, model 'triplet_mnist': "
+            "the served index is exact and takes no nprobe (no search_with_nprobe signature: only ivf indexes "
+            "have lists to probe)\n"
+        )
+
+
+def test_search_help_explains_nprobe(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--nprobe N lists of an ivf index searched per query (default: the index's own, its --index-nprobe); more "
+        "lists: better recall, slower. Only for ivf indexes: an exact index refuses it"
+    ) in help_text

@@ -10,10 +10,12 @@ REST (`model_servers/http_rest_api_handler.cc`, `http_rest_api_util.cc`, `util/j
   object by input name); `{"b64": ...}` is bytes. Answers `{"predictions": ...}` (row) or
   `{"outputs": ...}` (columnar), the output name left out when there is only one; strings are
   JSON strings unless the output name ends in `_bytes` (then b64). GET /v1/models/<name>[/versions/<v>]
-  answers the GetModelStatusResponse as JSON. Errors: `{"error": message}` with the HTTP status
-  TF Serving maps the error code to (http_server.cc: NOT_FOUND 404, INVALID_ARGUMENT and
-  FAILED_PRECONDITION 400, UNAVAILABLE 503).
+  answers the GetModelStatusResponse as JSON; GET .../metadata the model spec and SignatureDefMap as
+  `{"model_spec": ..., "metadata": {"signature_def": ...}}` (proto field names). Errors:
+  `{"error": message}` with the HTTP status TF Serving maps the error code to (http_server.cc:
+  NOT_FOUND 404, INVALID_ARGUMENT and FAILED_PRECONDITION 400, UNAVAILABLE 503).
 gRPC (`apis/prediction_service.proto`, `model_service.proto`): PredictionService.Predict and
+  GetModelMetadata (`signature_def`, the one metadata field TF Serving knows), and
   ModelService.GetModelStatus; outputs serialized as TF Serving does by default (AsProtoField).
 Messages as TF Serving words them: "Servable not found for request: Latest(<name>)" /
   "Specific(<name>, <v>)" (core/basic_manager.cc), "Could not find any versions of model <name>"
@@ -29,6 +31,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import os
 import re
 import threading
 import time
@@ -40,7 +43,9 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -73,13 +78,19 @@ class StandInError(Exception):
 
 
 class ModelRegistry:
-    """The loaded models: {name: {version: SavedModel}}, the latest version of each base directory."""
+    """The loaded models: {name: {version: SavedModel}}, the latest version of each base directory,
+    and their signatures as TF Serving reads them from saved_model.pb: {name: {version: SignatureDefMap}}."""
 
     def __init__(self, models: Dict[str, str], unavailable_first: int = 0):
-        self.models = {}
+        self.models, self.signature_defs = {}, {}
         for name, base_dir in models.items():
             version, path = max(saved_model_versions(base_dir).items())
             self.models[name] = {version: tf.saved_model.load(path)}
+            with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+                saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+            self.signature_defs[name] = {
+                version: get_model_metadata_pb2.SignatureDefMap(signature_def=saved_model.meta_graphs[0].signature_def)
+            }
         self.unavailable_left = unavailable_first
         self.delay_seconds = 0.0  # a slow model, to test the client's timeout
         self._lock = threading.Lock()
@@ -123,6 +134,14 @@ class ModelRegistry:
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             raise StandInError("INVALID_ARGUMENT", getattr(err, "message", str(err))) from None
         return chosen, {k: v.numpy() for k, v in outputs.items()}
+
+    def metadata(self, name: str, version: Optional[int]) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        chosen, _ = self.servable(name, version)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = name
+        response.model_spec.version.value = chosen
+        response.metadata["signature_def"].Pack(self.signature_defs[name][chosen])
+        return response
 
     def status(self, name: str, version: Optional[int]) -> get_model_status_pb2.GetModelStatusResponse:
         versions = self.models.get(name, {})
@@ -215,6 +234,22 @@ def rest_predict(registry: ModelRegistry, name: str, version: Optional[int], bod
     return {"predictions": [{k: v[i] for k, v in encoded.items()} for i in range(rows)]}
 
 
+def _as_json(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, including_default_value_fields=True)
+
+
+def rest_status(registry: ModelRegistry, name: str, version: Optional[int]) -> dict:
+    return json.loads(json_format.MessageToJson(registry.status(name, version), including_default_value_fields=True))
+
+
+def rest_metadata(registry: ModelRegistry, name: str, version: Optional[int]) -> dict:
+    """As TF Serving writes it (http_rest_api_handler.cc): the model spec and the unpacked SignatureDefMap."""
+    response = registry.metadata(name, version)
+    signature_defs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_defs)
+    return {"model_spec": _as_json(response.model_spec), "metadata": {"signature_def": _as_json(signature_defs)}}
+
+
 class _RestHandler(http.server.BaseHTTPRequestHandler):
     registry: ModelRegistry
 
@@ -250,16 +285,10 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         match = STATUS_PATH.fullmatch(self.path)
-        if not match or not match.group(1) or match.group(3) or match.group(4):
+        if not match or not match.group(1) or match.group(3):
             return self._answer(400, {"error": f"Malformed request: GET {self.path}"})
         version = int(match.group(2)) if match.group(2) else None
-        self._handle(
-            lambda: json.loads(
-                json_format.MessageToJson(
-                    self.registry.status(match.group(1), version), including_default_value_fields=True
-                )
-            )
-        )
+        self._handle(lambda: (rest_metadata if match.group(4) else rest_status)(self.registry, match.group(1), version))
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -330,6 +359,20 @@ class _Predictions(prediction_service_pb2_grpc.PredictionServiceServicer):
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(as_proto_field(value))
         return response
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        spec = request.model_spec
+        try:
+            if not request.metadata_field:
+                raise StandInError(
+                    "INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field"
+                )
+            for field in request.metadata_field:
+                if field != "signature_def":
+                    raise StandInError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")
+            return self.registry.metadata(spec.name, spec.version.value if spec.HasField("version") else None)
+        except StandInError as err:
+            context.abort(getattr(grpc.StatusCode, err.code), err.message)
 
 
 class _Models(model_service_pb2_grpc.ModelServiceServicer):

@@ -19,7 +19,7 @@ from triplet_tfx.components.serving.client.errors import (
 )
 
 # Loaded on first use: the client's image checks import TensorFlow, which `triplet-tfx --help` must not.
-_MODEL_CLIENT = ("Client", "IndexSizeError", "SearchResult", "image_files", "read_images")
+_MODEL_CLIENT = ("Client", "IndexSizeError", "MatchResult", "NprobeError", "SearchResult", "image_files", "read_images")
 
 
 def __getattr__(name: str):

@@ -5,6 +5,8 @@
         vectors = client.embed(["digit.png", open("other.png", "rb").read()])
     with Client(server="http://localhost:8501", model_name="triplet_mnist") as client:  # TF Serving REST
         result = client.search(["digit.png"], k=5)      # result.ids / .labels / .class_names / .distances: [N, k]
+        result = client.search(["digit.png"], k=5, nprobe=16)  # an ivf index: 16 lists probed per query
+        found = client.match(["digit.png"])             # found.ids / ... / .matched: [N], the nearest item
     Client(server="grpc://localhost:8500", model_name="triplet_mnist", version=1795891345)  # gRPC
 
 Images are file paths or encoded bytes (PNG, JPEG, GIF, BMP); the served model decodes and resizes
@@ -33,7 +35,11 @@ from triplet_tfx.components.contract import (
     IMAGES_INPUT,
     K_INPUT,
     LABELS_OUTPUT,
+    MATCH_SIGNATURE,
+    MATCHED_OUTPUT,
+    NPROBE_INPUT,
     SEARCH_SIGNATURE,
+    SEARCH_WITH_NPROBE_SIGNATURE,
     is_image_name,
 )
 from triplet_tfx.components.files import file_kind
@@ -60,6 +66,18 @@ class SearchResult:
     class_names: Optional[np.ndarray] = None  # str: the labels' class names (the ids as text for integer labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class MatchResult:
+    """Each query's nearest reference item, and whether it is near enough to be a match (the served
+    model's calibrated distance threshold): arrays of shape [N]."""
+
+    ids: np.ndarray  # str
+    labels: np.ndarray  # int64
+    class_names: np.ndarray  # str
+    distances: np.ndarray  # float32
+    matched: np.ndarray  # bool
+
+
 class IndexSizeError(InvalidRequestError):
     """k is larger than the served index: "k 501: the index holds 500 references". `size` is None
     where the model does not say (then `detail` is the server's own message, on one line)."""
@@ -72,10 +90,20 @@ class IndexSizeError(InvalidRequestError):
         super().__init__(f"k {k}: {self.detail}")
 
 
-# The `search` signature's assertion on k (index.py, and older served models): its message names the
-# index size as "[y (...) = ] [500]".
+class NprobeError(InvalidRequestError):
+    """nprobe the served index cannot take: "nprobe 9: the index has 8 lists", or an exact index
+    (no `search_with_nprobe` signature). `detail` is the message after "nprobe N: "."""
+
+    def __init__(self, nprobe: int, detail: str):
+        self.nprobe, self.detail = nprobe, detail
+        super().__init__(f"nprobe {nprobe}: {detail}")
+
+
+# The search signatures' assertions on k and nprobe (index.py, ivf_index.py, and older served models):
+# their messages name the bound, the index size or the number of lists, as "[y (...) = ] [500]".
 _K_ASSERTION = re.compile(r"k must be at most the index size")
-_INDEX_SIZE = re.compile(r"\[y \([^)]*\) = \] \[(\d+)\]")
+_NPROBE_ASSERTION = re.compile(r"nprobe must be at most the number of lists")
+_BOUND = re.compile(r"\[y \([^)]*\) = \] \[(\d+)\]")
 
 
 def _hidden(name: str) -> bool:
@@ -209,6 +237,11 @@ def read_images(images: Union[Image, Sequence[Image]]) -> Tuple[List[str], List[
     return names, data
 
 
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _texts(arrays) -> List[List[str]]:
     return [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in row] for a in arrays for row in a]
 
@@ -287,22 +320,36 @@ class Client:
         if size is not None and k > size:
             raise IndexSizeError(k, size)
 
-    def search(self, images: Union[Image, Sequence[Image]], k: int = 5) -> SearchResult:
-        """The k nearest items of the served index for each image. IndexSizeError: k is larger than
-        the index (checked before any image is read, where the model tells its index size)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+    def search(self, images: Union[Image, Sequence[Image]], k: int = 5, nprobe: Optional[int] = None) -> SearchResult:
+        """The k nearest items of the served index for each image. `nprobe`: the lists of an ivf
+        index to probe per query (its `search_with_nprobe` signature); None: the index's own default
+        (`search`). IndexSizeError: k is larger than the index; NprobeError: the served index is
+        exact (it has no `search_with_nprobe`), or has fewer lists than nprobe. Found before any
+        image is read where the model tells: its signatures always, its index size in-process."""
+        _check_positive("k", k)
         self.check_k(k)
+        signature, inputs = SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}
+        if nprobe is not None:
+            _check_positive("nprobe", nprobe)
+            if SEARCH_WITH_NPROBE_SIGNATURE not in self._transport.signatures():
+                raise NprobeError(
+                    nprobe,
+                    f"{self.target}: the served index is exact and takes no nprobe "
+                    f"(no {SEARCH_WITH_NPROBE_SIGNATURE} signature: only ivf indexes have lists to probe)",
+                )
+            signature, inputs = SEARCH_WITH_NPROBE_SIGNATURE, {**inputs, NPROBE_INPUT: np.int32(nprobe)}
         try:
             try:
-                parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, _WITH_CLASS_NAMES))
+                parts = list(self._batches(images, signature, inputs, _WITH_CLASS_NAMES))
             except (KeyError, TypeError):  # a model without class names: that output is missing
-                parts = list(self._batches(images, SEARCH_SIGNATURE, {K_INPUT: np.int32(k)}, SEARCH_OUTPUTS))
+                parts = list(self._batches(images, signature, inputs, SEARCH_OUTPUTS))
         except InvalidRequestError as err:
-            if not _K_ASSERTION.search(str(err)):
-                raise
-            size = _INDEX_SIZE.search(str(err))
-            raise IndexSizeError(k, int(size.group(1)) if size else None, str(err)) from None
+            bound = _BOUND.search(str(err))
+            if _K_ASSERTION.search(str(err)):
+                raise IndexSizeError(k, int(bound.group(1)) if bound else None, str(err)) from None
+            if nprobe is not None and _NPROBE_ASSERTION.search(str(err)):
+                raise NprobeError(nprobe, f"the index has {bound.group(1)} lists" if bound else str(err)) from None
+            raise
         labels = np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64).reshape(-1, k)
         if all(CLASS_NAMES_OUTPUT in p for p in parts):
             names = np.array(_texts(p[CLASS_NAMES_OUTPUT] for p in parts), dtype=str).reshape(len(labels), k)
@@ -314,6 +361,25 @@ class Client:
             labels=labels,
             distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32),
             class_names=names,
+        )
+
+    def match(self, images: Union[Image, Sequence[Image]]) -> MatchResult:
+        """The nearest item of the served index for each image, and whether it is a match (within the
+        model's calibrated threshold). InvalidRequestError, before any image is read, for a model
+        without a `match` signature (one built without a calibrated threshold)."""
+        if MATCH_SIGNATURE not in self._transport.signatures():
+            raise InvalidRequestError(
+                f"{self.target}: the served model has no {MATCH_SIGNATURE} signature (no calibrated match "
+                "threshold: see --match-precision)"
+            )
+        outputs = _WITH_CLASS_NAMES + (MATCHED_OUTPUT,)
+        parts = list(self._batches(images, MATCH_SIGNATURE, {}, outputs))
+        return MatchResult(
+            ids=np.array(_texts([p[IDS_OUTPUT]] for p in parts), dtype=str).reshape(-1),
+            labels=np.concatenate([p[LABELS_OUTPUT] for p in parts]).astype(np.int64),
+            class_names=np.array(_texts([p[CLASS_NAMES_OUTPUT]] for p in parts), dtype=str).reshape(-1),
+            distances=np.concatenate([p[DISTANCES_OUTPUT] for p in parts]).astype(np.float32),
+            matched=np.concatenate([p[MATCHED_OUTPUT] for p in parts]).astype(bool),
         )
 
     def close(self) -> None:

@@ -10,8 +10,9 @@ The wire formats are those of TF Serving 2.16 (tensorflow-serving-api 2.16.1; th
   scalar `k`); bytes travel as `{"b64": ...}`; answers are `predictions` / `outputs`, errors
   `{"error": message}` with TF Serving's HTTP status (404 NOT_FOUND, 400 INVALID_ARGUMENT,
   503 UNAVAILABLE). A NOT_FOUND is explained with the model status API, GET `/v1/models/<name>`.
+  The model's signatures: GET `/v1/models/<name>[/versions/<v>]/metadata` (its SignatureDefMap).
 * gRPC: `PredictionService.Predict` with `model_spec` (name, version, signature_name); NOT_FOUND is
-  explained with `ModelService.GetModelStatus`.
+  explained with `ModelService.GetModelStatus`. The signatures: `PredictionService.GetModelMetadata`.
 
 Connection refused, HTTP 503 and gRPC UNAVAILABLE are retried with exponential backoff.
 """
@@ -27,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -124,6 +125,10 @@ class LocalTransport:
         shape = getattr(ids, "shape", None)
         return int(shape[0]) if shape is not None and shape.rank == 1 and shape[0] is not None else None
 
+    def signatures(self) -> Set[str]:
+        """The names of the model's signatures (REST and gRPC: from TF Serving's model metadata)."""
+        return set(self._model.signatures)
+
     def predict(self, signature: str, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         function = self._model.signatures.get(signature)
         if function is None:
@@ -207,6 +212,17 @@ class RestTransport:
     def _call(self, url: str, body: Optional[dict]) -> Tuple[int, dict]:
         return _retrying(lambda: self._send(url, body), self.retries, self.backoff, self.target)
 
+    def _checked(self, url: str, body: Optional[dict], about: str) -> dict:
+        """The answer of a 200; the errors by HTTP status otherwise (`about`: what was asked)."""
+        status, payload = self._call(url, body)
+        if status == 404:
+            raise self._not_found(payload["error"])
+        if status == 400:
+            raise InvalidRequestError(f"{self.target}, {about}: {tf_error_text(payload['error'])}")
+        if status != 200:
+            raise ServingError(f"{self.target}: HTTP {status}: {payload.get('error')}")
+        return payload
+
     def predict(self, signature: str, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         sizes = {np.ndim(v) and len(v) for v in inputs.values()}
         rows = 0 not in sizes and len(sizes) == 1  # every input batched alike: the row form
@@ -220,13 +236,7 @@ class RestTransport:
                 "signature_name": signature,
                 "instances": [{n: _to_json(inputs[n][i]) for n in names} for i in range(sizes.pop())],
             }
-        status, payload = self._call(self._model_url(with_version=True) + ":predict", body)
-        if status == 404:
-            raise self._not_found(payload["error"])
-        if status == 400:
-            raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(payload['error'])}")
-        if status != 200:
-            raise ServingError(f"{self.target}: HTTP {status}: {payload.get('error')}")
+        payload = self._checked(self._model_url(with_version=True) + ":predict", body, f"signature {signature}")
         if rows:
             predictions = payload["predictions"]
             if len(output_names) == 1:  # one output: its name is left out
@@ -240,6 +250,10 @@ class RestTransport:
     def index_size(self) -> Optional[int]:
         """Unknown: TF Serving's model metadata holds the signatures, not the index size."""
         return None
+
+    def signatures(self) -> Set[str]:
+        payload = self._checked(self._model_url(with_version=True) + "/metadata", None, "metadata")
+        return set(payload["metadata"]["signature_def"]["signature_def"])
 
     def _not_found(self, message: str) -> ModelNotFoundError:
         status, payload = self._call(self._model_url(with_version=False), None)
@@ -299,6 +313,20 @@ class GrpcTransport:
             spec.version.value = self.version
         spec.signature_name = signature
 
+    def _checked(self, method, request, about: str):
+        """The answer; the errors by gRPC status code otherwise (`about`: what was asked)."""
+        try:
+            return self._call(method, request)
+        except self._grpc.RpcError as err:
+            code, details = err.code(), err.details()
+            if code == self._grpc.StatusCode.NOT_FOUND:
+                raise self._not_found(details) from None
+            if code in (self._grpc.StatusCode.INVALID_ARGUMENT, self._grpc.StatusCode.FAILED_PRECONDITION):
+                raise InvalidRequestError(f"{self.target}, {about}: {tf_error_text(details)}") from None
+            if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServingTimeoutError(f"{self.target}: no answer within {self.timeout} s") from None
+            raise ServingError(f"{self.target}: {code.name}: {details}") from None
+
     def predict(self, signature: str, inputs: Arrays, output_names: Sequence[str]) -> Arrays:
         from tensorflow_serving.apis import predict_pb2
 
@@ -306,22 +334,22 @@ class GrpcTransport:
         self._model_spec(request.model_spec, True, signature)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(self._tf.make_tensor_proto(value))
-        try:
-            response = self._call(self._predictions.Predict, request)
-        except self._grpc.RpcError as err:
-            code, details = err.code(), err.details()
-            if code == self._grpc.StatusCode.NOT_FOUND:
-                raise self._not_found(details) from None
-            if code in (self._grpc.StatusCode.INVALID_ARGUMENT, self._grpc.StatusCode.FAILED_PRECONDITION):
-                raise InvalidRequestError(f"{self.target}, signature {signature}: {tf_error_text(details)}") from None
-            if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ServingTimeoutError(f"{self.target}: no answer within {self.timeout} s") from None
-            raise ServingError(f"{self.target}: {code.name}: {details}") from None
+        response = self._checked(self._predictions.Predict, request, f"signature {signature}")
         return {name: self._tf.make_ndarray(response.outputs[name]) for name in output_names}
 
     def index_size(self) -> Optional[int]:
         """Unknown: TF Serving's model metadata holds the signatures, not the index size."""
         return None
+
+    def signatures(self) -> Set[str]:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec, with_version=True)
+        response = self._checked(self._predictions.GetModelMetadata, request, "metadata")
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_defs)
+        return set(signature_defs.signature_def)
 
     def _not_found(self, message: str) -> ModelNotFoundError:
         from tensorflow_serving.apis import get_model_status_pb2

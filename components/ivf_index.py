@@ -1,6 +1,8 @@
 """An approximate nearest-neighbour index (IVF: inverted file) that a stock TF Serving binary runs.
 
-Exact search (`index.nearest`) compares a query with every reference embedding: fine up to a few
+Shared by the evaluator (which reports the recall of the index the configuration serves) and the
+serving stage (which serves it). Exact search (`nearest`, also the reference of
+`recall_against_exact`) compares a query with every reference embedding: fine up to a few
 hundred thousand items, wrong at 1-100 million. This module partitions the references by k-means
 ("coarse quantizer", `lists` centroids) and, for a query, only scores the items of the `nprobe`
 lists whose centroids are nearest to it. Everything the search needs lives in the SavedModel as
@@ -30,7 +32,7 @@ re-ranked exactly, and the distances returned are exact. Without them the approx
 are returned: the distances to the dequantised vectors x^ (|q|^2 - 2 q.x^ + |x^|^2, |x^|^2 stored
 per item).
 
-Distances are Euclidean, computed as `index.nearest` computes them (|q|^2 - 2 q.r + |r|^2,
+Distances are Euclidean, computed as `nearest` (below) computes them (|q|^2 - 2 q.r + |r|^2,
 clamped at zero); equal distances are ordered by the smaller stored index, as the exact search
 orders them (candidates are laid out in ascending stored order and tf.math.top_k keeps the lower
 position first). A query always gets k answers: lists are probed in centroid order past `nprobe`
@@ -76,6 +78,19 @@ def choose_index(catalog_size: int, exact_limit: int = INDEX_AUTO_EXACT_LIMIT) -
     if catalog_size < 0:
         raise ValueError(f"catalog size must be >= 0, got {catalog_size}")
     return "exact" if catalog_size < exact_limit else "ivf"
+
+
+def served_kind(setting: str, catalog_size: int) -> str:
+    """The index kind --index gives (exact or ivf; auto: `choose_index`'s choice for the size)."""
+    return choose_index(catalog_size) if setting == "auto" else setting
+
+
+def served_nprobe(setting: int, lists: int) -> int:
+    """The lists `search` probes: --index-nprobe, or `default_nprobe` for 0; at most the lists."""
+    nprobe = setting or default_nprobe(lists)
+    if nprobe > lists:
+        raise ValueError(f"--index-nprobe {nprobe}: the index has {lists} lists")
+    return nprobe
 
 
 def default_lists(catalog_size: int) -> int:
@@ -591,3 +606,36 @@ def state_of(module) -> IvfState:
         scale=scale,
         trained_size=int(module.trained_size.numpy()),
     )
+
+
+def nearest(queries: tf.Tensor, references: tf.Tensor, reference_squared_norms: tf.Tensor, k: tf.Tensor):
+    """(indices [Q, k] int32, distances [Q, k] float32) of the k nearest references, ascending."""
+    squared = tf.matmul(queries, references, transpose_b=True) * -2.0
+    squared += tf.reduce_sum(queries * queries, axis=1, keepdims=True)
+    squared = tf.maximum(squared + reference_squared_norms[None, :], 0.0)
+    negated, indices = tf.math.top_k(-squared, k=k, sorted=True)
+    return indices, tf.sqrt(-negated)
+
+
+def recall_against_exact(
+    module: "IvfIndex",
+    nprobe: int,
+    queries: np.ndarray,
+    embeddings: np.ndarray,
+    ids: Sequence[str],
+    k: int = 10,
+    batch: int = 64,
+) -> float:
+    """Recall@k of an ivf index (a ServingModel's `ivf`, or one built to measure it) searched with
+    `nprobe` lists against exact search of the same references (`embeddings`, `ids`: the catalogue
+    in its own order), for `queries` [Q, d]."""
+    stored_ids = np.array([i.decode("utf-8") for i in module.ids.numpy()], dtype=object)
+    references = tf.constant(np.asarray(embeddings, np.float32))
+    norms = tf.reduce_sum(references * references, axis=1)
+    k = min(k, len(ids))
+    found, expected = [], []
+    for start in range(0, len(queries), batch):
+        chunk = tf.constant(np.asarray(queries[start : start + batch], np.float32))
+        found.append(stored_ids[module.search(chunk, k, nprobe)[0].numpy()])
+        expected.append(np.asarray(ids, dtype=object)[nearest(chunk, references, norms, k)[0].numpy()])
+    return recall(np.concatenate(found), np.concatenate(expected))
