@@ -106,5 +106,5 @@ def test_model_is_blessed_and_pushed(executed):
     batch = tf.constant([data_sources.make_example(images[i], labels[i]) for i in range(4)])
     embeddings = loaded.signatures["serving_default"](examples=batch)["embedding"].numpy()
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
-    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search"}
+    assert set(loaded.signatures) == {"serving_default", "embed_images", "embed_pixels", "search", "match"}
     assert loaded.reference_embeddings.shape == (200, 256)  # the train split, the default index
