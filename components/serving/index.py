@@ -1,8 +1,7 @@
 """The `search` signature: the k nearest neighbours among reference embeddings kept in the
 SavedModel as variables (a checkpoint, not graph constants: no 2 GB proto limit), found by exact
-search (`ivf_index.nearest`) or by an approximate ivf index (`components/ivf_index.py`, `--index ivf`,
-which adds the
-`search_with_nprobe` signature).
+search (`ivf_index.nearest`) or by an approximate ivf index (`components/ivf_index.py`,
+`--index ivf`, which adds the `search_with_nprobe` signature).
 
 `build_serving_model` wraps an embedding SavedModel (the Trainer's export, `training/export.py`) and an
 index of its own embeddings of the reference examples into one SavedModel with four signatures:
@@ -141,17 +140,16 @@ class ServingModel(tf.Module):
 
     @tf.function(input_signature=[signatures.images_spec(), tf.TensorSpec([], tf.int32, name=contract.K_INPUT)])
     def search(self, images, k):
-        queries = self._embed(images, k)
+        return self._answer(*self._nearest(self._embed(images, k), k))
+
+    def _nearest(self, queries, k):
+        """(indices, distances) of the k nearest references: the ivf index with its default nprobe, or exact."""
         if self.ivf is not None:
-            return self._answer(*self.ivf.search(queries, k, self.nprobe))
-        return self._answer(*nearest(queries, self.reference_embeddings, self.reference_squared_norms, k))
+            return self.ivf.search(queries, k, self.nprobe)
+        return nearest(queries, self.reference_embeddings, self.reference_squared_norms, k)
 
     def _match(self, images):
-        queries = self._embed(images, tf.constant(1))
-        if self.ivf is not None:
-            indices, distances = self.ivf.search(queries, 1, self.nprobe)
-        else:
-            indices, distances = nearest(queries, self.reference_embeddings, self.reference_squared_norms, 1)
+        indices, distances = self._nearest(self._embed(images, tf.constant(1)), 1)
         answer = self._answer(indices[:, 0], distances[:, 0])
         answer[contract.MATCHED_OUTPUT] = distances[:, 0] <= self.match_threshold
         return answer
@@ -175,9 +173,8 @@ def build_serving_model(
     """Writes the SavedModel with its signatures (the three embedding signatures, `search`, with an
     ivf index `search_with_nprobe`, and given a `match_threshold` `match`), and the class names, to
     `path`. `reference_names`: the references' class names by class id (a catalog's own), else the
-    model's. With an ivf index and
-    `recall_queries` [Q, d], returns its recall@10 against exact search (`ivf_index.recall_against_exact`) measured on
-    the very index that is saved; else None."""
+    model's. With an ivf index and `recall_queries` [Q, d], returns its recall@10 against exact
+    search (`ivf_index.recall_against_exact`) measured on the very index that is saved; else None."""
     embedding_model = tf.saved_model.load(embedding_model_path)
     # A served model given again (index refresh): its embedding model alone, not its old index.
     embedding_model = getattr(embedding_model, "embedding_model", embedding_model)
