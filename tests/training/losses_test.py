@@ -578,3 +578,32 @@ def test_global_batch_mining_matches_single_device():
     fit = out["fit"]
     assert fit["loss_mirrored"] == pytest.approx(fit["loss_single"], rel=1e-5)
     assert fit["weight_err"] <= 1e-6
+
+
+@pytest.mark.parametrize("batch, numpy_sorts", [(32, False), (100, True)])
+def test_batch_size_known_at_run_time_picks_the_sort(batch, numpy_sorts, monkeypatch):
+    """Keras batches without drop_remainder have no static size: a batch of <= 64 must still take
+    tf.sort (cheaper per step), a larger one NumPy's sort, with the same value either way."""
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("NumPy sorting is a CPU path")
+    calls = []
+    numpy_layout = L.sorting._np_sorted_layout
+
+    def counted(keys, row_max):
+        calls.append(keys.shape)
+        return numpy_layout(keys, row_max)
+
+    monkeypatch.setattr(L.sorting, "SORT_IMPL", "auto")
+    monkeypatch.setattr(L.sorting, "_np_sorted_layout", counted)
+    rng = np.random.default_rng(3)
+    labels = tf.constant(rng.integers(0, 5, batch), tf.int64)
+    embeddings = tf.math.l2_normalize(tf.constant(rng.normal(size=(batch, 8)), tf.float32), axis=1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 8], tf.float32)])
+    def dynamic(y, x):
+        return L.triplet_semihard_loss(y, x, margin=1.0)
+
+    value = dynamic(labels, embeddings)
+    assert bool(calls) is numpy_sorts
+    monkeypatch.setattr(L.sorting, "SORT_IMPL", "tf")
+    np.testing.assert_allclose(value, L.triplet_semihard_loss(labels, embeddings, margin=1.0), rtol=1e-6)
