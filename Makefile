@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 # The static checks first (`lint`), then every test.
 test: lint
-	$(VENV)/bin/python -m pytest -q tests $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 tests $(ARGS)
 
 # The fast tier: every test not marked slow (CONTRIBUTING.md, "Test tiers"); target: under a minute.
 test-fast: lint
