@@ -141,7 +141,8 @@ _CHUNK_ELEMENTS = 2**21
 
 
 # Batches up to this size sort with tf.sort even on CPU: plain TensorFlow ops have less fixed
-# overhead than a NumPy call (the tutorial recipe's batch of 32: 13 % less CPU per training step).
+# overhead than a NumPy call (the tutorial recipe's batch of 32: 8 % less CPU per training step on
+# 2 cores, bench/README.md).
 _SMALL_BATCH = 64
 
 
