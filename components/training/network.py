@@ -8,7 +8,8 @@
 resolution (28x28x64 per image), so its step is dominated by memory traffic, not arithmetic;
 here two 3x3 convolutions of stride 2 halve the resolution as they go (Conv2D(32, 3, /2) -> BN
 -> ReLU -> Conv2D(64, 3, /2) -> BN -> ReLU -> Flatten -> Dropout -> Dense(256) -> L2-normalise),
-with batch normalisation for fast, stable training at a high learning rate.
+with batch normalisation for fast, stable training at a high learning rate (Keras' batch
+normalisation, its training step in one kernel: fused_batch_norm.py).
 
 The backbones (`mobilenet_v3_small`, `mobilenet_v3_large`, `efficientnet_v2_b0`, `resnet50_v2`):
 the input scaled to the backbone's range, the Keras Applications model without its top, average
@@ -22,6 +23,7 @@ import keras
 from triplet_tfx.components.config import BACKBONES
 from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY
 from triplet_tfx.components.training import backbones
+from triplet_tfx.components.training.fused_batch_norm import FusedBatchNormalization
 
 
 def _tutorial_cnn(x, precision: str, dropout: float):
@@ -38,7 +40,7 @@ def _strided(x, precision: str, dropout: float):
     for filters in (32, 64):
         # No bias: batch normalisation's offset replaces it.
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, dtype=precision)(x)
-        x = keras.layers.BatchNormalization(dtype=precision)(x)
+        x = FusedBatchNormalization(dtype=precision)(x)
         x = keras.layers.ReLU(dtype=precision)(x)
     x = keras.layers.Flatten(dtype=precision)(x)
     return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x

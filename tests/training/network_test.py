@@ -28,10 +28,10 @@ def test_strided_network_shapes_and_parameters():
     assert kinds == [
         "InputLayer",
         "Conv2D",
-        "BatchNormalization",
+        "FusedBatchNormalization",
         "ReLU",
         "Conv2D",
-        "BatchNormalization",
+        "FusedBatchNormalization",
         "ReLU",
         "Flatten",
         "Dense",
