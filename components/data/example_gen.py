@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -298,14 +298,22 @@ def _check_all_classes(labels: List[int], data: DataConfig) -> None:
         )
 
 
-def _distinct_labels(pcoll: beam.pvalue.PCollection, name: str) -> beam.pvalue.PCollection:
-    return (
-        pcoll
-        | f"Labels[{name}]" >> beam.Map(example_label)
-        | f"Distinct[{name}]" >> beam.Distinct()
-        | f"ListLabels[{name}]" >> beam.combiners.ToList()
-        | f"Sort[{name}]" >> beam.Map(sorted)
-    )
+class _DistinctLabels(beam.CombineFn):
+    """The sorted distinct labels of serialized examples. A combiner, so that each bundle sends one
+    set on, not every label through a shuffle as `beam.Distinct` does."""
+
+    def create_accumulator(self) -> Set[int]:
+        return set()
+
+    def add_input(self, labels: Set[int], serialized: bytes) -> Set[int]:
+        labels.add(example_label(serialized))
+        return labels
+
+    def merge_accumulators(self, accumulators: Iterable[Set[int]]) -> Set[int]:
+        return set().union(*accumulators)
+
+    def extract_output(self, labels: Set[int]) -> List[int]:
+        return sorted(labels)
 
 
 class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -333,15 +341,17 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
                 | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
                 | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep)
             )
-        for split, examples in splits.items():
-            _ = _distinct_labels(examples, split) | f"TwoClasses[{split}]" >> beam.Map(_check_classes, split, data)
+        labels = {
+            split: examples | f"Labels[{split}]" >> beam.CombineGlobally(_DistinctLabels())
+            for split, examples in splits.items()
+        }
+        for split, distinct in labels.items():
+            _ = distinct | f"TwoClasses[{split}]" >> beam.Map(_check_classes, split, data)
         if classes is None:
             _ = (
-                tuple(splits.values())
+                tuple(labels.values())
                 | "AllSplits" >> beam.Flatten()
-                | "AllLabels" >> beam.Map(example_label)
-                | "DistinctAll" >> beam.Distinct()
-                | "ListAll" >> beam.combiners.ToList()
+                | "AllLabels" >> beam.CombineGlobally(lambda lists: sorted(set().union(*lists)))
                 | "AllClasses" >> beam.Map(_check_all_classes, data)
             )
         return splits

@@ -20,6 +20,7 @@ Outputs, in the ModelEvaluation folder:
                           projector_config.pbtxt for the Embedding Projector (`tensorboard --logdir <it>`)
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -103,17 +104,16 @@ def blessing_decision(candidate: Dict, baseline: Optional[Dict], rule: EvalConfi
 
 def evaluate_model(
     model: Model,
-    queries: list,
+    query_embeddings: np.ndarray,
     query_labels: np.ndarray,
-    references: Optional[list],
+    reference_embeddings: Optional[np.ndarray],
     reference_labels: Optional[np.ndarray],
     rule: EvalConfig,
 ):
-    """(metrics, per-query details, query embeddings, gallery neighbours [Q, k]) of one model under
-    the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn"). One
+    """(metrics, per-query details, gallery neighbours [Q, k]) of one model's embeddings under the
+    configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn"). One
     nearest-neighbour search per model: the gallery's neighbours come from the metrics' search."""
-    query_embeddings = embed(model, queries)
-    reference_embeddings = embed(model, references) if references is not None else None
+    queries = query_embeddings
     with Progress(f"Nearest neighbours and metrics of model {model.id}", len(queries), "queries") as progress:
         result, per_query = metrics.evaluate_embeddings(
             query_embeddings,
@@ -134,7 +134,7 @@ def evaluate_model(
         classes=sorted(set(query_labels.tolist()) | set(labels_.tolist())),
     )
     result["confusion_1nn"] = {"classes": [int(c) for c in classes], "counts": counts.tolist()}
-    return result, per_query, query_embeddings, neighbours
+    return result, per_query, neighbours
 
 
 def match_calibration(per_query: Dict, match_precision: float, folder: Optional[str]) -> Dict:
@@ -331,54 +331,61 @@ def EmbeddingEvaluator(
 
     def evaluate_fresh(evaluated: Model, role: str) -> Dict:
         logger.info("Evaluating %s model %s on %d eval queries (%s)", role, evaluated.uri, len(queries), rule.protocol)
-        result, per_query, embeddings, neighbours = evaluate_model(
-            evaluated, queries, query_labels, references, reference_labels, rule
-        )
-        all_labels = query_labels if reference_labels is None else np.concatenate([query_labels, reference_labels])
-        names = class_name_map(model_class_names(evaluated), all_labels)
-        result["class_names"] = names
-        result.update(match_calibration(per_query, rule.match_precision, folder if role == "candidate" else None))
-        if role == "candidate":
-            result[INDEX_RECALL_AT_10] = served_index_recall(evaluated, embeddings, examples, cfg.serving)
-        if role == "candidate" and cfg.data.classes_by_split is not None:
-            # The served index holds the train split, whose classes the eval queries' are not.
-            index_embeddings = embed(evaluated, read_split(examples, "train"))
-            distances = metrics.nearest_neighbors(embeddings, index_embeddings, 1)[1][:, 0]
-            result["open_set_rejection_rate"] = calibration.rejection_rate(distances, result[MATCH_THRESHOLD])
-        report.plot_worst_retrievals(
-            **gallery(
-                query_labels,
-                images,
-                neighbours,
-                per_query["skipped"],
-                references,
-                reference_labels,
-                cfg.data.image_shape,
-                cfg.data.encoded_images,
-                cfg.data.resize,
-            ),
-            path=os.path.join(folder, report.GALLERY_FILENAMES[role]),
-            title=f"model {evaluated.id}: worst retrievals",
-            class_names=names,
-        )
-        if role == "candidate":
-            projector.write_projector_bundle(
-                os.path.join(folder, TENSORBOARD_DIR),
-                embeddings,
-                query_labels,
-                images=images,
-                split=["eval"] * len(query_labels),
-                correct_at_1=per_query["correct_at_1"],
-                class_names=[names[str(int(v))] for v in query_labels],
+        with contextlib.ExitStack() as running:
+            embeddings = embed(evaluated, queries)
+            all_labels = query_labels if reference_labels is None else np.concatenate([query_labels, reference_labels])
+            names = class_name_map(model_class_names(evaluated), all_labels)
+            if role == "candidate":  # drawn while the rest is computed (plots.EmbeddingPlotProcess)
+                scatter = running.enter_context(
+                    report.EmbeddingPlotProcess(
+                        embeddings,
+                        query_labels,
+                        os.path.join(folder, report.SCATTER_FILENAME),
+                        method=rule.plot,
+                        class_names=names,
+                    )
+                )
+            reference_embeddings = embed(evaluated, references) if references is not None else None
+            result, per_query, neighbours = evaluate_model(
+                evaluated, embeddings, query_labels, reference_embeddings, reference_labels, rule
             )
-            report.plot_embedding_2d(
-                embeddings,
-                query_labels,
-                os.path.join(folder, report.SCATTER_FILENAME),
-                method=rule.plot,
+            result["class_names"] = names
+            result.update(match_calibration(per_query, rule.match_precision, folder if role == "candidate" else None))
+            if role == "candidate":
+                result[INDEX_RECALL_AT_10] = served_index_recall(evaluated, embeddings, examples, cfg.serving)
+            if role == "candidate" and cfg.data.classes_by_split is not None:
+                # The served index holds the train split, whose classes the eval queries' are not.
+                index_embeddings = embed(evaluated, read_split(examples, "train"))
+                distances = metrics.nearest_neighbors(embeddings, index_embeddings, 1)[1][:, 0]
+                result["open_set_rejection_rate"] = calibration.rejection_rate(distances, result[MATCH_THRESHOLD])
+            report.plot_worst_retrievals(
+                **gallery(
+                    query_labels,
+                    images,
+                    neighbours,
+                    per_query["skipped"],
+                    references,
+                    reference_labels,
+                    cfg.data.image_shape,
+                    cfg.data.encoded_images,
+                    cfg.data.resize,
+                ),
+                path=os.path.join(folder, report.GALLERY_FILENAMES[role]),
+                title=f"model {evaluated.id}: worst retrievals",
                 class_names=names,
             )
-        return result
+            if role == "candidate":
+                projector.write_projector_bundle(
+                    os.path.join(folder, TENSORBOARD_DIR),
+                    embeddings,
+                    query_labels,
+                    images=images,
+                    split=["eval"] * len(query_labels),
+                    correct_at_1=per_query["correct_at_1"],
+                    class_names=[names[str(int(v))] for v in query_labels],
+                )
+                scatter.result()
+            return result
 
     def reuse(source: str, evaluated: Model, role: str) -> Dict:
         logger.info("Reusing the evaluation of %s model %s from %s", role, evaluated.uri, source)

@@ -3,12 +3,19 @@ chart, 1-NN confusion heat maps and the worst-retrieval gallery, and how classes
 
 The 2-D projection is UMAP (umap-learn) on a seeded subsample (default 3000 points), with PCA
 (scikit-learn) when umap-learn cannot be imported or fails; the title says which one was used.
+`EmbeddingPlotProcess` draws it in a process of its own while the caller goes on
+(`python -m triplet_tfx.components.evaluation.plots FOLDER` is that process).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import warnings
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -157,6 +164,77 @@ def plot_embedding_2d(
     fig.savefig(path, format="png")
     plt.close(fig)
     return {"path": path, "method": used, "num_points": int(len(y))}
+
+
+class EmbeddingPlotProcess:
+    """`plot_embedding_2d(embeddings, labels, path, **options)` in a process of its own, started
+    at once; `result()` waits for it and returns the plot's result. As a context manager it stops
+    the process if the caller leaves before asking for the result.
+
+    UMAP compiles its numba code anew in every process, about 5 s of one core: in a process of
+    its own that runs while the caller computes the rest on the other cores. The process does not
+    import TensorFlow (umap-learn would, for its parametric variant, which a projection does not
+    use). PCA takes no time and runs here; should the process fail, the plot is drawn here."""
+
+    def __init__(self, embeddings, labels, path: str, **options):
+        self._arguments = (embeddings, labels, path)
+        self._options = options
+        self._drawn: Optional[Dict[str, object]] = None
+        self._process: Optional[subprocess.Popen] = None
+        if options.get("method", "umap") != "umap":
+            self._drawn = plot_embedding_2d(embeddings, labels, path, **options)
+            return
+        self._folder = tempfile.mkdtemp(prefix="embedding-2d-")
+        np.savez(os.path.join(self._folder, "inputs.npz"), embeddings=np.asarray(embeddings), labels=np.asarray(labels))
+        with open(os.path.join(self._folder, "options.json"), "w") as f:
+            json.dump({"path": path, **options}, f)
+        with open(os.path.join(self._folder, "log.txt"), "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", __name__, self._folder], stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def result(self) -> Dict[str, object]:
+        if self._drawn is None:
+            assert self._process is not None
+            code = self._process.wait()
+            with open(os.path.join(self._folder, "log.txt"), errors="replace") as f:
+                said = f.read()[-2000:].strip()
+            if code == 0:
+                if said:
+                    logger.info("The 2-D projection's process said: %s", said)
+                with open(os.path.join(self._folder, "result.json")) as f:
+                    self._drawn = json.load(f)
+            else:
+                logger.warning("The 2-D projection's process failed (exit code %s): %s; drawing it here", code, said)
+                self._drawn = plot_embedding_2d(*self._arguments, **self._options)
+            self._stop()
+        return self._drawn
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+                self._process.wait()
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._process = None
+
+    def __enter__(self) -> "EmbeddingPlotProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+
+def _draw_embedding_2d(folder: str) -> None:
+    """The process of `EmbeddingPlotProcess`: its inputs and options from `folder`, its result there."""
+    for heavy in ("tensorflow", "keras"):
+        sys.modules[heavy] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    inputs = np.load(os.path.join(folder, "inputs.npz"))
+    with open(os.path.join(folder, "options.json")) as f:
+        options = json.load(f)
+    drawn = plot_embedding_2d(inputs["embeddings"], inputs["labels"], options.pop("path"), **options)
+    with open(os.path.join(folder, "result.json"), "w") as f:
+        json.dump(drawn, f)
 
 
 def plot_per_class_precision(
@@ -333,3 +411,8 @@ def _sorted_class_keys(keys: Sequence[str]) -> List[str]:
             return (1, 0.0, k)
 
     return sorted(uniq, key=key)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    _draw_embedding_2d(sys.argv[1])

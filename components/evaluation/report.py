@@ -18,6 +18,7 @@ from triplet_tfx.components.class_split import format_classes
 
 # The plots, re-exported: callers use them as `report.plot_...`.
 from triplet_tfx.components.evaluation.plots import (  # noqa: F401
+    EmbeddingPlotProcess,
     _pca_2d,
     _sorted_class_keys,
     class_label,

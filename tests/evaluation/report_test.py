@@ -154,6 +154,58 @@ def test_umap_keeps_separated_classes_apart_without_warnings():
     np.testing.assert_array_equal(R.project_2d(x, method="umap", seed=3)[0], xy)
 
 
+@pytest.mark.slow
+def test_the_plot_process_draws_what_plot_embedding_2d_draws(tmp_path):
+    pytest.importorskip("umap")
+    x, y = _data(n=300)
+    names = {str(c): f"class {c}" for c in np.unique(y)}
+    here = R.plot_embedding_2d(x, y, str(tmp_path / "here.png"), method="umap", max_points=250, class_names=names)
+    with R.EmbeddingPlotProcess(
+        x, y, str(tmp_path / "there.png"), method="umap", max_points=250, class_names=names
+    ) as process:
+        there = process.result()
+    assert there == {**here, "path": str(tmp_path / "there.png")} and there["method"] == "umap"
+    np.testing.assert_array_equal(_decode_png(there["path"]), _decode_png(here["path"]))
+
+
+def _program(folder, body):
+    """An executable that runs `body` (sh), whatever its arguments: the plot process's stand-in."""
+    path = folder / "program"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_failed_plot_process_is_drawn_here(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "echo no luck; exit 1"))
+    monkeypatch.setattr(P, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
+    x, y = _data(n=60)
+    with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="umap") as process:
+        drawn = process.result()
+        folder = process._folder
+    assert drawn["method"] == "pca" and drawn["num_points"] == 60
+    _decode_png(drawn["path"])
+    assert "process failed (exit code 1): no luck" in caplog.text
+    assert not P.os.path.exists(folder)
+
+
+def test_leaving_early_stops_the_plot_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "exec sleep 600"))
+    x, y = _data(n=60)
+    with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="umap") as process:
+        running, folder = process._process, process._folder
+        assert running.poll() is None
+    assert running.poll() is not None and not P.os.path.exists(folder)
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_pca_is_drawn_at_once(tmp_path):
+    x, y = _data(n=60)
+    with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="pca") as process:
+        assert (tmp_path / "s.png").is_file()
+        assert process.result()["method"] == "pca"
+
+
 def test_make_report_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "project_2d", lambda x, method="umap", seed=0: (R._pca_2d(x, seed), "pca"))
     x, y = _data(n=100)
