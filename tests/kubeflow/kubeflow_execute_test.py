@@ -77,8 +77,12 @@ def test_examples_and_transform_graph(executed):
     outputs, _ = executed
     examples = only(outputs, "SourceExampleGen", "examples")
     assert json.loads(examples.metadata["split_names"]) == ["train", "eval"]
+    # What TFX's ExampleGen records, and its file names: what StatisticsGen and Transform read.
+    assert examples.metadata["payload_format"] == "FORMAT_TF_EXAMPLE"
+    assert examples.metadata["file_format"] == "tfrecords_gzip"
     for split in ("train", "eval"):
-        assert os.listdir(os.path.join(examples.uri, f"Split-{split}"))
+        files = os.listdir(os.path.join(examples.uri, f"Split-{split}"))
+        assert files and all(name.startswith("data_tfrecord-") and name.endswith(".gz") for name in files)
     graph = only(outputs, "Transform", "transform_graph")
     assert os.path.isdir(os.path.join(graph.uri, "transform_fn"))
     assert os.path.isdir(os.path.join(graph.uri, "transformed_metadata"))
