@@ -5,6 +5,7 @@ measured float32 peak; a per-op profile of one setting; the input pipeline alone
   .venv/bin/python bench/bench_train_step.py                 # the table
   .venv/bin/python bench/bench_train_step.py --profile 0     # + top ops of row 0 (TensorBoard trace)
   .venv/bin/python bench/bench_train_step.py --only strided --repeat 3
+  .venv/bin/python bench/bench_train_step.py --only recommended --profile 0   # top ops of the recommended batch
   .venv/bin/python bench/bench_train_step.py --json runs/bench/train_step.json   # + figures for bench_summary.py
 
 Per row, in a process of its own (a dtype policy and thread settings are per process):
@@ -185,7 +186,9 @@ def main() -> int:
         default=1,
         help="rounds over the rows, interleaved; the median of each row (shared machines)",
     )
-    parser.add_argument("--profile", type=int, metavar="ROW", help="also the top ops of this row, by time")
+    parser.add_argument(
+        "--profile", type=int, metavar="ROW", help="also the top ops of this row of the table (0: its first), by time"
+    )
     parser.add_argument("--trace-dir", default=None, help="where the profiler trace goes (default: a temp folder)")
     parser.add_argument("--json", metavar="PATH", help="also write the table's figures to PATH, for bench_summary.py")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
@@ -203,6 +206,10 @@ def main() -> int:
         return 0
 
     rows = [(label, setting) for label, setting in SETTINGS if not args.only or args.only in label]
+    if not rows:
+        parser.error(f"--only {args.only!r}: no row's label contains it")
+    if args.profile is not None and not 0 <= args.profile < len(rows):
+        parser.error(f"--profile {args.profile}: the table has rows 0 to {len(rows) - 1}")
     measured = bench_summary.machine()
     peaks, steps, inputs = [], collections.defaultdict(list), collections.defaultdict(list)
     for _ in range(args.repeat):  # interleaved, so that a busy spell of a shared machine hits every row
@@ -249,7 +256,7 @@ def main() -> int:
     if args.json:
         bench_summary.write_json(args.json, {"machine": measured, "peak_gflops": peak, "rows": figures})
     if args.profile is not None:
-        label, setting = SETTINGS[args.profile]
+        label, setting = rows[args.profile]
         trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")
         top = _in_process({"kind": "profile", "setting": setting, "steps": 100, "trace_dir": trace_dir})
         print(f"\nTop TensorFlow ops of '{label}', per step (100 steps; trace in {trace_dir}):\n")
