@@ -113,8 +113,7 @@ def evaluate_model(
     """(metrics, per-query details, gallery neighbours [Q, k]) of one model's embeddings under the
     configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn"). One
     nearest-neighbour search per model: the gallery's neighbours come from the metrics' search."""
-    queries = query_embeddings
-    with Progress(f"Nearest neighbours and metrics of model {model.id}", len(queries), "queries") as progress:
+    with Progress(f"Nearest neighbours and metrics of model {model.id}", len(query_labels), "queries") as progress:
         result, per_query = metrics.evaluate_embeddings(
             query_embeddings,
             query_labels,
@@ -126,7 +125,7 @@ def evaluate_model(
             neighbours=GALLERY_NEIGHBOURS,
         )
     labels_ = query_labels if reference_embeddings is None else reference_labels
-    neighbours = per_query.get("neighbour_indices", np.zeros((len(queries), 0), np.int64))
+    neighbours = per_query.get("neighbour_indices", np.zeros((len(query_labels), 0), np.int64))
     kept = ~per_query["skipped"] & (per_query["nearest_index"] >= 0)
     counts, classes = retrievals.confusion_matrix(
         query_labels[kept],

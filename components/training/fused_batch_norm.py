@@ -3,7 +3,7 @@
 In training, Keras 3 normalises with about fifteen small ops per layer and as many again for their
 gradient (moments, subtract, multiply, tile, ...). TensorFlow's `FusedBatchNormV3` computes the same
 normalisation, with the batch's mean and biased variance, in one kernel, and its gradient in one
-more: on the `strided` network at batch 160 (2 cores) that is about a fifth less CPU time per
+more: on the `strided` network at batch 160 (2 cores) that is about 12 % less CPU time per
 training step (bench/README.md, "Batch normalisation in one kernel"). The moving statistics are
 Keras' too: the kernel returns the unbiased variance, which is scaled back to the biased one Keras
 averages. Inference, masks and inputs other than NHWC images take Keras' own path.
