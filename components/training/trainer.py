@@ -193,12 +193,8 @@ def count_records(files: List[str]) -> int:
     )
 
 
-def read_transformed(
-    file_patterns: List[str], tft_output: tft.TFTransformOutput, cache: bool = True
-) -> tf.data.Dataset:
-    """Unbatched (image, label) pairs: ExampleGen's gzipped tf.Examples through the Transform
-    graph, cached in memory (`cache`), or decoded again at every pass, in parallel, prefetched."""
-    files = example_files(file_patterns)
+def transformed_batches(files: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
+    """Batches of (image, label): ExampleGen's gzipped tf.Examples through the Transform graph, in parallel."""
     raw_spec = tft_output.raw_feature_spec()
     transform = tft_output.transform_features_layer()
 
@@ -208,13 +204,20 @@ def read_transformed(
         features = transform(tf.io.parse_example(records, raw_spec))
         return features[IMAGE_KEY], features[LABEL_KEY]
 
-    examples = (
+    return (
         tf.data.TFRecordDataset(files, compression_type="GZIP")
         .batch(1024)
         .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
     )
-    return examples.cache() if cache else examples.prefetch(tf.data.AUTOTUNE)
+
+
+def read_transformed(
+    file_patterns: List[str], tft_output: tft.TFTransformOutput, cache: bool = True
+) -> tf.data.Dataset:
+    """Unbatched (image, label) pairs of `transformed_batches`, cached in memory (`cache`), or decoded
+    again at every pass, prefetched."""
+    batches = transformed_batches(example_files(file_patterns), tft_output)
+    return batches.cache().unbatch() if cache else batches.unbatch().prefetch(tf.data.AUTOTUNE)
 
 
 def read_split(
@@ -238,12 +241,17 @@ def read_split(
         CACHE_MEMORY_SHARE * 100,
         "cached in memory" if cache else "decoded at every pass (parallel map, prefetch)",
     )
-    examples = read_transformed(files, tft_output, cache=cache)
-    return examples, count(examples) if cache else num_records  # the count fills the cache
+    batches = transformed_batches(files, tft_output)
+    if not cache:
+        return batches.unbatch().prefetch(tf.data.AUTOTUNE), num_records
+    # The cache holds whole batches: filling it takes one step per batch, not one per example.
+    cached = batches.cache()
+    return cached.unbatch(), count_batched(cached)
 
 
-def count(examples: tf.data.Dataset) -> int:
-    return int(examples.reduce(0, lambda n, _: n + 1))
+def count_batched(batches: tf.data.Dataset) -> int:
+    """The examples in a dataset of (image, label) batches."""
+    return int(batches.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch[1], out_type=tf.int64)[0]))
 
 
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:

@@ -316,3 +316,19 @@ def test_raw_records_are_counted_without_decoding(tmp_path):
     path = str(tmp_path / "train.gz")
     tiny_training_inputs.write_examples(path, 37, seed=0)
     assert trainer.count_records([path]) == 37
+
+
+def test_a_cached_split_is_counted_and_read_as_decoded_once(tmp_path):
+    import tensorflow_transform as tft
+    import tiny_training_inputs
+
+    inputs = tiny_training_inputs.make_inputs(str(tmp_path), n_train=2500, n_eval=8)
+    graph = tft.TFTransformOutput(os.path.join(inputs, "transform_graph"))
+    files = [os.path.join(inputs, "examples", "train.gz")]
+    examples, n = trainer.read_split(files, graph, (28, 28, 1), "train")
+    assert n == 2500
+    decoded = [(image.numpy().tobytes(), int(label)) for image, label in trainer.read_transformed(files, graph, cache=False)]
+    assert len(decoded) == 2500
+    os.remove(files[0])  # what follows reads the cache that counting filled
+    for _ in range(2):
+        assert [(image.numpy().tobytes(), int(label)) for image, label in examples] == decoded
