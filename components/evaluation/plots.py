@@ -63,6 +63,7 @@ def project_2d(embeddings, method: str = "umap", seed: int = 0) -> Tuple[np.ndar
         try:
             import umap  # umap-learn
 
+            _cache_umap_compilation(umap)
             # Exact neighbours (self first) instead of UMAP's approximate search: as fast, and it
             # spares compiling pynndescent's numba code (~10 s per process on 2 cores).
             n_neighbors = min(15, x.shape[0] - 1)
@@ -87,6 +88,22 @@ def project_2d(embeddings, method: str = "umap", seed: int = 0) -> Tuple[np.ndar
         except Exception as e:  # ImportError or any failure inside umap/numba
             logger.warning("UMAP unavailable (%s: %s); using PCA", type(e).__name__, e)
     return _pca_2d(x, seed), "pca"
+
+
+def _cache_umap_compilation(umap_package) -> None:
+    """umap-learn compiles most of its numba functions anew in every process (~2.5 s of one core on a
+    3000-point projection) and asks numba to cache only a few: numba's on-disk cache for all of them
+    makes that a load from the second projection on a machine. Without a writable cache folder numba
+    refuses; then they compile as before."""
+    from numba.core.dispatcher import Dispatcher
+
+    for module in (umap_package.umap_, umap_package.layouts):
+        for function in vars(module).values():
+            if isinstance(function, Dispatcher):
+                try:
+                    function.enable_caching()
+                except RuntimeError:  # "cannot cache function ...: no locator available"
+                    return
 
 
 def _pca_2d(x: np.ndarray, seed: int) -> np.ndarray:
@@ -171,8 +188,9 @@ class EmbeddingPlotProcess:
     at once; `result()` waits for it and returns the plot's result. As a context manager it stops
     the process if the caller leaves before asking for the result.
 
-    UMAP compiles its numba code anew in every process, about 5 s of one core: in a process of
-    its own that runs while the caller computes the rest on the other cores. The process does not
+    UMAP takes seconds of one core (imports, numba code compiled or loaded from numba's cache,
+    `_cache_umap_compilation`): in a process of its own that runs while the caller computes the rest
+    on the other cores. The process does not
     import TensorFlow (umap-learn would, for its parametric variant, which a projection does not
     use). PCA takes no time and runs here; should the process fail, the plot is drawn here."""
 

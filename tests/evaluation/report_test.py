@@ -155,6 +155,36 @@ def test_umap_keeps_separated_classes_apart_without_warnings():
 
 
 @pytest.mark.slow
+def test_umap_compiled_code_is_cached_and_projects_the_same(tmp_path):
+    """Two processes project the same points: the first writes umap-learn's compiled functions to
+    numba's cache (here NUMBA_CACHE_DIR), the second loads them, and both draw the same projection."""
+    pytest.importorskip("umap")
+    import os
+    import subprocess
+    import sys
+
+    x, _ = _data(n=300)
+    np.save(tmp_path / "x.npy", x)
+    program = (
+        "import sys, numpy as np\n"
+        "from triplet_tfx.components.evaluation import plots\n"
+        "xy, used = plots.project_2d(np.load(sys.argv[1]), method='umap', seed=3)\n"
+        "assert used == 'umap'\n"
+        "np.save(sys.argv[2], xy)\n"
+    )
+    cache = tmp_path / "numba-cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    for run in ("first", "second"):
+        subprocess.run(
+            [sys.executable, "-c", program, str(tmp_path / "x.npy"), str(tmp_path / f"{run}.npy")], env=env, check=True
+        )
+        if run == "first":
+            cached = {p.name.split("-")[0] for p in cache.rglob("*.nbi")}
+            assert {"umap_.smooth_knn_dist", "umap_.compute_membership_strengths"} <= cached, cached
+    np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
+
+
+@pytest.mark.slow
 def test_the_plot_process_draws_what_plot_embedding_2d_draws(tmp_path):
     pytest.importorskip("umap")
     x, y = _data(n=300)
