@@ -24,7 +24,9 @@ matrix products, so no query x reference matrix larger than one block is ever he
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -35,12 +37,17 @@ _TILE_ELEMENTS = 4 * 1024 * 1024
 _MIN_REFERENCE_BLOCK = 4096
 # Reference blocks are at least this many times k wide (see _plan).
 _REFERENCE_BLOCK_PER_K = 4
+# Query blocks searched at once, one per thread (NumPy's partitions and products release the GIL);
+# each holds one tile.
+_MAX_THREADS = 4
 _INDEX_BITS = 32
 _INDEX_MASK = np.int64((1 << _INDEX_BITS) - 1)
 _EXCLUDED_KEY = np.iinfo(np.int64).max
 
 PROTOCOL_LEAVE_ONE_OUT = "leave_one_out"
 PROTOCOL_QUERY_VS_REFERENCE = "query_vs_reference"
+
+_Block = TypeVar("_Block")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +172,25 @@ def _knn_keys(
     return best
 
 
+def _iter_query_chunks(n: int, chunk: int) -> Iterable[Tuple[int, int]]:
+    for s in range(0, n, chunk):
+        yield s, min(n, s + chunk)
+
+
+def default_threads() -> int:
+    """Threads of the nearest-neighbour search: this process's CPUs, at most _MAX_THREADS."""
+    return max(1, min(_MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def _in_threads(search: Callable[..., _Block], blocks: List[tuple], threads: int) -> Iterator[_Block]:
+    """search(*block) of each block, in the blocks' order, `threads` blocks at a time."""
+    if threads <= 1 or len(blocks) <= 1:
+        yield from (search(*block) for block in blocks)
+        return
+    with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
+        yield from pool.map(lambda block: search(*block), blocks)
+
+
 def _plan(n_queries: int, k: int) -> Tuple[int, int]:
     """(queries per block, references per block) so that a tile of candidates,
     queries x (k + references), holds about _TILE_ELEMENTS.
@@ -186,6 +212,7 @@ def nearest_neighbors(
     block_size: int = 1024,
     *,
     reference_block_size: Optional[int] = None,
+    threads: int = 0,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Exact k nearest references of each query by Euclidean distance.
 
@@ -201,6 +228,7 @@ def nearest_neighbors(
         block possibly fewer than block_size) so that one tile, queries x (k + references),
         holds ~4M candidates (~100 MB of working memory). When given, tiles are
         block_size x (k + reference_block_size).
+      threads: query blocks searched at once (0: `default_threads`); the results do not depend on it.
 
     Returns:
       (indices [Q, k] int64, distances [Q, k] float32), sorted by increasing distance; equal
@@ -232,11 +260,14 @@ def nearest_neighbors(
     nq = q.shape[0]
     indices = np.empty((nq, k), dtype=np.int64)
     distances = np.empty((nq, k), dtype=np.float32)
-    for q0 in range(0, nq, sub):
-        q1 = min(nq, q0 + sub)
+
+    def search(q0: int, q1: int) -> None:
         self_index = np.arange(q0, q1, dtype=np.int64) if exclude_self else None
         keys = _knn_keys(q[q0:q1], references, ref_sq, k, self_index, rbs)
         indices[q0:q1], distances[q0:q1] = _keys_to_result(keys)
+
+    for _ in _in_threads(search, list(_iter_query_chunks(nq, sub)), threads or default_threads()):
+        pass
     return indices, distances
 
 
@@ -287,11 +318,6 @@ def _prepare(query_embeddings, query_labels, reference_embeddings, reference_lab
     ref_counts = np.bincount(r_ids, minlength=len(classes)).astype(np.int64)
     r_per_query = ref_counts[q_ids] - (1 if loo else 0)
     return q, r, loo, classes, q_ids, r_ids, r_per_query
-
-
-def _iter_query_chunks(n: int, chunk: int) -> Iterable[Tuple[int, int]]:
-    for s in range(0, n, chunk):
-        yield s, min(n, s + chunk)
 
 
 def correct_at_1(
@@ -345,6 +371,7 @@ def evaluate_embeddings(
     return_per_query: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     neighbours: int = 0,
+    threads: int = 0,
 ):
     """Retrieval and clustering metrics of embeddings (see module doc for the definitions).
 
@@ -368,6 +395,7 @@ def evaluate_embeddings(
         (``neighbour_indices``, int64 [Q, min(neighbours, available references)], nearest first),
         from the same search as the metrics: what `nearest_neighbors` would return, without a
         second search.
+      threads: query blocks searched at once (0: `default_threads`); the results do not depend on it.
 
     Returns:
       A JSON-serialisable dict (plain Python types) with keys: protocol, num_queries,
@@ -398,34 +426,39 @@ def evaluate_embeddings(
     nearest = np.full(nq, -1, dtype=np.int64)
     nearest_distance = np.full(nq, np.inf, dtype=np.float32)
 
+    def search(a0: int, a1: int, k_need: int, rbs: int) -> int:
+        """The metrics of queries a0..a1 from their k_need nearest references, into the arrays above."""
+        self_index = np.arange(a0, a1, dtype=np.int64) if loo else None
+        keys = _knn_keys(q[a0:a1], r, ref_sq, k_need, self_index, rbs)
+        idx = keys & _INDEX_MASK
+        nearest[a0:a1] = idx[:, 0]
+        nearest_distance[a0:a1] = _keys_to_result(keys[:, 0])[1]
+        neighbour_indices[a0:a1] = idx[:, :n_neighbours]
+        same = r_ids[idx] == q_ids[a0:a1, None]  # [n, k_need]
+        for k in ks:
+            hits_at_k[k][a0:a1] = same[:, : min(k, k_need)].any(axis=1)
+        rr = r_eff[a0:a1]
+        rel = same & (np.arange(k_need)[None, :] < rr[:, None])
+        cum = np.cumsum(rel, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r_prec[a0:a1] = np.where(rr > 0, cum[:, -1] / np.maximum(rr, 1), 0.0)
+            prec_i = cum / np.arange(1, k_need + 1, dtype=np.float64)[None, :]
+            map_r[a0:a1] = np.where(rr > 0, (prec_i * rel).sum(axis=1) / np.maximum(rr, 1), 0.0)
+        return a1 - a0
+
     if available >= 1 and valid.any():
         ref_sq = _squared_norms(r)
         k_recall = min(ks[-1], available)
-        # Process queries in chunks so that the [chunk, k] neighbour lists stay bounded.
+        # Queries in chunks so that the [chunk, k] neighbour lists stay bounded; each chunk in blocks
+        # of one tile (_plan), searched by `threads` threads.
+        blocks = []
         for c0, c1 in _iter_query_chunks(nq, block_size):
-            r_chunk = r_eff[c0:c1]
-            k_need = int(min(available, max(k_recall, n_neighbours, int(r_chunk.max(initial=0)))))
+            k_need = int(min(available, max(k_recall, n_neighbours, int(r_eff[c0:c1].max(initial=0)))))
             sub, rbs = _plan(c1 - c0, k_need)
-            for s0, s1 in _iter_query_chunks(c1 - c0, sub):
-                a0, a1 = c0 + s0, c0 + s1
-                self_index = np.arange(a0, a1, dtype=np.int64) if loo else None
-                keys = _knn_keys(q[a0:a1], r, ref_sq, k_need, self_index, rbs)
-                idx = keys & _INDEX_MASK
-                nearest[a0:a1] = idx[:, 0]
-                nearest_distance[a0:a1] = _keys_to_result(keys[:, 0])[1]
-                neighbour_indices[a0:a1] = idx[:, :n_neighbours]
-                same = r_ids[idx] == q_ids[a0:a1, None]  # [n, k_need]
-                for k in ks:
-                    hits_at_k[k][a0:a1] = same[:, : min(k, k_need)].any(axis=1)
-                rr = r_eff[a0:a1]
-                rel = same & (np.arange(k_need)[None, :] < rr[:, None])
-                cum = np.cumsum(rel, axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    r_prec[a0:a1] = np.where(rr > 0, cum[:, -1] / np.maximum(rr, 1), 0.0)
-                    prec_i = cum / np.arange(1, k_need + 1, dtype=np.float64)[None, :]
-                    map_r[a0:a1] = np.where(rr > 0, (prec_i * rel).sum(axis=1) / np.maximum(rr, 1), 0.0)
-                if progress is not None:
-                    progress(a1 - a0)
+            blocks += [(c0 + s0, c0 + s1, k_need, rbs) for s0, s1 in _iter_query_chunks(c1 - c0, sub)]
+        for searched in _in_threads(search, blocks, threads or default_threads()):
+            if progress is not None:
+                progress(searched)
 
     correct1 = np.zeros(nq, dtype=bool)
     has = nearest >= 0

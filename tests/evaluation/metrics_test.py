@@ -298,3 +298,21 @@ def test_neighbour_indices_when_no_query_has_a_relevant_reference():
     assert m["num_queries_skipped"] == 12
     np.testing.assert_array_equal(per_query["neighbour_indices"], brute_ranking(xq, xr, False)[0])
     assert "neighbour_indices" not in M.evaluate_embeddings(xq, yq, xr, yr, return_per_query=True, clustering=False)[1]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_blocks_searched_in_threads_give_the_brute_force_results(threads, monkeypatch):
+    # Many small blocks, searched one at a time or three at once: the same exact ranking and metrics.
+    x, y = clustered(120, 5, 4, seed=11, spread=2.0)
+    seen = _force_small_blocks(monkeypatch, 300)
+    searched = []
+    m, per_query = M.evaluate_embeddings(
+        x, y, ks=(1, 5), block_size=9, return_per_query=True, neighbours=4, threads=threads, progress=searched.append
+    )
+    _assert_blocked(seen)
+    _check_against_brute(m, brute_metrics(x, y, ks=(1, 5)), (1, 5))
+    order, _ = brute_ranking(x, x, True)
+    np.testing.assert_array_equal(per_query["neighbour_indices"], order[:, :4])
+    assert sum(searched) == 120 and len(searched) > 3
+    idx, _ = M.nearest_neighbors(x, x, 7, exclude_self=True, block_size=5, threads=threads)
+    np.testing.assert_array_equal(idx, order[:, :7])
