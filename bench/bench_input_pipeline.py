@@ -93,7 +93,7 @@ def input_rate(records: list, image_shape, encoded: bool, batch: int, seconds: f
     dataset = (
         tf.data.Dataset.from_tensor_slices(records)
         .repeat()
-        .batch(1024 if not encoded else 64)  # read_transformed maps chunks of 1024 records
+        .batch(1024 if not encoded else 64)  # transformed_batches maps chunks of 1024 records
         .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
         .unbatch()
         .batch(batch)

@@ -190,9 +190,9 @@ class EmbeddingPlotProcess:
 
     UMAP takes seconds of one core (imports, numba code compiled or loaded from numba's cache,
     `_cache_umap_compilation`): in a process of its own that runs while the caller computes the rest
-    on the other cores. The process does not
-    import TensorFlow (umap-learn would, for its parametric variant, which a projection does not
-    use). PCA takes no time and runs here; should the process fail, the plot is drawn here."""
+    on the other cores. The process does not import TensorFlow (umap-learn would, for its
+    parametric variant, which a projection does not use). PCA takes no time and runs here; should
+    the process fail, the plot is drawn here."""
 
     def __init__(self, embeddings, labels, path: str, **options):
         self._arguments = (embeddings, labels, path)

@@ -186,11 +186,7 @@ def example_files(file_patterns: List[str]) -> List[str]:
 
 def count_records(files: List[str]) -> int:
     """Examples in ExampleGen's gzipped TFRecord files, without parsing or decoding them."""
-    return int(
-        tf.data.TFRecordDataset(files, compression_type="GZIP")
-        .batch(4096)
-        .reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch, out_type=tf.int64)[0])
-    )
+    return count_batched(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096))
 
 
 def transformed_batches(files: List[str], tft_output: tft.TFTransformOutput) -> tf.data.Dataset:
@@ -211,21 +207,12 @@ def transformed_batches(files: List[str], tft_output: tft.TFTransformOutput) -> 
     )
 
 
-def read_transformed(
-    file_patterns: List[str], tft_output: tft.TFTransformOutput, cache: bool = True
-) -> tf.data.Dataset:
-    """Unbatched (image, label) pairs of `transformed_batches`, cached in memory (`cache`), or decoded
-    again at every pass, prefetched."""
-    batches = transformed_batches(example_files(file_patterns), tft_output)
-    return batches.cache().unbatch() if cache else batches.unbatch().prefetch(tf.data.AUTOTUNE)
-
-
 def read_split(
     file_patterns: List[str], tft_output: tft.TFTransformOutput, image_shape: Sequence[int], split: str
 ) -> Tuple[tf.data.Dataset, int]:
-    """read_transformed's examples of a split and their number. Cached in memory when the decoded split
-    fits (fits_in_cache; then counted by the pass that fills the cache, as before), else decoded at
-    every pass and counted from the raw records (no decoding)."""
+    """Unbatched (image, label) pairs of a split (`transformed_batches`) and their number. Cached in
+    memory when the decoded split fits (fits_in_cache; then counted by the pass that fills the
+    cache), else decoded at every pass and counted from the raw records (no decoding)."""
     files = example_files(file_patterns)
     num_records = count_records(files)
     cache = fits_in_cache(num_records, image_shape)
@@ -250,8 +237,13 @@ def read_split(
 
 
 def count_batched(batches: tf.data.Dataset) -> int:
-    """The examples in a dataset of (image, label) batches."""
-    return int(batches.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch[1], out_type=tf.int64)[0]))
+    """The examples in a dataset of batches (a tensor, or a nest of tensors of equal batch size)."""
+    return int(
+        batches.reduce(
+            tf.constant(0, tf.int64),
+            lambda n, batch: n + tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0],
+        )
+    )
 
 
 def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:

@@ -119,9 +119,10 @@ def trainer_examples(config, split):
     from triplet_tfx.components.training import trainer
 
     graph = tft.TFTransformOutput(output_dir(config, "Transform", "transform_graph"))
-    pairs = trainer.read_transformed(
-        [os.path.join(output_dir(config, "SourceExampleGen", "examples"), f"Split-{split}", "*")], graph
+    files = trainer.example_files(
+        [os.path.join(output_dir(config, "SourceExampleGen", "examples"), f"Split-{split}", "*")]
     )
+    pairs = trainer.transformed_batches(files, graph).unbatch()
     return collections.Counter((int(label), image.numpy().astype(np.float32).tobytes()) for image, label in pairs)
 
 

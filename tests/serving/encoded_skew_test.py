@@ -61,14 +61,14 @@ def built(request, tmp_path_factory):
 
 
 def _trainer_input_embeddings(built) -> np.ndarray:
-    """The Trainer's path: gzipped tf.Examples read by trainer.read_transformed, fed to the network."""
+    """The Trainer's path: gzipped tf.Examples read by trainer.transformed_batches, fed to the network."""
     import tensorflow_transform as tft
 
     records = os.path.join(built["folder"], "train.tfrecord.gz")
     with tf.io.TFRecordWriter(records, options="GZIP") as writer:
         for example in built["examples"]:
             writer.write(example)
-    dataset = trainer.read_transformed([records], tft.TFTransformOutput(built["transform_output"]), cache=False)
+    dataset = trainer.transformed_batches([records], tft.TFTransformOutput(built["transform_output"])).unbatch()
     pixels, labels = zip(*[(image.numpy(), int(label)) for image, label in dataset])
     assert list(labels) == [_label(n) for n in built["names"]]
     return np.asarray(built["model"](np.stack(pixels), training=False))

@@ -328,7 +328,7 @@ def test_a_cached_split_is_counted_and_read_as_decoded_once(tmp_path):
     examples, n = trainer.read_split(files, graph, (28, 28, 1), "train")
     assert n == 2500
     decoded = [
-        (image.numpy().tobytes(), int(label)) for image, label in trainer.read_transformed(files, graph, cache=False)
+        (image.numpy().tobytes(), int(label)) for image, label in trainer.transformed_batches(files, graph).unbatch()
     ]
     assert len(decoded) == 2500
     os.remove(files[0])  # what follows reads the cache that counting filled
