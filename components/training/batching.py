@@ -2,42 +2,52 @@
 
 Semi-hard and hard triplet mining need positives in every batch: with 10 MNIST classes and
 random batches of 32 most anchors have a few positives, but small batches or many classes
-leave anchors without any, and the loss then learns nothing from them. ``class_balanced_batches``
-builds every batch from ``batch_size // examples_per_class`` distinct classes, drawn at random,
-with exactly ``examples_per_class`` examples each (the "P x K" sampling of the batch-hard
-triplet literature). It is an option for the Trainer's input pipeline:
+leave anchors without any, and the loss then learns nothing from them. Class-balanced batches
+are built from ``batch_size // examples_per_class`` distinct classes, drawn at random, with
+exactly ``examples_per_class`` examples each (the "P x K" sampling of the batch-hard triplet
+literature). Two forms draw them the same way, for the two ways the Trainer holds a split:
 
-    ds = tf.data.TFRecordDataset(...).map(parse)            # (features, label), unbatched
-    ds = class_balanced_batches(ds, batch_size=64, examples_per_class=8, seed=0)
-    model.fit(ds, steps_per_epoch=...)                      # the result repeats forever
+- in memory (``class_balanced_indices`` + ``gathered_batches``): the split is one cached element
+  of all its examples; batches are index vectors into it, gathered. Per batch, that costs a
+  gather: the way to go whenever the split fits in memory.
 
-How: one dataset per class (the input's examples of that label, shuffled, repeated and batched by
-``examples_per_class``), and ``tf.data.Dataset.choose_from_datasets`` driven by a stream of class
-ids in which each group of ``batch_size // examples_per_class`` consecutive ids is a random
-sample of distinct classes; each group of per-class blocks is then merged into one batch.
-Every batch therefore has exactly ``examples_per_class`` examples of each of its classes.
+      whole = batched_examples.rebatch(num_examples).cache()          # one (features, labels) element
+      indices = class_balanced_indices(labels, batch_size=64, examples_per_class=8, seed=0)
+      model.fit(gathered_batches(whole, indices), steps_per_epoch=...)
+
+- streamed (``class_balanced_batches``): for splits over the memory budget; every class's examples
+  are selected from the input, which is read once per class and pass, and examples travel through
+  tf.data one by one (~15x the in-memory form's cost per batch).
+
+      ds = tf.data.TFRecordDataset(...).map(parse)            # (features, label), unbatched
+      model.fit(class_balanced_batches(ds, 64, 8, seed=0), steps_per_epoch=...)
+
+How: one stream of blocks per class (``examples_per_class`` of its examples, in a new random order
+every pass over the class, the leftover of a pass dropped), and ``tf.data.Dataset.choose_from_datasets``
+driven by a stream of class ids in which each group of ``batch_size // examples_per_class``
+consecutive ids is a random sample of distinct classes; each group of blocks becomes one batch.
+Every batch therefore has exactly ``examples_per_class`` examples of each of its classes, and no
+example twice.
 
 Notes:
-- The input is read once per class (in chunks, keeping that class's examples): fine for MNIST's
-  10 classes and files on local disk; for many classes, cache the input first (``dataset.cache()``).
-- Classes with fewer examples than ``examples_per_class`` are dropped (they cannot fill a block);
-  examples of a class repeat, in a new order each pass (``reshuffle_each_iteration``); no
-  example appears twice in a batch.
-- ``classes`` lists the class ids to use; by default they are found by one pass over the labels.
+- Classes with fewer examples than ``examples_per_class`` are dropped (they cannot fill a block).
+- ``classes`` lists the class ids to use; by default every label with enough examples.
+- A seed makes the stream reproducible: the same seed gives the same batches, and ``.skip(n)``
+  gives the batches after the first n (the Trainer's resume).
 - The result is infinite; use ``.take(n)`` or the Trainer's ``steps_per_epoch``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["class_balanced_batches", "dataset_classes"]
+__all__ = ["class_balanced_batches", "class_balanced_indices", "dataset_classes", "gathered_batches"]
 
 
 # Labels are handled a chunk at a time: per-example tf.data ops cost ~20x more.
@@ -60,6 +70,90 @@ def dataset_classes(dataset: tf.data.Dataset, min_count: int = 1) -> list[int]:
     return sorted(v for v, c in counts.items() if c >= min_count)
 
 
+def _checked_classes(
+    batch_size: int, examples_per_class: int, classes: Iterable[int], seed: Optional[int]
+) -> tuple[List[int], int, int]:
+    """(classes, classes per batch, seed): validated, with a random seed where none was given."""
+    if examples_per_class < 1 or batch_size % examples_per_class:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of examples_per_class ({examples_per_class})"
+        )
+    classes = [int(c) for c in classes]
+    classes_per_batch = batch_size // examples_per_class
+    if len(classes) < classes_per_batch:
+        raise ValueError(
+            f"{classes_per_batch} classes per batch requested but only {len(classes)} classes "
+            f"have at least {examples_per_class} examples"
+        )
+    return classes, classes_per_batch, int(np.random.default_rng().integers(2**31)) if seed is None else seed
+
+
+def _balanced_stream(class_blocks: List[tf.data.Dataset], classes_per_batch: int, seed: int) -> tf.data.Dataset:
+    """Groups of `classes_per_batch` blocks of distinct classes, drawn at random: [classes_per_batch, m, ...]."""
+    num_classes = len(class_blocks)
+
+    def draw(step):
+        # classes_per_batch distinct indices, a fresh random sample for every batch.
+        key = tf.stack([step, tf.constant(seed, tf.int64)])
+        scores = tf.random.stateless_uniform([num_classes], seed=key)
+        return tf.cast(tf.argsort(scores)[:classes_per_batch], tf.int64)
+
+    choices = tf.data.Dataset.counter().map(draw).unbatch()
+    return tf.data.Dataset.choose_from_datasets(class_blocks, choices).batch(classes_per_batch, drop_remainder=True)
+
+
+def _pass_key(seed: int, class_index: int, pass_number) -> tf.Tensor:
+    """The stateless seed of one pass over one class's examples."""
+    key = tf.stack([tf.cast(pass_number, tf.int64), tf.constant(seed, tf.int64)])
+    return tf.random.experimental.stateless_fold_in(key, class_index + 1)
+
+
+def class_balanced_indices(
+    labels: np.ndarray,
+    batch_size: int,
+    examples_per_class: int,
+    seed: Optional[int] = None,
+    classes: Optional[Iterable[int]] = None,
+) -> tf.data.Dataset:
+    """Infinite int64 ``[batch_size]`` vectors of positions in ``labels`` ([N] or [N, 1] integer
+    class ids), each a class-balanced batch: ``batch_size // examples_per_class`` classes x
+    ``examples_per_class`` (see the module docstring)."""
+    labels = np.asarray(labels).reshape(len(labels))
+    if classes is None:
+        values, counts = np.unique(labels, return_counts=True)
+        classes = values[counts >= examples_per_class].tolist()
+    classes, classes_per_batch, seed = _checked_classes(batch_size, examples_per_class, classes, seed)
+    m = examples_per_class
+
+    def class_blocks(i: int, c: int) -> tf.data.Dataset:
+        members = np.flatnonzero(labels == c).astype(np.int64)
+        if len(members) < m:
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than examples_per_class ({m})")
+        blocks_per_pass = len(members) // m
+
+        def one_pass(pass_number):
+            order = tf.argsort(tf.random.stateless_uniform([len(members)], seed=_pass_key(seed, i, pass_number)))
+            return tf.reshape(tf.gather(members, order[: blocks_per_pass * m]), [blocks_per_pass, m])
+
+        return tf.data.Dataset.counter().map(one_pass).unbatch()
+
+    blocks = [class_blocks(i, c) for i, c in enumerate(classes)]
+    return _balanced_stream(blocks, classes_per_batch, seed).map(lambda group: tf.reshape(group, [batch_size]))
+
+
+def gathered_batches(whole: tf.data.Dataset, indices: tf.data.Dataset) -> tf.data.Dataset:
+    """The batches of ``whole`` (a dataset of one element: a nest of tensors of all examples, best
+    cached) at each vector of ``indices``."""
+    return (
+        tf.data.Dataset.zip(indices, whole.repeat())
+        .map(
+            lambda index, examples: tf.nest.map_structure(lambda x: tf.gather(x, index), examples),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def class_balanced_batches(
     dataset: tf.data.Dataset,
     batch_size: int,
@@ -68,7 +162,8 @@ def class_balanced_batches(
     classes: Optional[Iterable[int]] = None,
     shuffle_buffer: int = 1024,
 ) -> tf.data.Dataset:
-    """Infinite batches of ``batch_size // examples_per_class`` classes x ``examples_per_class``.
+    """Infinite batches of ``batch_size // examples_per_class`` classes x ``examples_per_class``,
+    streamed from ``dataset`` (see the module docstring).
 
     Args:
       dataset: unbatched ``(features, label)`` elements; ``features`` any nest of tensors,
@@ -77,51 +172,24 @@ def class_balanced_batches(
       examples_per_class: ``m``, the examples of each class in a batch (>= 2 for positives).
       seed: makes the class choice and the shuffles reproducible.
       classes: the class ids to draw from (default: every label with at least ``m`` examples).
-      shuffle_buffer: shuffle buffer of each class's dataset.
+      shuffle_buffer: shuffle buffer of each class's examples.
     Returns:
       A dataset of ``(features, label)`` batches of exactly ``batch_size`` examples.
     """
-    if examples_per_class < 1 or batch_size % examples_per_class:
-        raise ValueError(
-            f"batch_size ({batch_size}) must be a positive multiple of examples_per_class ({examples_per_class})"
-        )
-    classes_per_batch = batch_size // examples_per_class
     if classes is None:
         classes = dataset_classes(dataset, min_count=examples_per_class)
-    classes = [int(c) for c in classes]
-    if len(classes) < classes_per_batch:
-        raise ValueError(
-            f"{classes_per_batch} classes per batch requested but only {len(classes)} classes "
-            f"have at least {examples_per_class} examples"
-        )
+    classes, classes_per_batch, seed = _checked_classes(batch_size, examples_per_class, classes, seed)
 
-    def per_class(i, c):
+    def class_blocks(i, c):
         def select(features, labels):
             keep = tf.equal(_chunk_labels(labels), c)
             return tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), (features, labels))
 
         ds = dataset.batch(_CHUNK).map(select).unbatch()
-        ds = ds.shuffle(shuffle_buffer, seed=None if seed is None else seed + 1 + i, reshuffle_each_iteration=True)
-        # Blocks within one pass: no example twice in a block (the leftover of a pass is dropped,
-        # a different one each pass).
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1 + i, reshuffle_each_iteration=True)
         return ds.batch(examples_per_class, drop_remainder=True).repeat()
 
-    blocks = [per_class(i, c) for i, c in enumerate(classes)]
-    num_classes = len(classes)
-
-    def draw(step):
-        # classes_per_batch distinct indices, a fresh random sample for every batch.
-        key = tf.stack([tf.cast(step, tf.int64), tf.constant(0 if seed is None else seed, tf.int64)])
-        scores = tf.random.stateless_uniform([num_classes], seed=key)
-        return tf.cast(tf.argsort(scores)[:classes_per_batch], tf.int64)
-
-    if seed is None:
-        start = tf.data.Dataset.random().take(1)
-        choices = start.flat_map(lambda s: tf.data.Dataset.counter().map(lambda i: draw(i + s)))
-    else:
-        choices = tf.data.Dataset.counter().map(draw)
-    choices = choices.unbatch()
-    ds = tf.data.Dataset.choose_from_datasets(blocks, choices)
+    blocks = [class_blocks(i, c) for i, c in enumerate(classes)]
 
     def merge(features, labels):
         # [classes_per_batch, m, ...] -> [batch_size, ...]
@@ -130,5 +198,5 @@ def class_balanced_batches(
 
         return tf.nest.map_structure(flat, features), flat(labels)
 
-    ds = ds.batch(classes_per_batch, drop_remainder=True).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _balanced_stream(blocks, classes_per_batch, seed).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -9,6 +9,7 @@ entry point, which calls it, in `train.workers` local processes or a TFJob's pod
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -20,6 +21,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -207,12 +209,33 @@ def transformed_batches(files: List[str], tft_output: tft.TFTransformOutput) -> 
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A split's examples: `examples`, unbatched (image, label) pairs, and their number, `size`. A split
+    held in memory also has `whole`, a dataset of one cached element, (images, labels) of all its
+    examples, and those `labels` as a NumPy array (class-balanced batches gather from `whole`)."""
+
+    examples: tf.data.Dataset
+    size: int
+    whole: Optional[tf.data.Dataset] = None
+    labels: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_whole(cls, whole: tf.data.Dataset) -> "Split":
+        """The split of `whole` (one element, or none: an empty split); reads it to the end once, which
+        fills its cache."""
+        labels = np.zeros([0], np.int64)
+        for _, labels_tensor in whole:
+            labels = labels_tensor.numpy()
+        return cls(examples=whole.unbatch(), size=len(labels), whole=whole, labels=labels)
+
+
 def read_split(
     file_patterns: List[str], tft_output: tft.TFTransformOutput, image_shape: Sequence[int], split: str
-) -> Tuple[tf.data.Dataset, int]:
-    """Unbatched (image, label) pairs of a split (`transformed_batches`) and their number. Cached in
-    memory when the decoded split fits (fits_in_cache; then counted by the pass that fills the
-    cache), else decoded at every pass and counted from the raw records (no decoding)."""
+) -> Split:
+    """A split's examples (`transformed_batches`), held in memory as one cached element when the
+    decoded split fits (fits_in_cache; counted by the pass that fills the cache), else decoded at
+    every pass and counted from the raw records (no decoding)."""
     files = example_files(file_patterns)
     num_records = count_records(files)
     cache = fits_in_cache(num_records, image_shape)
@@ -230,10 +253,9 @@ def read_split(
     )
     batches = transformed_batches(files, tft_output)
     if not cache:
-        return batches.unbatch().prefetch(tf.data.AUTOTUNE), num_records
-    # The cache holds whole batches: filling it takes one step per batch, not one per example.
-    cached = batches.cache()
-    return cached.unbatch(), count_batched(cached)
+        return Split(examples=batches.unbatch().prefetch(tf.data.AUTOTUNE), size=num_records)
+    # rebatch: one element of all examples, without passing them through tf.data one by one.
+    return Split.from_whole(batches.rebatch(max(1, num_records)).cache())
 
 
 def count_batched(batches: tf.data.Dataset) -> int:
@@ -246,8 +268,14 @@ def count_batched(batches: tf.data.Dataset) -> int:
     )
 
 
-def training_batches(examples: tf.data.Dataset, train: TrainConfig) -> tf.data.Dataset:
-    if train.examples_per_class:
+def training_batches(split: Split, train: TrainConfig) -> tf.data.Dataset:
+    """The split's training batches, endless: class-balanced (gathered from memory, else streamed)
+    when train.examples_per_class is set, else shuffled; shifted when train.augment_shift is set."""
+    examples = split.examples
+    if train.examples_per_class and split.whole is not None:
+        indices = batching.class_balanced_indices(split.labels, train.batch_size, train.examples_per_class, train.seed)
+        batches = batching.gathered_batches(split.whole, indices)
+    elif train.examples_per_class:
         batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class, seed=train.seed)
     else:
         # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
@@ -428,8 +456,9 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     tft_output = tft.TFTransformOutput(args.transform_output)
 
     image_shape = config.data.image_shape
-    train_examples, num_train = read_split(args.train_files, tft_output, image_shape, "train")
-    if train.examples_per_class and not fits_in_cache(num_train, image_shape):
+    train_split = read_split(args.train_files, tft_output, image_shape, "train")
+    num_train = train_split.size
+    if train.examples_per_class and train_split.whole is None:
         # batching.class_balanced_batches reads its input once per class: uncached, each image is decoded
         # once per class and pass.
         logger.warning(
@@ -447,12 +476,13 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
         train.batch_size,
         train.loss,
     )
-    eval_examples, num_eval = read_split(args.eval_files, tft_output, image_shape, "eval")
+    eval_split = read_split(args.eval_files, tft_output, image_shape, "eval")
+    num_eval = eval_split.size
     logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
     eval_batch = max(train.batch_size, 256)
     # A known length lets Keras stop at the last batch instead of running into the end of the
     # data ("Local rendezvous is aborting ... End of sequence", "Your input ran out of data").
-    validation_batches = eval_examples.batch(eval_batch).apply(
+    validation_batches = eval_split.examples.batch(eval_batch).apply(
         tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch))
     )
 
@@ -466,7 +496,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
         fit_start, fit_cpu_start = time.time(), time.process_time()
         fit_phases(
             model,
-            lambda: training_batches(train_examples, train),
+            lambda: training_batches(train_split, train),
             plan,
             start,
             train,

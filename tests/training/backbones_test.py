@@ -2,6 +2,7 @@
 (imagenet's pre-flight check without a download, a weights file), freeze then fine-tune with resumes
 in both phases, and the Trainer's decision to cache decoded examples in memory."""
 
+import collections
 import hashlib
 import json
 import os
@@ -192,7 +193,9 @@ PLAN = {"epochs": 3, "steps_per_epoch": 2}
 
 def batches():
     rng = np.random.default_rng(5)
-    data = tf.data.Dataset.from_tensor_slices((rng.random((32, *SHAPE), np.float32), np.arange(32) % 4))
+    data = trainer.Split.from_whole(
+        tf.data.Dataset.from_tensors((rng.random((32, *SHAPE), np.float32), np.arange(32) % 4))
+    )
     return trainer.training_batches(data, FREEZE)
 
 
@@ -325,12 +328,18 @@ def test_a_cached_split_is_counted_and_read_as_decoded_once(tmp_path):
     inputs = tiny_training_inputs.make_inputs(str(tmp_path), n_train=2500, n_eval=8)
     graph = tft.TFTransformOutput(os.path.join(inputs, "transform_graph"))
     files = [os.path.join(inputs, "examples", "train.gz")]
-    examples, n = trainer.read_split(files, graph, (28, 28, 1), "train")
-    assert n == 2500
+    split = trainer.read_split(files, graph, (28, 28, 1), "train")
+    assert split.size == 2500 and split.whole is not None
     decoded = [
         (image.numpy().tobytes(), int(label)) for image, label in trainer.transformed_batches(files, graph).unbatch()
     ]
     assert len(decoded) == 2500
     os.remove(files[0])  # what follows reads the cache that counting filled
     for _ in range(2):
-        assert [(image.numpy().tobytes(), int(label)) for image, label in examples] == decoded
+        assert [(image.numpy().tobytes(), int(label)) for image, label in split.examples] == decoded
+    np.testing.assert_array_equal(split.labels, [label for _, label in decoded])
+    # Class-balanced batches are gathered from the cached split.
+    images, labels = next(iter(trainer.training_batches(split, TrainConfig(batch_size=8, examples_per_class=4))))
+    label_of = dict(decoded)
+    assert [label_of[image.tobytes()] for image in images.numpy()] == labels.numpy().tolist()
+    assert sorted(collections.Counter(labels.numpy().tolist()).values()) == [4, 4]

@@ -6,23 +6,47 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from triplet_tfx.components.training.batching import class_balanced_batches, dataset_classes
+from triplet_tfx.components.training.batching import (
+    class_balanced_batches,
+    class_balanced_indices,
+    dataset_classes,
+    gathered_batches,
+)
 
 
-def _dataset(n=300, num_classes=7, seed=0, label_shape=()):
+def _examples(n=300, num_classes=7, seed=0, label_shape=()):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=n).astype(np.int64)
     images = rng.normal(size=(n, 4, 4)).astype(np.float32)
     # Tag every example with its label so that the test can check features follow labels.
     images[:, 0, 0] = labels
     features = {"image": images, "index": np.arange(n)}
-    return tf.data.Dataset.from_tensor_slices((features, labels.reshape((n,) + label_shape))), labels
+    return features, labels.reshape((n,) + label_shape)
 
 
+def _dataset(**kwargs):
+    features, labels = _examples(**kwargs)
+    return tf.data.Dataset.from_tensor_slices((features, labels)), labels
+
+
+def _in_memory(batch_size, m, seed=None, **kwargs):
+    """Class-balanced batches gathered from one element holding the whole split."""
+    features, labels = _examples(**kwargs)
+    whole = tf.data.Dataset.from_tensors((features, labels))
+    return gathered_batches(whole, class_balanced_indices(labels, batch_size, m, seed=seed))
+
+
+def _streamed(batch_size, m, seed=None, **kwargs):
+    return class_balanced_batches(_dataset(**kwargs)[0], batch_size, m, seed=seed)
+
+
+FORMS = pytest.mark.parametrize("batches_of", [_in_memory, _streamed], ids=["in_memory", "streamed"])
+
+
+@FORMS
 @pytest.mark.parametrize("batch_size,m", [(12, 4), (14, 2), (21, 3), (5, 1)])
-def test_every_batch_has_m_examples_of_each_class(batch_size, m):
-    ds, _ = _dataset()
-    batches = class_balanced_batches(ds, batch_size=batch_size, examples_per_class=m, seed=1)
+def test_every_batch_has_m_examples_of_each_class(batches_of, batch_size, m):
+    batches = batches_of(batch_size, m, seed=1)
     for features, labels in batches.take(25).as_numpy_iterator():
         assert labels.shape == (batch_size,)
         assert features["image"].shape == (batch_size, 4, 4)
@@ -34,24 +58,48 @@ def test_every_batch_has_m_examples_of_each_class(batch_size, m):
         assert len(set(features["index"].tolist())) == batch_size
 
 
-def test_classes_are_mixed_and_all_used():
-    ds, _ = _dataset()
+@FORMS
+def test_classes_are_mixed_and_all_used(batches_of):
     seen = collections.Counter()
-    for _, labels in class_balanced_batches(ds, 8, 4, seed=3).take(60).as_numpy_iterator():
+    for _, labels in batches_of(8, 4, seed=3).take(60).as_numpy_iterator():
         seen.update(set(labels.tolist()))
     assert set(seen) == set(range(7))
 
 
-def test_seed_reproducible_and_column_labels():
-    ds, _ = _dataset(label_shape=(1,))
-    a = [labels for _, labels in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
-    b = [labels for _, labels in class_balanced_batches(ds, 8, 2, seed=5).take(5).as_numpy_iterator()]
+@FORMS
+def test_seed_reproducible_resumable_and_column_labels(batches_of):
+    def labels_of(batches, n=6):
+        return [labels for _, labels in batches.take(n).as_numpy_iterator()]
+
+    a = labels_of(batches_of(8, 2, seed=5, label_shape=(1,)))
+    b = labels_of(batches_of(8, 2, seed=5, label_shape=(1,)))
     assert a[0].shape == (8, 1)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a, b)
+    # A resumed run skips the batches it has seen and gets the ones that followed them.
+    np.testing.assert_array_equal(labels_of(batches_of(8, 2, seed=5, label_shape=(1,)).skip(2), 4), a[2:])
+    assert not np.array_equal(labels_of(batches_of(8, 2, seed=6, label_shape=(1,))), a)
     # Without a seed it still works.
-    _, labels = next(iter(class_balanced_batches(ds, 8, 2).take(1)))
+    _, labels = next(iter(batches_of(8, 2, label_shape=(1,)).take(1)))
     assert sorted(collections.Counter(labels.numpy().ravel().tolist()).values()) == [2, 2, 2, 2]
+
+
+def test_in_memory_blocks_take_every_example_of_a_class_once_per_pass():
+    labels = np.repeat(np.arange(4), [9, 12, 8, 30])
+    m, passes = 4, 3
+    seen = collections.defaultdict(list)  # class -> its blocks, in order
+    for batch in class_balanced_indices(labels, 8, m, seed=2).take(120).as_numpy_iterator():
+        for block in batch.reshape(-1, m):
+            assert len(set(labels[block].tolist())) == 1
+            seen[int(labels[block[0]])].append(block)
+    for c, blocks in seen.items():
+        members = np.flatnonzero(labels == c)
+        per_pass = len(members) // m
+        assert len(blocks) >= passes * per_pass, c
+        orders = [np.concatenate(blocks[p * per_pass : (p + 1) * per_pass]) for p in range(passes)]
+        for order in orders:
+            # A pass: distinct examples of the class, all of them but the leftover (< m).
+            assert len(set(order.tolist())) == per_pass * m and set(order.tolist()) <= set(members.tolist())
+        assert len({tuple(order.tolist()) for order in orders}) == passes  # a new order each pass
 
 
 def test_rare_classes_dropped_and_errors():
@@ -65,3 +113,9 @@ def test_rare_classes_dropped_and_errors():
         class_balanced_batches(ds, 6, 2)  # 3 classes per batch, only 2 usable
     with pytest.raises(ValueError):
         class_balanced_batches(ds, 5, 2)  # not a multiple
+    for batch in class_balanced_indices(labels, 4, 2, seed=0).take(5).as_numpy_iterator():
+        assert set(labels[batch].tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="3 classes per batch"):
+        class_balanced_indices(labels, 6, 2)
+    with pytest.raises(ValueError, match="class 2 has 1 examples"):
+        class_balanced_indices(labels, 4, 2, classes=[0, 2])

@@ -63,7 +63,10 @@ def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch
     from triplet_tfx.components.training import checkpoints
 
     rng = np.random.default_rng(0)
-    data = tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32), np.arange(64) % 4)).cache()
+    # Streamed class-balanced batches (a split over the memory budget).
+    data = trainer.Split(
+        tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32), np.arange(64) % 4)), 64
+    )
     train = TrainConfig(embedding_dim=16, examples_per_class=8, checkpoint_every=4)
     plan = {"epochs": 2, "steps_per_epoch": 8}
     weights, saved = [], []
@@ -101,7 +104,7 @@ def test_mixed_precision_computes_in_bfloat16_and_exports_float32():
 def test_augment_shift_moves_images_within_the_bound():
     image = np.zeros((28, 28, 1), np.float32)
     image[14, 14] = 1.0
-    examples = tf.data.Dataset.from_tensor_slices((np.stack([image] * 64), np.zeros(64, np.int64)))
+    examples = trainer.Split(tf.data.Dataset.from_tensor_slices((np.stack([image] * 64), np.zeros(64, np.int64))), 64)
     batch, labels = next(iter(trainer.training_batches(examples, TrainConfig(batch_size=64, augment_shift=0.1))))
     assert batch.shape == (64, 28, 28, 1) and labels.shape == (64,)
     rows, cols = np.nonzero(batch.numpy()[..., 0].max(axis=0) > 0.5)

@@ -44,7 +44,9 @@ def main():
     )
     plan = {"epochs": 2, "steps_per_epoch": 2}
     rng = np.random.default_rng(0)
-    data = tf.data.Dataset.from_tensor_slices((rng.random((64, 32, 32, 3), np.float32), np.arange(64) % 4))
+    data = trainer.Split.from_whole(
+        tf.data.Dataset.from_tensors((rng.random((64, 32, 32, 3), np.float32), np.arange(64) % 4))
+    )
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     keras.utils.set_random_seed(0)
     with strategy.scope():
