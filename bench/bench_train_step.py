@@ -88,7 +88,7 @@ def _model_and_batches(setting: dict, steps: int):
     count = 16_384
     images = rng.random((count, *SHAPE), np.float32)
     labels = np.tile(np.arange(10), count)[:count].astype(np.int64)
-    examples = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    examples = trainer.Split.from_whole(tf.data.Dataset.from_tensors((images, labels)))  # as the Trainer holds it
     plan = {"epochs": 1, "steps_per_epoch": steps}
     per_call = trainer.steps_per_execution({"steps_per_epoch": 1875, "epochs": 5}, train)  # the main job's
     net = trainer.compiled_model(SHAPE, train, plan, steps_per_call=per_call)
