@@ -67,7 +67,9 @@ def main() -> None:
         keep = np.isin(test_labels, classes["eval"])
         test_images, test_labels = test_images[keep], test_labels[keep]
     keras.utils.set_random_seed(train.seed)
-    examples = trainer.Split.from_whole(tf.data.Dataset.from_tensors((train_images.astype("float32") / 255.0, train_labels)))
+    examples = trainer.Split.from_whole(
+        tf.data.Dataset.from_tensors((train_images.astype("float32") / 255.0, train_labels))
+    )
     batches = trainer.training_batches(examples, train)
     plan = trainer.step_plan(len(train_labels), train)
     net = trainer.compiled_model(train_images.shape[1:], train, plan)
