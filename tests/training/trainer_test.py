@@ -101,6 +101,17 @@ def test_mixed_precision_computes_in_bfloat16_and_exports_float32():
     assert not np.array_equal(exact, out.numpy())
 
 
+def test_fit_inputs_are_data_sharded_without_an_autotuning_thread():
+    """tf.data's autotuning thread made model.fit's return wait up to a minute for the teardown of
+    the input's iterator; DATA sharding keeps each global batch what one device would see."""
+    whole = tf.data.Dataset.from_tensors((np.zeros((8, 28, 28, 1), np.float32), np.arange(8) % 2))
+    split = trainer.Split.from_whole(whole)
+    for train in (TrainConfig(batch_size=4), TrainConfig(batch_size=4, examples_per_class=2, augment_shift=0.1)):
+        options = trainer.training_batches(split, train).options()
+        assert options.autotune.enabled is False
+        assert options.experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
 def test_augment_shift_moves_images_within_the_bound():
     image = np.zeros((28, 28, 1), np.float32)
     image[14, 14] = 1.0
