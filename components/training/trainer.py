@@ -235,7 +235,8 @@ def read_split(
 ) -> Split:
     """A split's examples (`transformed_batches`), held in memory as one cached element when the
     decoded split fits (fits_in_cache; counted by the pass that fills the cache), else decoded at
-    every pass and counted from the raw records (no decoding)."""
+    every pass and counted from the raw records (no decoding). Filling the cache holds the decoded
+    batches and the one tensor at once, for a moment: twice the split (at most half the memory)."""
     files = example_files(file_patterns)
     num_records = count_records(files)
     cache = fits_in_cache(num_records, image_shape)
@@ -307,7 +308,7 @@ def with_fit_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
       worker different files, and class-balanced batches only the classes of its files.)
     - No autotuning thread: destroying an iterator waits for it, and it can be asleep for up to a
       minute between optimisations (TF 2.16): the fit's return waited 21-32 s after the last epoch in
-      3 of 8 runs of the main job. AUTOTUNE parallel maps then run as many calls as tf.data's
+      3 of 7 runs of the main job. AUTOTUNE parallel maps then run as many calls as tf.data's
       thread pool has threads, and AUTOTUNE prefetch buffers still grow while the consumer waits."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
