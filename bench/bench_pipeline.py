@@ -57,7 +57,8 @@ def timed_run(argv):
 
 def tutorial_run(python: str) -> dict:
     """The tutorial notebook's wall and CPU time, its fit time and epoch times (its own printout). The
-    sum of its epochs is the fit without the wait that can end it (tf.data's autotuning thread)."""
+    sum of its epochs is its fit without the wait that can end it (the Trainer's was tf.data's
+    autotuning thread)."""
     wall, cpu, done = timed(
         [python, TUTORIAL_SCRIPT, mnist_pickle_path()], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )

@@ -308,8 +308,9 @@ def with_fit_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
       worker different files, and class-balanced batches only the classes of its files.)
     - No autotuning thread: destroying an iterator waits for it, and it can be asleep for up to a
       minute between optimisations (TF 2.16): the fit's return waited 21-32 s after the last epoch in
-      3 of 7 runs of the main job. AUTOTUNE parallel maps then run as many calls as tf.data's
-      thread pool has threads, and AUTOTUNE prefetch buffers still grow while the consumer waits."""
+      3 of 7 runs of the main job on a 2-core Intel Xeon (bench/README.md). AUTOTUNE parallel maps
+      then run as many calls as tf.data's thread pool has threads, and AUTOTUNE prefetch buffers
+      still grow while the consumer waits."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.autotune.enabled = False
