@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gc
 import json
 import sys
 from typing import List, Optional
@@ -56,6 +57,7 @@ __all__ = [
     "claim_output_root",
     "config_from_args",
     "disk_full",
+    "console_main",
     "main",
     "preflight",
     "profile_flag_defaults",
@@ -100,5 +102,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     return args.handler(args, config)
 
 
+def console_main(argv: Optional[List[str]] = None) -> int:
+    """The `triplet-tfx` command: `main` in a process of its own, which ends after it. What TensorFlow,
+    TFX and Beam leave behind (~800k objects) goes with the process: hidden from the garbage
+    collector, Python's shutdown takes about 0.4 s instead of 2.4 s (docs/architecture.md)."""
+    code = main(argv)
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -35,4 +35,4 @@ def stop_with_parent() -> None:
 
 if __name__ == "__main__":
     stop_with_parent()
-    sys.exit(cli.main(["run", *shlex.split(os.environ.get(ARGS_VARIABLE, "")), *sys.argv[1:]]))
+    sys.exit(cli.console_main(["run", *shlex.split(os.environ.get(ARGS_VARIABLE, "")), *sys.argv[1:]]))

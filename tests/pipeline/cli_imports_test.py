@@ -27,3 +27,19 @@ def test_the_light_commands_do_not_load_tensorflow(tmp_path, args):
     argv = [arg.format(root=tmp_path) for arg in args]
     done = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_console_script_returns_the_commands_code_with_the_heap_frozen_for_exit(tmp_path):
+    """`triplet-tfx` is `console_main`: main's exit code, and what is alive then is left out of the
+    garbage collector's passes, so that Python's shutdown does not walk TensorFlow's objects."""
+    script = textwrap.dedent("""
+        import gc, sys
+        from triplet_tfx.pipeline import cli
+        code = cli.console_main(sys.argv[1:])
+        print(gc.get_freeze_count())
+        sys.exit(code)
+    """)
+    for argv, expected in ((["run", "--epochs", "0"], 2), (["runs", "--output-root", str(tmp_path)], 0)):
+        done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == expected, done.stdout + done.stderr
+        assert int(done.stdout.split()[-1]) > 10_000
