@@ -375,44 +375,69 @@ def plot_worst_retrievals(
 ) -> Dict[str, object]:
     """Gallery PNG: one row per query (its image, then its nearest neighbours' images), each
     titled with its class (`class_label`); neighbours of another class framed and titled in red.
-    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows", "captions"}."""
+    Images are uint8 [n, H, W, C] and [n, k, H, W, C]. Returns {"path", "rows", "captions"}.
+    The cells are one image (`gallery_mosaic`) in one Axes: an Axes per cell took ~0.9 s for 8 x 6."""
     plt = _pyplot()
     rows, k = len(query_labels), (neighbour_images.shape[1] if len(query_labels) else 0)
-    fig, axes = plt.subplots(
-        max(rows, 1), k + 1, figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5), dpi=100, squeeze=False
-    )
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    captions = []
+    captions, cells = [], []
     for i in range(rows):
-        cells = [(query_images[i], query_labels[i], f"query: {class_label(query_labels[i], class_names)}", "black")]
+        row = [(query_images[i], f"query: {class_label(query_labels[i], class_names)}", "black")]
         for j in range(k):
             wrong = neighbour_labels[i][j] != query_labels[i]
-            cells.append(
+            row.append(
                 (
                     neighbour_images[i, j],
-                    neighbour_labels[i][j],
                     f"{j + 1}: {class_label(neighbour_labels[i][j], class_names)}" + (" \u2717" if wrong else ""),
                     "red" if wrong else "green",
                 )
             )
-        captions.append([cell[2] for cell in cells])
-        for ax, (image, _, caption, colour) in zip(axes[i], cells):
-            image = np.asarray(image)
-            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-            ax.set_title(caption, fontsize=8, color=colour)
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(2.5 if colour == "red" else 1)
-    if not rows:
-        axes[0, 0].set_title("no query with a wrong neighbour", fontsize=9)
+        captions.append([caption for _, caption, _ in row])
+        cells.append(row)
+    fig, ax = plt.subplots(figsize=(1.3 * (k + 1), 1.4 * max(rows, 1) + 0.5), dpi=100)
+    ax.set_axis_off()
+    if rows:
+        mosaic, corners = gallery_mosaic([[(image, colour) for image, _, colour in row] for row in cells])
+        ax.imshow(mosaic, interpolation="nearest")
+        for row, row_corners in zip(cells, corners):
+            for (_, caption, colour), (x, y) in zip(row, row_corners):
+                ax.text(x, y, caption, fontsize=8, color=colour, ha="center", va="bottom")
+    else:
+        ax.set_title("no query with a wrong neighbour", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png")
     plt.close(fig)
     return {"path": path, "rows": rows, "captions": captions}
+
+
+_FRAME_RGB = {"black": (0, 0, 0), "green": (0, 128, 0), "red": (220, 0, 0)}
+
+
+def gallery_mosaic(
+    rows: Sequence[Sequence[Tuple[np.ndarray, str]]],
+) -> Tuple[np.ndarray, List[List[Tuple[float, float]]]]:
+    """One uint8 RGB image of rows of (image [H, W, C], frame colour) cells on white: each image
+    framed in its colour (red frames twice as wide), with room above it for a caption. Returns the
+    mosaic and, per cell, where its caption goes: (centre x, top y) in the mosaic's pixels."""
+    height, width = rows[0][0][0].shape[:2]
+    frame = max(1, round(max(height, width) / 28))
+    gap_x, gap_y = 2 * frame + max(2, width // 8), 2 * frame + max(4, height // 3)  # gap_y: the caption
+    pitch_x, pitch_y = width + gap_x, height + gap_y
+    columns = max(len(row) for row in rows)
+    mosaic = np.full((len(rows) * pitch_y, columns * pitch_x, 3), 255, np.uint8)
+    corners = []
+    for r, row in enumerate(rows):
+        corners.append([])
+        for c, (image, colour) in enumerate(row):
+            top, left = r * pitch_y + gap_y - frame, c * pitch_x + gap_x // 2
+            wide = 2 * frame if colour == "red" else frame
+            mosaic[top - wide : top + height + wide, left - wide : left + width + wide] = _FRAME_RGB[colour]
+            pixels = np.asarray(image, np.uint8)
+            pixels = pixels[..., :3] if pixels.shape[-1] >= 3 else pixels[..., :1]  # gray: the same in R, G, B
+            mosaic[top : top + height, left : left + width] = pixels
+            corners[-1].append((left + width / 2 - 0.5, top - wide - 1.5))
+    return mosaic, corners
 
 
 def _num(v) -> float:

@@ -345,6 +345,25 @@ def test_confusion_axes_and_gallery_captions_use_class_names(tmp_path):
     assert out["captions"] == [["query: ant", "1: bee \u2717", "2: ant"]]
 
 
+def test_gallery_mosaic_places_each_image_whole_inside_its_frame_with_room_for_its_caption():
+    gray = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+    colour = np.random.default_rng(1).integers(0, 255, (28, 28, 3), dtype=np.uint8)
+    mosaic, corners = P.gallery_mosaic([[(gray, "black"), (colour, "red")], [(colour, "green")]])
+    assert mosaic.dtype == np.uint8 and mosaic.shape[2] == 3
+    assert len(corners) == 2 and len(corners[0]) == 2 and len(corners[1]) == 1
+    for (x, y), image, rgb, frame in (
+        (corners[0][0], gray, (0, 0, 0), 1),
+        (corners[0][1], colour, (220, 0, 0), 2),
+        (corners[1][0], colour, (0, 128, 0), 1),
+    ):
+        left, top = int(x + 0.5 - 14), int(y + 1.5 + frame)  # caption point: centre x, just above the frame
+        np.testing.assert_array_equal(mosaic[top : top + 28, left : left + 28], np.broadcast_to(image, (28, 28, 3)))
+        assert (mosaic[top - frame : top, left : left + 28] == rgb).all()  # the frame above the image
+        assert (mosaic[top - frame - 1, left : left + 28] == 255).all()  # white above the frame: the caption
+    second_column = int(corners[0][1][0] + 0.5 - 14) - 2
+    assert (mosaic[int(corners[1][0][1]) :, second_column:] == 255).all()  # the short row's missing cell: white
+
+
 def test_unseen_classes_line_names_the_classes():
     metrics = {"eval_classes": [2, 10], "train_classes": [0, 1], "class_names": NAMES}
     assert R.unseen_classes_line(metrics) == (
