@@ -157,8 +157,11 @@ def check_examples(examples: tf.Tensor, features: dict) -> tf.Tensor:
     def parses(batch):
         return _parsed_size(batch, features)
 
-    whole = tf.data.Dataset.from_tensors(examples).map(parses).ignore_errors().with_options(_PLAIN_DATASET)
-    ok = whole.reduce(tf.constant(False), lambda _, size: tf.greater_equal(size, 0))
+    # The whole batch's parsed size, or the -1 after it when the parse failed. get_single_element, not
+    # reduce: reduce instantiates its functions at every call, ~8 ms per request against ~0.5 ms.
+    whole = tf.data.Dataset.from_tensors(examples).map(parses).ignore_errors()
+    failed = tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64))
+    ok = whole.concatenate(failed).take(1).with_options(_PLAIN_DATASET).get_single_element() >= 0
 
     def first_bad() -> tf.Tensor:
         count = tf.size(examples, out_type=tf.int64)
