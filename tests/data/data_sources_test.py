@@ -67,6 +67,23 @@ def test_make_example_round_trips():
     assert decode(data_sources.make_example(image, 7)) == (bytes([0, 1, 2, 3, 4, 5]), 7)
 
 
+
+def test_make_example_bytes_are_those_of_the_example_built_whole():
+    """The hash split of `images:` sources hashes these bytes: they must not change with how the
+    message is filled."""
+    rng = np.random.default_rng(0)
+    for label in (0, 9, 123456789):
+        image = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+        whole = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                }
+            )
+        )
+        assert data_sources.make_example(image, label) == whole.SerializeToString(deterministic=True)
+
 def first_pixel(serialized: bytes) -> int:
     """The first pixel value of an example's image, raw or encoded (decoded by TensorFlow)."""
     image = tf.train.Example.FromString(serialized).features.feature["image"].bytes_list.value[0]
