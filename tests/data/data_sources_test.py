@@ -67,7 +67,6 @@ def test_make_example_round_trips():
     assert decode(data_sources.make_example(image, 7)) == (bytes([0, 1, 2, 3, 4, 5]), 7)
 
 
-
 def test_make_example_bytes_are_those_of_the_example_built_whole():
     """The hash split of `images:` sources hashes these bytes: they must not change with how the
     message is filled."""
@@ -83,6 +82,7 @@ def test_make_example_bytes_are_those_of_the_example_built_whole():
             )
         )
         assert data_sources.make_example(image, label) == whole.SerializeToString(deterministic=True)
+
 
 def first_pixel(serialized: bytes) -> int:
     """The first pixel value of an example's image, raw or encoded (decoded by TensorFlow)."""
