@@ -17,12 +17,14 @@ def test_local_is_the_in_process_fn_api_runner_and_raw_args_come_last():
     assert beam_pipeline_args(BeamConfig(), IMAGE) == (
         FNAPI,
         "--direct_num_workers=1",
+        "--no_pipeline_type_check",
         f"--sdk_container_image={IMAGE}",
     )
     config = config_of("--beam-arg=--direct_num_workers=2")
     assert config.data_beam_args == (
         FNAPI,
         "--direct_num_workers=1",
+        "--no_pipeline_type_check",
         f"--sdk_container_image={IMAGE}",
         "--direct_num_workers=2",
     )
