@@ -172,6 +172,7 @@ def test_raw_beam_args_follow_the_local_runner_on_the_data_components_only(compi
         assert by_task.pop(task) == [
             fn_api,
             "--direct_num_workers=1",
+            "--no_pipeline_type_check",
             "--sdk_container_image=registry.example/triplet-tfx:1",
             "--runner=DataflowRunner",
             "--project=p1",
