@@ -16,7 +16,7 @@ from triplet_tfx.components.class_split import ClassSplitError, resolve as resol
 # Beam's DirectRunner first tries its Prism runner, which it downloads: the FnApiRunner runs
 # in-process and needs nothing from the network. Without construction-time type checks (type hints
 # of every step of a fixed, tested pipeline), the three data components take ~1.7 s less on MNIST
-# and write the same examples and schema (bench/README.md, "Around the fit").
+# and write the same examples and schema (docs/beam-runners.md, "The default runner").
 DEFAULT_BEAM_ARGS: Tuple[str, ...] = (
     "--runner=apache_beam.runners.portability.fn_api_runner.fn_runner.FnApiRunner",
     "--direct_num_workers=1",
