@@ -12,7 +12,8 @@ Per row, in a process of its own (a dtype policy and thread settings are per pro
 - FLOP per step: counted by TensorFlow's profiler (`float_operation`) on the graph of one training
   step (forward, the loss and its mining, backward, Adam), not estimated by hand;
 - ms per step: `model.fit` as the Trainer runs it (`trainer.compiled_model`, `trainer.training_batches`,
-  `trainer.steps_per_execution`), after a warm-up fit, on random 28x28x1 images of 10 classes;
+  `trainer.steps_per_execution`, the batch in parts and TensorFlow's threads as `batch_parts` sets
+  them), after a warm-up fit, on random 28x28x1 images of 10 classes;
 - GFLOP/s achieved = FLOP per step / time per step, and its share of the peak: a float32 2048^3
   matmul (`tf.linalg.matmul`, all cores) measured in the same run.
 Then the input pipeline alone (ms per batch, no training), and with --profile N the top TensorFlow
@@ -81,9 +82,10 @@ def _model_and_batches(setting: dict, steps: int):
     tf = _tensorflow()
 
     from triplet_tfx.components.config import TrainConfig
-    from triplet_tfx.components.training import trainer
+    from triplet_tfx.components.training import batch_parts, trainer
 
     train = TrainConfig(**{"margin": 0.2, **setting})
+    parts = batch_parts.parts_in_this_process(train, {})  # as the Trainer: before the first op
     rng = np.random.default_rng(0)
     count = 16_384
     images = rng.random((count, *SHAPE), np.float32)
@@ -91,8 +93,8 @@ def _model_and_batches(setting: dict, steps: int):
     examples = trainer.Split.from_whole(tf.data.Dataset.from_tensors((images, labels)))  # as the Trainer holds it
     plan = {"epochs": 1, "steps_per_epoch": steps}
     per_call = trainer.steps_per_execution({"steps_per_epoch": 1875, "epochs": 5}, train)  # the main job's
-    net = trainer.compiled_model(SHAPE, train, plan, steps_per_call=per_call)
-    return net, trainer.training_batches(examples, train), train, per_call
+    net = trainer.compiled_model(SHAPE, train, plan, steps_per_call=per_call, parts=parts)
+    return net, trainer.training_batches(examples, train), train, per_call, parts
 
 
 def step_flops(net, batch_size: int) -> int:
@@ -116,18 +118,24 @@ def step_flops(net, batch_size: int) -> int:
 
 
 def measure(setting: dict, steps: int) -> dict:
-    net, batches, train, per_call = _model_and_batches(setting, steps)
+    net, batches, train, per_call, parts = _model_and_batches(setting, steps)
     flops = step_flops(net, train.batch_size)
     steps -= steps % per_call
     net.fit(batches, epochs=1, steps_per_epoch=2 * per_call, verbose=0)  # warm-up: tracing, first batches
     start, cpu_start = time.perf_counter(), time.process_time()
     net.fit(batches, epochs=1, steps_per_epoch=steps, verbose=0)
     seconds, cpu_seconds = (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
-    return {"ms": seconds * 1e3, "cpu_ms": cpu_seconds * 1e3, "flops": flops, "steps_per_call": per_call}
+    return {
+        "ms": seconds * 1e3,
+        "cpu_ms": cpu_seconds * 1e3,
+        "flops": flops,
+        "steps_per_call": per_call,
+        "parts": parts,
+    }
 
 
 def input_pipeline_ms(setting: dict, steps: int) -> float:
-    _, batches, _, _ = _model_and_batches(setting, steps)
+    _, batches, _, _, _ = _model_and_batches(setting, steps)
     batches = iter(batches)
     for _ in range(10):
         next(batches)
@@ -142,7 +150,7 @@ def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> lis
     tf = _tensorflow()
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    net, batches, _, per_call = _model_and_batches(setting, steps)
+    net, batches, _, per_call, _ = _model_and_batches(setting, steps)
     steps -= steps % per_call
     net.fit(batches, epochs=1, steps_per_epoch=2 * per_call, verbose=0)
     tf.profiler.experimental.start(trace_dir)
@@ -228,6 +236,7 @@ def main() -> int:
                 "batch_size": setting["batch_size"],
                 "examples_per_class": setting.get("examples_per_class"),
                 "steps_per_call": steps[i][0]["steps_per_call"],
+                "parts": steps[i][0]["parts"],
                 "mflop": steps[i][0]["flops"] / 1e6,
                 "ms": ms,
                 "cpu_ms": statistics.median(r["cpu_ms"] for r in steps[i]),
@@ -241,15 +250,16 @@ def main() -> int:
         f"float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n"
     )
     print(
-        "| setting | batch | steps per call | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
+        "| setting | batch | steps per call | batch parts | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
         "| % of peak | s per 60k epoch | input alone, ms per batch |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for row in figures:
         per_class = row["examples_per_class"]
         balanced = f" = {row['batch_size'] // per_class} x {per_class}" if per_class else ""
         print(
-            f"| {row['label']} ({row['network']}) | {row['batch_size']}{balanced} | {row['steps_per_call']} "
+            f"| {row['label']} ({row['network']}) | {row['batch_size']}{balanced} "
+            f"| {row['steps_per_call']} | {row['parts']} "
             f"| {row['mflop']:.1f} | {row['ms']:.2f} | {row['cpu_ms']:.2f} | {row['gflops']:.1f} "
             f"| {100 * row['gflops'] / peak:.1f} | {row['epoch_seconds']:.1f} | {row['input_ms']:.2f} |"
         )

@@ -409,6 +409,15 @@ class TrainConfig:
         "one of these where the trainer runs natively, else float32. Weights and the "
         "exported model stay float32. Default: %(default)s",
     )
+    # A CPU's step as parts of the batch side by side, each op on one core (batch_parts.py); 0 = auto.
+    batch_parts: int = option(
+        0,
+        flag="--batch-parts",
+        metavar="N",
+        help="on a CPU, run each training step's batch as N parts side by side, each op on one "
+        "core (networks without batch normalisation, one process); 0: one part per CPU on "
+        "machines of 2-4 CPUs, 1: the whole batch with multi-threaded ops. Default: %(default)s",
+    )
     # Stop after this many steps in all (smoke runs and tests); None = full epochs.
     max_steps: Optional[int] = option(None, flag="--max-steps", help="cap on training steps (smoke runs)")
     seed: int = option(42, flag="--seed", help="default %(default)s")
@@ -1092,6 +1101,7 @@ class PipelineConfig:
             (self.train.mining in MINING, _label("train", "mining"), "must be global or replica"),
             (self.train.checkpoint_every > 0, _label("train", "checkpoint_every"), "must be positive"),
             (self.train.workers >= 1, _label("train", "workers"), "must be at least 1"),
+            (self.train.batch_parts >= 0, _label("train", "batch_parts"), "must be 0 (auto) or at least 1"),
             (
                 self.train.workers == 1 or self.train.strategy in ("auto", "multi_worker"),
                 _label("train", "strategy"),

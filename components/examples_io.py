@@ -8,6 +8,7 @@ Shared by the EmbeddingEvaluator (evaluation/evaluator.py) and the ServingModelB
 
 import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
 import numpy as np
@@ -82,12 +83,29 @@ def model_path(model: Model) -> str:
     return path_utils.serving_model_path(model.uri)
 
 
+def calls_at_once() -> int:
+    """Batches to run through TensorFlow at once: one per inter-op thread when each op runs on one
+    thread (as a Trainer that splits its batches sets the process up: training/batch_parts.py), else
+    one, whose ops use all the cores."""
+    threading = tf.config.threading
+    if threading.get_intra_op_parallelism_threads() != 1:
+        return 1
+    return max(1, threading.get_inter_op_parallelism_threads())
+
+
 def embed(model: Model, serialized: list) -> np.ndarray:
     """Embeddings of serialized raw tf.Examples through the model's serving signature."""
     serve = tf.saved_model.load(model_path(model)).signatures[SERVING_SIGNATURE]
+
+    def batch(start: int) -> np.ndarray:
+        return serve(examples=tf.constant(serialized[start : start + _BATCH]))[EMBEDDING_KEY].numpy()
+
     batches = []
-    with Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress:
-        for start in range(0, len(serialized), _BATCH):
-            batches.append(serve(examples=tf.constant(serialized[start : start + _BATCH]))[EMBEDDING_KEY].numpy())
-            progress.advance(len(batches[-1]))
+    with (
+        Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress,
+        ThreadPoolExecutor(calls_at_once()) as pool,
+    ):
+        for embeddings in pool.map(batch, range(0, len(serialized), _BATCH)):
+            batches.append(embeddings)
+            progress.advance(len(embeddings))
     return np.concatenate(batches)

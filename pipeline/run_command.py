@@ -88,6 +88,12 @@ def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True)
     with tempfile.TemporaryDirectory() as scratch:
         scratch_log = os.path.join(scratch, "preflight.log")
         with terminal.logged_to_file(scratch_log, verbose):
+            if training_data and not config.serving.catalog:
+                # The Trainer trains in this process: TensorFlow's threads for its batch parts, set before
+                # the first op. (A --catalog run also embeds its catalog here, with all the cores per op.)
+                from triplet_tfx.components.training import batch_parts, distribute
+
+                batch_parts.parts_in_this_process(config.train, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))
             from triplet_tfx.components.data.data_sources import catalog_data, check_source
 
             if training_data:  # not for an index refresh, which reads the catalog alone

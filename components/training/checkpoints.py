@@ -28,11 +28,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from triplet_tfx.components.training.batch_parts import network_of
+
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.json"
 # TrainConfig fields that say how to run, not what to train: a rerun with other values resumes.
-RUN_ONLY_FIELDS = ("strategy", "workers", "checkpoint_every")
+RUN_ONLY_FIELDS = ("strategy", "workers", "checkpoint_every", "batch_parts")
 
 
 def backup_dir(model_run_dir: str, input_uris: Iterable[str], custom_config: Dict[str, Any]) -> str:
@@ -56,15 +58,24 @@ def _state_variables(model: keras.Model) -> List:
     return [v for v in model.non_trainable_variables if id(v) not in weights]
 
 
+def _holder(model: keras.Model) -> keras.Model:
+    """The network, holding the model's optimizer: a backup's file is the same whether the batch
+    trains in parts or whole (batch_parts.py), so that a rerun on another machine resumes from it."""
+    network = network_of(model)
+    network.optimizer = model.optimizer
+    return network
+
+
 def save(model: keras.Model, directory: str, step: int, extra: Optional[Dict[str, Any]] = None) -> None:
     tf.io.gfile.makedirs(directory)
     weights = f"step-{step}.weights.h5"
-    model.save_weights(posixpath.join(directory, weights))
+    holder = _holder(model)
+    holder.save_weights(posixpath.join(directory, weights))
     state = {
         **(extra or {}),
         "step": step,
         "weights": weights,
-        "non_trainable": [np.asarray(v.numpy()).tolist() for v in _state_variables(model)],
+        "non_trainable": [np.asarray(v.numpy()).tolist() for v in _state_variables(holder)],
     }
     latest = posixpath.join(directory, LATEST)
     with tf.io.gfile.GFile(latest + ".tmp", "w") as f:
@@ -92,8 +103,9 @@ def restore(model: keras.Model, directory: str) -> int:
         return 0
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # its slots must exist to be loaded
-    model.load_weights(posixpath.join(directory, state["weights"]))
-    for variable, value in zip(_state_variables(model), state["non_trainable"]):
+    holder = _holder(model)
+    holder.load_weights(posixpath.join(directory, state["weights"]))
+    for variable, value in zip(_state_variables(holder), state["non_trainable"]):
         variable.assign(np.asarray(value, dtype=variable.dtype))
     return int(state["step"])
 

@@ -2,7 +2,8 @@
 
 `tutorial_cnn`: the TensorFlow Addons "TripletSemiHardLoss" tutorial's, unchanged: Conv2D(64, 2)
 -> MaxPool -> Dropout(0.3) -> Conv2D(32, 2) -> MaxPool -> Dropout(0.3) -> Flatten -> Dense(256)
--> L2-normalise (the dropout rate and the embedding size are configurable).
+-> L2-normalise (the dropout rate and the embedding size are configurable). Every network's dropout
+is Keras' with cheaper random masks (dropout16.py).
 
 `strided`: cheaper per step on a CPU. The tutorial's first layer writes 64 channels at full
 resolution (28x28x64 per image), so its step is dominated by memory traffic, not arithmetic;
@@ -23,16 +24,17 @@ import keras
 from triplet_tfx.components.config import BACKBONES
 from triplet_tfx.components.contract import EMBEDDING_KEY, IMAGE_KEY
 from triplet_tfx.components.training import backbones
+from triplet_tfx.components.training.dropout16 import Dropout16
 from triplet_tfx.components.training.fused_batch_norm import FusedBatchNormalization
 
 
 def _tutorial_cnn(x, precision: str, dropout: float):
     x = keras.layers.Conv2D(64, 2, padding="same", activation="relu", dtype=precision)(x)
     x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(dropout, dtype=precision)(x)
+    x = Dropout16(dropout, dtype=precision)(x)
     x = keras.layers.Conv2D(32, 2, padding="same", activation="relu", dtype=precision)(x)
     x = keras.layers.MaxPooling2D(2, dtype=precision)(x)
-    x = keras.layers.Dropout(dropout, dtype=precision)(x)
+    x = Dropout16(dropout, dtype=precision)(x)
     return keras.layers.Flatten(dtype=precision)(x)
 
 
@@ -43,20 +45,23 @@ def _strided(x, precision: str, dropout: float):
         x = FusedBatchNormalization(dtype=precision)(x)
         x = keras.layers.ReLU(dtype=precision)(x)
     x = keras.layers.Flatten(dtype=precision)(x)
-    return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x
+    return Dropout16(dropout, dtype=precision)(x) if dropout else x
 
 
 def _backbone(name: str):
     def features(x, precision: str, dropout: float, image_shape, backbone_weights: str):
         x = backbones.input_scaling(name, precision)(x)
         x = backbones.build_backbone(name, image_shape, backbone_weights, precision)(x)
-        return keras.layers.Dropout(dropout, dtype=precision)(x) if dropout else x
+        return Dropout16(dropout, dtype=precision)(x) if dropout else x
 
     return features
 
 
 # Name -> the layers from the input image to the features that Dense(embedding_dim) projects.
 NETWORKS = {"tutorial_cnn": _tutorial_cnn, "strided": _strided, **{name: _backbone(name) for name in BACKBONES}}
+# The networks whose output for an image does not depend on the other images of its batch, in
+# training too (no batch normalisation): a CPU may train them in parts of the batch (batch_parts.py).
+PER_EXAMPLE_NETWORKS = ("tutorial_cnn",)
 
 
 def build_model(

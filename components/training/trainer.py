@@ -27,7 +27,7 @@ import tensorflow_transform as tft
 
 from triplet_tfx.components.config import PipelineConfig, TrainConfig
 from triplet_tfx.components.contract import IMAGE_KEY, LABEL_KEY
-from triplet_tfx.components.training import backbones, batching, checkpoints, distribute, losses
+from triplet_tfx.components.training import backbones, batch_parts, batching, checkpoints, distribute, losses
 from triplet_tfx.components.training.export import export_serving_model
 from triplet_tfx.components.training.fused_adam import FusedAdam
 from triplet_tfx.components.training.network import build_model
@@ -100,14 +100,18 @@ def compiled_model(
     replicas: int = 1,
     steps_per_call: int = 1,
     phase: Optional[str] = None,
+    parts: int = 1,
 ) -> keras.Model:
     """The network to train, with its optimizer and loss, compiled for `phase` (default: the
-    first step's); under a strategy, build it in its scope."""
+    first step's); with `parts` > 1, run on that many parts of each batch (batch_parts.py). Under a
+    strategy, build it in its scope."""
     precision = machine_precision(train.precision)
     logger.info("Layer arithmetic: %s (precision=%s)", precision, train.precision)
     model = build_model(
         image_shape, train.embedding_dim, precision, train.dropout, train.network, train.backbone_weights
     )
+    if parts > 1:
+        model = batch_parts.BatchParts(model, parts)
     compile_phase(model, train, plan, phase or phase_at(0, plan, train), replicas, steps_per_call)
     return model
 
@@ -117,7 +121,8 @@ def compile_phase(
 ) -> None:
     """(Re)compiles `model` for a training phase: the backbone frozen or not, a fresh optimizer at the
     phase's learning rate. Under a strategy, call it in the strategy's scope."""
-    backbone = backbones.backbone_of(model)
+    network = batch_parts.network_of(model)
+    backbone = backbones.backbone_of(network)
     if backbone is not None:
         # Keras 3: a frozen BatchNormalization also runs in inference mode (its moving statistics stay).
         backbone.trainable = phase != FROZEN
@@ -125,7 +130,7 @@ def compile_phase(
     # Adam, whose updates the strategy routes to each replica's copies.
     adam = FusedAdam if replicas == 1 else keras.optimizers.Adam
     optimizer = adam(learning_rate(train, plan, phase))
-    if any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers):
+    if any(layer.dtype_policy.name == "mixed_float16" for layer in network.layers):
         # float16 gradients underflow without loss scaling; Keras adds it only when the global
         # dtype policy (not the layers' own, as here) is mixed_float16.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -387,6 +392,7 @@ def restored_model(
     backup: str,
     strategy: tf.distribute.Strategy,
     steps_per_call: int = 1,
+    parts: int = 1,
 ) -> Tuple[keras.Model, int]:
     """The compiled model, with the backup's training state when there is one; and the step to start
     from. A backup of the fine-tuning phase holds that phase's optimizer (and an unfrozen backbone's
@@ -394,7 +400,7 @@ def restored_model(
     saved = checkpoints.read_state(backup)
     phase = saved.get("phase", phase_at(saved["step"], plan, train)) if saved else phase_at(0, plan, train)
     with strategy.scope():  # the restore may build the optimizer's variables
-        model = compiled_model(image_shape, train, plan, strategy.num_replicas_in_sync, steps_per_call, phase)
+        model = compiled_model(image_shape, train, plan, strategy.num_replicas_in_sync, steps_per_call, phase, parts)
         start = checkpoints.restore(model, backup)
     if start:
         logger.info(
@@ -457,6 +463,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     Other workers write TensorBoard logs and backups to a temporary folder, removed at the end."""
     config = PipelineConfig.from_dict({k: args.custom_config[k] for k in ("data", "train")})
     train = config.train
+    parts = batch_parts.parts_in_this_process(train, tf_config)  # before the first op: it sets TensorFlow's threads
     # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow operation.
     strategy = distribute.strategy_for(train, tf_config)
     distribute.log_strategy(strategy, train)
@@ -477,12 +484,13 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     plan = step_plan(num_train, train)
     steps_per_call = steps_per_execution(plan, train, strategy.num_replicas_in_sync)
     logger.info(
-        "Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d, %s loss",
+        "Training on %d examples: %d epoch(s) x %d steps (%d per call), batch %d%s, %s loss",
         num_train,
         plan["epochs"],
         plan["steps_per_epoch"],
         steps_per_call,
         train.batch_size,
+        f" in {parts} parts side by side, each op on one thread" if parts > 1 else "",
         train.loss,
     )
     eval_split = read_split(args.eval_files, tft_output, image_shape, "eval")
@@ -500,7 +508,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     )
     scratch = None if chief else tempfile.mkdtemp(prefix="triplet-tfx-worker-")
     try:
-        model, start = restored_model(image_shape, train, plan, backup, strategy, steps_per_call)
+        model, start = restored_model(image_shape, train, plan, backup, strategy, steps_per_call, parts)
         total = plan["epochs"] * plan["steps_per_epoch"]
         fit_start, fit_cpu_start = time.time(), time.process_time()
         fit_phases(
@@ -544,7 +552,7 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
             weights_digest(model),
         )
         if chief:
-            export_serving_model(model, tft_output, config, args.serving_model_dir)
+            export_serving_model(batch_parts.network_of(model), tft_output, config, args.serving_model_dir)
             logger.info("Exported the serving model in %.1f s", time.time() - fit_end)
             checkpoints.remove(backup)
     finally:

@@ -1,5 +1,6 @@
 """The network option: `tutorial_cnn` is the tutorial's network, unchanged; `strided` is another one."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -41,7 +42,7 @@ def test_strided_network_shapes_and_parameters():
     # two stride-2 convolutions leave 7x7x64 = 3,136 features; dense 3,136 -> 256 (+256) = 803,072.
     assert net.count_params() == 288 + 128 + 18_432 + 256 + 803_072
     with_dropout = network.build_model((28, 28, 1), 256, dropout=0.2, network="strided")
-    assert [layer.rate for layer in with_dropout.layers if type(layer).__name__ == "Dropout"] == [0.2]
+    assert [layer.rate for layer in with_dropout.layers if isinstance(layer, keras.layers.Dropout)] == [0.2]
 
 
 def test_strided_copy_keeps_batch_norm_statistics():
