@@ -97,16 +97,16 @@ class BatchParts(keras.Model):
 
     def call(self, images, training=None):
         size = tf.shape(images)[0]
-
-        def in_parts():
-            cuts = [size * i // self.parts for i in range(self.parts + 1)]
-            return tf.concat(
-                [self.network(images[cuts[i] : cuts[i + 1]], training=training) for i in range(self.parts)], axis=0
-            )
-
-        # A batch smaller than the parts (a last partial batch) runs whole: oneDNN's convolution
-        # fails on an empty part.
-        return tf.cond(size >= self.parts, in_parts, lambda: self.network(images, training=training))
+        embeddings = []
+        for i in range(self.parts):
+            start, end = size * i // self.parts, size * (i + 1) // self.parts
+            # A part of no example (a batch smaller than the parts) runs on one, its output dropped:
+            # oneDNN's convolution fails on an empty batch. (A tf.cond around the split instead
+            # kept the parts from running side by side.)
+            first = tf.minimum(start, size - 1)
+            part = images[first : tf.maximum(end, first + 1)]
+            embeddings.append(self.network(part, training=training)[: end - start])
+        return tf.concat(embeddings, axis=0)
 
 
 def network_of(model: keras.Model) -> keras.Model:
