@@ -63,6 +63,7 @@ SYNTHETIC_PROFILES = {
             "examples_per_class": 8,
             "augment_shift": 0.1,
             "precision": "mixed_float16",
+            "batch_parts": 3,
             "max_steps": 10,
             "seed": 7,
             "strategy": "multi_worker",
