@@ -291,7 +291,11 @@ def training_batches(split: Split, train: TrainConfig) -> tf.data.Dataset:
             if examples.element_spec[0].shape.is_fully_defined()
             else SHUFFLE_BUFFER
         )
-        batches = examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size)
+        # A static batch size where no batch is short (the batch size divides the split): the step's
+        # graph then knows its shape, and the loss builds one of its two sorting paths.
+        batches = examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True).batch(
+            train.batch_size, drop_remainder=split.size % train.batch_size == 0
+        )
     batches = batches.repeat()
     if train.augment_shift:
         # "nearest" repeats the border, which is background for centred objects such as digits.

@@ -112,6 +112,17 @@ def test_fit_inputs_are_data_sharded_without_an_autotuning_thread():
         assert options.experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
 
 
+def test_shuffled_batches_have_a_static_size_when_none_is_short():
+    """A static batch size lets the step's graph trace one of the loss's sorting paths; a split that
+    the batch size does not divide keeps its short last batch, and so its dynamic size."""
+    for size, static in ((12, True), (10, False)):
+        whole = tf.data.Dataset.from_tensors((np.zeros((size, 28, 28, 1), np.float32), np.arange(size) % 2))
+        batches = trainer.training_batches(trainer.Split.from_whole(whole), TrainConfig(batch_size=4))
+        assert batches.element_spec[0].shape[0] == (4 if static else None)
+        sizes = [len(labels) for _, labels in batches.take(2 * -(-size // 4))]
+        assert sizes == ([4, 4, 4] * 2 if static else [4, 4, 2] * 2)
+
+
 def test_augment_shift_moves_images_within_the_bound():
     image = np.zeros((28, 28, 1), np.float32)
     image[14, 14] = 1.0
