@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 # Elements of one (query block x reference block) distance tile. Each element costs ~12 bytes
 # (float32 distance + int64 sort key) plus transient partition indices: ~100 MB per tile.
@@ -187,7 +188,9 @@ def _in_threads(search: Callable[..., _Block], blocks: List[tuple], threads: int
     if threads <= 1 or len(blocks) <= 1:
         yield from (search(*block) for block in blocks)
         return
-    with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
+    # One BLAS thread per search thread: OpenBLAS's own threads on top of these oversubscribed the
+    # cores (10,000 queries, leave-one-out, 2 CPUs: 1.19-1.44 s instead of 1.54-1.86 s).
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(threads, len(blocks))) as pool:
         yield from pool.map(lambda block: search(*block), blocks)
 
 

@@ -316,3 +316,20 @@ def test_blocks_searched_in_threads_give_the_brute_force_results(threads, monkey
     assert sum(searched) == 120 and len(searched) > 3
     idx, _ = M.nearest_neighbors(x, x, 7, exclude_self=True, block_size=5, threads=threads)
     np.testing.assert_array_equal(idx, order[:, :7])
+
+
+def test_search_threads_keep_blas_to_one_thread_each(monkeypatch):
+    """OpenBLAS's threads on top of the search threads would oversubscribe the cores."""
+    import threadpoolctl
+
+    blas_threads = []
+    knn_keys = M._knn_keys
+
+    def recording(*args, **kwargs):
+        blas_threads.append({p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
+        return knn_keys(*args, **kwargs)
+
+    monkeypatch.setattr(M, "_knn_keys", recording)
+    x, y = clustered(60, 4, 3, seed=2, spread=2.0)
+    M.evaluate_embeddings(x, y, block_size=7, threads=2, clustering=False)
+    assert len(blas_threads) > 1 and all(threads == {1} for threads in blas_threads)
