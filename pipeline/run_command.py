@@ -82,9 +82,10 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True) -> str:
-    """Checks the source and the folders before anything is created; returns what was logged
-    meanwhile. The source check imports TensorFlow, whose native start-up lines belong in the
-    run's log file, which does not exist yet: they go to a scratch log, returned for the real one."""
+    """Checks the source and the folders before anything is created, and sets TensorFlow's threads
+    for the Trainer's batch parts before TensorFlow's first op; returns what was logged meanwhile.
+    Both import TensorFlow, whose native start-up lines belong in the run's log file, which does not
+    exist yet: they go to a scratch log, returned for the real one."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch_log = os.path.join(scratch, "preflight.log")
         with terminal.logged_to_file(scratch_log, verbose):
