@@ -43,3 +43,25 @@ def test_the_console_script_returns_the_commands_code_with_the_heap_frozen_for_e
         done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == expected, done.stdout + done.stderr
         assert int(done.stdout.split()[-1]) > 10_000
+
+
+def test_the_runs_imports_are_made_without_collections_and_frozen_after():
+    """TensorFlow, TFX and Beam's objects live as long as the process: they are imported with the
+    collector off and frozen afterwards, so full collections during the run do not walk them."""
+    import gc
+
+    from triplet_tfx.pipeline import run_command
+
+    was_enabled = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            frozen_before = gc.get_freeze_count()
+            with run_command.long_lived_imports():
+                assert not gc.isenabled()
+                made = [[i] for i in range(5000)]
+            assert gc.get_freeze_count() >= frozen_before + len(made)
+            assert gc.isenabled() is enabled
+            gc.unfreeze()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()

@@ -2,6 +2,7 @@
 approximate (ivf) search index (the exact index is served end to end by photos_e2e_test and
 kubeflow_execute_test)."""
 
+import gc
 import os
 
 import numpy as np
@@ -52,6 +53,7 @@ def pushed_versions(config):
 
 def test_every_component_executed(first_run):
     _, summary = first_run
+    assert gc.get_freeze_count() == 0  # the run unfroze what its imports froze
     assert summary.executions == {name: "COMPLETE" for name in COMPONENTS}
     assert summary.blessed is True
     assert summary.metrics["num_queries"] == 2000
