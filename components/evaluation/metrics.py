@@ -24,12 +24,13 @@ matrix products, so no query x reference matrix larger than one block is ever he
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from triplet_tfx.components import machine
 
 # Elements of one (query block x reference block) distance tile. Each element costs ~12 bytes
 # (float32 distance + int64 sort key) plus transient partition indices: ~100 MB per tile.
@@ -180,7 +181,7 @@ def _iter_query_chunks(n: int, chunk: int) -> Iterable[Tuple[int, int]]:
 
 def default_threads() -> int:
     """Threads of the nearest-neighbour search: this process's CPUs, at most _MAX_THREADS."""
-    return max(1, min(_MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    return max(1, min(_MAX_THREADS, machine.cpu_count()))
 
 
 def _in_threads(search: Callable[..., _Block], blocks: List[tuple], threads: int) -> Iterator[_Block]:

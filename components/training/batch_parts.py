@@ -17,12 +17,12 @@ process of its own), and otherwise the batch trains whole.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict
 
 import keras
 import tensorflow as tf
 
+from triplet_tfx.components import machine
 from triplet_tfx.components.config import TrainConfig
 from triplet_tfx.components.training import distribute
 from triplet_tfx.components.training.network import PER_EXAMPLE_NETWORKS
@@ -32,11 +32,6 @@ logger = logging.getLogger(__name__)
 # `auto` splits the batch on machines of 2 to AUTO_MAX_CPUS CPUs: measured on 2; a larger machine
 # keeps TensorFlow's own threading, whose ops are larger there relative to a core.
 AUTO_MAX_CPUS = 4
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def parts_for(train: TrainConfig, strategy: str, gpus: int, cpus: int) -> int:
@@ -71,7 +66,7 @@ def parts_in_this_process(train: TrainConfig, tf_config: Dict[str, Any]) -> int:
     batch, threads unchanged). Call it before the process's first TensorFlow op."""
     gpus = len(tf.config.list_physical_devices("GPU"))  # lists devices without starting the runtime
     strategy = distribute.choose_strategy(train.strategy, distribute.cluster_tasks(tf_config), gpus)
-    parts = parts_for(train, strategy, gpus, cpu_count())
+    parts = parts_for(train, strategy, gpus, machine.cpu_count())
     if parts > 1 and not single_threaded_ops(parts):
         logger.info(
             "TensorFlow's threads were set before the Trainer started (intra-op %d, inter-op %d): "
