@@ -93,9 +93,20 @@ def calls_at_once() -> int:
     return max(1, threading.get_inter_op_parallelism_threads())
 
 
+def load_model(path: str):
+    """The SavedModel at `path`, loaded once while it is the last one asked for and unchanged: the
+    evaluator and the serving builder of a local run embed with the same Trainer model."""
+    return _loaded(path, tf.io.gfile.stat(os.path.join(path, "saved_model.pb")).mtime_nsec)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded(path: str, _written: int):  # _written: part of the cache key only
+    return tf.saved_model.load(path)
+
+
 def embed(model: Model, serialized: list) -> np.ndarray:
     """Embeddings of serialized raw tf.Examples through the model's serving signature."""
-    serve = tf.saved_model.load(model_path(model)).signatures[SERVING_SIGNATURE]
+    serve = load_model(model_path(model)).signatures[SERVING_SIGNATURE]
 
     def batch(start: int) -> np.ndarray:
         return serve(examples=tf.constant(serialized[start : start + _BATCH]))[EMBEDDING_KEY].numpy()

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from triplet_tfx.components import contract, ivf_index, signatures
 from triplet_tfx.components.contract import EMBEDDING_KEY, SERVING_SIGNATURE
+from triplet_tfx.components.examples_io import load_model
 from triplet_tfx.components.ivf_index import nearest
 from triplet_tfx.components.signatures import read_class_names, write_class_names
 
@@ -175,7 +176,7 @@ def build_serving_model(
     `path`. `reference_names`: the references' class names by class id (a catalog's own), else the
     model's. With an ivf index and `recall_queries` [Q, d], returns its recall@10 against exact
     search (`ivf_index.recall_against_exact`) measured on the very index that is saved; else None."""
-    embedding_model = tf.saved_model.load(embedding_model_path)
+    embedding_model = load_model(embedding_model_path)
     # A served model given again (index refresh): its embedding model alone, not its old index.
     embedding_model = getattr(embedding_model, "embedding_model", embedding_model)
     class_names = read_class_names(embedding_model_path)

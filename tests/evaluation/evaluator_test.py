@@ -120,3 +120,22 @@ def test_class_name_map_and_the_models_class_names(tmp_path):
     signatures.write_class_names(path_utils.serving_model_path(model.uri), ["ant", "bee"])
     assert evaluator.model_class_names(model) == ["ant", "bee"]
     assert os.path.basename(signatures.write_class_names(str(tmp_path / "x"), ["a"])) == contract.CLASS_NAMES_ASSET
+
+
+def test_a_savedmodel_is_loaded_once_until_it_is_written_again(tmp_path):
+    """The evaluator and the serving builder of a local run embed with the same Trainer model: one
+    loading. A model written again at the same path is loaded anew."""
+
+    def write(value: float) -> None:
+        module = tf.Module()
+        module.value = tf.Variable(value)
+        tf.saved_model.save(module, str(tmp_path))
+        stamp = os.stat(tmp_path / "saved_model.pb").st_mtime_ns + 1_000_000_000 * int(value)
+        os.utime(tmp_path / "saved_model.pb", ns=(stamp, stamp))  # a distinct time even on coarse clocks
+
+    write(1.0)
+    first = examples_io.load_model(str(tmp_path))
+    assert examples_io.load_model(str(tmp_path)) is first
+    write(2.0)
+    again = examples_io.load_model(str(tmp_path))
+    assert again is not first and float(again.value.numpy()) == 2.0
