@@ -85,8 +85,9 @@ def check_writable(path: str, flag: str) -> None:
 @contextlib.contextmanager
 def long_lived_imports() -> Iterator[None]:
     """Imports TensorFlow, TFX and Beam with the garbage collector off, then freezes what they made.
-    Their ~800k objects live as long as the process; each full collection walks them all (0.1-0.6 s
-    each, eight in a run) while they are tracked. Refcounting still frees frozen objects; `run_locally`
+    Their ~800k objects live as long as the process; each full collection walks them all (0.05-0.6 s
+    each, ten in a short run) while they are tracked. Only imports belong inside: garbage made here
+    stays until the run ends. Refcounting still frees frozen objects; `run_locally`
     unfreezes them when the run ends."""
     enabled = gc.isenabled()
     gc.disable()
@@ -105,29 +106,27 @@ def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True)
     exist yet: they go to a scratch log, returned for the real one."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch_log = os.path.join(scratch, "preflight.log")
-        with terminal.logged_to_file(scratch_log, verbose), long_lived_imports():
+        with terminal.logged_to_file(scratch_log, verbose):
+            with long_lived_imports():  # the imports alone: a backbone's weights checked below are garbage after
+                from triplet_tfx.components.data.data_sources import catalog_data, check_source
+                from triplet_tfx.components.serving import serving_folder
+                from triplet_tfx.components.training import batch_parts, distribute
+                from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
+
             if training_data and not config.serving.catalog:
                 # The Trainer trains in this process: TensorFlow's threads for its batch parts, set before
                 # the first op. (A --catalog run also embeds its catalog here, with all the cores per op.)
-                from triplet_tfx.components.training import batch_parts, distribute
-
                 batch_parts.parts_in_this_process(config.train, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))
-            from triplet_tfx.components.data.data_sources import catalog_data, check_source
-
             if training_data:  # not for an index refresh, which reads the catalog alone
                 check_source(config.data)  # before TFX loads
             if config.serving.catalog:
                 check_source(catalog_data(config.data, config.serving.catalog))
-            from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
-
             try:  # --backbone-weights: ImageNet weights cached or downloadable now, or a file that loads
                 check_backbone_weights(config.train, config.data.image_shape)
             except BackboneWeightsError as err:  # one line, as the other pre-flight errors
                 raise OutputRootError(str(err)) from None
             check_writable(config.output_root, "--output-root")
             check_writable(config.serving_model_dir, "--serving-dir" if config.serving_dir else "--output-root")
-            from triplet_tfx.components.serving import serving_folder
-
             for line in serving_folder.clean_serving_folder(config.serving_model_dir):
                 logger.warning("Serving folder: %s", line)  # the terminal too: a model server may have noticed
             if "://" not in config.serving_model_dir:

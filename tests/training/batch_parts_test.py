@@ -105,7 +105,7 @@ def test_embedding_batches_at_once_keeps_their_order(monkeypatch):
     class Loaded:
         signatures = {examples_io.SERVING_SIGNATURE: Signature()}
 
-    monkeypatch.setattr(examples_io.tf.saved_model, "load", lambda path: Loaded())
+    monkeypatch.setattr(examples_io, "load_model", lambda path: Loaded())
     monkeypatch.setattr(examples_io, "model_path", lambda model: "model")
     monkeypatch.setattr(examples_io, "calls_at_once", lambda: 3)
     model = type("Model", (), {"id": 1})()
