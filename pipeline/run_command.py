@@ -86,9 +86,8 @@ def check_writable(path: str, flag: str) -> None:
 def long_lived_imports() -> Iterator[None]:
     """Imports TensorFlow, TFX and Beam with the garbage collector off, then freezes what they made.
     Their ~800k objects live as long as the process; each full collection walks them all (0.05-0.6 s
-    each, ten in a short run) while they are tracked. Only imports belong inside: garbage made here
-    stays until the run ends. Refcounting still frees frozen objects; `run_locally`
-    unfreezes them when the run ends."""
+    each, ten in a short run) while they are tracked. Reference counting still frees frozen objects,
+    but not cycles: only imports belong inside. `run_locally` unfreezes everything when the run ends."""
     enabled = gc.isenabled()
     gc.disable()
     try:
