@@ -152,7 +152,14 @@ def run_locally(
     folder; runs the index pipeline instead (pipeline.create_index_pipeline: its --catalog indexed
     anew with that model)."""
     try:
-        return _run_pipeline(config, verbose, data_only, served_model)
+        with contextlib.ExitStack() as standing_by:
+            if served_model is None and not data_only and config.eval.plot == "umap":
+                # The evaluator's UMAP process, started now: it imports its libraries on a core that
+                # start-up and the data components leave idle.
+                from triplet_tfx.components.evaluation.plots import plot_process_on_standby
+
+                standing_by.enter_context(plot_process_on_standby())
+            return _run_pipeline(config, verbose, data_only, served_model)
     finally:
         gc.unfreeze()  # what the imports froze goes back to the collector (tests run many pipelines in one process)
 

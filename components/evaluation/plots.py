@@ -4,11 +4,13 @@ chart, 1-NN confusion heat maps and the worst-retrieval gallery, and how classes
 The 2-D projection is UMAP (umap-learn) on a seeded subsample (default 3000 points), with PCA
 (scikit-learn) when umap-learn cannot be imported or fails; the title says which one was used.
 `EmbeddingPlotProcess` draws it in a process of its own while the caller goes on
-(`python -m triplet_tfx.components.evaluation.plots FOLDER` is that process).
+(`python -m triplet_tfx.components.evaluation.plots FOLDER` is that process), which a local run
+starts early (`plot_process_on_standby`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,9 +67,10 @@ def project_2d(embeddings, method: str = "umap", seed: int = 0) -> Tuple[np.ndar
 
             _cache_umap_compilation(umap)
             # Exact neighbours (self first) instead of UMAP's approximate search: as fast, and it
-            # spares compiling pynndescent's numba code (~10 s per process on 2 cores).
+            # spares compiling pynndescent's numba code (~10 s per process on 2 cores). One thread:
+            # a few thousand points, and the plot's process runs beside the evaluator's own threads.
             n_neighbors = min(15, x.shape[0] - 1)
-            knn = nearest_neighbors(x, x, n_neighbors)
+            knn = nearest_neighbors(x, x, n_neighbors, threads=1)
             reducer = umap.UMAP(
                 n_components=2,
                 n_neighbors=n_neighbors,
@@ -183,10 +186,90 @@ def plot_embedding_2d(
     return {"path": path, "method": used, "num_points": int(len(y))}
 
 
+# The plot's process keeps BLAS and OpenMP (UMAP's spectral start: ARPACK) to one thread: the
+# evaluator's threads use every core meanwhile, and OpenBLAS's threads waiting beside them made that
+# start take seconds on 2 CPUs. Read by each library as it loads.
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class _PlotWorker:
+    """A process of its own for the 2-D projection: ``python -m triplet_tfx.components.evaluation.plots
+    FOLDER [--standby]``. It draws one plot from the inputs put in FOLDER once a line arrives on its
+    stdin; on standby it first imports its libraries and loads UMAP's compiled code (a tiny
+    projection), so that the plot itself is all that is left to do when the line comes."""
+
+    def __init__(self, standby: bool):
+        self.folder = tempfile.mkdtemp(prefix="embedding-2d-")
+        with open(os.path.join(self.folder, "log.txt"), "wb") as log:
+            self.process: Optional[subprocess.Popen] = subprocess.Popen(
+                [sys.executable, "-m", __name__, self.folder] + (["--standby"] if standby else []),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **_ONE_THREAD},
+            )
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, embeddings, labels, options: Dict[str, object]) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        np.savez(os.path.join(self.folder, "inputs.npz"), embeddings=np.asarray(embeddings), labels=np.asarray(labels))
+        with open(os.path.join(self.folder, "options.json"), "w") as f:
+            json.dump(options, f)
+        try:
+            self.process.stdin.write(b"go\n")
+            self.process.stdin.close()
+        except OSError:  # it has ended already: `finish` reads its exit code and log
+            pass
+
+    def finish(self) -> Tuple[int, str, Optional[Dict[str, object]]]:
+        """Waits for the process: (exit code, the end of what it said, its result or None)."""
+        assert self.process is not None
+        code = self.process.wait()
+        with open(os.path.join(self.folder, "log.txt"), errors="replace") as f:
+            said = f.read()[-2000:].strip()
+        drawn = None
+        if code == 0:
+            with open(os.path.join(self.folder, "result.json")) as f:
+                drawn = json.load(f)
+        self.stop()
+        return code, said, drawn
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.process = None
+
+
+_standby: Optional[_PlotWorker] = None  # the worker `plot_process_on_standby` started, until taken
+
+
+@contextlib.contextmanager
+def plot_process_on_standby() -> Iterator[None]:
+    """Starts the 2-D projection's process now, to take its ~2 s of imports and UMAP's compiled code
+    while the caller works on one core (a local run: start-up and the data components); the next
+    `EmbeddingPlotProcess` takes it. Stopped at the end if none did."""
+    global _standby
+    worker = _PlotWorker(standby=True)
+    _standby = worker
+    try:
+        yield
+    finally:
+        if _standby is worker:
+            _standby = None
+            worker.stop()
+
+
 class EmbeddingPlotProcess:
-    """`plot_embedding_2d(embeddings, labels, path, **options)` in a process of its own, started
-    at once; `result()` waits for it and returns the plot's result. As a context manager it stops
-    the process if the caller leaves before asking for the result.
+    """`plot_embedding_2d(embeddings, labels, path, **options)` in a process of its own (`_PlotWorker`,
+    the one on standby if any), started at once; `result()` waits for it and returns the plot's
+    result. As a context manager it stops the process if the caller leaves before asking for it.
 
     UMAP takes seconds of one core (imports, numba code compiled or loaded from numba's cache,
     `_cache_umap_compilation`): in a process of its own that runs while the caller computes the rest
@@ -195,58 +278,65 @@ class EmbeddingPlotProcess:
     the process fail, the plot is drawn here."""
 
     def __init__(self, embeddings, labels, path: str, **options):
+        global _standby
         self._arguments = (embeddings, labels, path)
         self._options = options
         self._drawn: Optional[Dict[str, object]] = None
-        self._process: Optional[subprocess.Popen] = None
+        self._worker: Optional[_PlotWorker] = None
         if options.get("method", "umap") != "umap":
             self._drawn = plot_embedding_2d(embeddings, labels, path, **options)
             return
-        self._folder = tempfile.mkdtemp(prefix="embedding-2d-")
-        np.savez(os.path.join(self._folder, "inputs.npz"), embeddings=np.asarray(embeddings), labels=np.asarray(labels))
-        with open(os.path.join(self._folder, "options.json"), "w") as f:
-            json.dump({"path": path, **options}, f)
-        with open(os.path.join(self._folder, "log.txt"), "wb") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, self._folder], stdout=log, stderr=subprocess.STDOUT
-            )
+        worker, _standby = _standby, None
+        if worker is None or not worker.running():
+            if worker is not None:
+                worker.stop()
+            worker = _PlotWorker(standby=False)
+        self._worker = worker
+        worker.start(embeddings, labels, {"path": path, **options})
 
     def result(self) -> Dict[str, object]:
         if self._drawn is None:
-            assert self._process is not None
-            code = self._process.wait()
-            with open(os.path.join(self._folder, "log.txt"), errors="replace") as f:
-                said = f.read()[-2000:].strip()
-            if code == 0:
+            assert self._worker is not None
+            code, said, drawn = self._worker.finish()
+            if drawn is not None:
                 if said:
                     logger.info("The 2-D projection's process said: %s", said)
-                with open(os.path.join(self._folder, "result.json")) as f:
-                    self._drawn = json.load(f)
+                self._drawn = drawn
             else:
                 logger.warning("The 2-D projection's process failed (exit code %s): %s; drawing it here", code, said)
                 self._drawn = plot_embedding_2d(*self._arguments, **self._options)
-            self._stop()
         return self._drawn
-
-    def _stop(self) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.kill()
-                self._process.wait()
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._process = None
 
     def __enter__(self) -> "EmbeddingPlotProcess":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop()
+        if self._worker is not None:
+            self._worker.stop()
 
 
-def _draw_embedding_2d(folder: str) -> None:
-    """The process of `EmbeddingPlotProcess`: its inputs and options from `folder`, its result there."""
+def _warm_up(folder: str) -> None:
+    """What a first plot costs beyond its own work: the imports, UMAP's compiled code (loaded from
+    numba's cache, or compiled), matplotlib's fonts; a tiny plot, drawn and thrown away."""
+    points = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    logging.disable(logging.WARNING)  # a UMAP that fails says so when the real plot is drawn
+    try:
+        plot_embedding_2d(points, np.arange(60) % 3, os.path.join(folder, "warm-up.png"))
+    except Exception:  # the real plot will meet the same failure and handle it
+        pass
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _draw_embedding_2d(folder: str, standby: bool) -> None:
+    """The process of `_PlotWorker`: its inputs and options from `folder` once a line comes on stdin
+    (none: it ends), its result there."""
     for heavy in ("tensorflow", "keras"):
         sys.modules[heavy] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    if standby:
+        _warm_up(folder)
+    if not sys.stdin.buffer.readline():
+        return
     inputs = np.load(os.path.join(folder, "inputs.npz"))
     with open(os.path.join(folder, "options.json")) as f:
         options = json.load(f)
@@ -458,4 +548,4 @@ def _sorted_class_keys(keys: Sequence[str]) -> List[str]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    _draw_embedding_2d(sys.argv[1])
+    _draw_embedding_2d(sys.argv[1], standby="--standby" in sys.argv[2:])

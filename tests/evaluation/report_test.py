@@ -212,7 +212,7 @@ def test_a_failed_plot_process_is_drawn_here(tmp_path, monkeypatch, caplog):
     x, y = _data(n=60)
     with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="umap") as process:
         drawn = process.result()
-        folder = process._folder
+        folder = process._worker.folder
     assert drawn["method"] == "pca" and drawn["num_points"] == 60
     _decode_png(drawn["path"])
     assert "process failed (exit code 1): no luck" in caplog.text
@@ -223,10 +223,46 @@ def test_leaving_early_stops_the_plot_process(tmp_path, monkeypatch):
     monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "exec sleep 600"))
     x, y = _data(n=60)
     with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="umap") as process:
-        running, folder = process._process, process._folder
+        running, folder = process._worker.process, process._worker.folder
         assert running.poll() is None
     assert running.poll() is not None and not P.os.path.exists(folder)
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.slow
+def test_the_plot_process_on_standby_draws_the_next_plot(tmp_path):
+    pytest.importorskip("umap")
+    x, y = _data(n=300)
+    here = R.plot_embedding_2d(x, y, str(tmp_path / "here.png"), method="umap", max_points=250)
+    with P.plot_process_on_standby():
+        standby = P._standby
+        with R.EmbeddingPlotProcess(x, y, str(tmp_path / "there.png"), method="umap", max_points=250) as process:
+            assert process._worker is standby and P._standby is None
+            there = process.result()
+        assert standby.process is None and not P.os.path.exists(standby.folder)
+    assert there == {**here, "path": str(tmp_path / "there.png")}
+    np.testing.assert_array_equal(_decode_png(there["path"]), _decode_png(here["path"]))
+
+
+def test_a_plot_process_on_standby_that_nothing_asked_for_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "exec sleep 600"))
+    with P.plot_process_on_standby():
+        standby = P._standby
+        running = standby.process
+        assert running.poll() is None
+    assert running.poll() is not None and P._standby is None and not P.os.path.exists(standby.folder)
+
+
+def test_a_plot_process_on_standby_that_ended_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "exit 0"))
+    x, y = _data(n=60)
+    with P.plot_process_on_standby():
+        ended = P._standby
+        ended.process.wait()
+        monkeypatch.setattr(P.sys, "executable", _program(tmp_path, "exec sleep 600"))
+        with R.EmbeddingPlotProcess(x, y, str(tmp_path / "s.png"), method="umap") as process:
+            assert process._worker is not ended and process._worker.process.poll() is None
+        assert ended.process is None and not P.os.path.exists(ended.folder)
 
 
 def test_pca_is_drawn_at_once(tmp_path):
