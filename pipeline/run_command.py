@@ -107,7 +107,7 @@ def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True)
         scratch_log = os.path.join(scratch, "preflight.log")
         with terminal.logged_to_file(scratch_log, verbose):
             with long_lived_imports():  # the imports alone: a backbone's weights checked below are garbage after
-                from triplet_tfx.components.data.data_sources import catalog_data, check_source
+                from triplet_tfx.components.data.data_sources import catalog_data, check_source, start_loading_mnist
                 from triplet_tfx.components.serving import serving_folder
                 from triplet_tfx.components.training import batch_parts, distribute
                 from triplet_tfx.components.training.backbones import BackboneWeightsError, check_backbone_weights
@@ -118,6 +118,8 @@ def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True)
                 batch_parts.parts_in_this_process(config.train, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))
             if training_data:  # not for an index refresh, which reads the catalog alone
                 check_source(config.data)  # before TFX loads
+                if config.data.source_kind == "mnist":
+                    start_loading_mnist()  # for the ExampleGen, beside the imports still to come
             if config.serving.catalog:
                 check_source(catalog_data(config.data, config.serving.catalog))
             try:  # --backbone-weights: ImageNet weights cached or downloadable now, or a file that loads

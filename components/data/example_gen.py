@@ -75,10 +75,17 @@ def _checked(image: np.ndarray, label: int, data: DataConfig, where: str) -> byt
     return data_sources.make_example(image, label)
 
 
-def _mnist_chunk(bounds: Tuple[int, int], split: str, data: DataConfig) -> Iterator[bytes]:
+def _mnist_chunk(bounds: Tuple[int, int], split: str, data: DataConfig) -> List[bytes]:
     images, labels = data_sources.load_mnist()[split]
-    for i in range(*bounds):
-        yield _checked(images[i], labels[i], data, f"mnist {split} example {i}")
+    start, stop = bounds
+    images, labels = images[start:stop], labels[start:stop]
+    # `check_example` of the chunk's first example that fails it (each one, for a wrong shape): it raises.
+    shape_fits = images.shape[1:] == tuple(data.image_shape)
+    failing = np.flatnonzero((labels < 0) | (labels >= data.num_classes)) if shape_fits else [0]
+    for i in failing[:1]:
+        where = f"mnist {split} example {start + i}"
+        data_sources.check_example(images[i], labels[i], data.image_shape, data.num_classes, where)
+    return data_sources.make_examples(images, labels)
 
 
 def _bad_image(err: BadImageError, data: DataConfig) -> Iterator[beam.pvalue.TaggedOutput]:

@@ -84,6 +84,33 @@ def test_make_example_bytes_are_those_of_the_example_built_whole():
         assert data_sources.make_example(image, label) == whole.SerializeToString(deterministic=True)
 
 
+def test_a_batch_is_encoded_to_the_examples_of_each_image_alone():
+    rng = np.random.default_rng(1)
+    for shape in ((28, 28, 1), (5, 3, 3)):
+        images = rng.integers(0, 256, (40,) + shape, dtype=np.uint8)
+        labels = rng.integers(0, 123456789, 40)
+        batch = data_sources.make_examples(images, labels)
+        assert [tf.train.Example.FromString(e) for e in batch] == [
+            tf.train.Example.FromString(data_sources.make_example(image, label)) for image, label in zip(images, labels)
+        ]
+    assert data_sources.make_examples(images[:0], labels[:0]) == []
+
+
+def test_an_mnist_chunk_is_checked_before_it_is_encoded(mnist):
+    data = DataConfig(source="mnist")
+    chunk = example_gen._mnist_chunk((100, 105), "test", data)
+    assert [decode(e)[1] for e in chunk] == mnist["test"][1][100:105].tolist()
+    assert decode(chunk[2])[0] == mnist["test"][0][102].tobytes()
+    fewer = DataConfig(source="mnist", num_classes=3)
+    first = 100 + int(np.flatnonzero(mnist["test"][1][100:200] >= 3)[0])
+    label = mnist["test"][1][first]
+    with pytest.raises(data_sources.DataSourceError, match=rf"mnist test example {first}: label {label} out of range"):
+        example_gen._mnist_chunk((100, 200), "test", fewer)
+    smaller = DataConfig(source="mnist", image_height=14, image_width=14)
+    with pytest.raises(data_sources.DataSourceError, match=r"mnist train example 7: image has shape \(28, 28, 1\)"):
+        example_gen._mnist_chunk((7, 20), "train", smaller)
+
+
 def first_pixel(serialized: bytes) -> int:
     """The first pixel value of an example's image, raw or encoded (decoded by TensorFlow)."""
     image = tf.train.Example.FromString(serialized).features.feature["image"].bytes_list.value[0]

@@ -1,8 +1,10 @@
-"""What `triplet-tfx run` starts early, beside its imports: the evaluator's plot process on standby."""
+"""What `triplet-tfx run` starts early, beside its imports: the evaluator's plot process on standby and
+the loading of MNIST."""
 
 import pytest
 
 from triplet_tfx.components.config import EvalConfig, PipelineConfig
+from triplet_tfx.components.data import data_sources
 from triplet_tfx.components.evaluation import plots
 from triplet_tfx.pipeline import run_command
 
@@ -26,3 +28,11 @@ def test_a_run_that_will_draw_a_umap_plot_starts_its_process_first(tmp_path, mon
     assert plots._standby is None
     if standby is not None:  # stopped when the run ended, since nothing asked for it
         assert standby.process is None and not plots.os.path.exists(standby.folder)
+
+
+def test_mnist_loaded_in_a_thread_is_loaded_once():
+    data_sources._load_mnist.cache_clear()
+    data_sources.start_loading_mnist()
+    mnist = data_sources.load_mnist()  # waits for the thread's load, then takes it from the cache
+    assert data_sources._load_mnist.cache_info().misses == 1
+    assert mnist["train"][0].shape == (60000, 28, 28, 1) and mnist["test"][1][0] == 7
