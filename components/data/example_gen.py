@@ -251,8 +251,9 @@ def _SourceToExamples(
         examples = (
             pipeline | "Chunks" >> beam.Create(chunks) | "Read" >> beam.FlatMap(_mnist_chunk, split_pattern, data)
         )
-        where = f"mnist split {split_pattern!r}"
-    elif kind == "tfds":
+        _fail_if_empty(count, f"mnist split {split_pattern!r}")  # known without counting
+        return examples
+    if kind == "tfds":
         examples, skipped = _read_with_skips(pipeline | "Split" >> beam.Create([split_pattern]), _tfds_split, data)
         examples = examples | "Spread" >> beam.Reshuffle()
         where = f"{data.source} split {split_pattern!r}"
@@ -307,6 +308,16 @@ def _check_all_classes(labels: List[int], data: DataConfig) -> None:
         )
 
 
+def _known_labels(data: DataConfig, split: str) -> Optional[List[int]]:
+    """The sorted distinct labels an output split will hold, where known without reading its examples:
+    MNIST's, from its arrays (within --max-examples, of the split's classes); None for other sources."""
+    if data.source_kind != "mnist":
+        return None
+    labels = np.unique(data_sources.load_mnist()[split_patterns(data)[split]][1][: data.max_examples or None])
+    keep = (data.classes_by_split or {}).get(split)
+    return [int(label) for label in labels if keep is None or label in keep]
+
+
 class _DistinctLabels(beam.CombineFn):
     """The sorted distinct labels of serialized examples. A combiner, so that each bundle sends one
     set on, not every label through a shuffle as `beam.Distinct` does."""
@@ -350,10 +361,14 @@ class SourceExampleGenExecutor(base_example_gen_executor.BaseExampleGenExecutor)
                 | f"CountKept[{split}]" >> beam.combiners.Count.Globally()
                 | f"FailIfNoClassLeft[{split}]" >> beam.Map(_fail_if_no_class_left, split, keep)
             )
-        labels = {
-            split: examples | f"Labels[{split}]" >> beam.CombineGlobally(_DistinctLabels())
-            for split, examples in splits.items()
-        }
+        labels = {}
+        for split, examples in splits.items():
+            known = _known_labels(data, split)
+            labels[split] = (
+                examples | f"Labels[{split}]" >> beam.CombineGlobally(_DistinctLabels())
+                if known is None
+                else pipeline | f"Labels[{split}]" >> beam.Create([known])
+            )
         for split, distinct in labels.items():
             _ = distinct | f"TwoClasses[{split}]" >> beam.Map(_check_classes, split, data)
         if classes is None:

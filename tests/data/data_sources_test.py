@@ -242,6 +242,46 @@ def test_image_folder_is_split_by_hash_into_train_and_eval(tmp_path):
         assert_that(sizes[1] | beam.Map(lambda n: 0 < n < 40), equal_to([True]), label="eval_nonempty")
 
 
+def _generate(data: DataConfig) -> None:
+    from tfx.utils import proto_utils
+
+    component = example_gen.SourceExampleGen(data)
+    exec_properties = {
+        key: proto_utils.proto_to_json(value) if hasattr(value, "DESCRIPTOR") else value
+        for key, value in component.exec_properties.items()
+    }
+    with beam.Pipeline() as pipeline:
+        example_gen.SourceExampleGenExecutor().GenerateExamplesByBeam(pipeline, exec_properties)
+
+
+def test_mnist_labels_are_known_without_reading_its_examples(mnist):
+    for data, split, source_split, count in (
+        (DataConfig(max_examples=7), "train", "train", 7),
+        (DataConfig(max_examples=300, train_classes="0-4", eval_classes="5-9"), "eval", "test", 300),
+        (DataConfig(), "eval", "test", 10000),
+    ):
+        written = example_gen._mnist_chunk((0, count), source_split, data)
+        read = {decode(e)[1] for e in written} & set(
+            data.classes_by_split[split] if data.classes_by_split else range(10)
+        )
+        assert example_gen._known_labels(data, split) == sorted(read)
+    assert example_gen._known_labels(DataConfig(source="tfds:mnist"), "train") is None
+
+
+@pytest.mark.parametrize(
+    "data,problem",
+    [
+        # Both splits fail (MNIST's first digits: a 5 in train, a 7 in eval), in either order.
+        (DataConfig(max_examples=1), r"split '(train|eval)' holds examples of 1 class only \(class (5|7)\)"),
+        (DataConfig(max_examples=100, num_classes=11), r"the examples hold 10 of --num-classes 11 classes"),
+    ],
+    ids=["one-class", "missing-class"],
+)
+def test_mnist_splits_without_their_classes_are_named(data, problem):
+    with pytest.raises(Exception, match=problem):
+        _generate(data)
+
+
 def test_empty_class_folder_and_class_count_mismatch_are_named(tmp_path):
     for name in ("a", "b"):
         _write_png(str(tmp_path / name / "1.png"), np.zeros((28, 28), np.uint8))

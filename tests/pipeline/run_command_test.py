@@ -11,7 +11,12 @@ from triplet_tfx.pipeline import run_command
 
 @pytest.mark.parametrize(
     "plot,how,on_standby",
-    [("umap", {}, True), ("pca", {}, False), ("umap", {"data_only": True}, False), ("umap", {"served_model": "v"}, False)],
+    [
+        ("umap", {}, True),
+        ("pca", {}, False),
+        ("umap", {"data_only": True}, False),
+        ("umap", {"served_model": "v"}, False),
+    ],
     ids=["umap", "pca", "data-only", "index-refresh"],
 )
 def test_a_run_that_will_draw_a_umap_plot_starts_its_process_first(tmp_path, monkeypatch, plot, how, on_standby):
