@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -109,10 +110,13 @@ def evaluate_model(
     reference_embeddings: Optional[np.ndarray],
     reference_labels: Optional[np.ndarray],
     rule: EvalConfig,
+    background: ThreadPoolExecutor,
 ):
-    """(metrics, per-query details, gallery neighbours [Q, k]) of one model's embeddings under the
-    configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn"). One
-    nearest-neighbour search per model: the gallery's neighbours come from the metrics' search."""
+    """(metrics, per-query details, gallery neighbours [Q, k], clustering) of one model's embeddings
+    under the configured protocol. The metrics include the 1-NN confusion matrix ("confusion_1nn").
+    One nearest-neighbour search per model: the gallery's neighbours come from the metrics' search.
+    `clustering` is the metrics' (nmi, ami) to come: K-means in `background`, which runs beside the
+    caller's pictures and files (one core's Python) once the search has used every core."""
     with Progress(f"Nearest neighbours and metrics of model {model.id}", len(query_labels), "queries") as progress:
         result, per_query = metrics.evaluate_embeddings(
             query_embeddings,
@@ -120,10 +124,12 @@ def evaluate_model(
             reference_embeddings,
             reference_labels,
             ks=rule.recall_ks,
+            clustering=False,
             return_per_query=True,
             progress=progress.advance,
             neighbours=GALLERY_NEIGHBOURS,
         )
+    clustering = background.submit(metrics.clustering_scores, query_embeddings, query_labels)
     labels_ = query_labels if reference_embeddings is None else reference_labels
     neighbours = per_query.get("neighbour_indices", np.zeros((len(query_labels), 0), np.int64))
     kept = ~per_query["skipped"] & (per_query["nearest_index"] >= 0)
@@ -133,7 +139,7 @@ def evaluate_model(
         classes=sorted(set(query_labels.tolist()) | set(labels_.tolist())),
     )
     result["confusion_1nn"] = {"classes": [int(c) for c in classes], "counts": counts.tolist()}
-    return result, per_query, neighbours
+    return result, per_query, neighbours, clustering
 
 
 def match_calibration(per_query: Dict, match_precision: float, folder: Optional[str]) -> Dict:
@@ -345,8 +351,14 @@ def EmbeddingEvaluator(
                     )
                 )
             reference_embeddings = embed(evaluated, references) if references is not None else None
-            result, per_query, neighbours = evaluate_model(
-                evaluated, embeddings, query_labels, reference_embeddings, reference_labels, rule
+            result, per_query, neighbours, clustering = evaluate_model(
+                evaluated,
+                embeddings,
+                query_labels,
+                reference_embeddings,
+                reference_labels,
+                rule,
+                running.enter_context(ThreadPoolExecutor(1)),
             )
             result["class_names"] = names
             result.update(match_calibration(per_query, rule.match_precision, folder if role == "candidate" else None))
@@ -384,6 +396,7 @@ def EmbeddingEvaluator(
                     class_names=[names[str(int(v))] for v in query_labels],
                 )
                 scatter.result()
+            result["nmi"], result["ami"] = clustering.result()
             return result
 
     def reuse(source: str, evaluated: Model, role: str) -> Dict:

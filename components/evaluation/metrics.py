@@ -344,19 +344,22 @@ def correct_at_1(
     return (r_ids[idx[:, 0]] == q_ids) & (r_per_query > 0)
 
 
-def _clustering_scores(embeddings: np.ndarray, label_ids: np.ndarray, seed: int, n_init: int):
+def clustering_scores(embeddings, labels, seed: int = 0, n_init: int = 3) -> Tuple[float, float]:
+    """(NMI, AMI) of the labels against a K-means clustering of the embeddings into as many clusters as
+    classes (`evaluate_embeddings`' nmi and ami; scikit-learn's K-means runs outside Python's lock)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
-    present = np.unique(label_ids)
+    embeddings = np.asarray(embeddings, np.float32)
+    present = np.unique(labels)
     n_clusters = int(min(len(present), embeddings.shape[0]))
     if n_clusters < 2:
         # A single class: any clustering into one cluster agrees perfectly.
         return 1.0, 1.0
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed)
     assigned = km.fit_predict(embeddings)
-    nmi = normalized_mutual_info_score(label_ids, assigned)
-    ami = adjusted_mutual_info_score(label_ids, assigned)
+    nmi = normalized_mutual_info_score(labels, assigned)
+    ami = adjusted_mutual_info_score(labels, assigned)
     return float(nmi), float(ami)
 
 
@@ -488,7 +491,7 @@ def evaluate_embeddings(
     metrics["map_at_r"] = mean(map_r)
     metrics["max_r"] = None if max_r is None else int(max_r)
     if clustering and nq >= 1:
-        metrics["nmi"], metrics["ami"] = _clustering_scores(q, q_ids, seed, kmeans_n_init)
+        metrics["nmi"], metrics["ami"] = clustering_scores(q, q_ids, seed, kmeans_n_init)
     else:
         metrics["nmi"], metrics["ami"] = None, None
     per_class = {}

@@ -246,6 +246,9 @@ def test_nmi_ami_match_sklearn():
     assert m["ami"] == pytest.approx(adjusted_mutual_info_score(y, assigned))
     assert m["num_classes"] == 4
     assert m["nmi"] > 0.5  # well separated clusters
+    # On its own (the evaluator runs it beside its pictures), with the labels as given: the same scores.
+    names = np.array(["class " + "abcd"[label] for label in y])
+    assert M.clustering_scores(x, names, seed=3) == pytest.approx((m["nmi"], m["ami"]))
 
 
 def test_perfect_and_all_skipped():
