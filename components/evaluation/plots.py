@@ -230,8 +230,9 @@ class _PlotWorker:
         with open(os.path.join(self.folder, "log.txt"), errors="replace") as f:
             said = f.read()[-2000:].strip()
         drawn = None
-        if code == 0:
-            with open(os.path.join(self.folder, "result.json")) as f:
+        result = os.path.join(self.folder, "result.json")
+        if code == 0 and os.path.exists(result):  # none: it ended before its job came
+            with open(result) as f:
                 drawn = json.load(f)
         self.stop()
         return code, said, drawn
