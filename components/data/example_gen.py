@@ -88,6 +88,12 @@ def _mnist_chunk(bounds: Tuple[int, int], split: str, data: DataConfig) -> List[
     return data_sources.make_examples(images, labels)
 
 
+def _mnist_labels(data: DataConfig, split: str) -> np.ndarray:
+    """The labels of the MNIST examples written from its `split` ("train" or "test"): the first
+    --max-examples of them, or all."""
+    return data_sources.load_mnist()[split][1][: data.max_examples or None]
+
+
 def _bad_image(err: BadImageError, data: DataConfig) -> Iterator[beam.pvalue.TaggedOutput]:
     """A bad image stops the run (raised), or under --on-bad-image skip goes to the skipped output."""
     if data.on_bad_image != "skip":
@@ -245,8 +251,7 @@ def _SourceToExamples(
     kind = data.source_kind
     skipped = None
     if kind == "mnist":
-        count = len(data_sources.load_mnist()[split_pattern][1])
-        count = min(count, limit) if limit else count
+        count = len(_mnist_labels(data, split_pattern))
         chunks = [(s, min(s + _CHUNK, count)) for s in range(0, count, _CHUNK)]
         examples = (
             pipeline | "Chunks" >> beam.Create(chunks) | "Read" >> beam.FlatMap(_mnist_chunk, split_pattern, data)
@@ -313,7 +318,7 @@ def _known_labels(data: DataConfig, split: str) -> Optional[List[int]]:
     MNIST's, from its arrays (within --max-examples, of the split's classes); None for other sources."""
     if data.source_kind != "mnist":
         return None
-    labels = np.unique(data_sources.load_mnist()[split_patterns(data)[split]][1][: data.max_examples or None])
+    labels = np.unique(_mnist_labels(data, split_patterns(data)[split]))
     keep = (data.classes_by_split or {}).get(split)
     return [int(label) for label in labels if keep is None or label in keep]
 
