@@ -100,11 +100,11 @@ def _d2_to_keys(d2: np.ndarray, ref_index: np.ndarray) -> np.ndarray:
 
 
 def _select_k(keys: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest keys of each row (unsorted)."""
+    """The k smallest keys of each row (unsorted). The keys carry their reference index, so they are
+    partitioned themselves: no index array and gather as with an argpartition."""
     if keys.shape[1] <= k:
         return keys
-    part = np.argpartition(keys, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(keys, part, axis=1)
+    return np.partition(keys, k - 1, axis=1)[:, :k]
 
 
 def _merge_candidates(best, d2, threshold, r0, k):
