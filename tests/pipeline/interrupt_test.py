@@ -88,3 +88,36 @@ def test_a_second_signal_exits_at_once():
     completed = subprocess.run([sys.executable, "-c", SIGNALLED_TWICE], capture_output=True, text=True, timeout=60)
     assert completed.stdout == "first signal: KeyboardInterrupt\n"
     assert completed.returncode == 128 + signal.SIGINT
+
+
+DROPPED_IN_A_WEAKREF_CALLBACK = textwrap.dedent("""
+    import os, signal, time, weakref
+    from triplet_tfx.pipeline import cli
+
+    class Thing:
+        pass
+
+    def signalled_inside(_ref):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, in the callback, which drops what it raises
+            pass
+
+    with cli._interruptible():
+        try:
+            thing = Thing()
+            ref = weakref.ref(thing, signalled_inside)
+            del thing
+            time.sleep(10)
+            print("not interrupted", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+""")
+
+
+def test_an_interrupt_that_python_drops_is_raised_again():
+    completed = subprocess.run(
+        [sys.executable, "-c", DROPPED_IN_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=60
+    )
+    assert completed.stdout == "interrupted\n", completed.stderr
+    assert completed.returncode == 0
+    assert "Exception ignored" not in completed.stderr
