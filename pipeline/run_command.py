@@ -14,10 +14,10 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Tuple
 
 from triplet_tfx.components.config import PipelineConfig
+from triplet_tfx.components.signals import ResentWhenDropped
 from triplet_tfx.pipeline import terminal
 
 if TYPE_CHECKING:
@@ -269,58 +269,34 @@ def disk_full(error: BaseException, config: PipelineConfig) -> Optional[str]:
     )
 
 
-# A KeyboardInterrupt that Python dropped is raised again by the same signal this much later, once
-# the code that dropped it has returned.
-INTERRUPT_RESEND_S = 0.05
-
-
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """Ctrl-C and SIGTERM (what Kubernetes and CI send) stop the run cleanly: the first raises
     KeyboardInterrupt in this thread (run_locally marks the run cancelled and releases the lock);
-    a second one exits at once.
-
-    A signal's handler runs wherever the main thread is, and Python drops an exception raised inside
-    a weakref callback or a __del__ method (it reports it to sys.unraisablehook): a SIGTERM during the
-    fit could be lost so, and the run would go on to its end. A dropped KeyboardInterrupt of this
-    handler is raised again: the same signal, sent anew from another thread."""
+    a second one exits at once. A first signal whose KeyboardInterrupt Python drops (raised inside a
+    weakref callback or a __del__ method) is sent again (`signals.ResentWhenDropped`)."""
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {number: signal.getsignal(number) for number in signals}
-    previous_hook = sys.unraisablehook
-    received = []
-    resends = []
 
     def exit_now(number, _frame):
         os._exit(128 + number)
 
     def interrupt(number, _frame):
-        received.append(number)
+        resent.received(number)
         for each in signals:
             signal.signal(each, exit_now)
         raise KeyboardInterrupt
 
-    def dropped(unraisable) -> None:
-        if (
-            received
-            and unraisable.exc_type is KeyboardInterrupt
-            and threading.current_thread() is threading.main_thread()
-        ):
-            for each in signals:
-                signal.signal(each, interrupt)
-            resends.append(threading.Timer(INTERRUPT_RESEND_S, os.kill, (os.getpid(), received[-1])))
-            resends[-1].start()
-        else:
-            previous_hook(unraisable)
+    def arm() -> None:
+        for each in signals:
+            signal.signal(each, interrupt)
 
-    for number in signals:
-        signal.signal(number, interrupt)
-    sys.unraisablehook = dropped
+    resent = ResentWhenDropped((KeyboardInterrupt,), rearm=arm)
+    arm()
     try:
-        yield
+        with resent:
+            yield
     finally:
-        for resend in resends:
-            resend.cancel()
-        sys.unraisablehook = previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
 

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
+from triplet_tfx.components.signals import ResentWhenDropped
 from triplet_tfx.components.training import worker
 
 logger = logging.getLogger(__name__)
@@ -190,21 +191,25 @@ def wait_for(api, namespace: str, name: str, poll_seconds: float) -> Dict[str, A
         time.sleep(poll_seconds)
 
 
-def _exit_on_signal(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 class _TerminateOnSigterm:
-    """KFP stops a cancelled step with SIGTERM: turn it into SystemExit so that the TFJob is deleted."""
+    """KFP stops a cancelled step with SIGTERM: turn it into SystemExit so that the TFJob is deleted
+    (sent again if Python drops the SystemExit: `signals.ResentWhenDropped`)."""
 
     def __enter__(self):
         self._previous = None
+        self._resent = ResentWhenDropped((SystemExit,))
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+            self._previous = signal.signal(signal.SIGTERM, self._exit)
+            self._resent.__enter__()
         return self
+
+    def _exit(self, signum, _frame):
+        self._resent.received(signum)
+        raise SystemExit(128 + signum)
 
     def __exit__(self, *exc):
         if self._previous is not None:
+            self._resent.__exit__(*exc)
             signal.signal(signal.SIGTERM, self._previous)
         return False
 

@@ -7,7 +7,10 @@ and that every API call is granted by kubeflow/tfjob-rbac.yaml.
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
@@ -269,3 +272,34 @@ def test_namespace_defaults_to_the_steps_own(tmp_path, monkeypatch):
     (tmp_path / "namespace").write_text("profile-x\n")
     monkeypatch.setattr(tfjob, "POD_NAMESPACE_FILE", str(tmp_path / "namespace"))
     assert tfjob.default_namespace() == "profile-x"
+
+
+TERMINATED_INSIDE_A_WEAKREF_CALLBACK = textwrap.dedent("""
+    import os, signal, time, weakref
+    from triplet_tfx.components.training import tfjob
+
+    class Thing:
+        pass
+
+    def signalled_inside(_ref):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs here, in the callback, which drops what it raises
+            pass
+
+    try:
+        with tfjob._TerminateOnSigterm():
+            thing = Thing()
+            ref = weakref.ref(thing, signalled_inside)
+            del thing
+            time.sleep(10)
+            print("not stopped", flush=True)
+    except SystemExit as stop:
+        print("stopped", stop.code, flush=True)
+""")
+
+
+def test_a_sigterm_whose_system_exit_python_drops_still_stops_the_wait():
+    completed = subprocess.run(
+        [sys.executable, "-c", TERMINATED_INSIDE_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=120
+    )
+    assert completed.stdout == f"stopped {128 + signal.SIGTERM}\n", completed.stderr
