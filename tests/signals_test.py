@@ -5,6 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh Python processes
+
 SIGNALLED_INSIDE_A_WEAKREF_CALLBACK = textwrap.dedent("""
     import os, signal, sys, time, weakref
     from triplet_tfx.components.signals import ResentWhenDropped

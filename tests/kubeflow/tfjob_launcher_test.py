@@ -298,6 +298,7 @@ TERMINATED_INSIDE_A_WEAKREF_CALLBACK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh Python importing TensorFlow
 def test_a_sigterm_whose_system_exit_python_drops_still_stops_the_wait():
     completed = subprocess.run(
         [sys.executable, "-c", TERMINATED_INSIDE_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=120
