@@ -7,10 +7,7 @@ and that every API call is granted by kubeflow/tfjob-rbac.yaml.
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import textwrap
 
 import pytest
 import yaml
@@ -21,6 +18,9 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from triplet_tfx.components.config import KubeflowConfig, PipelineConfig
 from triplet_tfx.components.training import tfjob, worker
 from triplet_tfx.kubeflow import runner
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+import signalled_in_a_weakref_callback  # noqa: E402  (tests/)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RBAC = os.path.join(REPO, "kubeflow", "tfjob-rbac.yaml")
@@ -274,33 +274,9 @@ def test_namespace_defaults_to_the_steps_own(tmp_path, monkeypatch):
     assert tfjob.default_namespace() == "profile-x"
 
 
-TERMINATED_INSIDE_A_WEAKREF_CALLBACK = textwrap.dedent("""
-    import os, signal, time, weakref
-    from triplet_tfx.components.training import tfjob
-
-    class Thing:
-        pass
-
-    def signalled_inside(_ref):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):  # the handler runs here, in the callback, which drops what it raises
-            pass
-
-    try:
-        with tfjob._TerminateOnSigterm():
-            thing = Thing()
-            ref = weakref.ref(thing, signalled_inside)
-            del thing
-            time.sleep(10)
-            print("not stopped", flush=True)
-    except SystemExit as stop:
-        print("stopped", stop.code, flush=True)
-""")
-
-
 @pytest.mark.slow  # a fresh Python importing TensorFlow
 def test_a_sigterm_whose_system_exit_python_drops_still_stops_the_wait():
-    completed = subprocess.run(
-        [sys.executable, "-c", TERMINATED_INSIDE_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=120
+    completed = signalled_in_a_weakref_callback.run(
+        "from triplet_tfx.components.training import tfjob", "tfjob._TerminateOnSigterm()", "SIGTERM", "SystemExit"
     )
-    assert completed.stdout == f"stopped {128 + signal.SIGTERM}\n", completed.stderr
+    assert completed.stdout == "stopped\n", completed.stderr

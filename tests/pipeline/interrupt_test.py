@@ -14,6 +14,9 @@ from ml_metadata.proto import metadata_store_pb2
 from triplet_tfx.pipeline import cli, recovery, summary
 from triplet_tfx.pipeline.run_lock import RunLock
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+import signalled_in_a_weakref_callback  # noqa: E402  (tests/)
+
 pytestmark = pytest.mark.slow
 
 
@@ -90,34 +93,10 @@ def test_a_second_signal_exits_at_once():
     assert completed.returncode == 128 + signal.SIGINT
 
 
-DROPPED_IN_A_WEAKREF_CALLBACK = textwrap.dedent("""
-    import os, signal, time, weakref
-    from triplet_tfx.pipeline import cli
-
-    class Thing:
-        pass
-
-    def signalled_inside(_ref):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):  # the handler runs here, in the callback, which drops what it raises
-            pass
-
-    with cli._interruptible():
-        try:
-            thing = Thing()
-            ref = weakref.ref(thing, signalled_inside)
-            del thing
-            time.sleep(10)
-            print("not interrupted", flush=True)
-        except KeyboardInterrupt:
-            print("interrupted", flush=True)
-""")
-
-
 def test_an_interrupt_that_python_drops_is_raised_again():
-    completed = subprocess.run(
-        [sys.executable, "-c", DROPPED_IN_A_WEAKREF_CALLBACK], capture_output=True, text=True, timeout=60
+    completed = signalled_in_a_weakref_callback.run(
+        "from triplet_tfx.pipeline import cli", "cli._interruptible()", "SIGTERM", "KeyboardInterrupt"
     )
-    assert completed.stdout == "interrupted\n", completed.stderr
+    assert completed.stdout == "stopped\n", completed.stderr
     assert completed.returncode == 0
     assert "Exception ignored" not in completed.stderr
