@@ -17,16 +17,17 @@ PACKAGE_DIRS = {
     "triplet_tfx.components": "components",
     "triplet_tfx.kubeflow": "kubeflow",
 }
-# Sub-packages (components/data, components/training...) live in their parents' folders.
+# Sub-packages (components/data, components/training...) live in their parents' folders; folders
+# of data files only (the report's templates) are packages too, as setuptools expects of them.
 PACKAGES = [
     f"{name}.{sub}" if sub else name
     for name, folder in PACKAGE_DIRS.items()
-    for sub in [""] + setuptools.find_packages(folder)
+    for sub in [""] + setuptools.find_namespace_packages(folder)
 ]
 
 setuptools.setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIRS,
     # Non-Python files that the code loads: the evaluation report's Jinja2 templates.
-    package_data={"triplet_tfx.components.evaluation": ["templates/*.j2"]},
+    package_data={"triplet_tfx.components.evaluation.templates": ["*.j2"]},
 )

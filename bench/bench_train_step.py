@@ -85,7 +85,7 @@ def _model_and_batches(setting: dict, steps: int):
     from triplet_tfx.components.training import batch_parts, trainer
 
     train = TrainConfig(**{"margin": 0.2, **setting})
-    parts = batch_parts.parts_in_this_process(train, {})  # as the Trainer: before the first op
+    parts = batch_parts.parts_in_this_process(train, "default")  # as the Trainer: before the first op
     rng = np.random.default_rng(0)
     count = 16_384
     images = rng.random((count, *SHAPE), np.float32)

@@ -116,7 +116,8 @@ def preflight(config: PipelineConfig, verbose: bool, training_data: bool = True)
             if training_data and not config.serving.catalog:
                 # The Trainer trains in this process: TensorFlow's threads for its batch parts, set before
                 # the first op. (A --catalog run also embeds its catalog here, with all the cores per op.)
-                batch_parts.parts_in_this_process(config.train, distribute.parse_tf_config(os.environ.get("TF_CONFIG")))
+                tf_config = distribute.parse_tf_config(os.environ.get("TF_CONFIG"))
+                batch_parts.parts_in_this_process(config.train, distribute.chosen_strategy(config.train, tf_config))
             if training_data:  # not for an index refresh, which reads the catalog alone
                 check_source(config.data)  # before TFX loads
                 if config.data.source_kind == "mnist":

@@ -168,7 +168,7 @@ def served_index_recall(
     """Recall@10 against exact search, on the eval queries, of the ivf index that the serving
     settings build over the --index-split examples (None: the index is exact, or a --catalog's, which
     the ServingModelBuilder measures). Metrics stay exact; this says what serving loses."""
-    if serving.catalog:
+    if serving.catalog or serving.index == "exact":
         return None
     references = read_split(examples, serving.index_split)
     if ivf_index.served_kind(serving.index, len(references)) != "ivf":

@@ -17,14 +17,12 @@ process of its own), and otherwise the batch trains whole.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
 
 import keras
 import tensorflow as tf
 
 from triplet_tfx.components import machine
 from triplet_tfx.components.config import TrainConfig
-from triplet_tfx.components.training import distribute
 from triplet_tfx.components.training.network import PER_EXAMPLE_NETWORKS
 
 logger = logging.getLogger(__name__)
@@ -61,11 +59,11 @@ def single_threaded_ops(parts: int) -> bool:
     return True
 
 
-def parts_in_this_process(train: TrainConfig, tf_config: Dict[str, Any]) -> int:
-    """The parts this process trains a batch in, its TensorFlow threads set for them (1: the whole
-    batch, threads unchanged). Call it before the process's first TensorFlow op."""
+def parts_in_this_process(train: TrainConfig, strategy: str) -> int:
+    """The parts this process trains a batch in under `strategy` (`distribute.chosen_strategy`), its
+    TensorFlow threads set for them (1: the whole batch, threads unchanged). Call it before the
+    process's first TensorFlow op."""
     gpus = len(tf.config.list_physical_devices("GPU"))  # lists devices without starting the runtime
-    strategy = distribute.choose_strategy(train.strategy, distribute.cluster_tasks(tf_config), gpus)
     parts = parts_for(train, strategy, gpus, machine.cpu_count())
     if parts > 1 and not single_threaded_ops(parts):
         logger.info(

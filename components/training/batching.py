@@ -13,14 +13,14 @@ literature). Two forms draw them the same way, for the two ways the Trainer hold
 
       whole = batched_examples.rebatch(num_examples).cache()          # one (features, labels) element
       indices = class_balanced_indices(labels, batch_size=64, examples_per_class=8, seed=0)
-      model.fit(gathered_batches(whole, indices), steps_per_epoch=...)
+      model.fit(gathered_batches(whole, indices).prefetch(tf.data.AUTOTUNE), steps_per_epoch=...)
 
 - streamed (``class_balanced_batches``): for splits over the memory budget; every class's examples
   are selected from the input, which is read once per class and pass, and examples travel through
   tf.data one by one (~15x the in-memory form's cost per batch).
 
       ds = tf.data.TFRecordDataset(...).map(parse)            # (features, label), unbatched
-      model.fit(class_balanced_batches(ds, 64, 8, seed=0), steps_per_epoch=...)
+      model.fit(class_balanced_batches(ds, 64, 8, seed=0).prefetch(tf.data.AUTOTUNE), steps_per_epoch=...)
 
 How: one stream of blocks per class (``examples_per_class`` of its examples, in a new random order
 every pass over the class, the leftover of a pass dropped), and ``tf.data.Dataset.choose_from_datasets``
@@ -35,6 +35,7 @@ Notes:
 - A seed makes the stream reproducible: the same seed gives the same batches, and ``.skip(n)``
   gives the batches after the first n (the Trainer's resume).
 - The result is infinite; use ``.take(n)`` or the Trainer's ``steps_per_epoch``.
+- The caller prefetches (after its own maps, such as augmentation), as in the examples above.
 """
 
 from __future__ import annotations
@@ -144,13 +145,9 @@ def class_balanced_indices(
 def gathered_batches(whole: tf.data.Dataset, indices: tf.data.Dataset) -> tf.data.Dataset:
     """The batches of ``whole`` (a dataset of one element: a nest of tensors of all examples, best
     cached) at each vector of ``indices``."""
-    return (
-        tf.data.Dataset.zip(indices, whole.repeat())
-        .map(
-            lambda index, examples: tf.nest.map_structure(lambda x: tf.gather(x, index), examples),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(indices, whole.repeat()).map(
+        lambda index, examples: tf.nest.map_structure(lambda x: tf.gather(x, index), examples),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 
@@ -198,5 +195,4 @@ def class_balanced_batches(
 
         return tf.nest.map_structure(flat, features), flat(labels)
 
-    ds = _balanced_stream(blocks, classes_per_batch, seed).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _balanced_stream(blocks, classes_per_batch, seed).map(merge, num_parallel_calls=tf.data.AUTOTUNE)

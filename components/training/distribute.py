@@ -78,9 +78,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def strategy_for(train: TrainConfig, tf_config: Dict[str, Any]) -> tf.distribute.Strategy:
-    name = choose_strategy(train.strategy, cluster_tasks(tf_config), len(tf.config.list_physical_devices("GPU")))
-    return make_strategy(name)
+def chosen_strategy(train: TrainConfig, tf_config: Dict[str, Any]) -> str:
+    """`choose_strategy` for this process: its cluster (TF_CONFIG, {}: none) and its GPUs (listed
+    without starting TensorFlow's runtime)."""
+    return choose_strategy(train.strategy, cluster_tasks(tf_config), len(tf.config.list_physical_devices("GPU")))
 
 
 def replica_batch_size(train: TrainConfig, replicas: int) -> int:

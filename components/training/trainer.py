@@ -467,9 +467,10 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
     Other workers write TensorBoard logs and backups to a temporary folder, removed at the end."""
     config = PipelineConfig.from_dict({k: args.custom_config[k] for k in ("data", "train")})
     train = config.train
-    parts = batch_parts.parts_in_this_process(train, tf_config)  # before the first op: it sets TensorFlow's threads
+    chosen = distribute.chosen_strategy(train, tf_config)
+    parts = batch_parts.parts_in_this_process(train, chosen)  # before the first op: it sets TensorFlow's threads
     # First: MultiWorkerMirroredStrategy must be created before any other TensorFlow operation.
-    strategy = distribute.strategy_for(train, tf_config)
+    strategy = distribute.make_strategy(chosen)
     distribute.log_strategy(strategy, train)
     chief = distribute.is_chief(tf_config)
     keras.utils.set_random_seed(train.seed)

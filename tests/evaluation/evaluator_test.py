@@ -62,6 +62,7 @@ import io  # noqa: E402
 import os  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -139,3 +140,19 @@ def test_a_savedmodel_is_loaded_once_until_it_is_written_again(tmp_path):
     write(2.0)
     again = examples_io.load_model(str(tmp_path))
     assert again is not first and float(again.value.numpy()) == 2.0
+
+
+def test_the_served_index_recall_reads_the_index_split_only_for_an_ivf_index(tmp_path):
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from triplet_tfx.components.config import ServingConfig
+
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path)
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    os.makedirs(tmp_path / "Split-train")
+    (tmp_path / "Split-train" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"not a gzip file")
+    queries = np.zeros((2, 4), np.float32)
+    assert evaluator.served_index_recall(None, queries, examples, ServingConfig(index="exact")) is None
+    with pytest.raises(tf.errors.DataLossError):  # the split is read for an ivf index
+        evaluator.served_index_recall(None, queries, examples, ServingConfig(index="ivf"))

@@ -128,7 +128,7 @@ def test_threads_are_set_before_the_runtime_starts_and_left_alone_after():
         from triplet_tfx.components.training import batch_parts
         if sys.argv[1] == "late":
             tf.constant(1.0) + 1.0  # the runtime starts
-        parts = batch_parts.parts_in_this_process(TrainConfig(batch_parts=2), {})
+        parts = batch_parts.parts_in_this_process(TrainConfig(batch_parts=2), "default")
         print(parts, tf.config.threading.get_intra_op_parallelism_threads(),
               tf.config.threading.get_inter_op_parallelism_threads(), examples_io.calls_at_once())
         """
