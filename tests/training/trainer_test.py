@@ -12,21 +12,23 @@ from triplet_tfx.components.training import network, trainer
 def test_network_is_the_tutorials():
     net = network.build_model((28, 28, 1), 256)
     kinds = [type(layer).__name__ for layer in net.layers]
+    # Conv2D -> MaxPooling2D(2) pairs as PooledConv2D (pooled_conv_test.py: the same values).
     assert kinds == [
         "InputLayer",
-        "Conv2D",
-        "MaxPooling2D",
+        "PooledConv2D",
         "Dropout16",
-        "Conv2D",
-        "MaxPooling2D",
+        "PooledConv2D",
         "Dropout16",
         "Flatten",
         "Dense",
         "UnitNormalization",
     ]
-    conv1, conv2 = net.layers[1], net.layers[4]
+    conv1, conv2 = net.layers[1], net.layers[3]
     assert (conv1.filters, conv1.kernel_size, conv2.filters, conv2.kernel_size) == (64, (2, 2), 32, (2, 2))
-    assert [net.layers[i].rate for i in (3, 6)] == [0.3, 0.3]
+    assert [(conv.padding, conv.activation.__name__, conv.pool_size) for conv in (conv1, conv2)] == [
+        ("same", "relu", 2)
+    ] * 2
+    assert [net.layers[i].rate for i in (2, 4)] == [0.3, 0.3]
     # Parameters: conv 64*(2*2*1)+64, conv 32*(2*2*64)+32, dense (7*7*32)*256+256.
     assert net.count_params() == (64 * 4 + 64) + (32 * 4 * 64 + 32) + (7 * 7 * 32 * 256 + 256)
 
