@@ -52,6 +52,14 @@ def test_its_configuration_round_trips():
     assert again.activation.__name__ == "relu"
 
 
-def test_channels_first_is_refused():
-    with pytest.raises(ValueError, match="channels_last"):
-        PooledConv2D(8, 2, data_format="channels_first")
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(data_format="channels_first"), "channels_last"),
+        (dict(activation="gelu"), "does not commute"),  # not monotonic: pooling first would change it
+        (dict(pool_size=(2, 2)), "positive int"),
+    ],
+)
+def test_what_it_cannot_compute_alike_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PooledConv2D(8, 2, **kwargs)
