@@ -321,6 +321,7 @@ def test_raw_records_are_counted_without_decoding(tmp_path):
     assert trainer.count_records([path]) == 37
 
 
+@pytest.mark.slow
 def test_a_cached_split_is_counted_and_read_as_decoded_once(tmp_path):
     import tensorflow_transform as tft
     import tiny_training_inputs

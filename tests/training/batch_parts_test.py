@@ -65,6 +65,7 @@ def test_the_batch_in_parts_gives_the_whole_batchs_embeddings_and_gradients(size
     assert batch_parts.network_of(split) is net and batch_parts.network_of(net) is net
 
 
+@pytest.mark.slow
 def test_a_model_in_parts_trains_and_its_backup_resumes_in_parts_or_whole(tmp_path):
     from triplet_tfx.components.training import checkpoints
 

@@ -23,6 +23,7 @@ def _trained_weights(optimizer, steps, learning_rate=1e-3):
     return model.get_weights(), model.optimizer
 
 
+@pytest.mark.slow
 def test_a_training_step_gives_keras_adams_weights():
     # Equal to rounding: the kernel's vectorised arithmetic rounds differently in the last bit.
     expected, _ = _trained_weights(keras.optimizers.Adam, 1)
