@@ -8,10 +8,10 @@ classes only and scores the test images of the other classes: unseen-class quali
 that wins goes into components/config.py PROFILES and is then measured through the pipeline
 with bench/bench_pipeline.py.
 
-  # the recommended profile (flags: TrainConfig's fields)
-  .venv/bin/python bench/train_quality.py --batch-size 256 --examples-per-class 32 --epochs 28 \\
-      --learning-rate 0.002 --lr-schedule cosine --margin 0.2 --dropout 0 --augment-shift 0.05 \\
-      --precision auto
+  # the recommended profile, in float32 (flags: TrainConfig's fields)
+  .venv/bin/python bench/train_quality.py --network strided --batch-size 160 --examples-per-class 32 \\
+      --epochs 12 --learning-rate 0.004 --lr-schedule cosine --margin 0.2 --dropout 0 --augment-shift 0.05 \\
+      --precision float32
 """
 
 import argparse
