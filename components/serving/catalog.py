@@ -35,7 +35,7 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, InferenceResult, Model, ModelBlessing
 
 from triplet_tfx.components import contract
-from triplet_tfx.components.examples_io import model_path
+from triplet_tfx.components.examples_io import EMBED_BATCH, model_path
 from triplet_tfx.components.serving import vector_search
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ VECTOR_SEARCH_DIR = "vector_search"
 EMBEDDING_FEATURE = "embedding"
 COUNT_FILE = "items.json"  # written by the Beam job: {"items": N, "dimension": D}
 ITEMS, DIMENSION, MODEL_URI = "items", "dimension", "model_uri"  # the artifact's properties
-BATCH = 256  # examples per call into the model
 
 
 class CatalogError(ValueError):
@@ -171,7 +170,7 @@ def CatalogEmbedder(
             | "Files" >> beam.Create(files)
             | "Read" >> beam.FlatMap(_records)
             | "Spread" >> beam.Reshuffle()
-            | "Batch" >> beam.BatchElements(min_batch_size=BATCH, max_batch_size=BATCH)
+            | "Batch" >> beam.BatchElements(min_batch_size=EMBED_BATCH, max_batch_size=EMBED_BATCH)
             | "Embed" >> beam.ParDo(_Embed(model_path(model)))
         )
         _ = (

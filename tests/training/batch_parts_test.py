@@ -94,7 +94,7 @@ def test_a_model_in_parts_trains_and_its_backup_resumes_in_parts_or_whole(tmp_pa
 
 def test_embedding_batches_at_once_keeps_their_order(monkeypatch):
     """Several serving calls at once (each op on one thread): the embeddings in the examples' order."""
-    monkeypatch.setattr(examples_io, "_BATCH", 3)
+    monkeypatch.setattr(examples_io, "EMBED_BATCH", 3)
     seen = []
 
     class Signature:
