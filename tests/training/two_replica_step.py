@@ -53,9 +53,12 @@ def main():
     }
     for mining in ("global", "replica"):
         loss, weights = one_step(mirrored, dataclasses.replace(train, mining=mining), initial, images, labels)
+        diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(weights_one, weights)])
         results[mining] = {
             "loss": loss,
-            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights)),
+            "max_weight_diff": float(diffs.max()),
+            "weights_off_by_1e-5": int((diffs > 1e-5).sum()),
+            "weights": int(diffs.size),
         }
     print(json.dumps(results))
 
