@@ -36,9 +36,10 @@ def machine() -> dict:
     except OSError:
         lines = []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
+    units = f" ({vector_units(flags)})" if flags is not None else ""  # no x86 flags line: the name alone
     return {
-        "cpu": f"{names[0]} ({vector_units(flags)})" if names else "unknown CPU",
+        "cpu": names[0] + units if names else "unknown CPU",
         "logical_cpus": len(names) or os.cpu_count(),
         "date": datetime.datetime.now().isoformat(" ", "minutes"),
     }

@@ -25,7 +25,7 @@ _PARSE_BATCH = 1024  # serialized examples parsed per call
 # Images per call into a model: small enough that a network's activations stay in the CPU's caches.
 # The tutorial network's first layer writes 200 KB per 28x28 image: at 1,024 images per call its
 # embedding ran at 7,200 images/s on a 2-core AMD EPYC with AVX2, at 128 at 13,500 (2 calls at once;
-# one at a time 3,600 against 5,700; bench/README.md, "Catalog embedding").
+# one at a time 3,600 against 5,700; bench/README.md, "Images per call into the model").
 EMBED_BATCH = 128
 
 

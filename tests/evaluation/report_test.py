@@ -187,7 +187,6 @@ def test_umap_compiled_code_is_cached_and_projects_the_same(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "first.npy"), np.load(tmp_path / "second.npy"))
 
 
-@pytest.mark.slow
 def _drawn_here(*args, **options):
     """plot_embedding_2d in this process with one BLAS thread, as the plot process runs it: with more,
     OpenBLAS rounds the neighbours' distances differently on some CPUs (seen with AVX2 only), and
@@ -198,6 +197,7 @@ def _drawn_here(*args, **options):
         return R.plot_embedding_2d(*args, **options)
 
 
+@pytest.mark.slow
 def test_the_plot_process_draws_what_plot_embedding_2d_draws(tmp_path):
     pytest.importorskip("umap")
     x, y = _data(n=300)
