@@ -27,7 +27,10 @@ def one_step(strategy, train, initial, images, labels):
     model.set_weights(initial)
     batch = tf.data.Dataset.from_tensors((images, labels)).repeat()
     history = model.fit(batch, epochs=1, steps_per_epoch=1, verbose=0)
-    return history.history["loss"][0], model.get_weights()
+    # After Adam's first step its first moments are (1 - beta_1) * gradient: the gradients themselves,
+    # where the weights' update lr * g / (|g| + eps) hardly depends on their size.
+    gradients = [m.numpy() / (1 - model.optimizer.beta_1) for m in model.optimizer._momentums]
+    return history.history["loss"][0], model.get_weights(), gradients
 
 
 def main():
@@ -46,19 +49,22 @@ def main():
         "replicas": mirrored.num_replicas_in_sync,
         "per_replica_batch": distribute.replica_batch_size(train, mirrored.num_replicas_in_sync),
     }
-    loss_one, weights_one = one_step(tf.distribute.get_strategy(), train, initial, images, labels)
+    loss_one, weights_one, gradients_one = one_step(tf.distribute.get_strategy(), train, initial, images, labels)
     results["one_device"] = {
         "loss": loss_one,
         "max_weight_change": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, initial)),
+        "max_gradient": max(float(np.abs(g).max()) for g in gradients_one),
     }
     for mining in ("global", "replica"):
-        loss, weights = one_step(mirrored, dataclasses.replace(train, mining=mining), initial, images, labels)
+        mined = dataclasses.replace(train, mining=mining)
+        loss, weights, gradients = one_step(mirrored, mined, initial, images, labels)
         diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(weights_one, weights)])
         results[mining] = {
             "loss": loss,
             "max_weight_diff": float(diffs.max()),
             "weights_off_by_1e-5": int((diffs > 1e-5).sum()),
             "weights": int(diffs.size),
+            "max_gradient_diff": max(float(np.abs(a - b).max()) for a, b in zip(gradients_one, gradients)),
         }
     print(json.dumps(results))
 
