@@ -24,8 +24,9 @@ from triplet_tfx.components.progress import Progress
 _PARSE_BATCH = 1024  # serialized examples parsed per call
 # Images per call into a model: small enough that a network's activations stay in the CPU's caches.
 # The tutorial network's first layer writes 200 KB per 28x28 image: at 1,024 images per call its
-# embedding ran at 7,200 images/s on a 2-core AMD EPYC with AVX2, at 128 at 13,500 (2 calls at once;
-# one at a time 3,600 against 5,700; bench/README.md, "Images per call into the model").
+# embedding ran at 7,200 images/s on a 2-core AMD EPYC with AVX2, at 128 at 13,500 (2 calls at once);
+# on one with AVX-512 and twice the L2 cache, 128 runs at 0.85x its best size (512). bench/README.md,
+# "Images per call into the model".
 EMBED_BATCH = 128
 
 
@@ -88,6 +89,12 @@ def model_path(model: Model) -> str:
     return path_utils.serving_model_path(model.uri)
 
 
+def model_label(model: Model) -> str:
+    """How messages name a model: the end of its folder (as `Trainer/model/8`), which the run's
+    output tree shows; TFX's artifact id appears in no path."""
+    return "/".join(model.uri.rstrip("/").split("/")[-3:])
+
+
 def calls_at_once() -> int:
     """Batches to run through TensorFlow at once: one per inter-op thread when each op runs on one
     thread (as a Trainer that splits its batches sets the process up: training/batch_parts.py), else
@@ -118,7 +125,7 @@ def embed(model: Model, serialized: list) -> np.ndarray:
 
     batches = []
     with (
-        Progress(f"Embedding with model {model.id}", len(serialized), "examples") as progress,
+        Progress(f"Embedding with model {model_label(model)}", len(serialized), "examples") as progress,
         ThreadPoolExecutor(calls_at_once()) as pool,
     ):
         for embeddings in pool.map(batch, range(0, len(serialized), EMBED_BATCH)):

@@ -48,7 +48,7 @@ from triplet_tfx.components.contract import (
 )
 from triplet_tfx.components.evaluation import calibration, metrics, report, retrievals
 from triplet_tfx.components.evaluation.report import verdict_line
-from triplet_tfx.components.examples_io import embed, parse_examples, read_split
+from triplet_tfx.components.examples_io import embed, model_label, parse_examples, read_split
 from triplet_tfx.components.progress import Progress
 from triplet_tfx.components.signatures import read_class_names
 
@@ -117,7 +117,9 @@ def evaluate_model(
     One nearest-neighbour search per model: the gallery's neighbours come from the metrics' search.
     `clustering` is the metrics' (nmi, ami) to come: K-means in `background`, which runs beside the
     caller's pictures and files (one core's Python) once the search has used every core."""
-    with Progress(f"Nearest neighbours and metrics of model {model.id}", len(query_labels), "queries") as progress:
+    with Progress(
+        f"Nearest neighbours and metrics of model {model_label(model)}", len(query_labels), "queries"
+    ) as progress:
         result, per_query = metrics.evaluate_embeddings(
             query_embeddings,
             query_labels,
@@ -432,7 +434,7 @@ def EmbeddingEvaluator(
     if already_pushed:
         blessed = False
         reasons.append(
-            f"model {model.id} is already the model in production (blessed and pushed by an "
+            f"model {model_label(model)} is already the model in production (blessed and pushed by an "
             f"earlier run): nothing new to push"
         )  # metrics.json's and the report's notes
 

@@ -142,6 +142,16 @@ def test_a_savedmodel_is_loaded_once_until_it_is_written_again(tmp_path):
     assert again is not first and float(again.value.numpy()) == 2.0
 
 
+def test_messages_name_a_model_by_the_end_of_its_folder():
+    """The folder a user finds in the run's output tree, not TFX's artifact id (which differs from
+    the execution id in the path)."""
+    from tfx.types.standard_artifacts import Model
+
+    model = Model()
+    model.uri, model.id = "/runs/pipelines/triplet-mnist/Trainer/model/8/", 7
+    assert examples_io.model_label(model) == "Trainer/model/8"
+
+
 def test_the_served_index_recall_reads_the_index_split_only_for_an_ivf_index(tmp_path):
     from tfx.types import artifact_utils, standard_artifacts
 
