@@ -109,7 +109,7 @@ def test_embedding_batches_at_once_keeps_their_order(monkeypatch):
     monkeypatch.setattr(examples_io, "load_model", lambda path: Loaded())
     monkeypatch.setattr(examples_io, "model_path", lambda model: "model")
     monkeypatch.setattr(examples_io, "calls_at_once", lambda: 3)
-    model = type("Model", (), {"id": 1})()
+    model = type("Model", (), {"uri": "/runs/Trainer/model/2"})()
     out = examples_io.embed(model, [str(i).encode() for i in range(10)])
     np.testing.assert_array_equal(out, [[i, -i] for i in range(10)])
     assert sorted(len(batch) for batch in seen) == [1, 3, 3, 3]
