@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_SIZES = [32, 128, 512, 1024, 2048, 4096, 8192]
 TFA_PACKAGES = ["tensorflow-cpu==2.15.1", "tensorflow-addons==0.23.0"]
-DEFAULT_TFA_PYTHON = "/root/.pyenv/versions/3.10.13/bin/python3.10"
+DEFAULT_TFA_PYTHON = sys.executable  # `-m venv` from a venv's Python builds on its base interpreter
 
 
 # --------------------------------------------------------------------------- worker

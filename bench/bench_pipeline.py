@@ -11,10 +11,10 @@ included), each component's wall time from ML Metadata (creation to last update 
 execution) and whether it was cached, and the Trainer's fit (wall and CPU) and after-fit times
 from the run's log file ("Fit in ...", "Exported the serving model in ..."). With --tutorial, the
 tutorial notebook (`bench/tfa_tutorial.py`, in the TensorFlow Addons environment
-`bench/.tfa-venv` that bench_losses.py creates) runs before and after, and the ratios are to the
+`bench/.tfa-venv`, created on first use as bench_losses.py creates it) runs before and after, and the ratios are to the
 mean of its two runs: this machine's speed drifts within minutes, and CPU time (user + system,
-all threads) shows the work done whatever else the machine runs. Without that environment, --tutorial
-says so and runs the main job alone.
+all threads) shows the work done whatever else the machine runs. Where that environment cannot be
+created (no PyPI access), --tutorial says so and runs the main job alone.
 """
 
 import argparse
@@ -26,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+import bench_losses
 import bench_summary
 
 from triplet_tfx.components.data.data_sources import mnist_pickle_path
@@ -94,6 +96,20 @@ def newest_log(root: str) -> str:
     return os.path.join(folder, max(os.listdir(folder)))
 
 
+def tutorial_environment(python: str):
+    """None when the tutorial notebook can run with `python`, else why not. The default environment
+    is created on first use, as bench_losses.py creates it (`make bench` runs this script first)."""
+    if os.path.exists(python):
+        return None
+    if python != TUTORIAL_PYTHON:
+        return f"{python} is missing"
+    try:
+        bench_losses.ensure_tfa_venv(Path(TUTORIAL_PYTHON).parent.parent, bench_losses.DEFAULT_TFA_PYTHON)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"creating {Path(TUTORIAL_PYTHON).parent.parent} failed ({e}); it needs PyPI access once"
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -105,12 +121,8 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH, for bench_summary.py")
     parser.add_argument("run_flags", nargs="*", help="flags for `triplet-tfx run` (after --)")
     args = parser.parse_args()
-    tutorial_note = None if args.tutorial else "not run (bench_pipeline.py without --tutorial)"
-    if args.tutorial and not os.path.exists(args.tutorial_python):
-        tutorial_note = (
-            f"{args.tutorial_python} is missing; `.venv/bin/python bench/bench_losses.py --sizes 32` creates it "
-            "(needs PyPI access once)"
-        )
+    tutorial_note = tutorial_environment(args.tutorial_python) if args.tutorial else "not run (without --tutorial)"
+    if tutorial_note:
         print(f"Tutorial notebook unavailable: {tutorial_note}", file=sys.stderr)
     measured = bench_summary.machine()
     root = tempfile.mkdtemp(prefix="triplet-tfx-bench-")
