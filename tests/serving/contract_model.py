@@ -3,7 +3,7 @@
 Not the project's model (that is components/training/export.py): a fixed random projection of
 the pixels stands in for the network, so that the client, the stand-in servers and the CLI can
 be tested in seconds. The contract (input/output names, dtypes, shapes) is the one in
-/work/wt/serve-client-notes.md:
+docs/serving.md, "Signatures of the pushed model":
 
   serving_default: examples tf.string [None]        -> embedding float32 [None, D]
   embed_images:    images   tf.string [None]        -> embedding
