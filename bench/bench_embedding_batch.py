@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 import time
@@ -57,7 +58,11 @@ def main() -> int:
 
     model, examples = Model(), Examples()
     model.uri, model.id = model_uri, 0
-    examples.uri, examples.split_names = examples_uri, '["train", "eval"]'
+    examples.uri = examples_uri
+    splits = [os.path.basename(d)[len("Split-") :] for d in glob.glob(os.path.join(examples_uri, "Split-*"))]
+    if args.split not in splits:
+        raise SystemExit(f"--split {args.split}: {examples_uri} has the splits {', '.join(sorted(splits))}")
+    examples.split_names = json.dumps(splits)
     serialized = examples_io.read_split(examples, args.split)[: args.count]
     examples_io.embed(model, serialized[:1024])  # loads the model, traces the signature
     best = {size: 0.0 for size in sizes}
