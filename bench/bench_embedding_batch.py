@@ -44,24 +44,24 @@ def main() -> int:
     pipelines = os.path.join(args.run_dir, "pipelines", "*")
     model_uri = _newest(os.path.join(pipelines, "Trainer", "model", "*"))
     examples_uri = _newest(os.path.join(pipelines, "SourceExampleGen", "examples", "*"))
+    splits = [os.path.basename(d)[len("Split-") :] for d in glob.glob(os.path.join(examples_uri, "Split-*"))]
+    if args.split not in splits:
+        raise SystemExit(f"--split {args.split}: {examples_uri} has the splits {', '.join(sorted(splits))}")
 
     import triplet_tfx.pipeline  # noqa: F401  (pins the Keras flavour before TensorFlow loads)
 
     # isort: split
-    import tensorflow as tf
     from tfx.types.standard_artifacts import Examples, Model
 
-    if args.threads == "parts":
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(2)
     from triplet_tfx.components import examples_io
+    from triplet_tfx.components.training import batch_parts
+
+    if args.threads == "parts":
+        batch_parts.single_threaded_ops(2)  # as a Trainer that splits its batches in two leaves them
 
     model, examples = Model(), Examples()
-    model.uri, model.id = model_uri, 0
+    model.uri = model_uri
     examples.uri = examples_uri
-    splits = [os.path.basename(d)[len("Split-") :] for d in glob.glob(os.path.join(examples_uri, "Split-*"))]
-    if args.split not in splits:
-        raise SystemExit(f"--split {args.split}: {examples_uri} has the splits {', '.join(sorted(splits))}")
     examples.split_names = json.dumps(splits)
     serialized = examples_io.read_split(examples, args.split)[: args.count]
     examples_io.embed(model, serialized[:1024])  # loads the model, traces the signature

@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_SIZES = [32, 128, 512, 1024, 2048, 4096, 8192]
 TFA_PACKAGES = ["tensorflow-cpu==2.15.1", "tensorflow-addons==0.23.0"]
+TFA_VENV = HERE / ".tfa-venv"  # the TensorFlow Addons environment (bench_pipeline.py's notebook too)
 DEFAULT_TFA_PYTHON = sys.executable  # `-m venv` from a venv's Python builds on its base interpreter
 
 
@@ -162,7 +163,7 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--tfa-max", type=int, default=1024)
     p.add_argument("--no-tfa", action="store_true")
-    p.add_argument("--tfa-venv", type=Path, default=HERE / ".tfa-venv")
+    p.add_argument("--tfa-venv", type=Path, default=TFA_VENV)
     p.add_argument("--tfa-python", default=os.environ.get("TFA_PYTHON", DEFAULT_TFA_PYTHON))
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", type=Path, help="also write the raw results here")

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import bench_losses
 import bench_summary
@@ -36,7 +35,7 @@ from triplet_tfx.pipeline import cli, summary, terminal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL_SCRIPT = os.path.join(REPO, "bench", "tfa_tutorial.py")
-TUTORIAL_PYTHON = os.path.join(REPO, "bench", ".tfa-venv", "bin", "python")
+TUTORIAL_PYTHON = str(bench_losses.TFA_VENV / "bin" / "python")
 
 
 def timed(command, **kwargs):
@@ -104,9 +103,9 @@ def tutorial_environment(python: str):
     if python != TUTORIAL_PYTHON:
         return f"{python} is missing"
     try:
-        bench_losses.ensure_tfa_venv(Path(TUTORIAL_PYTHON).parent.parent, bench_losses.DEFAULT_TFA_PYTHON)
+        bench_losses.ensure_tfa_venv(bench_losses.TFA_VENV, bench_losses.DEFAULT_TFA_PYTHON)
     except (OSError, subprocess.CalledProcessError) as e:
-        return f"creating {Path(TUTORIAL_PYTHON).parent.parent} failed ({e}); it needs PyPI access once"
+        return f"creating {bench_losses.TFA_VENV} failed ({e}); it needs PyPI access once"
     return None
 
 
