@@ -100,7 +100,6 @@ def _model_and_batches(setting: dict, steps: int):
 def step_flops(net, batch_size: int) -> int:
     """FLOP of one training step, by TensorFlow's profiler on the step's graph."""
     tf = _tensorflow()
-    net.optimizer.build(net.trainable_variables)
 
     @tf.function
     def step(images, labels):

@@ -1,6 +1,9 @@
-"""components/machine.py: the CPUs this process may run on."""
+"""components/machine.py: the CPUs this process may run on, their flags, the BLAS kernels named by them."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -24,3 +27,44 @@ def test_without_an_affinity_mask_the_count_is_the_machines(monkeypatch):
     assert machine.cpu_count() == 6
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert machine.cpu_count() == 1
+
+
+AVX512_SKYLAKE = {"sse3", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+
+
+def test_blas_kernels_are_named_by_the_avx512_subsets_they_use():
+    assert machine.blas_core_type(AVX512_SKYLAKE) == "SkylakeX"
+    assert machine.blas_core_type(AVX512_SKYLAKE | {"avx512_bf16"}) == "Cooperlake"
+    # Without every subset the SkylakeX kernels use (a Xeon Phi has no avx512bw), or without AVX-512
+    # at all, OpenBLAS's own choice stands.
+    assert machine.blas_core_type(AVX512_SKYLAKE - {"avx512bw"}) is None
+    assert machine.blas_core_type({"sse3", "avx", "avx2", "fma"}) is None
+    assert machine.blas_core_type(set()) is None
+
+
+def test_cpu_flags_are_the_proc_cpuinfo_flags_line():
+    if not os.path.exists("/proc/cpuinfo"):
+        assert machine.cpu_flags() == set()
+        return
+    with open("/proc/cpuinfo") as cpuinfo:
+        first = next(line for line in cpuinfo if line.startswith("flags"))
+    assert machine.cpu_flags() >= set(first.split(":", 1)[1].split())
+
+
+def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
+    """In a fresh process, importing the package (as every entry point does first) sets
+    OPENBLAS_CORETYPE by the CPU's flags, early enough that NumPy's OpenBLAS runs those kernels."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import json, os, triplet_tfx.pipeline, numpy, threadpoolctl\n"
+        "print(json.dumps([os.environ.get('OPENBLAS_CORETYPE'), "
+        "[i.get('architecture') for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    core_type, architectures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert core_type == machine.blas_core_type(machine.cpu_flags())
+    assert architectures  # NumPy's OpenBLAS is loaded
+    if core_type is not None:
+        assert {a.lower() for a in architectures} == {core_type.lower()}

@@ -97,12 +97,11 @@ def read_state(directory: str) -> Optional[Dict[str, Any]]:
 
 def restore(model: keras.Model, directory: str) -> int:
     """Loads the latest backup into the compiled `model` (compiled for the backup's phase: see
-    read_state); returns its step (0: none)."""
+    read_state; `trainer.compile_phase` builds the optimizer's slots that it loads); returns its step
+    (0: none)."""
     state = read_state(directory)
     if state is None:
         return 0
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)  # its slots must exist to be loaded
     holder = _holder(model)
     holder.load_weights(posixpath.join(directory, state["weights"]))
     for variable, value in zip(_state_variables(holder), state["non_trainable"]):

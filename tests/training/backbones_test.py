@@ -275,7 +275,6 @@ def test_frozen_backups_leave_the_backbone_to_the_weights_file(tmp_path):
     """latest.json keeps only the random-generator states: a frozen backbone's (non-trainable) weights
     are in the weights file, not in JSON."""
     model = trainer.compiled_model(SHAPE, FREEZE, PLAN)
-    model.optimizer.build(model.trainable_variables)
     checkpoints.save(model, str(tmp_path), 1, {"phase": "frozen"})
     state = checkpoints.read_state(str(tmp_path))
     assert state["phase"] == "frozen" and os.path.getsize(tmp_path / checkpoints.LATEST) < 10_000

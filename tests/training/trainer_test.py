@@ -58,6 +58,26 @@ def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
 
+def test_the_first_step_creates_no_variables():
+    """compile builds Adam's slots: a variable created while tf.function traces the step makes it
+    trace the whole step a second time."""
+    train = TrainConfig(embedding_dim=16)
+    plan = {"epochs": 1, "steps_per_epoch": 2}
+    net = trainer.compiled_model((28, 28, 1), train, plan)
+    assert len(net.optimizer.variables) == 2 + 2 * len(net.trainable_variables)  # iterations, rate, m, v
+    created = []
+
+    def record(next_creator, **kwargs):
+        created.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    rng = np.random.default_rng(0)
+    batches = tf.data.Dataset.from_tensor_slices((rng.random((64, 28, 28, 1), np.float32), np.arange(64) % 4))
+    with tf.variable_creator_scope(record):
+        net.fit(batches.batch(32), epochs=1, steps_per_epoch=2, verbose=0)
+    assert created == [] and int(net.optimizer.iterations.numpy()) == 2
+
+
 @pytest.mark.slow
 def test_several_steps_per_call_train_as_one_step_per_call(tmp_path, monkeypatch):
     """Steps per execution change how often Python runs, not the training: the same batches, the same
