@@ -13,8 +13,8 @@ anchor-positive pairs, ``-1/P`` spread over the selected negatives, TFA's tie ru
 closed-form gradient (one matmul; only the B x B output is kept for the backward pass).
 On CPU outside XLA, batches above 64 sort with NumPy (``tf.numpy_function``; TensorFlow's CPU
 sort is 5-10x slower) and mine the rows in blocks of ``_CHUNK_ELEMENTS`` entries, which bounds
-the working memory; under XLA or with a GPU, ``tf.sort`` and one block (``sorting.SORT_IMPL`` /
-``TRIPLET_TFX_SORT`` = ``"auto"``, ``"tf"`` or ``"numpy"`` overrides the choice). Keras 3 compiles
+the working memory; under XLA or with a GPU, ``tf.sort`` and one block (``sorting.SORT_IMPL`` =
+``"auto"``, ``"tf"`` or ``"numpy"`` overrides the choice). Keras 3 compiles
 ``model.fit``'s step with XLA by default on TensorFlow, where the sort and the row cumsum are
 slower on CPU: for large batches on CPU, ``model.compile(..., jit_compile=False)`` is faster.
 """

@@ -5,12 +5,10 @@ bits), a same-label flag and the column, so that at equal distance negatives com
 sorted layout gives back, in sorted order, the columns, the distances, the negative flags and
 the ids of the groups of tied negatives. On CPU outside XLA, TensorFlow's sort is 5-10x slower
 than NumPy's, so there the rows are sorted with NumPy (``tf.numpy_function``); ``SORT_IMPL``
-(``TRIPLET_TFX_SORT``) overrides the choice and is read at call time.
+overrides the choice (tests and benchmarks set it) and is read at call time.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -36,7 +34,7 @@ def _float_from_sortable(keys):
 # TensorFlow's CPU sort (TopKV2 with k = n, an indirect std::sort) is ~5-10x slower than NumPy's
 # vectorised sort, and the sort dominates the semi-hard mining. Under XLA (Keras 3 compiles the
 # train step with XLA by default) or with a GPU present, tf.sort is used.
-SORT_IMPL = os.environ.get("TRIPLET_TFX_SORT", "auto")
+SORT_IMPL = "auto"
 
 
 def use_numpy_sort() -> bool:
