@@ -31,8 +31,8 @@ def blas_core_type(flags: Set[str]) -> Optional[str]:
     None where OpenBLAS's own choice is to stand. NumPy 1.26's OpenBLAS (0.3.23) picks kernels by
     CPU model and falls back to its slowest ones (Prescott: SSE3) on models newer than its table,
     such as an Intel Xeon of family 6 model 207: there the evaluator's exact k-NN took 1.6x as
-    long (bench/README.md). AVX-512 CPUs it knows (Skylake-SP to Sapphire Rapids, AMD Zen 4) get
-    these same float32 kernels."""
+    long (bench/README.md). For the AVX-512 CPUs in its table it chooses by the same flags (and
+    with AMX its Sapphire Rapids kernels, whose float32 products are these)."""
     if not _AVX512_KERNEL_FLAGS <= flags:
         return None
     return "Cooperlake" if "avx512_bf16" in flags else "SkylakeX"
