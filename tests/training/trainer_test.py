@@ -58,6 +58,23 @@ def test_steps_per_execution_divides_the_epoch_and_the_backup_interval():
     assert trainer.steps_per_execution({"epochs": 5, "steps_per_epoch": 1875}, TrainConfig(), replicas=2) == 1
 
 
+@pytest.mark.parametrize(
+    "size, batches, shapes",
+    [(70, 2, [32, 32]), (64, 2, [32, 32]), (10, 1, [10]), (0, 0, [])],
+)
+def test_validation_batches_have_the_training_batch_size(size, batches, shapes):
+    """Whole batches of the training batch size, of a static size (the short last one left out)
+    unless a short batch is all there is."""
+    images = np.arange(size * 4, dtype=np.float32).reshape(size, 2, 2, 1)
+    split = trainer.Split(tf.data.Dataset.from_tensor_slices((images, np.arange(size))), size)
+    data, examples = trainer.validation_data(split, 32)
+    assert int(data.cardinality()) == batches and examples == sum(shapes)
+    assert data.element_spec[0].shape[0] == (32 if size >= 32 else None)
+    seen = [labels.numpy().tolist() for _, labels in data]
+    assert [len(labels) for labels in seen] == shapes
+    assert sum(seen, []) == list(range(sum(shapes)))  # in order, the first examples
+
+
 def test_the_first_step_creates_no_variables():
     """compile builds Adam's slots: a variable created while tf.function traces the step makes it
     trace the whole step a second time."""
