@@ -51,12 +51,11 @@ def test_cpu_flags_are_the_proc_cpuinfo_flags_line():
     assert machine.cpu_flags() >= set(first.split(":", 1)[1].split())
 
 
-def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
-    """In a fresh process, importing the package (as every entry point does first) sets
-    OPENBLAS_CORETYPE by the CPU's flags, early enough that NumPy's OpenBLAS runs those kernels."""
+def _blas_in_a_fresh_process(imports: str):
+    """OPENBLAS_CORETYPE and NumPy's OpenBLAS kernels in a fresh process after `imports`."""
     pytest.importorskip("threadpoolctl")
     code = (
-        "import json, os, triplet_tfx.pipeline, numpy, threadpoolctl\n"
+        f"import json, os, threadpoolctl\n{imports}\n"
         "print(json.dumps([os.environ.get('OPENBLAS_CORETYPE'), "
         "[i.get('architecture') for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']]))"
     )
@@ -64,7 +63,21 @@ def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     core_type, architectures = json.loads(run.stdout.strip().splitlines()[-1])
-    assert core_type == machine.blas_core_type(machine.cpu_flags())
     assert architectures  # NumPy's OpenBLAS is loaded
+    return core_type, {a.lower() for a in architectures}
+
+
+def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
+    """Importing the package first (as every entry point does) sets OPENBLAS_CORETYPE by the CPU's
+    flags, early enough that NumPy's OpenBLAS runs those kernels."""
+    core_type, architectures = _blas_in_a_fresh_process("import triplet_tfx.pipeline, numpy")
+    assert core_type == machine.blas_core_type(machine.cpu_flags())
     if core_type is not None:
-        assert {a.lower() for a in architectures} == {core_type.lower()}
+        assert architectures == {core_type.lower()}
+
+
+def test_after_numpy_the_package_leaves_the_blas_kernels_to_openblas():
+    """Too late for the process that loaded NumPy first: the variable stays unset, so that the
+    processes it starts run its kernels, not others."""
+    core_type, _ = _blas_in_a_fresh_process("import numpy, triplet_tfx.pipeline")
+    assert core_type is None
