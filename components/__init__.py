@@ -1,7 +1,6 @@
 """Code that runs inside the pipeline's components: data sources, preprocessing, model, losses, evaluation."""
 
 import os
-import sys
 
 from triplet_tfx.components import machine
 
@@ -11,8 +10,6 @@ os.environ["TF_USE_LEGACY_KERAS"] = "0"
 
 # Before NumPy loads its OpenBLAS (read once, at load): kernels by the CPU's instruction sets, where
 # OpenBLAS would pick them by a model table that newer CPUs are missing from (machine.blas_core_type).
-# Where NumPy is loaded already, too late for this process, it is left alone: the processes this one
-# starts (the evaluator's plot process) then run the kernels it runs, and draw the same pictures.
 _blas_core_type = machine.blas_core_type(machine.cpu_flags())
-if _blas_core_type and "numpy" not in sys.modules:
+if _blas_core_type:
     os.environ.setdefault("OPENBLAS_CORETYPE", _blas_core_type)

@@ -74,10 +74,3 @@ def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
     assert core_type == machine.blas_core_type(machine.cpu_flags())
     if core_type is not None:
         assert architectures == {core_type.lower()}
-
-
-def test_after_numpy_the_package_leaves_the_blas_kernels_to_openblas():
-    """Too late for the process that loaded NumPy first: the variable stays unset, so that the
-    processes it starts run its kernels, not others."""
-    core_type, _ = _blas_in_a_fresh_process("import numpy, triplet_tfx.pipeline")
-    assert core_type is None
