@@ -2,7 +2,7 @@
 
 ``write_projector_bundle`` writes into ``out_dir``:
 
-* ``vecs.tsv``: one embedding per line, tab-separated floats.
+* ``vecs.tsv``: one embedding per line, tab-separated values with 6 decimals.
 * ``meta.tsv``: the labels. The projector reads a file whose first line has no tab as one
   column without header, so a single column is written without header; several columns
   (label, class_name, split, correct@1) get a header row.
@@ -96,12 +96,38 @@ def _save_png(array: np.ndarray, path: str) -> None:
         f.write(buf.getvalue())
 
 
-def _write_vecs(path: str, embeddings: np.ndarray, fmt: str) -> None:
-    with _gfile().GFile(path, "w") as f:
-        row_fmt = "\t".join([fmt] * embeddings.shape[1]) + "\n"
+_THREE_DIGITS = np.array([list(b"%03d" % i) for i in range(1000)], np.uint8)  # "000" ... "999"
+
+
+def fixed_point_tsv(values: np.ndarray) -> bytes:
+    """Rows of tab-separated values, each as "%+.6f" writes it ("+0.123456"), for values below 9.5
+    in magnitude (unit-norm embeddings): the digits looked up from arrays, about 4x faster than
+    formatting each value (2.56 million of them for 10,000 embeddings of 256 values)."""
+    if not np.all(np.abs(values) < 9.5):
+        raise ValueError("fixed_point_tsv writes values below 9.5 in magnitude")
+    scaled = np.rint(np.abs(values.astype(np.float64)) * 1e6).astype(np.int32)  # 7 digits: d.dddddd
+    text = np.empty(values.shape + (10,), np.uint8)  # sign, units, ".", 6 decimals, tab
+    text[..., 0] = np.where(np.signbit(values), ord("-"), ord("+"))
+    text[..., 1] = scaled // 1_000_000 + ord("0")
+    text[..., 2] = ord(".")
+    text[..., 3:6] = _THREE_DIGITS[scaled // 1000 % 1000]
+    text[..., 6:9] = _THREE_DIGITS[scaled % 1000]
+    text[..., 9] = ord("\t")
+    text[:, -1, 9] = ord("\n")
+    return text.tobytes()
+
+
+def _write_vecs(path: str, embeddings: np.ndarray) -> None:
+    """One embedding a line: 6 decimals (fixed_point_tsv), or 6 significant digits where a value
+    is 9.5 or more in magnitude."""
+    with _gfile().GFile(path, "wb") as f:
         for start in range(0, embeddings.shape[0], 4096):
             chunk = embeddings[start : start + 4096]
-            f.write("".join(row_fmt % tuple(row) for row in chunk.tolist()))
+            if np.all(np.abs(chunk) < 9.5):
+                f.write(fixed_point_tsv(chunk))
+            else:
+                row_format = "\t".join(["%.6g"] * embeddings.shape[1]) + "\n"
+                f.write("".join(row_format % tuple(row) for row in chunk.tolist()).encode())
 
 
 def write_projector_bundle(
@@ -115,7 +141,6 @@ def write_projector_bundle(
     class_names=None,
     max_points: Optional[int] = None,
     seed: int = 0,
-    float_format: str = "%.5g",
     tensor_name: str = TENSOR_NAME,
 ) -> Dict[str, str]:
     """Write the Embedding Projector files for ``embeddings`` into ``out_dir``.
@@ -134,7 +159,6 @@ def write_projector_bundle(
       max_points: optional cap on the number of points written; with images it is further
         capped so that the sprite fits in 8192 x 8192 pixels.
       seed: seed of the random subset taken when capping.
-      float_format: printf format of the vector values.
       tensor_name: the embedding's name in the projector.
 
     Returns:
@@ -189,7 +213,7 @@ def write_projector_bundle(
         "meta": os.path.join(out_dir, META_FILENAME),
         "config": os.path.join(out_dir, CONFIG_FILENAME),
     }
-    _write_vecs(paths["vecs"], emb, float_format)
+    _write_vecs(paths["vecs"], emb)
 
     with gfile.GFile(paths["meta"], "w") as f:
         if len(columns) > 1:

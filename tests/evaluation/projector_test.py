@@ -159,3 +159,27 @@ def test_class_name_column_beside_the_label(tmp_path):
     assert rows[1:] == [[str(label), n, "eval"] for label, n in zip(labels, names)]
     with pytest.raises(ValueError, match="class_names and embeddings differ in length"):
         projector.write_projector_bundle(str(tmp_path), emb, labels, class_names=names[:2])
+
+
+def test_vectors_are_written_as_printf_writes_six_decimals(tmp_path):
+    rng = np.random.default_rng(3)
+    # Values a quarter of the last digit away from a tie, so that rounding has one answer.
+    values = (rng.integers(-9_499_999, 9_499_999, size=(300, 7)) + rng.choice([-0.25, 0.25], size=(300, 7))) / 1e6
+    values[0, :4] = [0.0, -0.0, 9.4999994, -1e-9]
+    values = values.astype(np.float32)
+    expected = "".join("\t".join("%+.6f" % v for v in row.astype(np.float64)) + "\n" for row in values)
+    assert projector.fixed_point_tsv(values).decode() == expected
+    paths = projector.write_projector_bundle(str(tmp_path), values, np.zeros(300))
+    with open(paths["vecs"]) as f:
+        assert f.read() == expected
+
+
+def test_vectors_of_larger_values_keep_six_significant_digits(tmp_path):
+    values = np.array([[12.345678, -0.5], [0.25, 1e-3]], np.float32)
+    with pytest.raises(ValueError, match="below 9.5"):
+        projector.fixed_point_tsv(values)
+    with pytest.raises(ValueError, match="below 9.5"):
+        projector.fixed_point_tsv(np.array([[np.nan]]))
+    paths = projector.write_projector_bundle(str(tmp_path), values, [0, 1])
+    with open(paths["vecs"]) as f:
+        assert f.read() == "12.3457\t-0.5\n0.25\t0.001\n"

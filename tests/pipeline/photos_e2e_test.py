@@ -115,7 +115,7 @@ def test_served_embeddings_equal_the_evaluators_for_the_same_files(photo_run, ph
         "embedding"
     ].numpy()
     np.testing.assert_allclose(served, evaluated, atol=1e-6)
-    # ...whose embeddings the Projector bundle holds (printed with 5 significant digits).
+    # ...whose embeddings the Projector bundle holds (printed with 6 decimals).
     vectors = np.loadtxt(
         os.path.join(summary.evaluation_dir, "tensorboard", "vecs.tsv"), delimiter="\t", dtype=np.float32
     )

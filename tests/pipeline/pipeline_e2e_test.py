@@ -113,7 +113,7 @@ def test_pushed_model_embeds_images_as_the_evaluator_did(first_run):
     loaded = tf.saved_model.load(first.pushed_to)
     embedded = loaded.signatures["embed_images"](images=tf.constant([f.getvalue() for f in pngs]))["embedding"]
     scored = np.loadtxt(os.path.join(first.evaluation_dir, "tensorboard", "vecs.tsv"), delimiter="\t")[:50]
-    np.testing.assert_allclose(embedded.numpy(), scored, atol=2e-5)  # vecs.tsv holds 5 significant digits
+    np.testing.assert_allclose(embedded.numpy(), scored, atol=2e-5)  # vecs.tsv holds 6 decimals
     from_pixels = loaded.signatures["embed_pixels"](pixels=tf.constant(images))["embedding"]
     np.testing.assert_allclose(from_pixels.numpy(), embedded.numpy(), atol=1e-6)
     found = loaded.signatures["search"](images=tf.constant([f.getvalue() for f in pngs]), k=tf.constant(1))
