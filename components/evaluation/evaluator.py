@@ -384,7 +384,7 @@ def EmbeddingEvaluator(
                     cfg.data.resize,
                 ),
                 path=os.path.join(folder, report.GALLERY_FILENAMES[role]),
-                title=f"model {evaluated.id}: worst retrievals",
+                title=f"model {model_label(evaluated)}: worst retrievals",
                 class_names=names,
             )
             if role == "candidate":
