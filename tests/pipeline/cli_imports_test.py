@@ -65,3 +65,21 @@ def test_the_runs_imports_are_made_without_collections_and_frozen_after():
             gc.unfreeze()
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+@pytest.mark.slow
+def test_the_pipelines_libraries_load_without_reading_every_installed_distribution():
+    """google-api-core from 2.28 (and the client libraries Beam's I/O imports: BigQuery, Pub/Sub)
+    reads the metadata of every installed distribution when imported, ~0.1 s each time, to warn
+    about the Python version: constraints.txt keeps it below 2.28."""
+    script = textwrap.dedent("""
+        from importlib import metadata
+        scans = []
+        scan = metadata.packages_distributions
+        metadata.packages_distributions = lambda: scans.append(1) or scan()
+        import triplet_tfx.pipeline.tfx_api, apache_beam.io.gcp.bigquery, apache_beam.io.gcp.pubsub
+        print(len(scans))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "0"
