@@ -29,7 +29,8 @@ LOG_DIR = "logs"
 # Third-party lines with nothing for a user to act on: (logger name, pattern of the message).
 # Python warnings arrive through logging.captureWarnings as "<file>:<line>: <Category>: <text>".
 _NOISE = (
-    # google-api-core and google-cloud-aiplatform, imported by TFX: Python 3.10 and storage < 3 notices.
+    # google-api-core (from 2.28; constraints.txt pins an older one) and google-cloud-aiplatform, imported
+    # by TFX: Python 3.10 and storage < 3 notices.
     (
         "py.warnings",
         re.compile(
