@@ -74,3 +74,21 @@ def test_an_entry_point_names_the_blas_kernels_before_numpy_loads_them():
     assert core_type == machine.blas_core_type(machine.cpu_flags())
     if core_type is not None:
         assert architectures == {core_type.lower()}
+
+
+def test_the_images_start_up_file_imports_the_package_before_anything_loads_numpy(tmp_path):
+    """kubeflow/triplet_tfx_first.pth, in a site-packages folder as the images install it: processed
+    at start-up, it names the BLAS kernels before TFX's entry point imports NumPy."""
+    import shutil
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(os.path.join(repo, "kubeflow", "triplet_tfx_first.pth"), tmp_path)
+    started = f"import site, sys; site.addsitedir({str(tmp_path)!r})"  # what start-up does with a site folder
+    check = f"{started}; print('triplet_tfx.components' in sys.modules, 'numpy' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Error processing line" not in run.stderr, run.stderr[-2000:]
+    assert run.stdout.split() == ["True", "False"]
+    core_type, architectures = _blas_in_a_fresh_process(f"{started}\nimport numpy")
+    assert core_type == machine.blas_core_type(machine.cpu_flags())
+    if core_type is not None:
+        assert architectures == {core_type.lower()}

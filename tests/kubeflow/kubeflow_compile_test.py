@@ -360,6 +360,9 @@ def test_dockerfiles_install_the_project_with_the_pinned_constraints(dockerfile)
         assert f"COPY {folder} {folder}" in text
     assert "pip install -c constraints.txt ." in text
     assert "ENV TF_USE_LEGACY_KERAS=0" in text
+    # The start-up file into the interpreter's site-packages, after the project is installed.
+    install = text.index("pip install -c constraints.txt .")
+    assert text.index("RUN cp kubeflow/triplet_tfx_first.pth \"$(python -c 'import sysconfig;") > install
     with open(os.path.join(REPO, "kubeflow", dockerfile + ".dockerignore")) as f:
         assert {"!constraints.txt", "!setup.py", "!pipeline/", "!components/", "!kubeflow/"} <= set(f.read().split())
     with open(os.path.join(REPO, "constraints.txt")) as f:
