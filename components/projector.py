@@ -99,11 +99,16 @@ def _save_png(array: np.ndarray, path: str) -> None:
 _THREE_DIGITS = np.array([list(b"%03d" % i) for i in range(1000)], np.uint8)  # "000" ... "999"
 
 
+def _fixed_point_fits(values: np.ndarray) -> bool:
+    """Whether every value has one units digit once rounded to 6 decimals (below 9.5 in magnitude)."""
+    return bool(np.all(np.abs(values) < 9.5))
+
+
 def fixed_point_tsv(values: np.ndarray) -> bytes:
     """Rows of tab-separated values, each as "%+.6f" writes it ("+0.123456"), for values below 9.5
     in magnitude (unit-norm embeddings): the digits looked up from arrays, about 3x faster than
     formatting each value (2.56 million of them for 10,000 embeddings of 256 values)."""
-    if not np.all(np.abs(values) < 9.5):
+    if not _fixed_point_fits(values):
         raise ValueError("fixed_point_tsv writes values below 9.5 in magnitude")
     scaled = np.rint(np.abs(values.astype(np.float64)) * 1e6).astype(np.int32)  # 7 digits: d.dddddd
     text = np.empty(values.shape + (10,), np.uint8)  # sign, units, ".", 6 decimals, tab
@@ -123,7 +128,7 @@ def _write_vecs(path: str, embeddings: np.ndarray) -> None:
     with _gfile().GFile(path, "wb") as f:
         for start in range(0, embeddings.shape[0], 4096):
             chunk = embeddings[start : start + 4096]
-            if np.all(np.abs(chunk) < 9.5):
+            if _fixed_point_fits(chunk):
                 f.write(fixed_point_tsv(chunk))
             else:
                 row_format = "\t".join(["%.6g"] * embeddings.shape[1]) + "\n"
