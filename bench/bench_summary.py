@@ -20,10 +20,11 @@ COMPONENTS = ("ExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"
 
 def vector_units(flags: set) -> str:
     """The widest vector arithmetic among a CPU's flags (/proc/cpuinfo): virtual machines of one
-    model name ("AMD EPYC") come with AVX2 only or with AVX-512 and bfloat16, at ~2x each other's
-    pace on these networks."""
+    model name ("AMD EPYC", "Intel(R) Xeon(R) Processor") come with AVX2 only, with AVX-512 and
+    bfloat16, or also with AMX's bfloat16 tiles, at up to ~2x each other's pace on these networks."""
     if "avx512f" in flags:
-        return "AVX-512 with bf16" if "avx512_bf16" in flags else "AVX-512"
+        units = "AVX-512 with bf16" if "avx512_bf16" in flags else "AVX-512"
+        return units + " and AMX" if "amx_bf16" in flags else units
     return "AVX2" if "avx2" in flags else "no AVX2"
 
 
@@ -81,11 +82,13 @@ def _component_rows(first: dict) -> list:
 
 def _train_step_rows(train_step: dict) -> list:
     peak = train_step["peak_gflops"]
+    precision = train_step.get("precision", "float32")  # figures written before the option: float32
+    layers = "" if precision == "float32" else f", {precision}"
     return [
         (
-            f"training step: {row['network']}, batch {row['batch_size']}",
+            f"training step: {row['network']}, batch {row['batch_size']}{layers}",
             f"{row['gflops']:.1f} GFLOP/s",
-            f"matmul peak {peak:.1f} GFLOP/s",
+            f"float32 matmul peak {peak:.1f} GFLOP/s",
             f"{100 * row['gflops'] / peak:.1f}%",
         )
         for row in train_step["rows"]

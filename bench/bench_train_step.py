@@ -7,6 +7,7 @@ measured float32 peak; a per-op profile of one setting; the input pipeline alone
   .venv/bin/python bench/bench_train_step.py --only strided --repeat 3
   .venv/bin/python bench/bench_train_step.py --only recommended --profile 0   # top ops of the recommended batch
   .venv/bin/python bench/bench_train_step.py --json runs/bench/train_step.json   # + figures for bench_summary.py
+  .venv/bin/python bench/bench_train_step.py --precision mixed_bfloat16   # layers in bfloat16 (AVX512-BF16, AMX)
 
 Per row, in a process of its own (a dtype policy and thread settings are per process):
 - FLOP per step: counted by TensorFlow's profiler (`float_operation`) on the graph of one training
@@ -15,7 +16,8 @@ Per row, in a process of its own (a dtype policy and thread settings are per pro
   `trainer.steps_per_execution`, the batch in parts and TensorFlow's threads as `batch_parts` sets
   them), after a warm-up fit, on random 28x28x1 images of 10 classes;
 - GFLOP/s achieved = FLOP per step / time per step, and its share of the peak: a float32 2048^3
-  matmul (`tf.linalg.matmul`, all cores) measured in the same run.
+  matmul (`tf.linalg.matmul`, all cores) measured in the same run (the float32 peak with
+  --precision mixed_bfloat16 too, where a CPU's bfloat16 units can exceed it).
 Then the input pipeline alone (ms per batch, no training), and with --profile N the top TensorFlow
 ops by time over 100 steps of row N, from a TensorBoard profiler trace (the trace stays in --trace-dir
 for TensorBoard's profile plugin). Rows run one after the other; on a shared machine use --repeat and
@@ -34,6 +36,8 @@ import tempfile
 import time
 
 import bench_summary
+
+from triplet_tfx.components.config import PRECISIONS
 
 # (label, TrainConfig fields); examples_per_class None = the tutorial's plain shuffled batches.
 SETTINGS = [
@@ -196,6 +200,12 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=int, metavar="ROW", help="also the top ops of this row of the table (0: its first), by time"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="the layers' arithmetic in every row, as the Trainer's --precision (default %(default)s)",
+    )
     parser.add_argument("--trace-dir", default=None, help="where the profiler trace goes (default: a temp folder)")
     parser.add_argument("--json", metavar="PATH", help="also write the table's figures to PATH, for bench_summary.py")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
@@ -212,7 +222,11 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
-    rows = [(label, setting) for label, setting in SETTINGS if not args.only or args.only in label]
+    rows = [
+        (label, {**setting, "precision": args.precision})
+        for label, setting in SETTINGS
+        if not args.only or args.only in label
+    ]
     if not rows:
         parser.error(f"--only {args.only!r}: no row's label contains it")
     if args.profile is not None and not 0 <= args.profile < len(rows):
@@ -246,7 +260,7 @@ def main() -> int:
         )
     print(
         f"{measured['cpu']}, {measured['logical_cpus']} logical CPUs; "
-        f"float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)})\n"
+        f"float32 matmul peak {peak:.1f} GFLOP/s (median of {len(peaks)}); layers in {args.precision}\n"
     )
     print(
         "| setting | batch | steps per call | batch parts | MFLOP per step | ms per step | CPU ms per step | GFLOP/s "
@@ -263,7 +277,9 @@ def main() -> int:
             f"| {100 * row['gflops'] / peak:.1f} | {row['epoch_seconds']:.1f} | {row['input_ms']:.2f} |"
         )
     if args.json:
-        bench_summary.write_json(args.json, {"machine": measured, "peak_gflops": peak, "rows": figures})
+        bench_summary.write_json(
+            args.json, {"machine": measured, "peak_gflops": peak, "precision": args.precision, "rows": figures}
+        )
     if args.profile is not None:
         label, setting = rows[args.profile]
         trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")

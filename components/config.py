@@ -398,14 +398,14 @@ class TrainConfig:
         help="random translation of training images by up to this fraction of their size (default %(default)s: none)",
     )
     # Layer arithmetic: `float32`, `mixed_bfloat16` (CPUs with AVX512-BF16/AMX, TPUs, Ampere+
-    # GPUs), `mixed_float16` (GPUs, with loss scaling) or `auto` (the fastest of these that the
+    # GPUs), `mixed_float16` (GPUs, with loss scaling) or `auto` (the one of these that the
     # training machine runs natively). Weights and embeddings stay float32.
     precision: str = option(
         "float32",
         flag="--precision",
         choices=PRECISIONS,
-        help="layer arithmetic in training: mixed_bfloat16 is 1.5-2x faster on CPUs with "
-        "AVX512-BF16 or AMX (grep bf16 /proc/cpuinfo), mixed_float16 on GPUs; auto picks "
+        help="layer arithmetic in training: mixed_bfloat16 for CPUs with AVX512-BF16 or AMX "
+        "(grep bf16 /proc/cpuinfo; what it gains: docs/training.md), mixed_float16 on GPUs; auto picks "
         "one of these where the trainer runs natively, else float32. Weights and the "
         "exported model stay float32. Default: %(default)s",
     )

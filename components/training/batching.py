@@ -1,4 +1,4 @@
-"""Class-balanced batches for triplet mining.
+"""Batches for triplet mining: class-balanced, or shuffled batches of a split held in memory.
 
 Semi-hard and hard triplet mining need positives in every batch: with 10 MNIST classes and
 random batches of 32 most anchors have a few positives, but small batches or many classes
@@ -36,6 +36,11 @@ Notes:
   gives the batches after the first n (the Trainer's resume).
 - The result is infinite; use ``.take(n)`` or the Trainer's ``steps_per_epoch``.
 - The caller prefetches (after its own maps, such as augmentation), as in the examples above.
+
+Plain shuffled batches of a split in memory are index vectors too (``shuffled_indices``): a new
+uniform random order every pass, gathered like class-balanced batches. Unlike a shuffle buffer,
+this holds no second copy of the examples, shuffles the whole split whatever its size, and yields
+the first batch without first filling a buffer.
 """
 
 from __future__ import annotations
@@ -48,7 +53,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["class_balanced_batches", "class_balanced_indices", "dataset_classes", "gathered_batches"]
+__all__ = [
+    "class_balanced_batches",
+    "class_balanced_indices",
+    "dataset_classes",
+    "gathered_batches",
+    "shuffled_indices",
+]
 
 
 # Labels are handled a chunk at a time: per-example tf.data ops cost ~20x more.
@@ -140,6 +151,25 @@ def class_balanced_indices(
 
     blocks = [class_blocks(i, c) for i, c in enumerate(classes)]
     return _balanced_stream(blocks, classes_per_batch, seed).map(lambda group: tf.reshape(group, [batch_size]))
+
+
+def shuffled_indices(size: int, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Infinite int64 vectors of positions in a split of ``size`` examples: each pass over the split a
+    new random order (seeded per pass), cut into batches of ``batch_size``, the pass's last batch
+    short unless ``batch_size`` divides ``size`` (the vectors' static length is then ``batch_size``)."""
+    if size < 1 or batch_size < 1:
+        raise ValueError(f"no batches of {batch_size} from {size} examples")
+    full, rest = divmod(size, batch_size)
+
+    def one_pass(pass_number):
+        key = tf.stack([tf.cast(pass_number, tf.int64), tf.constant(seed, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([size], seed=key))
+        batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], [full, batch_size]))
+        if rest:
+            batches = batches.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
+        return batches.map(lambda batch: tf.cast(batch, tf.int64))
+
+    return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 def gathered_batches(whole: tf.data.Dataset, indices: tf.data.Dataset) -> tf.data.Dataset:

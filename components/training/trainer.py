@@ -282,9 +282,13 @@ def training_batches(split: Split, train: TrainConfig) -> tf.data.Dataset:
         batches = batching.gathered_batches(split.whole, indices)
     elif train.examples_per_class:
         batches = batching.class_balanced_batches(examples, train.batch_size, train.examples_per_class, seed=train.seed)
+    elif split.whole is not None:
+        # The tutorial shuffles and batches; we reshuffle all of the split every epoch.
+        batches = batching.gathered_batches(
+            split.whole, batching.shuffled_indices(split.size, train.batch_size, train.seed)
+        )
     else:
-        # The tutorial shuffles and batches; we reshuffle every epoch, over up to 100k examples
-        # (all of MNIST).
+        # Streamed: a shuffle buffer of up to 100k examples (all of MNIST), reshuffled every epoch.
         buffer = (
             shuffle_buffer(examples.element_spec[0].shape)
             if examples.element_spec[0].shape.is_fully_defined()
@@ -292,10 +296,11 @@ def training_batches(split: Split, train: TrainConfig) -> tf.data.Dataset:
         )
         # A static batch size where no batch is short (the batch size divides the split): the step's
         # graph then knows its shape, and the loss builds one of its two sorting paths.
-        batches = examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True).batch(
-            train.batch_size, drop_remainder=split.size % train.batch_size == 0
+        batches = (
+            examples.shuffle(buffer, seed=train.seed, reshuffle_each_iteration=True)
+            .batch(train.batch_size, drop_remainder=split.size % train.batch_size == 0)
+            .repeat()
         )
-    batches = batches.repeat()
     if train.augment_shift:
         # "nearest" repeats the border, which is background for centred objects such as digits.
         shift = keras.layers.RandomTranslation(

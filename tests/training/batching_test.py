@@ -1,4 +1,4 @@
-"""Tests of components/batching.py: class-balanced batches."""
+"""Tests of components/batching.py: class-balanced batches, shuffled batches of a split in memory."""
 
 import collections
 
@@ -11,6 +11,7 @@ from triplet_tfx.components.training.batching import (
     class_balanced_indices,
     dataset_classes,
     gathered_batches,
+    shuffled_indices,
 )
 
 
@@ -119,3 +120,36 @@ def test_rare_classes_dropped_and_errors():
         class_balanced_indices(labels, 6, 2)
     with pytest.raises(ValueError, match="class 2 has 1 examples"):
         class_balanced_indices(labels, 4, 2, classes=[0, 2])
+
+
+@pytest.mark.parametrize("size,batch_size", [(12, 4), (10, 4), (3, 4)])
+def test_shuffled_indices_take_every_example_once_per_pass_in_a_new_order(size, batch_size):
+    per_pass = -(-size // batch_size)
+    indices = shuffled_indices(size, batch_size, seed=3)
+    assert indices.element_spec.shape[0] == (batch_size if size % batch_size == 0 else None)
+    batches = list(indices.take(4 * per_pass).as_numpy_iterator())
+    last = size - (per_pass - 1) * batch_size
+    assert [len(b) for b in batches] == ([batch_size] * (per_pass - 1) + [last]) * 4
+    orders = [np.concatenate(batches[p * per_pass : (p + 1) * per_pass]) for p in range(4)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(size))
+    assert len({tuple(order.tolist()) for order in orders}) > 1  # reshuffled between passes
+    # Seeded (the Trainer's resume skips the batches it has trained on) and a different seed differs.
+    again = list(shuffled_indices(size, batch_size, seed=3).skip(per_pass + 1).take(2).as_numpy_iterator())
+    assert all(np.array_equal(a, b) for a, b in zip(again, batches[per_pass + 1 :]))
+    other = np.concatenate(list(shuffled_indices(size, batch_size, seed=4).take(4 * per_pass).as_numpy_iterator()))
+    assert not np.array_equal(other, np.concatenate(orders))
+    with pytest.raises(ValueError, match="no batches of 4 from 0 examples"):
+        shuffled_indices(0, 4, seed=3)
+
+
+def test_shuffled_batches_gather_the_examples_of_their_indices():
+    features, labels = _examples(n=50)
+    whole = tf.data.Dataset.from_tensors((features, labels))
+    seen = []
+    for batch_features, batch_labels in gathered_batches(whole, shuffled_indices(50, 16, seed=0)).take(4):
+        index = batch_features["index"].numpy()
+        np.testing.assert_array_equal(batch_labels.numpy(), labels[index])
+        np.testing.assert_array_equal(batch_features["image"].numpy(), features["image"][index])
+        seen += index.tolist()
+    assert sorted(seen) == list(range(50))
