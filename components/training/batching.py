@@ -163,11 +163,11 @@ def shuffled_indices(size: int, batch_size: int, seed: int) -> tf.data.Dataset:
 
     def one_pass(pass_number):
         key = tf.stack([tf.cast(pass_number, tf.int64), tf.constant(seed, tf.int64)])
-        order = tf.argsort(tf.random.stateless_uniform([size], seed=key))
+        order = tf.cast(tf.argsort(tf.random.stateless_uniform([size], seed=key)), tf.int64)
         batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], [full, batch_size]))
         if rest:
             batches = batches.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
-        return batches.map(lambda batch: tf.cast(batch, tf.int64))
+        return batches
 
     return tf.data.Dataset.counter().flat_map(one_pass)
 

@@ -151,15 +151,19 @@ def test_fit_inputs_are_data_sharded_without_an_autotuning_thread():
         assert options.experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
 
 
-def test_shuffled_batches_have_a_static_size_when_none_is_short():
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in_memory", "streamed"])
+def test_shuffled_batches_have_a_static_size_when_none_is_short(in_memory):
     """A static batch size lets the step's graph trace one of the loss's sorting paths; a split that
-    the batch size does not divide keeps its short last batch, and so its dynamic size."""
+    the batch size does not divide keeps its short last batch, and so its dynamic size. Each epoch
+    holds every example once."""
     for size, static in ((12, True), (10, False)):
-        whole = tf.data.Dataset.from_tensors((np.zeros((size, 28, 28, 1), np.float32), np.arange(size) % 2))
-        batches = trainer.training_batches(trainer.Split.from_whole(whole), TrainConfig(batch_size=4))
+        whole = tf.data.Dataset.from_tensors((np.zeros((size, 28, 28, 1), np.float32), np.arange(size)))
+        split = trainer.Split.from_whole(whole) if in_memory else trainer.Split(whole.unbatch(), size)
+        batches = trainer.training_batches(split, TrainConfig(batch_size=4))
         assert batches.element_spec[0].shape[0] == (4 if static else None)
-        sizes = [len(labels) for _, labels in batches.take(2 * -(-size // 4))]
-        assert sizes == ([4, 4, 4] * 2 if static else [4, 4, 2] * 2)
+        epochs = [labels.numpy() for _, labels in batches.take(2 * -(-size // 4))]
+        assert [len(labels) for labels in epochs] == ([4, 4, 4] * 2 if static else [4, 4, 2] * 2)
+        assert sorted(np.concatenate(epochs).tolist()) == sorted(list(range(size)) * 2)
 
 
 def test_augment_shift_moves_images_within_the_bound():
