@@ -149,7 +149,8 @@ def make_loss(train: TrainConfig, global_batch: bool = False) -> keras.losses.Lo
 
 
 # Decoded examples are cached in memory when the split's float32 images take at most this share of
-# the machine's memory; the shuffle buffer of plain batches holds at most SHUFFLE_MEMORY_SHARE of it.
+# the machine's memory; the shuffle buffer of a streamed split's plain batches holds at most
+# SHUFFLE_MEMORY_SHARE of it.
 CACHE_MEMORY_SHARE = 0.25
 SHUFFLE_MEMORY_SHARE = 0.125
 SHUFFLE_BUFFER = 100_000  # all of MNIST
@@ -177,8 +178,8 @@ def fits_in_cache(
 
 
 def shuffle_buffer(image_shape: Sequence[int], memory_bytes: Optional[int] = None) -> int:
-    """Elements in the shuffle buffer of plain batches: SHUFFLE_BUFFER, unless that many images take more
-    than SHUFFLE_MEMORY_SHARE of the memory (224x224x3 photos: 600 KB each)."""
+    """Elements in the shuffle buffer of a streamed split's plain batches: SHUFFLE_BUFFER, unless that
+    many images take more than SHUFFLE_MEMORY_SHARE of the memory (224x224x3 photos: 600 KB each)."""
     memory = machine_memory_bytes() if memory_bytes is None else memory_bytes
     return int(max(1_000, min(SHUFFLE_BUFFER, SHUFFLE_MEMORY_SHARE * memory // decoded_bytes(1, image_shape))))
 
@@ -217,7 +218,7 @@ def transformed_batches(files: List[str], tft_output: tft.TFTransformOutput) -> 
 class Split:
     """A split's examples: `examples`, unbatched (image, label) pairs, and their number, `size`. A split
     held in memory also has `whole`, a dataset of one cached element, (images, labels) of all its
-    examples, and those `labels` as a NumPy array (class-balanced batches gather from `whole`)."""
+    examples, and those `labels` as a NumPy array (training batches are gathered from `whole`)."""
 
     examples: tf.data.Dataset
     size: int
