@@ -37,6 +37,7 @@ from tfx.types.standard_artifacts import Examples, InferenceResult, Model, Model
 from triplet_tfx.components import contract
 from triplet_tfx.components.examples_io import EMBED_BATCH, model_path
 from triplet_tfx.components.serving import vector_search
+from triplet_tfx.components.tfrecords import WriteToGzipTFRecord
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def CatalogEmbedder(
             items
             | "AsExamples" >> beam.Map(_as_example)
             | "WriteEmbeddings"
-            >> beam.io.WriteToTFRecord(os.path.join(out, EMBEDDINGS_DIR, "part"), file_name_suffix=".tfrecord.gz")
+            >> WriteToGzipTFRecord(os.path.join(out, EMBEDDINGS_DIR, "part"), file_name_suffix=".tfrecord.gz")
         )
     with tf.io.gfile.GFile(os.path.join(out, COUNT_FILE)) as f:
         counted = json.load(f)
