@@ -20,8 +20,9 @@ Per row, in a process of its own (a dtype policy and thread settings are per pro
   --precision mixed_bfloat16 too, where a CPU's bfloat16 units can exceed it).
 Then the input pipeline alone (ms per batch, no training), and with --profile N the top TensorFlow
 ops by time over 100 steps of row N, from a TensorBoard profiler trace (the trace stays in --trace-dir
-for TensorBoard's profile plugin). Rows run one after the other; on a shared machine use --repeat and
-compare ratios.
+for TensorBoard's profile plugin), and how much of the traced time two or more, one or no threads
+ran an op (idle cores in a step). Rows run one after the other; on a shared machine use --repeat
+and compare ratios.
 """
 
 import argparse
@@ -148,8 +149,22 @@ def input_pipeline_ms(setting: dict, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> list:
-    """[(op type, total ms, share of the traced op time, count)] of `steps` training steps."""
+def busy_shares(intervals: list) -> dict:
+    """{n: share of the time from the first start to the last end during which n of the (start, end)
+    intervals overlap}, n capped at 2 ("2" means two or more)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    shares: collections.Counter = collections.Counter()
+    running, last = 0, edges[0][0]
+    for time_ps, change in edges:
+        shares[min(running, 2)] += time_ps - last
+        running, last = running + change, time_ps
+    span = edges[-1][0] - edges[0][0]
+    return {n: shares[n] / span for n in (0, 1, 2)}
+
+
+def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> dict:
+    """`top`: [(op type, total ms, share of the traced op time, count)] of `steps` training steps;
+    `threads`: busy_shares of the op events (how often 0, 1, 2+ threads run an op)."""
     tf = _tensorflow()
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
@@ -163,7 +178,7 @@ def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> lis
     newest = max(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
     with open(newest, "rb") as f:
         space.ParseFromString(f.read())
-    totals, counts = collections.Counter(), collections.Counter()
+    totals, counts, intervals = collections.Counter(), collections.Counter(), []
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
             continue
@@ -176,8 +191,13 @@ def profile_ops(setting: dict, steps: int, trace_dir: str, top: int = 15) -> lis
                     op_type = name.rsplit(":", 1)[1]
                     totals[op_type] += event.duration_ps / 1e9
                     counts[op_type] += 1
+                    start = line.timestamp_ns * 1000 + event.offset_ps
+                    intervals.append((start, start + event.duration_ps))
     whole = sum(totals.values())
-    return [(op, ms / steps, ms / whole, counts[op] // steps) for op, ms in totals.most_common(top)]
+    return {
+        "top": [(op, ms / steps, ms / whole, counts[op] // steps) for op, ms in totals.most_common(top)],
+        "threads": busy_shares(intervals),
+    }
 
 
 def _in_process(job: dict) -> object:
@@ -198,7 +218,10 @@ def main() -> int:
         help="rounds over the rows, interleaved; the median of each row (shared machines)",
     )
     parser.add_argument(
-        "--profile", type=int, metavar="ROW", help="also the top ops of this row of the table (0: its first), by time"
+        "--profile",
+        type=int,
+        metavar="ROW",
+        help="also the top ops of this row of the table (0: its first), by time, and its busy threads",
     )
     parser.add_argument(
         "--precision",
@@ -283,11 +306,16 @@ def main() -> int:
     if args.profile is not None:
         label, setting = rows[args.profile]
         trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="triplet-tfx-trace-")
-        top = _in_process({"kind": "profile", "setting": setting, "steps": 100, "trace_dir": trace_dir})
+        profile = _in_process({"kind": "profile", "setting": setting, "steps": 100, "trace_dir": trace_dir})
         print(f"\nTop TensorFlow ops of '{label}', per step (100 steps; trace in {trace_dir}):\n")
         print("| op | ms per step | share of op time | calls per step |\n|---|---:|---:|---:|")
-        for op, ms, share, calls in top:
+        for op, ms, share, calls in profile["top"]:
             print(f"| {op} | {ms:.3f} | {100 * share:.1f}% | {calls} |")
+        threads = {int(n): share for n, share in profile["threads"].items()}  # JSON made the keys strings
+        print(
+            f"\nThreads running an op over the traced steps: two or more {100 * threads[2]:.0f} % of the "
+            f"time, one {100 * threads[1]:.0f} %, none {100 * threads[0]:.0f} %"
+        )
     return 0
 
 
