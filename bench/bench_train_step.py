@@ -151,14 +151,16 @@ def input_pipeline_ms(setting: dict, steps: int) -> float:
 
 def busy_shares(intervals: list) -> dict:
     """{n: share of the time from the first start to the last end during which n of the (start, end)
-    intervals overlap}, n capped at 2 ("2" means two or more)."""
+    intervals overlap}, n capped at 2 ("2" means two or more); all idle without intervals."""
+    if not intervals:
+        return {0: 1.0, 1: 0.0, 2: 0.0}
     edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
     shares: collections.Counter = collections.Counter()
     running, last = 0, edges[0][0]
     for time_ps, change in edges:
         shares[min(running, 2)] += time_ps - last
         running, last = running + change, time_ps
-    span = edges[-1][0] - edges[0][0]
+    span = max(edges[-1][0] - edges[0][0], 1)
     return {n: shares[n] / span for n in (0, 1, 2)}
 
 

@@ -2,11 +2,11 @@
 temporary files, shards and final renames) with TensorFlow's own TFRecord writer filling each file,
 gzipped at compression level GZIP_LEVEL.
 
-Beam's `WriteToTFRecord` gzips in Python at zlib's default level (6): 1.0-1.1 s of SourceExampleGen's
-3 s for MNIST's 60,000 training examples (50 MB of records) on 2 cores. TensorFlow's writer at level 1
-takes 0.4 s for a file 11 % larger, which reads back as fast (bench/README.md, "Gzip level of the
-examples"). The files are TFX's format: TFRecords in one gzip member, named `*.gz`, which TFX's and
-TensorFlow's readers take as gzipped.
+Beam's `WriteToTFRecord` gzips in Python at zlib's default level (6): writing MNIST's 60,000 training
+examples (50 MB of records) took it 1.0-1.2 s of SourceExampleGen's 3 s, TensorFlow's writer at level 1
+0.4 s, for a file 11 % larger that reads back as fast (a 2-core Intel Xeon with AMX, 2026-12-08;
+bench/README.md, "gzip level of the examples"). The files are TFX's format: TFRecords in one gzip
+member, named `*.gz`, which TFX's and TensorFlow's readers take as gzipped.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import apache_beam as beam
 import tensorflow as tf
 from apache_beam.io import filebasedsink
-from apache_beam.io.filesystem import CompressionTypes
 
 # zlib's fastest level: encoded images do not compress anyway, raw pixels 4.3x instead of 4.8x.
 GZIP_LEVEL = 1
@@ -22,16 +21,10 @@ GZIP_LEVEL = 1
 
 class _GzipTFRecordSink(filebasedsink.FileBasedSink):
     def __init__(self, file_path_prefix: str, file_name_suffix: str):
-        # UNCOMPRESSED: Beam's own compression stays out of the way; TensorFlow's writer gzips.
-        super().__init__(
-            file_path_prefix,
-            coder=beam.coders.BytesCoder(),
-            file_name_suffix=file_name_suffix,
-            mime_type="application/octet-stream",
-            compression_type=CompressionTypes.UNCOMPRESSED,
-        )
+        super().__init__(file_path_prefix, coder=beam.coders.BytesCoder(), file_name_suffix=file_name_suffix)
 
     def open(self, temp_path):
+        # In place of Beam's file object and its compression: TensorFlow's writer frames and gzips.
         options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=GZIP_LEVEL)
         return tf.io.TFRecordWriter(temp_path, options)
 

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -29,5 +30,20 @@ def test_records_come_back_in_gzip_files_named_as_beams_tfrecord_sink_names_them
     # A gzip member (RFC 1952: magic 1f 8b, deflate) whose extra flags say "fastest algorithm" (4):
     # zlib writes them for compression level 1, 0 for its default level 6.
     assert header[:3] == b"\x1f\x8b\x08" and header[8] == 4
-    with gzip.open(path) as f:  # one member that any gzip reader takes whole
-        assert len(f.read()) == sum(len(r) + 16 for r in records)  # TFRecord framing: 16 bytes per record
+    with open(path, "rb") as f:
+        member = zlib.decompressobj(31)  # one gzip member, nothing after it
+        content = member.decompress(f.read())
+    assert member.eof and not member.unused_data
+    assert len(content) == sum(len(r) + 16 for r in records)  # TFRecord framing: 16 bytes per record
+
+
+def test_an_empty_collection_gives_one_empty_gzip_file(tmp_path):
+    with beam.Pipeline(options=PipelineOptions(list(DEFAULT_BEAM_ARGS))) as pipeline:
+        _ = pipeline | beam.Create([], reshuffle=False) | WriteToGzipTFRecord(str(tmp_path / "part"))
+
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["part-00000-of-00001.gz"]
+    path = str(tmp_path / files[0])
+    assert list(tf.data.TFRecordDataset(path, compression_type="GZIP")) == []
+    with gzip.open(path) as f:
+        assert f.read() == b""
