@@ -106,18 +106,21 @@ def _balanced_stream(class_blocks: List[tf.data.Dataset], classes_per_batch: int
 
     def draw(step):
         # classes_per_batch distinct indices, a fresh random sample for every batch.
-        key = tf.stack([step, tf.constant(seed, tf.int64)])
-        scores = tf.random.stateless_uniform([num_classes], seed=key)
+        scores = tf.random.stateless_uniform([num_classes], seed=_stateless_key(step, seed))
         return tf.cast(tf.argsort(scores)[:classes_per_batch], tf.int64)
 
     choices = tf.data.Dataset.counter().map(draw).unbatch()
     return tf.data.Dataset.choose_from_datasets(class_blocks, choices).batch(classes_per_batch, drop_remainder=True)
 
 
+def _stateless_key(counter, seed: int) -> tf.Tensor:
+    """The stateless random seed of draw number `counter` (a batch, a pass) of a seeded stream."""
+    return tf.stack([tf.cast(counter, tf.int64), tf.constant(seed, tf.int64)])
+
+
 def _pass_key(seed: int, class_index: int, pass_number) -> tf.Tensor:
     """The stateless seed of one pass over one class's examples."""
-    key = tf.stack([tf.cast(pass_number, tf.int64), tf.constant(seed, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(key, class_index + 1)
+    return tf.random.experimental.stateless_fold_in(_stateless_key(pass_number, seed), class_index + 1)
 
 
 def class_balanced_indices(
@@ -162,8 +165,8 @@ def shuffled_indices(size: int, batch_size: int, seed: int) -> tf.data.Dataset:
     full, rest = divmod(size, batch_size)
 
     def one_pass(pass_number):
-        key = tf.stack([tf.cast(pass_number, tf.int64), tf.constant(seed, tf.int64)])
-        order = tf.cast(tf.argsort(tf.random.stateless_uniform([size], seed=key)), tf.int64)
+        order = tf.argsort(tf.random.stateless_uniform([size], seed=_stateless_key(pass_number, seed)))
+        order = tf.cast(order, tf.int64)
         batches = tf.data.Dataset.from_tensor_slices(tf.reshape(order[: full * batch_size], [full, batch_size]))
         if rest:
             batches = batches.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
